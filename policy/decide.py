@@ -1,0 +1,89 @@
+"""decide(identity, policy, analysis) → Decision. The combining rules live here and only here."""
+
+from __future__ import annotations
+
+from policy.decision import Decision, Limits, Verdict
+from policy.identity import Identity
+from policy.rules import ConnectionPolicy, SqlRule
+from policy.sql.evaluate import Outcome, evaluate
+from policy.sql.facts import Analysis, Statement
+
+_GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or SQLite would parse it."
+
+
+def decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) -> Decision:
+    # The text as a whole could not be understood (parse error, parsers disagree): deny.
+    if analysis.error is not None:
+        return Decision.deny(analysis.error_rule or "guard:parse-error", analysis.error, hint=_GUARD_HINT)
+    # Nothing to run is not a decision anyone asked for.
+    if not analysis.statements:
+        return Decision.deny("guard:empty", "the text holds no SQL statement", hint="Send one SQL statement.")
+    rules = policy.rules_for(identity)
+    # No rule covers this identity on this connection: the default is deny.
+    if not rules:
+        return Decision.deny("default-deny", f"no rule on connection `{policy.connection}` applies to `{identity.subject}`",
+                             hint="Ask an administrator for access to this connection.")
+    decisions = [_decide_statement(rules, stmt, policy.dialect) for stmt in analysis.statements]
+    return _combine_statements(decisions, analysis)
+
+
+def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str) -> Decision:
+    # A statement the parser could not fully understand: deny, whatever the rules say.
+    if stmt.opaque is not None:
+        return Decision.deny("guard:opaque", f"`{stmt.kind.value.upper()}` statements cannot be checked: {stmt.opaque}",
+                             hint="Only statements Bastion can fully parse are run; plain SELECT/INSERT/UPDATE/DELETE are.")
+    parts = [stmt] + ([stmt.explained] if stmt.explained is not None else [])
+    outcomes = [[evaluate(rule, part, dialect) for part in parts] for rule in rules]
+    # Each rule's outcome for the statement is the worst over its parts (EXPLAIN and what it wraps).
+    per_rule = [(_worst(parts_outcomes), rule) for parts_outcomes, rule in zip(outcomes, rules)]
+    denies = [o for o, _ in per_rule if o.effect == "deny"]
+    allows = [(o, r) for o, r in per_rule if o.effect == "allow"]
+    reviews = [(o, r) for o, r in per_rule if o.effect == "review"]
+    gaps = [o for o, _ in per_rule if o.effect == "none"]
+    # Any explicit prohibition wins over every allow.
+    if denies:
+        return Decision.deny(tuple(o.rule for o in denies), denies[0].reason, hint=denies[0].hint)
+    # Some rule fully allows it: allow, with that rule's limits.
+    if allows:
+        return Decision(Verdict.ALLOW, tuple(o.rule for o, _ in allows[:1]), "allowed", limits=allows[0][1].limits)
+    # Some rule would allow it with approval: hold.
+    if reviews:
+        o, rule = reviews[0]
+        return Decision(Verdict.REVIEW, (o.rule,), o.reason, hint=o.hint, limits=rule.limits)
+    # No rule covers it: default deny, explained by what each rule lacked.
+    return Decision.deny(tuple(o.rule for o in gaps), gaps[0].reason, hint=gaps[0].hint)
+
+
+_SEVERITY = {"deny": 3, "none": 2, "review": 1, "allow": 0}
+
+
+def _worst(outcomes: list[Outcome]) -> Outcome:
+    return max(outcomes, key=lambda o: _SEVERITY[o.effect])
+
+
+def _combine_statements(decisions: list[Decision], analysis: Analysis) -> Decision:
+    many = len(decisions) > 1
+    # One denied statement denies the whole text: nothing of it runs.
+    for i, d in enumerate(decisions):
+        if d.verdict is Verdict.DENY:
+            reason = f"statement {i + 1} of {len(decisions)}: {d.reason}" if many else d.reason
+            return Decision.deny(d.rules, reason, hint=d.hint)
+    # Any statement held for review holds all of them.
+    held = [d for d in decisions if d.verdict is Verdict.REVIEW]
+    limits = _tightest([d.limits for d in decisions])
+    if held:
+        return Decision(Verdict.REVIEW, tuple(r for d in held for r in d.rules), held[0].reason,
+                        hint=held[0].hint, limits=limits, read_only=analysis.is_read)
+    rules = tuple(dict.fromkeys(r for d in decisions for r in d.rules))
+    return Decision(Verdict.ALLOW, rules, "allowed by " + ", ".join(f"`{r}`" for r in rules),
+                    limits=limits, read_only=analysis.is_read)
+
+
+def _tightest(limits: list[Limits | None]) -> Limits:
+    out = Limits()
+    known = [lim for lim in limits if lim is not None]
+    if known:
+        out = known[0]
+        for lim in known[1:]:
+            out = out.tightest(lim)
+    return out

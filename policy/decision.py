@@ -1,0 +1,64 @@
+"""A decision: verdict, the rule ids that determined it, a reason, and what would pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Verdict(str, Enum):
+    ALLOW = "allow"
+    REVIEW = "review"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one call's execution. The tightest of the allowing rules' limits applies."""
+
+    max_rows: int = 1000
+    max_bytes: int = 4_000_000
+    timeout_s: float = 30.0
+
+    def tightest(self, other: Limits) -> Limits:
+        return Limits(
+            max_rows=min(self.max_rows, other.max_rows),
+            max_bytes=min(self.max_bytes, other.max_bytes),
+            timeout_s=min(self.timeout_s, other.timeout_s),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the guard decided about one call.
+
+    >>> Decision.deny("read-only:kind", "DROP is not allowed", hint="SELECT only").verdict
+    <Verdict.DENY: 'deny'>
+    """
+
+    verdict: Verdict
+    rules: tuple[str, ...]
+    reason: str
+    hint: str | None = None
+    limits: Limits | None = None
+    # True when every statement only reads: the executor then opens a read-only transaction.
+    read_only: bool = True
+
+    @classmethod
+    def deny(cls, rule: str | tuple[str, ...], reason: str, *, hint: str | None = None) -> Decision:
+        rules = (rule,) if isinstance(rule, str) else rule
+        return cls(Verdict.DENY, rules, reason, hint)
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    def as_record(self) -> dict[str, object]:
+        out: dict[str, object] = {"verdict": self.verdict.value, "rules": list(self.rules), "reason": self.reason}
+        if self.hint:
+            out["hint"] = self.hint
+        if self.limits:
+            out["limits"] = {"max_rows": self.limits.max_rows, "max_bytes": self.limits.max_bytes, "timeout_s": self.limits.timeout_s}
+        if self.verdict is Verdict.ALLOW:
+            out["read_only"] = self.read_only
+        return out

@@ -1,0 +1,87 @@
+"""Bastion's one exception tree. Every error the agent can see has a stable ``code``.
+
+    BastionError                      code
+    ├── ConfigError                   config_invalid
+    ├── InvalidInput                  invalid_input
+    ├── UnknownConnection             unknown_connection
+    ├── Denied                        denied          (carries the Decision)
+    │   └── ApprovalRequired          approval_required
+    ├── AuditUnavailable              audit_unavailable
+    └── ExecutionError                execution_failed
+        ├── TargetUnavailable         target_unavailable
+        ├── QueryTimeout              timeout
+        └── QueryRejected             rejected_by_database
+
+Messages are curated for the agent: user input in backticks, never a DSN, password or raw driver
+text (raw text goes to the audit log, scrubbed, as ``detail``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class BastionError(Exception):
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail  # for the audit log only
+        self.hint = hint  # what would pass
+
+    def __init_subclass__(cls, code: str | None = None, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if code:
+            cls.code = code
+
+    def for_agent(self) -> str:
+        text = f"[{self.code}] {self.message}"
+        return f"{text} {self.hint}" if self.hint else text
+
+
+class ConfigError(BastionError, code="config_invalid"):
+    pass
+
+
+class InvalidInput(BastionError, code="invalid_input"):
+    pass
+
+
+class UnknownConnection(BastionError, code="unknown_connection"):
+    pass
+
+
+class Denied(BastionError, code="denied"):
+    def __init__(self, decision: Any) -> None:
+        super().__init__(decision.reason, hint=decision.hint)
+        self.decision = decision
+
+    def for_agent(self) -> str:
+        rules = ", ".join(self.decision.rules)
+        text = f"[{self.code}] rule {rules}: {self.message}"
+        return f"{text} {self.hint}" if self.hint else text
+
+
+class ApprovalRequired(Denied, code="approval_required"):
+    pass
+
+
+class AuditUnavailable(BastionError, code="audit_unavailable"):
+    pass
+
+
+class ExecutionError(BastionError, code="execution_failed"):
+    pass
+
+
+class TargetUnavailable(ExecutionError, code="target_unavailable"):
+    pass
+
+
+class QueryTimeout(ExecutionError, code="timeout"):
+    pass
+
+
+class QueryRejected(ExecutionError, code="rejected_by_database"):
+    pass

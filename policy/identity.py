@@ -1,0 +1,39 @@
+"""Who is calling: the one identity type every room shares.
+
+Identity is plain data so that any authenticator (a configured stdio identity today, OIDC tokens
+later) can build one without tools/ or policy/ knowing where it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A person or service account, as the gateway authenticated it.
+
+    >>> Identity("alice@example.com", groups=frozenset({"analysts"})).in_any(["analysts", "dba"])
+    True
+    """
+
+    subject: str
+    groups: frozenset[str] = frozenset()
+    email: str | None = None
+    name: str | None = None
+    # How the identity was established ("config", "token", ...): recorded, never decided on.
+    source: str = "config"
+    claims: dict[str, object] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def in_any(self, groups: object) -> bool:
+        return any(g in self.groups for g in groups)  # type: ignore[attr-defined]
+
+    def as_record(self) -> dict[str, object]:
+        """The identity as the audit log stores it (claims stay out: they may hold tokens)."""
+        return {
+            "subject": self.subject,
+            "groups": sorted(self.groups),
+            "email": self.email,
+            "name": self.name,
+            "source": self.source,
+        }

@@ -1,0 +1,53 @@
+"""Built-in rule presets. docs/policy.md documents each exactly; tests/test_docs.py keeps them in step."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from policy.decision import Verdict
+from policy.rules import SqlRule
+from policy.sql.facts import Kind
+
+# Relations that hold secrets or other sessions' activity: never covered by a preset's patterns.
+SENSITIVE_CATALOG = (
+    "!pg_catalog.pg_authid",
+    "!pg_catalog.pg_shadow",
+    "!pg_catalog.pg_user_mapping",
+    "!pg_catalog.pg_user_mappings",
+    "!pg_catalog.pg_statistic",
+    "!pg_catalog.pg_statistic_ext_data",
+    "!pg_catalog.pg_largeobject",
+    "!pg_catalog.pg_hba_file_rules",
+    "!pg_catalog.pg_ident_file_mappings",
+    "!pg_catalog.pg_file_settings",
+    "!pg_catalog.pg_config",
+    "!pg_catalog.pg_stat_activity",
+    "!pg_catalog.pg_replication_slots",
+    "!pg_catalog.pg_subscription",
+)
+
+READ_ONLY = SqlRule(
+    id="read-only",
+    preset="read-only",
+    allow=frozenset({Kind.SELECT, Kind.EXPLAIN}),
+    read_tables=("*",) + SENSITIVE_CATALOG,
+    write_tables=(),
+)
+
+READ_WRITE = SqlRule(
+    id="read-write",
+    preset="read-write",
+    allow=frozenset({Kind.SELECT, Kind.EXPLAIN, Kind.INSERT, Kind.UPDATE, Kind.DELETE}),
+    review=frozenset({Kind.CREATE, Kind.ALTER, Kind.DROP, Kind.TRUNCATE, Kind.GRANT, Kind.REVOKE, Kind.COMMENT}),
+    read_tables=("*",) + SENSITIVE_CATALOG,
+    write_tables=("*", "!pg_catalog.*", "!information_schema.*", "!main.sqlite_*"),
+    allow_functions=frozenset({"nextval", "setval"}),
+    unfiltered_writes=Verdict.REVIEW,
+)
+
+PRESETS: dict[str, SqlRule] = {rule.id: rule for rule in (READ_ONLY, READ_WRITE)}
+
+
+def preset(name: str, **overrides: object) -> SqlRule:
+    """A preset, optionally with fields overridden (a config rule that starts from a preset)."""
+    return replace(PRESETS[name], **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,71 @@
+"""The SQL rule model: who a rule is for, what it allows, holds or denies, and its limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policy.decision import Limits, Verdict
+from policy.identity import Identity
+from policy.sql.facts import Kind
+
+
+@dataclass(frozen=True)
+class SqlRule:
+    """One rule on one connection.
+
+    A rule applies to an identity when the identity's subject is in ``subjects`` or one of its
+    groups is in ``groups``; a rule naming neither applies to everyone.
+
+    >>> SqlRule("analysts", groups=frozenset({"analysts"}), allow=frozenset({Kind.SELECT})).applies_to(
+    ...     Identity("a", groups=frozenset({"analysts"})))
+    True
+    """
+
+    id: str
+    subjects: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    allow: frozenset[Kind] = frozenset()
+    review: frozenset[Kind] = frozenset()
+    deny: frozenset[Kind] = frozenset()
+    # schema.table globs; see policy.patterns. Writable tables are readable too.
+    read_tables: tuple[str, ...] = ("*",)
+    write_tables: tuple[str, ...] = ()
+    deny_functions: tuple[str, ...] = ()
+    # Names exempted from the built-in dangerous-function list.
+    allow_functions: frozenset[str] = frozenset()
+    # What an UPDATE or DELETE without a row-filtering WHERE gets.
+    unfiltered_writes: Verdict = Verdict.REVIEW
+    allow_locking: bool = False
+    limits: Limits = field(default_factory=Limits)
+    preset: str | None = None
+
+    def applies_to(self, identity: Identity) -> bool:
+        if not self.subjects and not self.groups:
+            return True
+        return identity.subject in self.subjects or identity.in_any(self.groups)
+
+    def summary(self) -> str:
+        """One line on what the rule allows, for list_connections."""
+        parts = [f"{self.id}: allows {_kinds(self.allow) or 'nothing'}"]
+        if self.review:
+            parts.append(f"holds {_kinds(self.review)} for review")
+        if self.unfiltered_writes is not Verdict.ALLOW and self.allow & {Kind.UPDATE, Kind.DELETE}:
+            parts.append(f"UPDATE/DELETE need a WHERE ({self.unfiltered_writes.value} otherwise)")
+        parts.append(f"max {self.limits.max_rows} rows")
+        return "; ".join(parts)
+
+
+def _kinds(kinds: frozenset[Kind]) -> str:
+    return ", ".join(sorted(k.value.upper() for k in kinds))
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy:
+    """The rules of one connection, in order."""
+
+    connection: str
+    dialect: str
+    rules: tuple[SqlRule, ...]
+
+    def rules_for(self, identity: Identity) -> tuple[SqlRule, ...]:
+        return tuple(rule for rule in self.rules if rule.applies_to(identity))

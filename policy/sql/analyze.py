@@ -1,0 +1,158 @@
+"""Text → Analysis: split, parse with sqlglot, and on PostgreSQL check against PostgreSQL's parser.
+
+Every way the text can fail to be fully understood ends in an Analysis with ``error`` set, or a
+Statement with ``opaque`` set; decide() denies both.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+from policy.sql import postgres_parser
+from policy.sql.facts import Analysis, Kind, Statement
+from policy.sql.sqlglot_facts import statement_facts
+
+# sqlglot logs a warning for every Command fallback; Bastion reports those as facts instead.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+DIALECTS = {"postgres": "public", "sqlite": "main"}  # dialect → default schema
+
+
+def analyse(text: str, dialect: str) -> Analysis:
+    """Facts of ``text`` in ``dialect``, cached by (dialect, text)."""
+    return _analyse_cached(dialect, text)
+
+
+@lru_cache(maxsize=4096)
+def _analyse_cached(dialect: str, text: str) -> Analysis:
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {sorted(DIALECTS)}")
+    try:
+        if dialect == "postgres":
+            return _analyse_postgres(text)
+        return _analyse_generic(text, dialect)
+    except RecursionError:
+        return _fail(dialect, "guard:parse-error", "the SQL is nested too deeply to analyse")
+
+
+def _fail(dialect: str, rule: str, reason: str) -> Analysis:
+    return Analysis(dialect=dialect, statements=(), error=reason, error_rule=rule)
+
+
+def _parse_one(piece: str, dialect: str) -> exp.Expression:
+    trees = [t for t in sqlglot.parse(piece, read=dialect) if t is not None]
+    if len(trees) != 1:
+        raise SqlglotError(f"expected one statement, found {len(trees)}")
+    return trees[0]
+
+
+def _analyse_postgres(text: str) -> Analysis:
+    default_schema = DIALECTS["postgres"]
+    if postgres_parser.uses_unicode_escapes(text):
+        return _fail("postgres", "guard:unicode-escape",
+                     'identifiers written with Unicode escapes (U&"...") are not accepted; write the plain name')
+    try:
+        pg_statements = postgres_parser.parse(text)
+    except postgres_parser.PgParseError as error:
+        return _fail("postgres", "guard:parse-error", f"PostgreSQL cannot parse this SQL: {error}")
+    statements = []
+    for pg_stmt in pg_statements:
+        try:
+            statement = _facts(pg_stmt.text, "postgres", default_schema)
+        except SqlglotError as error:
+            return _fail("postgres", "guard:parsers-disagree",
+                         f"parsers disagree: PostgreSQL reads a {pg_stmt.kind.value} statement that sqlglot cannot parse ({_short(error)})")
+        if statement.kind != pg_stmt.kind and statement.opaque is None:
+            return _fail("postgres", "guard:parsers-disagree",
+                         f"parsers disagree on `{_clip(pg_stmt.text)}`: PostgreSQL reads {pg_stmt.kind.value}, sqlglot reads {statement.kind.value}")
+        if statement.kind == Kind.EXPLAIN and statement.explained is not None and pg_stmt.explained_kind != statement.explained.kind:
+            return _fail("postgres", "guard:parsers-disagree",
+                         f"parsers disagree on what `{_clip(pg_stmt.text)}` explains")
+        # Functions: the union of both parsers' lists, so neither can hide a call from the other.
+        statement = replace(statement, kind=pg_stmt.kind if statement.opaque else statement.kind,
+                            kinds=statement.kinds | {pg_stmt.kind},
+                            functions=statement.functions | pg_stmt.functions,
+                            explain_analyze=statement.explain_analyze or pg_stmt.explain_analyze)
+        statements.append(statement)
+    return Analysis(dialect="postgres", statements=tuple(statements))
+
+
+def _analyse_generic(text: str, dialect: str) -> Analysis:
+    default_schema = DIALECTS[dialect]
+    try:
+        pieces = split(text, dialect)
+        statements = tuple(_facts(piece, dialect, default_schema) for piece in pieces)
+    except SqlglotError as error:
+        return _fail(dialect, "guard:parse-error", f"cannot parse this SQL: {_short(error)}")
+    return Analysis(dialect=dialect, statements=statements)
+
+
+def split(text: str, dialect: str) -> list[str]:
+    """Statement texts, split at the semicolons sqlglot's tokenizer sees (not inside strings)."""
+    tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(text)
+    pieces, start = [], None
+    end = 0
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            if start is not None:
+                pieces.append(text[start : end + 1].strip())
+            start = None
+            continue
+        if start is None:
+            start = token.start
+        end = token.end
+    if start is not None:
+        pieces.append(text[start : end + 1].strip())
+    return pieces
+
+
+def _facts(piece: str, dialect: str, default_schema: str) -> Statement:
+    tree = _parse_one(piece, dialect)
+    if isinstance(tree, exp.Command) and str(tree.this).upper() == "EXPLAIN":
+        return _explain_facts(piece, dialect, default_schema)
+    return statement_facts(tree, piece, default_schema)
+
+
+_EXPLAIN_WORDS = {"ANALYZE", "ANALYSE", "VERBOSE", "QUERY", "PLAN"}
+
+
+def _explain_facts(piece: str, dialect: str, default_schema: str) -> Statement:
+    """EXPLAIN [ (options) | ANALYZE VERBOSE | QUERY PLAN ] inner: facts of inner, wrapped."""
+    tokenize = sqlglot.Dialect.get_or_raise(dialect).tokenize
+    # The tokenizer keeps everything after the EXPLAIN keyword as one string: tokenize the rest.
+    rest = piece[tokenize(piece)[0].end + 1 :]
+    tokens = tokenize(rest)
+    i, analyze = 0, False
+    if i < len(tokens) and tokens[i].token_type == TokenType.L_PAREN:
+        depth = 0
+        while i < len(tokens):
+            kind = tokens[i].token_type
+            depth += (kind == TokenType.L_PAREN) - (kind == TokenType.R_PAREN)
+            analyze |= tokens[i].text.upper() in ("ANALYZE", "ANALYSE")
+            i += 1
+            if depth == 0:
+                break
+    while i < len(tokens) and tokens[i].text.upper() in _EXPLAIN_WORDS:
+        analyze |= tokens[i].text.upper() in ("ANALYZE", "ANALYSE")
+        i += 1
+    if i >= len(tokens):
+        raise SqlglotError("EXPLAIN without a statement")
+    inner = _facts(rest[tokens[i].start :], dialect, default_schema)
+    return Statement(text=piece, kind=Kind.EXPLAIN, kinds=frozenset({Kind.EXPLAIN}),
+                     explain_analyze=analyze, explained=inner, opaque=inner.opaque)
+
+
+def _short(error: Exception) -> str:
+    return str(error).splitlines()[0][:200]
+
+
+def _clip(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

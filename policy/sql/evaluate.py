@@ -1,0 +1,141 @@
+"""One rule against one statement → an Outcome. The checks run in the order listed in CHECKS.
+
+An Outcome is ``allow``, ``review``, ``deny`` (an explicit prohibition: it beats every allow), or
+``none``: this rule does not cover the statement, with a reason saying what it would need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Callable, Literal
+
+from policy.decision import Verdict
+from policy.patterns import matches
+from policy.rules import SqlRule
+from policy.sql import dangerous_functions
+from policy.sql.facts import Kind, Statement
+
+Effect = Literal["allow", "review", "deny", "none"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    effect: Effect
+    rule: str
+    reason: str = ""
+    hint: str | None = None
+
+
+def _dangerous(dialect: str) -> dict[str, dangerous_functions.FunctionRisk]:
+    return dangerous_functions.POSTGRES if dialect == "postgres" else dangerous_functions.SQLITE
+
+
+def _upper(kinds: object) -> str:
+    return ", ".join(sorted(k.value.upper() for k in kinds))  # type: ignore[attr-defined]
+
+
+def check_denied_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+    """``deny = ["drop"]`` → any DROP, even nested, is denied outright."""
+    hit = stmt.kinds & rule.deny
+    if hit:
+        return Outcome("deny", f"{rule.id}:deny-kind", f"{_upper(hit)} is denied by rule `{rule.id}`")
+    return None
+
+
+def check_denied_functions(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+    """``deny_functions = ["pg_*"]`` → a call to any matching function is denied outright."""
+    hit = sorted(f for f in stmt.functions if any(fnmatchcase(f, p.lower()) for p in rule.deny_functions))
+    if hit:
+        return Outcome("deny", f"{rule.id}:deny-function", f"`{hit[0]}()` is denied by rule `{rule.id}`",
+                       hint=f"Rewrite the query without `{hit[0]}()`.")
+    return None
+
+
+def check_dangerous_functions(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+    """``SELECT pg_read_file('/etc/passwd')`` → not covered unless the rule exempts pg_read_file."""
+    risky = _dangerous(dialect)
+    hit = sorted(f for f in stmt.functions if f in risky and f not in rule.allow_functions)
+    if hit:
+        why = risky[hit[0]].why
+        return Outcome("none", f"{rule.id}:function", f"`{hit[0]}()` {why}; it is denied by default",
+                       hint=f"Rewrite the query without `{hit[0]}()`.")
+    return None
+
+
+def check_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+    """``DROP TABLE t`` under read-only → not covered: the rule allows SELECT, EXPLAIN."""
+    missing = stmt.kinds - rule.allow - rule.review
+    if missing:
+        allowed = _upper(rule.allow) or "nothing"
+        what = "creates a table" if stmt.select_into and Kind.CREATE in missing else f"is {_upper(missing)}"
+        return Outcome("none", f"{rule.id}:kind", f"the statement {what}; rule `{rule.id}` allows {allowed}",
+                       hint=f"Only {allowed} statements would pass here.")
+    return None
+
+
+def check_locking(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+    """``SELECT ... FOR UPDATE`` → not covered unless the rule allows locking clauses."""
+    if stmt.locking and not rule.allow_locking:
+        return Outcome("none", f"{rule.id}:locking", f"locking clauses (FOR UPDATE/SHARE) are not allowed by rule `{rule.id}`",
+                       hint="Remove the FOR UPDATE/FOR SHARE clause.")
+    return None
+
+
+def check_tables(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+    """``SELECT * FROM pg_authid`` → not covered: the table is outside the rule's read patterns."""
+    for table in sorted(stmt.writes):
+        if not matches(rule.write_tables, table):
+            return Outcome("none", f"{rule.id}:table", f"rule `{rule.id}` does not allow writing `{table}`",
+                           hint=f"Writable tables: {', '.join(rule.write_tables) or 'none'}.")
+    for table in sorted(stmt.reads):
+        if not (matches(rule.read_tables, table) or matches(rule.write_tables, table)):
+            return Outcome("none", f"{rule.id}:table", f"rule `{rule.id}` does not allow reading `{table}`",
+                           hint=f"Readable tables: {', '.join(rule.read_tables)}.")
+    return None
+
+
+def check_unfiltered(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+    """``DELETE FROM t`` (no WHERE) → the rule's ``unfiltered_writes`` verdict (review by default)."""
+    if stmt.unfiltered and rule.unfiltered_writes is not Verdict.ALLOW:
+        effect: Effect = "deny" if rule.unfiltered_writes is Verdict.DENY else "review"
+        return Outcome(effect, f"{rule.id}:unfiltered", f"{_upper(stmt.unfiltered)} without a WHERE clause changes every row",
+                       hint="Add a WHERE clause that names the rows to change.")
+    return None
+
+
+def check_review_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+    """``TRUNCATE t`` under read-write → held for review."""
+    held = stmt.kinds & rule.review - rule.allow
+    if held:
+        return Outcome("review", f"{rule.id}:review-kind", f"{_upper(held)} needs approval under rule `{rule.id}`")
+    return None
+
+
+Check = Callable[[SqlRule, Statement, str], "Outcome | None"]
+
+# Order: prohibitions first, then coverage (none), then what holds a call for review.
+CHECKS: tuple[Check, ...] = (
+    check_denied_kinds,
+    check_denied_functions,
+    check_dangerous_functions,
+    check_kinds,
+    check_locking,
+    check_tables,
+    check_unfiltered,
+    check_review_kinds,
+)
+
+
+def evaluate(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome:
+    """The first prohibition or gap wins; otherwise review if any check holds, else allow."""
+    held: Outcome | None = None
+    for check in CHECKS:
+        outcome = check(rule, stmt, dialect)
+        if outcome is None:
+            continue
+        if outcome.effect == "review":
+            held = held or outcome
+            continue
+        return outcome
+    return held or Outcome("allow", rule.id)

@@ -1,0 +1,121 @@
+"""What the analyser knows about a piece of SQL: immutable facts, decided on by policy/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Kind(str, Enum):
+    SELECT = "select"
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+    MERGE = "merge"
+    CREATE = "create"
+    ALTER = "alter"
+    DROP = "drop"
+    TRUNCATE = "truncate"
+    GRANT = "grant"
+    REVOKE = "revoke"
+    COPY = "copy"
+    SET = "set"
+    RESET = "reset"
+    TRANSACTION = "transaction"
+    CALL = "call"
+    DO = "do"
+    PREPARE = "prepare"
+    EXECUTE = "execute"
+    EXPLAIN = "explain"
+    VACUUM = "vacuum"
+    ANALYZE = "analyze"
+    LOCK = "lock"
+    LISTEN = "listen"
+    NOTIFY = "notify"
+    SHOW = "show"
+    COMMENT = "comment"
+    OTHER = "other"
+
+
+WRITE_KINDS = frozenset({Kind.INSERT, Kind.UPDATE, Kind.DELETE, Kind.MERGE})
+DDL_KINDS = frozenset({Kind.CREATE, Kind.ALTER, Kind.DROP, Kind.COMMENT})
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement, as both parsers understood it.
+
+    ``text`` is exactly what the executor will run (one statement, no trailing semicolon).
+    ``kinds`` holds the top-level kind plus every kind nested inside it (a DELETE inside a CTE).
+    Table names are ``schema.table``, unquoted names folded to lower case.
+    """
+
+    text: str
+    kind: Kind
+    kinds: frozenset[Kind]
+    reads: frozenset[str] = frozenset()
+    writes: frozenset[str] = frozenset()
+    functions: frozenset[str] = frozenset()
+    # Kinds of UPDATE/DELETE in this statement that have no WHERE (or only a constant one).
+    unfiltered: frozenset[Kind] = frozenset()
+    select_into: bool = False
+    locking: bool = False
+    explain_analyze: bool = False
+    explained: Statement | None = None
+    # Why the statement cannot be fully understood; any value here means deny.
+    opaque: str | None = None
+
+    @property
+    def effective(self) -> Statement:
+        """The statement whose effects count: EXPLAIN's wrapped statement, else itself."""
+        return self.explained if self.explained is not None else self
+
+    @property
+    def is_read(self) -> bool:
+        eff = self.effective
+        return (
+            eff.opaque is None
+            and eff.kinds == {Kind.SELECT}
+            and not eff.writes
+            and not eff.select_into
+            and not eff.locking
+        )
+
+    def summary(self) -> dict[str, object]:
+        """Facts for the audit log and for `check`."""
+        out: dict[str, object] = {"kind": self.kind.value}
+        if self.kinds != {self.kind}:
+            out["kinds"] = sorted(k.value for k in self.kinds)
+        for name in ("reads", "writes", "functions", "unfiltered"):
+            value = getattr(self, name)
+            if value:
+                out[name] = sorted(v.value if isinstance(v, Kind) else v for v in value)
+        for name in ("select_into", "locking", "explain_analyze"):
+            if getattr(self, name):
+                out[name] = True
+        if self.explained is not None:
+            out["explains"] = self.explained.summary()
+        if self.opaque:
+            out["opaque"] = self.opaque
+        return out
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The facts of one text: its statements, or why the text as a whole cannot be understood."""
+
+    dialect: str
+    statements: tuple[Statement, ...]
+    # A problem with the whole text (parse error, parsers disagree): deny, with this reason.
+    error: str | None = None
+    error_rule: str | None = None
+
+    @property
+    def is_read(self) -> bool:
+        return bool(self.statements) and all(s.is_read for s in self.statements)
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {"dialect": self.dialect, "statements": [s.summary() for s in self.statements]}
+        if self.error:
+            out["error"] = self.error
+        return out

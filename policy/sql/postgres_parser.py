@@ -1,0 +1,125 @@
+"""PostgreSQL's own parser (pglast, libpg_query): the second opinion on PostgreSQL text.
+
+It splits the text exactly where the server would, says what kind each statement is, and lists
+every function called anywhere, with names decoded as the server decodes them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import parser as pg
+
+from policy.sql.facts import Kind
+
+
+@dataclass(frozen=True)
+class PgStatement:
+    text: str
+    kind: Kind
+    functions: frozenset[str]
+    explain_analyze: bool
+    explained_kind: Kind | None
+
+
+class PgParseError(ValueError):
+    pass
+
+
+_EXACT: dict[str, Kind] = {
+    "SelectStmt": Kind.SELECT,
+    "InsertStmt": Kind.INSERT,
+    "UpdateStmt": Kind.UPDATE,
+    "DeleteStmt": Kind.DELETE,
+    "MergeStmt": Kind.MERGE,
+    "ViewStmt": Kind.CREATE,
+    "IndexStmt": Kind.CREATE,
+    "DefineStmt": Kind.CREATE,
+    "RuleStmt": Kind.CREATE,
+    "CompositeTypeStmt": Kind.CREATE,
+    "CreatedbStmt": Kind.CREATE,
+    "RenameStmt": Kind.ALTER,
+    "TruncateStmt": Kind.TRUNCATE,
+    "CopyStmt": Kind.COPY,
+    "TransactionStmt": Kind.TRANSACTION,
+    "CallStmt": Kind.CALL,
+    "DoStmt": Kind.DO,
+    "PrepareStmt": Kind.PREPARE,
+    "DeallocateStmt": Kind.PREPARE,
+    "ExecuteStmt": Kind.EXECUTE,
+    "ExplainStmt": Kind.EXPLAIN,
+    "LockStmt": Kind.LOCK,
+    "ListenStmt": Kind.LISTEN,
+    "UnlistenStmt": Kind.LISTEN,
+    "NotifyStmt": Kind.NOTIFY,
+    "VariableShowStmt": Kind.SHOW,
+    "CommentStmt": Kind.COMMENT,
+}
+
+
+def _kind(node_type: str, body: dict[str, Any]) -> Kind:
+    if node_type in _EXACT:
+        return _EXACT[node_type]
+    if node_type in ("GrantStmt", "GrantRoleStmt"):
+        return Kind.GRANT if body.get("is_grant") else Kind.REVOKE
+    if node_type == "VariableSetStmt":
+        return Kind.RESET if str(body.get("kind", "")).startswith("VAR_RESET") else Kind.SET
+    if node_type == "VacuumStmt":
+        return Kind.VACUUM if body.get("is_vacuumcmd") else Kind.ANALYZE
+    if node_type.startswith("Create"):
+        return Kind.CREATE
+    if node_type.startswith("Alter"):
+        return Kind.ALTER
+    if node_type.startswith("Drop"):
+        return Kind.DROP
+    return Kind.OTHER
+
+
+def _functions(node: Any, out: set[str]) -> None:
+    if isinstance(node, dict):
+        call = node.get("FuncCall")
+        if isinstance(call, dict):
+            names = [part.get("String", {}).get("sval", "") for part in call.get("funcname", [])]
+            if names:
+                out.add(names[-1].lower())
+        for value in node.values():
+            _functions(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _functions(value, out)
+
+
+def uses_unicode_escapes(text: str) -> bool:
+    """True when an identifier is written U&"..." (decoded by the server, not by sqlglot)."""
+    try:
+        return any(token.name == "UIDENT" for token in pg.scan(text))
+    except Exception:  # a scan failure surfaces as a parse failure right after
+        return False
+
+
+def parse(text: str) -> list[PgStatement]:
+    try:
+        tree = json.loads(pg.parse_sql_json(text))
+    except Exception as error:  # pglast raises ParseError; anything else is a failure too
+        raise PgParseError(str(getattr(error, "args", [error])[0])) from error
+    encoded = text.encode()  # libpg_query reports byte offsets
+    statements = []
+    for raw in tree.get("stmts", []):
+        (node_type, body), = raw["stmt"].items()
+        start = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len", 0) or len(encoded) - start
+        piece = encoded[start : start + length].decode().strip()
+        functions: set[str] = set()
+        _functions(body, functions)
+        explained_kind = None
+        analyze = False
+        if node_type == "ExplainStmt":
+            (inner_type, inner_body), = body["query"].items()
+            explained_kind = _kind(inner_type, inner_body)
+            analyze = any(
+                opt.get("DefElem", {}).get("defname") == "analyze" for opt in body.get("options", [])
+            )
+        statements.append(PgStatement(piece, _kind(node_type, body), frozenset(functions), analyze, explained_kind))
+    return statements

@@ -1,0 +1,204 @@
+"""Facts of one statement from sqlglot's tree. Reads the tree, never changes it."""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from policy.sql.facts import Kind, Statement
+
+# Top-level node class → kind. Order matters only for subclasses (none overlap here).
+_KIND_OF_NODE: tuple[tuple[type[exp.Expression], Kind], ...] = (
+    (exp.Select, Kind.SELECT),
+    (exp.SetOperation, Kind.SELECT),
+    (exp.Subquery, Kind.SELECT),
+    (exp.Insert, Kind.INSERT),
+    (exp.Update, Kind.UPDATE),
+    (exp.Delete, Kind.DELETE),
+    (exp.Merge, Kind.MERGE),
+    (exp.Create, Kind.CREATE),
+    (exp.Alter, Kind.ALTER),
+    (exp.Drop, Kind.DROP),
+    (exp.TruncateTable, Kind.TRUNCATE),
+    (exp.Grant, Kind.GRANT),
+    (exp.Revoke, Kind.REVOKE),
+    (exp.Copy, Kind.COPY),
+    (exp.Set, Kind.SET),
+    (exp.Transaction, Kind.TRANSACTION),
+    (exp.Commit, Kind.TRANSACTION),
+    (exp.Rollback, Kind.TRANSACTION),
+    (exp.Analyze, Kind.ANALYZE),
+    (exp.Comment, Kind.COMMENT),
+)
+
+# First keyword of a statement sqlglot keeps only as an opaque Command → kind.
+KIND_OF_KEYWORD: dict[str, Kind] = {
+    "SET": Kind.SET,
+    "RESET": Kind.RESET,
+    "DO": Kind.DO,
+    "CALL": Kind.CALL,
+    "PREPARE": Kind.PREPARE,
+    "DEALLOCATE": Kind.PREPARE,
+    "EXECUTE": Kind.EXECUTE,
+    "EXPLAIN": Kind.EXPLAIN,
+    "VACUUM": Kind.VACUUM,
+    "ANALYZE": Kind.ANALYZE,
+    "ANALYSE": Kind.ANALYZE,
+    "LOCK": Kind.LOCK,
+    "LISTEN": Kind.LISTEN,
+    "UNLISTEN": Kind.LISTEN,
+    "NOTIFY": Kind.NOTIFY,
+    "SHOW": Kind.SHOW,
+    "COPY": Kind.COPY,
+    "GRANT": Kind.GRANT,
+    "REVOKE": Kind.REVOKE,
+    "BEGIN": Kind.TRANSACTION,
+    "START": Kind.TRANSACTION,
+    "COMMIT": Kind.TRANSACTION,
+    "END": Kind.TRANSACTION,
+    "ROLLBACK": Kind.TRANSACTION,
+    "SAVEPOINT": Kind.TRANSACTION,
+    "RELEASE": Kind.TRANSACTION,
+    "ABORT": Kind.TRANSACTION,
+    "CREATE": Kind.CREATE,
+    "ALTER": Kind.ALTER,
+    "DROP": Kind.DROP,
+    "TRUNCATE": Kind.TRUNCATE,
+    "COMMENT": Kind.COMMENT,
+}
+
+_DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
+_DML_KIND = {exp.Insert: Kind.INSERT, exp.Update: Kind.UPDATE, exp.Delete: Kind.DELETE, exp.Merge: Kind.MERGE}
+
+
+def kind_of(tree: exp.Expression) -> Kind:
+    if isinstance(tree, exp.Command):
+        return KIND_OF_KEYWORD.get(str(tree.this).upper(), Kind.OTHER)
+    for cls, kind in _KIND_OF_NODE:
+        if isinstance(tree, cls):
+            return kind
+    return Kind.OTHER
+
+
+def ident(node: exp.Expression | str | None) -> str:
+    """An identifier as the database sees it: unquoted names fold to lower case."""
+    if node is None:
+        return ""
+    if isinstance(node, exp.Identifier):
+        return node.this if node.quoted else node.this.lower()
+    if isinstance(node, exp.Expression):
+        return node.name.lower()
+    return str(node).lower()
+
+
+def function_name(node: exp.Func) -> str:
+    if isinstance(node, exp.Anonymous):
+        return ident(node.this) if isinstance(node.this, exp.Identifier) else str(node.this).lower()
+    return node.sql_name().lower()
+
+
+def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Statement:
+    kind = kind_of(tree)
+    if isinstance(tree, exp.Command) or tree.find(exp.Command):
+        keyword = str(tree.this).upper() if isinstance(tree, exp.Command) else "a nested statement"
+        return Statement(
+            text=text,
+            kind=kind,
+            kinds=frozenset({kind}),
+            opaque=f"the SQL parser understands `{keyword}` only as an opaque command",
+        )
+
+    targets = _write_targets(tree)
+    reads: set[str] = set()
+    writes: set[str] = set()
+    for table in tree.find_all(exp.Table):
+        if isinstance(table.this, exp.Func) or _is_cte_reference(table):
+            continue
+        name = qualified(table, default_schema)
+        (writes if id(table) in targets else reads).add(name)
+
+    kinds = {kind}
+    unfiltered: set[Kind] = set()
+    for node in tree.find_all(*_DML):
+        node_kind = _DML_KIND[type(node)]
+        kinds.add(node_kind)
+        if isinstance(node, (exp.Update, exp.Delete)) and not _filters_rows(node.args.get("where")):
+            unfiltered.add(node_kind)
+
+    selects = list(tree.find_all(exp.Select))
+    select_into = any(s.args.get("into") for s in selects)
+    if select_into:  # SELECT INTO creates a table: it needs what CREATE TABLE AS needs
+        kinds.add(Kind.CREATE)
+    return Statement(
+        text=text,
+        kind=kind,
+        kinds=frozenset(kinds),
+        reads=frozenset(reads),
+        writes=frozenset(writes),
+        functions=frozenset(function_name(f) for f in tree.find_all(exp.Func)),
+        unfiltered=frozenset(unfiltered),
+        select_into=select_into,
+        locking=any(s.args.get("locks") for s in selects),
+    )
+
+
+def qualified(table: exp.Table, default_schema: str) -> str:
+    schema = ident(table.args.get("db")) or default_schema
+    name = ident(table.this)
+    # PostgreSQL searches pg_catalog before the search path, and every relation there is named
+    # pg_*: an unqualified pg_* name is the catalog's.
+    if not table.args.get("db") and default_schema != "main" and name.startswith("pg_"):
+        schema = "pg_catalog"
+    return f"{schema}.{name}"
+
+
+def _filters_rows(where: exp.Expression | None) -> bool:
+    """A WHERE that mentions no column (``WHERE true``, ``WHERE 1=1``) filters nothing."""
+    return where is not None and where.find(exp.Column) is not None
+
+
+def _is_cte_reference(table: exp.Table) -> bool:
+    if table.args.get("db"):
+        return False
+    name = ident(table.this)
+    node: exp.Expression | None = table.parent
+    while node is not None:
+        with_ = node.args.get("with_") or node.args.get("with")
+        if isinstance(with_, exp.With) and any(ident(cte.args.get("alias").this) == name for cte in with_.expressions if cte.args.get("alias")):
+            return True
+        node = node.parent
+    return False
+
+
+def _write_targets(tree: exp.Expression) -> set[int]:
+    """ids of the Table nodes a statement writes to (DML targets, DDL objects, SELECT INTO)."""
+    targets: set[int] = set()
+
+    def mark(node: exp.Expression | None) -> None:
+        if node is None:
+            return
+        if isinstance(node, exp.Table):
+            targets.add(id(node))
+        elif isinstance(node, exp.Schema):
+            mark(node.this)
+
+    for node in tree.find_all(*_DML):
+        mark(node.this)
+    for select in tree.find_all(exp.Select):
+        into = select.args.get("into")
+        if into is not None:
+            mark(into.this)
+    if isinstance(tree, (exp.Create, exp.Alter, exp.Comment)):
+        mark(tree.this)
+    if isinstance(tree, exp.Drop):
+        mark(tree.this)
+        for table in tree.args.get("tables") or ():
+            mark(table)
+    if isinstance(tree, (exp.Grant, exp.Revoke)):  # the object whose privileges change
+        for table in tree.find_all(exp.Table):
+            targets.add(id(table))
+    if isinstance(tree, exp.TruncateTable):
+        for table in tree.expressions:
+            mark(table)
+    if isinstance(tree, exp.Copy) and tree.args.get("kind"):  # COPY ... FROM writes the table
+        mark(tree.this)
+    return targets

@@ -1,0 +1,169 @@
+"""The MCP app: four tools over the Gateway, identity per call, errors curated for the agent."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, AsyncIterator, Callable
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from policy import Identity
+from policy.errors import BastionError
+from server import render
+from server.build import build_gateway
+from server.config import Config
+from tools.calls import Caller
+from tools.gateway import Gateway
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+INSTRUCTIONS = (
+    "Bastion guards database access. Call list_connections first, describe to see tables, then sql_query. "
+    "Every call is checked by policy and recorded; a refusal says which rule refused and what would pass. "
+    "Give a one-line `reason` with each query."
+)
+
+
+class SqlResult(BaseModel):
+    columns: list[str]
+    rows: list[list[Any]]
+    row_count: int = Field(description="rows returned, or rows changed by a write")
+    truncated: bool = Field(description="true when max_rows or max_bytes cut the result")
+    duration_ms: float
+    call_id: str
+
+
+class ConnectionInfo(BaseModel):
+    name: str
+    kind: str
+    description: str
+    rules: str
+
+
+class Connections(BaseModel):
+    connections: list[ConnectionInfo]
+
+
+class Column(BaseModel):
+    name: str
+    type: str
+    nullable: bool
+
+
+class Table(BaseModel):
+    schema_: str = Field(alias="schema")
+    name: str
+    kind: str
+    columns: list[Column]
+
+
+class Tables(BaseModel):
+    tables: list[Table]
+
+
+class CheckOutcome(BaseModel):
+    verdict: str = Field(description="allow | review | deny")
+    rules: list[str]
+    reason: str
+    hint: str | None = None
+    statements: list[dict[str, Any]] = Field(description="facts the guard found in each statement")
+
+
+IdentityResolver = Callable[[Context], Identity]
+
+
+def client_of(ctx: Context) -> dict[str, str]:
+    try:
+        params = ctx.session.client_params
+        info = params.client_info if params else None
+        return {"name": info.name, "version": info.version} if info else {}
+    except Exception:  # client info is optional on every era; never fail a call over it
+        return {}
+
+
+def create_server(config: Config, *, identity_for: IdentityResolver | None = None,
+                  gateway: Gateway | None = None) -> MCPServer:
+    """The MCP server for ``config``. ``identity_for`` maps a request to an Identity (OIDC later);
+    without it every call runs as the configured identity."""
+    configured = config.identity.to_identity()
+    resolve = identity_for or (lambda ctx: configured)
+
+    @asynccontextmanager
+    async def lifespan(server: MCPServer) -> AsyncIterator[Gateway]:
+        gw = gateway or build_gateway(config)
+        await gw.start()
+        try:
+            yield gw
+        finally:
+            await gw.close()
+            gw.store.close()
+
+    mcp = MCPServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan)
+
+    def context(ctx: Context) -> tuple[Gateway, Caller]:
+        headers = ctx.headers or {}
+        caller = Caller(resolve(ctx), client_of(ctx), headers.get("mcp-session-id"))
+        return ctx.request_context.lifespan_context, caller
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def list_connections(ctx: Context) -> Connections:
+        """List the databases you may use, their kind, and what their rules allow."""
+        gw, caller = context(ctx)
+        try:
+            items = await gw.list_connections(caller)
+        except BastionError as error:
+            raise ToolError(error.for_agent()) from error
+        return Connections(connections=[ConnectionInfo(**item) for item in items])
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def describe(connection: str, ctx: Context, table: str | None = None) -> Tables:
+        """Tables and columns you may read on a connection; give `table` for one table."""
+        gw, caller = context(ctx)
+        try:
+            tables = await gw.describe(caller, connection, table)
+        except BastionError as error:
+            raise ToolError(error.for_agent()) from error
+        return Tables(tables=[
+            Table(schema=t.schema, name=t.name, kind=t.kind,
+                  columns=[Column(name=c.name, type=c.type, nullable=c.nullable) for c in t.columns])
+            for t in tables])
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=True))
+    async def check(connection: str, text: str, ctx: Context) -> CheckOutcome:
+        """Ask whether SQL would be allowed, held or denied, and why, without running it."""
+        gw, caller = context(ctx)
+        try:
+            outcome = await gw.check(caller, connection, text)
+        except BastionError as error:
+            raise ToolError(error.for_agent()) from error
+        return CheckOutcome(**outcome.__dict__)
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+                                          open_world_hint=False))
+    async def sql_query(connection: str, sql: str, ctx: Context,
+                        reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
+                        ) -> Annotated[CallToolResult, SqlResult]:
+        """Run SQL on a connection under its policy; returns rows (capped) and a call_id."""
+        gw, caller = context(ctx)
+        try:
+            done = await gw.sql_query(caller, connection, sql, reason)
+        except BastionError as error:
+            raise ToolError(error.for_agent()) from error
+        r = done.result
+        out = SqlResult(columns=r.columns, rows=r.rows, row_count=r.row_count, truncated=r.truncated,
+                        duration_ms=round(done.duration_ms, 3), call_id=done.call_id)
+        note = f"{r.row_count} row{'s' if r.row_count != 1 else ''}"
+        if r.truncated:
+            note += f" (truncated at the limit of {done.decision.limits.max_rows} rows / {done.decision.limits.max_bytes} bytes)"  # type: ignore[union-attr]
+        footer = f"({note}; {out.duration_ms:g} ms; call_id {done.call_id})"
+        text = render.table(r.columns, r.rows, footer=footer)
+        return CallToolResult(content=[TextContent(type="text", text=text)],
+                              structured_content=out.model_dump(mode="json"))
+
+    return mcp

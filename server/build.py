@@ -1,0 +1,67 @@
+"""Config → a running Gateway: resolve secrets by reference, create executors and the store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from policy.errors import ConfigError
+from server.config import Config, ConnectionConfig
+from store.sqlite_store import SqliteAuditStore
+from store.errors import StoreError
+from tools.connections import Connection
+from tools.executors.base import SqlExecutor
+from tools.executors.postgres import PostgresExecutor
+from tools.executors.sqlite import SqliteExecutor
+from tools.gateway import Gateway
+
+
+def _secret(config: Config, name: str, conn: ConnectionConfig) -> str | None:
+    if conn.password_env:
+        value = os.environ.get(conn.password_env)
+        if value is None:
+            raise ConfigError(f"{config.source}: connections.{name}.password_env: the environment variable "
+                              f"`{conn.password_env}` is not set")
+        return value
+    if conn.password_file:
+        try:
+            return config.path(conn.password_file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"{config.source}: connections.{name}.password_file: cannot read "
+                              f"`{conn.password_file}` ({error.strerror})") from None
+    return None
+
+
+def _target(config: Config, name: str, conn: ConnectionConfig) -> str:
+    if conn.target_env:
+        value = os.environ.get(conn.target_env)
+        if value is None:
+            raise ConfigError(f"{config.source}: connections.{name}.target_env: the environment variable "
+                              f"`{conn.target_env}` is not set")
+        return value
+    assert conn.target is not None
+    return conn.target
+
+
+def build_executor(config: Config, name: str, conn: ConnectionConfig) -> SqlExecutor:
+    target = _target(config, name, conn)
+    if conn.kind == "sqlite":
+        return SqliteExecutor(name, config.path(target))
+    return PostgresExecutor(name, target, password=_secret(config, name, conn), search_path=conn.search_path)
+
+
+def build_gateway(config: Config) -> Gateway:
+    policies = config.policies()
+    connections = {
+        name: Connection(name, conn.kind, policies[name], build_executor(config, name, conn), conn.description)
+        for name, conn in config.connections.items()
+    }
+    try:
+        store = SqliteAuditStore(config.path(config.audit.path))
+    except StoreError as error:
+        raise ConfigError(f"{config.source}: audit.path: {error}") from None
+    return Gateway(connections, store)
+
+
+def audit_path(config: Config) -> Path:
+    return config.path(config.audit.path)

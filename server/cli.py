@@ -1,0 +1,265 @@
+"""The `bastion` command: serve, check, audit, config. A thin click layer over the library."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from policy import ConnectionPolicy, Identity
+from policy.errors import BastionError, ConfigError
+from policy.presets import PRESETS
+from server import config as config_mod
+from store.sqlite_store import SqliteAuditStore
+from tools.guard import safe_check
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                             help="Config file (default: $BASTION_CONFIG or ./bastion.toml).")
+
+
+def _load(config_path: str | None) -> config_mod.Config:
+    try:
+        return config_mod.load(config_path)
+    except ConfigError as error:
+        raise click.ClickException(error.message) from None
+
+
+@click.group()
+@click.version_option(package_name="agent-bastion")
+def main() -> None:
+    """Bastion: a guarded MCP gateway between AI agents and your databases.
+
+    Example: bastion serve --config examples/bastion.toml
+    """
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- serve --------------------------------------------------------------------------------------
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, e.g. 127.0.0.1:8765; found {value!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@main.command()
+@config_option
+@click.option("--http", "listen", metavar="HOST:PORT", default=None,
+              help="Serve streamable HTTP on HOST:PORT instead of stdio (loopback only until OIDC is configured).")
+def serve(config_path: str | None, listen: str | None) -> None:
+    """Run the MCP server (stdio by default).
+
+    Example: bastion serve --config examples/bastion.toml --http 127.0.0.1:8765
+    """
+    from server.app import create_server
+
+    config = _load(config_path)
+    server = create_server(config)
+    if listen is None:
+        server.run("stdio")
+        return
+    host, port = _parse_listen(listen)
+    if not is_loopback(host):
+        raise click.ClickException(f"refusing to serve HTTP on {host}: without OIDC authentication Bastion binds "
+                                   "loopback addresses only (127.0.0.1, ::1, localhost)")
+    server.run("streamable-http", host=host, port=port)
+
+
+# -- check --------------------------------------------------------------------------------------
+
+
+def _policy_for(config_path: str | None, connection: str | None, preset: str | None, dialect: str) -> ConnectionPolicy:
+    if preset:
+        return ConnectionPolicy(f"preset:{preset}", dialect, (PRESETS[preset],))
+    if not connection:
+        raise click.UsageError("give --preset, or --config with --connection")
+    config = _load(config_path)
+    policies = config.policies()
+    if connection not in policies:
+        raise click.UsageError(f"no connection `{connection}` in {config.source}; known: {', '.join(policies) or 'none'}")
+    return policies[connection]
+
+
+def _check_line(policy: ConnectionPolicy, identity: Identity, text: str) -> dict[str, Any]:
+    decision = safe_check(policy, identity, text)
+    return {"verdict": decision.verdict.value, "rules": list(decision.rules), "reason": decision.reason,
+            **({"hint": decision.hint} if decision.hint else {})}
+
+
+@main.command()
+@click.argument("text", required=False)
+@config_option
+@click.option("--connection", help="Connection whose rules decide (with --config).")
+@click.option("--user", "subject", default="cli", show_default=True, help="Subject to decide for.")
+@click.option("--group", "groups", multiple=True, help="Group of that subject (repeatable).")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Decide against a built-in preset, no config needed.")
+@click.option("--dialect", type=click.Choice(["postgres", "sqlite"]), default="postgres", show_default=True,
+              help="SQL dialect with --preset.")
+@click.option("--jsonl", is_flag=True, help='Read {"id", "text"} lines on stdin; write {"id", "verdict", "rules", "reason"} lines.')
+def check(text: str | None, config_path: str | None, connection: str | None, subject: str, groups: tuple[str, ...],
+          preset: str | None, dialect: str, jsonl: bool) -> None:
+    """Decide SQL text without running it. Exit status 0 when allowed, 1 otherwise.
+
+    Example: echo "DROP TABLE orders" | bastion check --preset read-only --dialect sqlite
+    """
+    policy = _policy_for(config_path, connection, preset, dialect if preset else "postgres")
+    identity = Identity(subject, frozenset(groups), source="cli")
+    if jsonl:
+        _check_jsonl(policy, identity, sys.stdin, sys.stdout)
+        return
+    body = text if text is not None else sys.stdin.read()
+    out = _check_line(policy, identity, body)
+    click.echo(f"{out['verdict']}  [{', '.join(out['rules'])}]  {out['reason']}")
+    if out.get("hint"):
+        click.echo(f"hint: {out['hint']}")
+    sys.exit(0 if out["verdict"] == "allow" else 1)
+
+
+def _check_jsonl(policy: ConnectionPolicy, identity: Identity, stream: TextIO, out: TextIO) -> None:
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            ident, body = item.get("id"), item["text"]
+            if not isinstance(body, str):
+                raise TypeError("text must be a string")
+            result = {"id": ident, **_check_line(policy, identity, body)}
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            result = {"id": None, "verdict": "deny", "rules": ["guard:invalid-input"],
+                      "reason": f"line {number} is not a JSON object with a string `text` ({error})"}
+        out.write(json.dumps(result, ensure_ascii=False) + "\n")
+        out.flush()
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """Read the audit log."""
+
+
+def _store(config_path: str | None) -> SqliteAuditStore:
+    config = _load(config_path)
+    path = config.path(config.audit.path)
+    if not path.exists():
+        raise click.ClickException(f"no audit log at {path} yet (it is created when `bastion serve` first runs)")
+    return SqliteAuditStore(path)
+
+
+def _line(event: dict[str, Any]) -> str:
+    who = (event.get("identity") or {}).get("subject", "")
+    decision = event.get("decision") or {}
+    verdict = decision.get("verdict", "")
+    error = (event.get("error") or {}).get("code", "")
+    text = " ".join((event.get("text") or "").split())
+    text = text if len(text) <= 70 else text[:69] + "…"
+    extra = []
+    if event["type"] == "call.finished" and event.get("row_count") is not None:
+        extra.append(f"{event['row_count']} rows")
+    if event.get("duration_ms") is not None:
+        extra.append(f"{event['duration_ms']:g} ms")
+    tail = " ".join(filter(None, [verdict, error, ", ".join(extra), text]))
+    return (f"{event['seq']:>6} {event['time'][:23]} {event['type']:<17} {event.get('call_id') or '-':<20} "
+            f"{who:<12} {event.get('connection') or '':<10} {event.get('tool') or '':<12} {tail}")
+
+
+@audit.command()
+@config_option
+@click.option("-n", "--lines", default=20, show_default=True, help="How many recent events.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they arrive.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event.")
+def tail(config_path: str | None, lines: int, follow: bool, as_json: bool) -> None:
+    """Print the most recent events.
+
+    Example: bastion audit tail -f --config examples/bastion.toml
+    """
+    store = _store(config_path)
+    emit = (lambda e: click.echo(json.dumps(e, ensure_ascii=False))) if as_json else (lambda e: click.echo(_line(e)))
+    last = 0
+    for event in store.tail(lines):
+        emit(event)
+        last = event["seq"]
+    while follow:
+        time.sleep(0.5)
+        for event in store.after(last):
+            emit(event)
+            last = event["seq"]
+
+
+@audit.command()
+@click.argument("call_id")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="The events as a JSON array.")
+def show(call_id: str, config_path: str | None, as_json: bool) -> None:
+    """Show every event of one call.
+
+    Example: bastion audit show 3f2a9c1e0b7d4e5f6a7b
+    """
+    events = _store(config_path).call(call_id)
+    if not events:
+        raise click.ClickException(f"no call `{call_id}` in the audit log")
+    if as_json:
+        click.echo(json.dumps(events, ensure_ascii=False, indent=2))
+        return
+    first = events[0]
+    ident = first.get("identity") or {}
+    click.echo(f"call {call_id}  {first.get('tool')} on {first.get('connection') or '-'}  by {ident.get('subject')} "
+               f"(groups: {', '.join(ident.get('groups') or []) or '-'})")
+    if first.get("client"):
+        click.echo(f"client: {first['client'].get('name')} {first['client'].get('version', '')}")
+    if first.get("reason"):
+        click.echo(f"reason: {first['reason']}")
+    click.echo(f"text:\n  {(first.get('text') or '').strip()}")
+    for event in events:
+        click.echo(f"- {event['time']}  {event['type']}")
+        for key in ("decision", "facts", "error"):
+            if event.get(key):
+                click.echo(f"    {key}: {json.dumps(event[key], ensure_ascii=False)}")
+        if event["type"] == "call.finished" and event.get("result") is not None:
+            result = event["result"]
+            rows = result.get("rows") if isinstance(result, dict) else None
+            summary = f"{event.get('row_count')} rows" if rows is not None else json.dumps(result)[:200]
+            click.echo(f"    result: {summary}{' (truncated)' if event.get('truncated') else ''}, {event.get('duration_ms')} ms")
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@main.group(name="config")
+def config_group() -> None:
+    """Work with the config file."""
+
+
+@config_group.command()
+@config_option
+def validate(config_path: str | None) -> None:
+    """Validate a config file and summarise it.
+
+    Example: bastion config validate --config examples/bastion.toml
+    """
+    config = _load(config_path)
+    click.echo(f"{config.source}: ok")
+    for name, policy in config.policies().items():
+        click.echo(f"  {name} ({policy.dialect}): " + " | ".join(r.summary() for r in policy.rules) if policy.rules
+                   else f"  {name} ({policy.dialect}): no rules (everything denied)")
+    click.echo(f"  audit log: {config.path(config.audit.path)}")

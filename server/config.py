@@ -1,0 +1,188 @@
+"""bastion.toml: load, validate (pydantic), and explain errors by file, key path, found and expected."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import replace
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from policy.decision import Limits, Verdict
+from policy.errors import ConfigError
+from policy.identity import Identity
+from policy.presets import PRESETS
+from policy.rules import ConnectionPolicy, SqlRule
+from policy.sql.facts import Kind
+
+DEFAULT_PATH = "bastion.toml"
+KindName = Literal[tuple(k.value for k in Kind)]  # type: ignore[valid-type]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuleConfig(_Model):
+    """One rule. Starts from ``preset`` when given; every other key overrides it."""
+
+    id: str | None = None
+    preset: Literal["read-only", "read-write"] | None = None
+    subjects: list[str] = []
+    groups: list[str] = []
+    allow: list[KindName] | None = None
+    review: list[KindName] | None = None
+    deny: list[KindName] | None = None
+    read_tables: list[str] | None = None
+    write_tables: list[str] | None = None
+    deny_functions: list[str] | None = None
+    allow_functions: list[str] | None = None
+    unfiltered_writes: Literal["allow", "review", "deny"] | None = None
+    allow_locking: bool | None = None
+    max_rows: Annotated[int, Field(gt=0, le=1_000_000)] = 1000
+    max_bytes: Annotated[int, Field(gt=0, le=1_000_000_000)] = 4_000_000
+    timeout: Annotated[float, Field(gt=0, le=3600, description="seconds")] = 30.0
+
+    def to_rule(self, index: int) -> SqlRule:
+        base = PRESETS[self.preset] if self.preset else SqlRule(id="", read_tables=("*",))
+        overrides: dict[str, Any] = {
+            "id": self.id or (self.preset if self.preset and index == 0 else f"rule-{index + 1}"),
+            "subjects": frozenset(self.subjects),
+            "groups": frozenset(self.groups),
+            "limits": Limits(self.max_rows, self.max_bytes, self.timeout),
+        }
+        for name in ("allow", "review", "deny"):
+            value = getattr(self, name)
+            if value is not None:
+                overrides[name] = frozenset(Kind(v) for v in value)
+        for name in ("read_tables", "write_tables", "deny_functions"):
+            value = getattr(self, name)
+            if value is not None:
+                overrides[name] = tuple(value)
+        if self.allow_functions is not None:
+            overrides["allow_functions"] = frozenset(f.lower() for f in self.allow_functions)
+        if self.unfiltered_writes is not None:
+            overrides["unfiltered_writes"] = Verdict(self.unfiltered_writes)
+        if self.allow_locking is not None:
+            overrides["allow_locking"] = self.allow_locking
+        return replace(base, **overrides)
+
+
+class ConnectionConfig(_Model):
+    kind: Literal["postgres", "sqlite"]
+    target: str | None = Field(None, description="DSN (postgres, no password) or file path (sqlite)")
+    target_env: str | None = Field(None, description="name of an environment variable holding the DSN")
+    password_env: str | None = None
+    password_file: str | None = None
+    description: str = ""
+    search_path: str = "public"
+    preset: Literal["read-only", "read-write"] | None = Field(None, description="shorthand for one rule for everyone")
+    rules: list[RuleConfig] = []
+
+    @model_validator(mode="after")
+    def _target_given(self) -> ConnectionConfig:
+        if (self.target is None) == (self.target_env is None):
+            raise ValueError("give exactly one of `target` and `target_env`")
+        if self.kind == "sqlite" and (self.password_env or self.password_file):
+            raise ValueError("a sqlite connection takes no password")
+        if self.preset and self.rules:
+            raise ValueError("give either `preset` or `rules`, not both")
+        return self
+
+    @field_validator("target")
+    @classmethod
+    def _no_inline_secret(cls, value: str | None) -> str | None:
+        if value and _has_inline_password(value):
+            raise ValueError("the DSN holds a password; put it in `password_env` or `password_file` instead")
+        return value
+
+    def rule_list(self) -> tuple[SqlRule, ...]:
+        if self.preset:
+            return (PRESETS[self.preset],)
+        rules = tuple(r.to_rule(i) for i, r in enumerate(self.rules))
+        ids = [r.id for r in rules]
+        duplicate = next((i for i in ids if ids.count(i) > 1), None)
+        if duplicate:
+            raise ValueError(f"rule id `{duplicate}` is used twice")
+        return rules
+
+
+class IdentityConfig(_Model):
+    subject: str = Field(default_factory=getpass.getuser)
+    groups: list[str] = []
+    email: str | None = None
+    name: str | None = None
+
+    def to_identity(self) -> Identity:
+        return Identity(self.subject, frozenset(self.groups), self.email, self.name, source="config")
+
+
+class AuditConfig(_Model):
+    path: str = "bastion-audit.db"
+
+
+class Config(_Model):
+    identity: IdentityConfig = IdentityConfig()
+    audit: AuditConfig = AuditConfig()
+    connections: dict[str, ConnectionConfig] = {}
+    # Set by load(): the folder relative paths are resolved against.
+    base_dir: Path = Path(".")
+    source: str = "<defaults>"
+
+    def path(self, value: str) -> Path:
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else self.base_dir / p
+
+    def policies(self) -> dict[str, ConnectionPolicy]:
+        return {name: ConnectionPolicy(name, c.kind, c.rule_list()) for name, c in self.connections.items()}
+
+
+def _has_inline_password(dsn: str) -> bool:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return "password" in conninfo_to_dict(dsn)
+    except Exception:
+        return False
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Load and validate a config file; every problem is a ConfigError naming file and key."""
+    file = Path(path or os.environ.get("BASTION_CONFIG", DEFAULT_PATH))
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file",
+                          hint="Pass --config PATH, or start from examples/bastion.toml.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{file}: not valid TOML: {error}") from None
+    return parse(data, source=str(file), base_dir=file.resolve().parent)
+
+
+def parse(data: dict[str, Any], *, source: str, base_dir: Path) -> Config:
+    try:
+        config = Config.model_validate({**data, "base_dir": base_dir, "source": source})
+        config.policies()  # rule-level checks (duplicate ids) surface now, not at the first call
+        return config
+    except ValidationError as error:
+        raise ConfigError(_explain(source, error)) from None
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def _explain(source: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif part not in ("function-after",) and not str(part).startswith(("literal[", "list[", "function-")):
+                path += f".{part}" if path else str(part)
+        found = item.get("input")
+        shown = "" if isinstance(found, dict) else f"; found {found!r}"
+        lines.append(f"{source}: {path or '(top level)'}: {item['msg']}{shown}")
+    return "\n".join(lines)

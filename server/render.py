@@ -1,0 +1,23 @@
+"""Compact text renderings of tool results, for the model to read."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_CELL = 120
+
+
+def _cell(value: Any) -> str:
+    text = "NULL" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", "\\n").replace("|", "\\|")
+    return text if len(text) <= _CELL else text[: _CELL - 1] + "…"
+
+
+def table(columns: list[str], rows: list[list[Any]], *, footer: str) -> str:
+    if not columns:
+        return footer
+    lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
+    lines += [" | ".join(_cell(v) for v in row) for row in rows]
+    lines.append(footer)
+    return "\n".join(lines)

@@ -1,0 +1,34 @@
+"""Event types and the canonical form the hash chain is computed over."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+REQUESTED = "call.requested"
+DENIED = "call.denied"
+FINISHED = "call.finished"
+FAILED = "call.failed"
+EXPIRED = "call.expired"
+INTERRUPTED = "call.interrupted"
+TERMINAL = (DENIED, FINISHED, FAILED, EXPIRED, INTERRUPTED)
+
+# The fields an event may carry, in the order the chain hashes them. JSON-valued ones are marked.
+FIELDS: tuple[str, ...] = (
+    "event_id", "type", "call_id", "time", "identity", "client", "session", "connection", "tool",
+    "text", "reason", "facts", "decision", "result", "row_count", "truncated", "duration_ms", "error",
+)
+JSON_FIELDS = frozenset({"identity", "client", "facts", "decision", "result", "error"})
+GENESIS = "0" * 64
+
+
+def canonical(row: dict[str, Any]) -> bytes:
+    """One stored row as the bytes the chain hashes: its FIELDS (JSON ones as their stored JSON
+    text), sorted keys, no whitespace, UTF-8."""
+    body = {k: row.get(k) for k in FIELDS}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def chain_hash(prev_hash: str, event: dict[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical(event)).hexdigest()

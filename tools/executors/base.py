@@ -1,0 +1,106 @@
+"""The interface every SQL executor implements, and the result it returns."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from policy import Identity, Limits, Statement
+
+
+@dataclass
+class QueryResult:
+    columns: list[str]
+    rows: list[list[Any]]
+    # Rows returned, or rows affected when the last statement returns none.
+    row_count: int
+    truncated: bool = False
+    statements: int = 1
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    schema: str
+    name: str
+    kind: str  # table | view | materialized view | foreign table
+    columns: tuple[ColumnInfo, ...] = field(default_factory=tuple)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the guard decided may run: the parsed statements and how to bound them."""
+
+    statements: Sequence[Statement]
+    read_only: bool
+    limits: Limits
+    identity: Identity
+
+
+class SqlExecutor(Protocol):
+    dialect: str
+
+    async def run(self, request: RunRequest) -> QueryResult: ...
+
+    async def catalog(self) -> list[TableInfo]: ...
+
+    async def close(self) -> None: ...
+
+
+class RowBudget:
+    """Counts rows and an estimate of their JSON size against the limits."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.rows: list[list[Any]] = []
+        self.bytes = 0
+        self.truncated = False
+
+    def add(self, row: Sequence[Any]) -> bool:
+        """Add one row; False (and truncated) once the next row would exceed a limit."""
+        if len(self.rows) >= self.limits.max_rows:
+            self.truncated = True
+            return False
+        values = [json_value(v) for v in row]
+        size = sum(len(str(v)) + 3 for v in values) + 2
+        if self.bytes + size > self.limits.max_bytes:
+            self.truncated = True
+            return False
+        self.rows.append(values)
+        self.bytes += size
+        return True
+
+
+def json_value(value: Any) -> Any:
+    """A database value as JSON: exact decimals and times as strings, bytes as base64."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "base64:" + base64.b64encode(bytes(value)).decode()
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (uuid.UUID, dt.timedelta)):
+        return str(value)
+    return str(value)

@@ -1,0 +1,154 @@
+"""PostgreSQL executor: psycopg 3 async with a pool; one transaction per call, bounded fetches.
+
+Defence in depth: the transaction is READ ONLY when every statement only reads; statement_timeout
+and search_path are set LOCAL; each statement is sent alone through the extended protocol (which
+refuses a second statement); reads stream through a server-side cursor up to the row and byte caps.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from policy import Kind
+from policy.errors import ExecutionError, QueryRejected, QueryTimeout, TargetUnavailable
+from tools.executors.base import ColumnInfo, QueryResult, RowBudget, RunRequest, TableInfo
+
+log = logging.getLogger(__name__)
+_FETCH_BATCH = 500
+
+_CATALOG_SQL = """
+SELECT c.table_schema, c.table_name, t.table_type, c.column_name, c.data_type, c.is_nullable
+FROM information_schema.columns c
+JOIN information_schema.tables t USING (table_schema, table_name)
+WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema') AND c.table_schema NOT LIKE 'pg_toast%%'
+ORDER BY c.table_schema, c.table_name, c.ordinal_position
+"""
+
+
+class PostgresExecutor:
+    dialect = "postgres"
+
+    def __init__(self, name: str, dsn: str, *, password: str | None = None, search_path: str = "public",
+                 max_connections: int = 8, connect_timeout: float = 5.0) -> None:
+        self.name = name
+        self.search_path = search_path
+        self.connect_timeout = connect_timeout
+        kwargs: dict[str, Any] = {"application_name": "bastion", "connect_timeout": max(1, int(connect_timeout))}
+        if password is not None:
+            kwargs["password"] = password
+        self.pool = AsyncConnectionPool(dsn, kwargs=kwargs, min_size=0, max_size=max_connections, open=False,
+                                        name=f"bastion-{name}")
+        self._opened = False
+
+    async def _pool(self) -> AsyncConnectionPool:
+        if not self._opened:
+            await self.pool.open(wait=False)
+            self._opened = True
+        return self.pool
+
+    async def run(self, request: RunRequest) -> QueryResult:
+        pool = await self._pool()
+        limits = request.limits
+        try:
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                async with conn.transaction():
+                    if request.read_only:
+                        await conn.execute("SET TRANSACTION READ ONLY")
+                    identity = request.identity
+                    await conn.execute(
+                        "SELECT set_config('statement_timeout', %s, true), set_config('search_path', %s, true),"
+                        " set_config('application_name', %s, true), set_config('bastion.user', %s, true),"
+                        " set_config('bastion.groups', %s, true)",
+                        (f"{int(limits.timeout_s * 1000)}ms", self.search_path, f"bastion:{identity.subject}"[:63],
+                         identity.subject, ",".join(sorted(identity.groups))),
+                    )
+                    result = QueryResult(columns=[], rows=[], row_count=0)
+                    for statement in request.statements:
+                        result = await self._run_one(conn, statement, request)
+                    result.statements = len(request.statements)
+                    return result
+        except PoolTimeout as error:
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable: the database did not accept a connection in time",
+                                    detail=str(error)) from error
+        except pgerr.QueryCanceled as error:
+            raise QueryTimeout(f"the query ran longer than the {limits.timeout_s:g} s limit and was cancelled",
+                               hint="Narrow the query (WHERE, LIMIT) or ask for a longer timeout.", detail=str(error)) from error
+        except psycopg.OperationalError as error:
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=_scrub(error)) from error
+        except psycopg.Error as error:
+            raise translate(error) from error
+
+    async def _run_one(self, conn: psycopg.AsyncConnection[Any], statement: Any, request: RunRequest) -> QueryResult:
+        budget = RowBudget(request.limits)
+        # Plain SELECTs stream through a server-side cursor: memory stays flat however big the table.
+        if statement.kind is Kind.SELECT and statement.is_read:
+            async with conn.cursor(name="bastion_rows") as cur:
+                await cur.execute(statement.text)
+                columns = [d.name for d in cur.description or []]
+                while not budget.truncated:
+                    batch = await cur.fetchmany(min(_FETCH_BATCH, request.limits.max_rows + 1))
+                    if not batch:
+                        break
+                    for row in batch:
+                        if not budget.add(row):
+                            break
+            return QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
+        cur = conn.cursor()
+        # prepare=True sends the text through the extended protocol, which refuses two statements.
+        await cur.execute(statement.text, prepare=True)
+        if cur.description is None:
+            return QueryResult([], [], max(cur.rowcount, 0))
+        columns = [d.name for d in cur.description]
+        while not budget.truncated:
+            batch = await cur.fetchmany(_FETCH_BATCH)
+            if not batch:
+                break
+            for row in batch:
+                if not budget.add(row):
+                    break
+        return QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
+
+    async def catalog(self) -> list[TableInfo]:
+        pool = await self._pool()
+        try:
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                async with conn.transaction():
+                    await conn.execute("SET TRANSACTION READ ONLY")
+                    rows = await (await conn.execute(_CATALOG_SQL)).fetchall()
+        except PoolTimeout as error:
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=str(error)) from error
+        except psycopg.OperationalError as error:
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=_scrub(error)) from error
+        tables: dict[tuple[str, str], TableInfo] = {}
+        for schema, table, ttype, column, dtype, nullable in rows:
+            key = (schema, table)
+            info = tables.get(key) or TableInfo(schema, table, "view" if ttype == "VIEW" else "table")
+            tables[key] = TableInfo(info.schema, info.name, info.kind, info.columns + (ColumnInfo(column, dtype, nullable == "YES"),))
+        return list(tables.values())
+
+    async def close(self) -> None:
+        if self._opened:
+            await self.pool.close()
+
+
+def translate(error: psycopg.Error) -> ExecutionError:
+    """A database error as the agent may see it: SQLSTATE and the server's primary message."""
+    diag = getattr(error, "diag", None)
+    primary = getattr(diag, "message_primary", None) or "the database rejected the statement"
+    sqlstate = getattr(error, "sqlstate", None) or "?"
+    hint = getattr(diag, "message_hint", None)
+    return QueryRejected(f"PostgreSQL error {sqlstate}: {primary}", hint=hint, detail=_scrub(error))
+
+
+def _scrub(error: BaseException) -> str:
+    """Driver text for the audit log, without connection strings or passwords."""
+    import re
+
+    text = str(error)
+    text = re.sub(r"password=\S+", "password=***", text)
+    return re.sub(r"postgres(?:ql)?://\S+", "postgresql://***", text)

@@ -1,0 +1,148 @@
+"""SQLite executor (the embedded default).
+
+Defence in depth: the file is opened read-only (``mode=ro``) when every statement only reads, and
+an authorizer refuses, inside SQLite itself, what the guard did not decide to allow: ATTACH,
+dangerous functions, writes in a read-only call, and any table the parsed facts did not name.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
+from policy.sql import dangerous_functions
+from tools.executors.base import ColumnInfo, QueryResult, RowBudget, RunRequest, TableInfo
+
+_WRITE_ACTIONS = {
+    getattr(sqlite3, name)
+    for name in dir(sqlite3)
+    if name.startswith(("SQLITE_CREATE_", "SQLITE_DROP_", "SQLITE_ALTER"))
+    or name in ("SQLITE_INSERT", "SQLITE_UPDATE", "SQLITE_DELETE", "SQLITE_REINDEX", "SQLITE_ANALYZE")
+}
+_ALWAYS_DENIED = {sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH}
+_INTERNAL_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_sequence"}
+
+
+class SqliteExecutor:
+    dialect = "sqlite"
+
+    def __init__(self, name: str, path: str | Path) -> None:
+        self.name = name
+        self.path = Path(path)
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable: its database file does not exist")
+        mode = "ro" if read_only else "rw"
+        try:
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as error:
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable: cannot open its database file",
+                                    detail=str(error)) from error
+
+    async def run(self, request: RunRequest) -> QueryResult:
+        conn = self._connect(request.read_only)
+        try:
+            return await anyio.to_thread.run_sync(self._run_sync, conn, request, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            conn.interrupt()  # a cancelled call stops the statement inside SQLite; the worker closes it
+            raise
+
+    def _run_sync(self, conn: sqlite3.Connection, request: RunRequest) -> QueryResult:
+        limits = request.limits
+        deadline = time.monotonic() + limits.timeout_s
+        timed_out = False
+
+        def progress() -> int:
+            nonlocal timed_out
+            timed_out = time.monotonic() > deadline
+            return 1 if timed_out else 0
+
+        allowed_tables = {t.split(".", 1)[1].lower() for s in request.statements for t in (s.effective.reads | s.effective.writes)}
+        conn.set_authorizer(_authorizer(request.read_only, allowed_tables))
+        conn.set_progress_handler(progress, 10_000)
+        try:
+            conn.execute("BEGIN")
+            result = QueryResult([], [], 0)
+            for statement in request.statements:
+                cur = conn.execute(statement.text)  # sqlite3 refuses a second statement in one execute
+                budget = RowBudget(limits)
+                if cur.description is None:
+                    result = QueryResult([], [], max(cur.rowcount, 0))
+                    continue
+                columns = [d[0] for d in cur.description]
+                while not budget.truncated:
+                    batch = cur.fetchmany(500)
+                    if not batch:
+                        break
+                    for row in batch:
+                        if not budget.add(row):
+                            break
+                result = QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
+            conn.execute("COMMIT")
+            result.statements = len(request.statements)
+            return result
+        except sqlite3.OperationalError as error:
+            _rollback(conn)
+            if timed_out:
+                raise QueryTimeout(f"the query ran longer than the {limits.timeout_s:g} s limit and was stopped",
+                                   hint="Narrow the query (WHERE, LIMIT).") from error
+            raise QueryRejected(f"SQLite error: {error}", detail=str(error)) from error
+        except sqlite3.Error as error:
+            _rollback(conn)
+            raise QueryRejected(f"SQLite error: {error}", detail=str(error)) from error
+        finally:
+            conn.close()
+
+    async def catalog(self) -> list[TableInfo]:
+        return await anyio.to_thread.run_sync(self._catalog_sync)
+
+    def _catalog_sync(self) -> list[TableInfo]:
+        conn = self._connect(read_only=True)
+        try:
+            tables = []
+            for name, kind in conn.execute(
+                "SELECT name, type FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            ).fetchall():
+                cols = conn.execute("SELECT name, type, \"notnull\" FROM pragma_table_info(?)", (name,)).fetchall()
+                tables.append(TableInfo("main", name, kind, tuple(ColumnInfo(c, t or "", not nn) for c, t, nn in cols)))
+            return tables
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        return None
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _authorizer(read_only: bool, allowed_tables: set[str]) -> Any:
+    def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
+        if action in _ALWAYS_DENIED:
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in dangerous_functions.SQLITE:
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_PRAGMA:
+            return sqlite3.SQLITE_DENY
+        if read_only and action in _WRITE_ACTIONS:
+            return sqlite3.SQLITE_DENY
+        if action in (sqlite3.SQLITE_READ, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE):
+            table = (arg1 or "").lower()
+            # Reads through a view or trigger name their underlying tables; the view was checked.
+            if table not in allowed_tables and table not in _INTERNAL_TABLES and source is None:
+                return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    return authorize

@@ -1,0 +1,179 @@
+"""The guarded pipeline for one SQL call: analyse → decide → record → run → record.
+
+Nothing runs before `call.requested` is durable; every call ends in exactly one terminal event;
+any failure inside the guard denies (fail closed). Masking (⑥) and approvals (hold) slot in here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from policy import Analysis, Decision, Verdict, analyse, decide
+from policy.errors import ApprovalRequired, BastionError, Denied, ExecutionError, InvalidInput
+from store import events as ev
+from tools.calls import Caller
+from tools.connections import Connection
+from tools.executors.base import QueryResult, RunRequest
+from tools.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_BYTES = 256 * 1024
+_RECORDED_TEXT_LIMIT = 64 * 1024
+
+
+@dataclass
+class GuardedResult:
+    call_id: str
+    result: QueryResult
+    duration_ms: float
+    decision: Decision
+
+
+def new_call_id() -> str:
+    return uuid.uuid4().hex[:20]
+
+
+def validate_text(text: str, *, what: str = "SQL text", max_bytes: int = MAX_TEXT_BYTES) -> None:
+    """Refuse text no parser should see: empty, oversize, not UTF-8, or holding NUL bytes."""
+    if not text.strip():
+        raise InvalidInput(f"the {what} is empty", hint="Send one SQL statement, e.g. `SELECT * FROM orders LIMIT 10`.")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"the {what} is not valid UTF-8 (it holds an unpaired surrogate)",
+                           hint="Send the statement as plain UTF-8 text.") from None
+    if size > max_bytes:
+        raise InvalidInput(f"the {what} is {size:,} bytes; the limit is {max_bytes:,}",
+                           hint="Send one statement at a time, without inline data dumps.")
+    if "\x00" in text:
+        raise InvalidInput(f"the {what} holds a NUL character", hint="Remove the NUL (\\x00) characters.")
+
+
+def recordable(text: str) -> str:
+    """The text as the log can hold it: valid UTF-8, clipped when oversize (the call was refused)."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe if len(safe) <= _RECORDED_TEXT_LIMIT else safe[:_RECORDED_TEXT_LIMIT] + f"…[clipped; {len(safe):,} chars]"
+
+
+def error_record(error: BaseException) -> dict[str, Any]:
+    if isinstance(error, BastionError):
+        out: dict[str, Any] = {"code": error.code, "message": error.message}
+        if error.hint:
+            out["hint"] = error.hint
+        if error.detail:
+            out["detail"] = error.detail
+        return out
+    return {"code": "internal", "message": type(error).__name__}
+
+
+def safe_decide(connection: Connection, caller: Caller, text: str) -> tuple[Analysis | None, Decision]:
+    """analyse + decide; any exception inside the guard is a denial, never a pass."""
+    try:
+        analysis = analyse(text, connection.dialect)
+        return analysis, decide(caller.identity, connection.policy, analysis)
+    except Exception as error:  # fail closed
+        log.exception("guard failure")
+        return None, Decision.deny("guard:internal-error", f"the guard failed while checking this text ({type(error).__name__})",
+                                   hint="Report this to the gateway's operator; the call was not run.")
+
+
+def denial_for(decision: Decision) -> Denied:
+    if decision.verdict is Verdict.REVIEW:
+        denied = ApprovalRequired(decision)
+        denied.message = f"{decision.reason}: this statement needs approval, and approvals are not enabled on this gateway yet"
+        return denied
+    return Denied(decision)
+
+
+class Guard:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def _base(self, call_id: str, caller: Caller, tool: str, connection: str, text: str, reason: str | None) -> dict[str, Any]:
+        return {
+            "type": ev.REQUESTED, "call_id": call_id, "identity": caller.identity.as_record(),
+            "client": caller.client or None, "session": caller.session, "connection": connection,
+            "tool": tool, "text": recordable(text), "reason": reason,
+        }
+
+    async def refuse(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None,
+                     error: BastionError) -> None:
+        """Record a call refused before the guard could decide (bad input, unknown connection)."""
+        call_id = new_call_id()
+        await self.recorder.append(self._base(call_id, caller, tool, connection, text, reason))
+        await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "error": error_record(error)})
+
+    async def run_sql(self, caller: Caller, tool: str, connection: Connection, text: str, reason: str | None) -> GuardedResult:
+        try:
+            validate_text(text)
+        except InvalidInput as error:
+            await self.refuse(caller, tool, connection.name, text, reason, error)
+            raise
+        analysis, decision = safe_decide(connection, caller, text)
+        call_id = new_call_id()
+        requested = self._base(call_id, caller, tool, connection.name, text, reason)
+        requested["facts"] = analysis.summary() if analysis else None
+        requested["decision"] = decision.as_record()
+        # ③ Durable before anything runs: if this raises, nothing ran.
+        await self.recorder.append(requested)
+        if not decision.allowed or analysis is None:
+            denied = denial_for(decision)
+            await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
+                                        "error": error_record(denied)})
+            raise denied
+        assert decision.limits is not None
+        started = time.perf_counter()
+        request = RunRequest(analysis.statements, decision.read_only, decision.limits, caller.identity)
+        try:
+            result = await connection.executor.run(request)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._failed(call_id, started, {"code": "cancelled", "message": "the client cancelled the call"})
+            raise
+        except BastionError as error:
+            await self._failed(call_id, started, error_record(error))
+            raise
+        except Exception as error:
+            log.exception("executor failure")
+            await self._failed(call_id, started, {"code": "internal", "message": type(error).__name__})
+            raise ExecutionError("the gateway failed while running the statement") from error
+        duration_ms = (time.perf_counter() - started) * 1000
+        await self.recorder.append({
+            "type": ev.FINISHED, "call_id": call_id, "connection": connection.name, "tool": tool,
+            "result": {"columns": result.columns, "rows": result.rows},
+            "row_count": result.row_count, "truncated": result.truncated, "duration_ms": round(duration_ms, 3),
+        })
+        return GuardedResult(call_id, result, duration_ms, decision)
+
+    async def _failed(self, call_id: str, started: float, error: dict[str, Any]) -> None:
+        await self.recorder.append({"type": ev.FAILED, "call_id": call_id, "error": error,
+                                    "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+    async def record_simple(self, caller: Caller, tool: str, connection: str, text: str,
+                            result: dict[str, Any], decision: Decision | None = None, facts: Any = None) -> str:
+        """Record a call that runs nothing on a target (check, describe, list_connections)."""
+        call_id = new_call_id()
+        requested = self._base(call_id, caller, tool, connection, text, None)
+        requested["facts"], requested["decision"] = facts, decision.as_record() if decision else None
+        await self.recorder.append(requested)
+        await self.recorder.append({"type": ev.FINISHED, "call_id": call_id, "result": result})
+        return call_id
+
+
+def safe_check(policy: Any, identity: Any, text: str) -> Decision:
+    """Decide a text against a policy with no gateway (`bastion check`); failures deny."""
+    try:
+        validate_text(text)
+    except InvalidInput as error:
+        return Decision.deny("guard:invalid-input", error.message, hint=error.hint)
+    try:
+        return decide(identity, policy, analyse(text, policy.dialect))
+    except Exception as error:  # fail closed
+        return Decision.deny("guard:internal-error", f"the guard failed while checking this text ({type(error).__name__})")
