@@ -36,7 +36,8 @@ class BastionError(Exception):
             cls.code = code
 
     def for_agent(self) -> str:
-        text = f"[{self.code}] {self.message}"
+        """``[code] message. hint`` — what was wrong and what would pass."""
+        text = f"[{self.code}] {self.message.rstrip('.')}."
         return f"{text} {self.hint}" if self.hint else text
 
 
@@ -58,9 +59,7 @@ class Denied(BastionError, code="denied"):
         self.decision = decision
 
     def for_agent(self) -> str:
-        rules = ", ".join(self.decision.rules)
-        text = f"[{self.code}] rule {rules}: {self.message}"
-        return f"{text} {self.hint}" if self.hint else text
+        return f"{super().for_agent()} (rule: {', '.join(self.decision.rules)})"
 
 
 class ApprovalRequired(Denied, code="approval_required"):

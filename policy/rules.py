@@ -46,9 +46,11 @@ class SqlRule:
 
     def summary(self) -> str:
         """One line on what the rule allows, for list_connections."""
-        parts = [f"{self.id}: allows {_kinds(self.allow) or 'nothing'}"]
-        if self.review:
-            parts.append(f"holds {_kinds(self.review)} for review")
+        parts = [f"{self.id}: allows {_kinds(self.allow - self.deny) or 'nothing'}"]
+        if self.review - self.deny:
+            parts.append(f"holds {_kinds(self.review - self.deny)} for review")
+        if self.deny:
+            parts.append(f"denies {_kinds(self.deny)}")
         if self.unfiltered_writes is not Verdict.ALLOW and self.allow & {Kind.UPDATE, Kind.DELETE}:
             parts.append(f"UPDATE/DELETE need a WHERE ({self.unfiltered_writes.value} otherwise)")
         parts.append(f"max {self.limits.max_rows} rows")

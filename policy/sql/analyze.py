@@ -69,15 +69,14 @@ def _analyse_postgres(text: str) -> Analysis:
         except SqlglotError as error:
             return _fail("postgres", "guard:parsers-disagree",
                          f"parsers disagree: PostgreSQL reads a {pg_stmt.kind.value} statement that sqlglot cannot parse ({_short(error)})")
-        if statement.kind != pg_stmt.kind and statement.opaque is None:
+        if statement.kind != pg_stmt.kind:
             return _fail("postgres", "guard:parsers-disagree",
                          f"parsers disagree on `{_clip(pg_stmt.text)}`: PostgreSQL reads {pg_stmt.kind.value}, sqlglot reads {statement.kind.value}")
         if statement.kind == Kind.EXPLAIN and statement.explained is not None and pg_stmt.explained_kind != statement.explained.kind:
             return _fail("postgres", "guard:parsers-disagree",
                          f"parsers disagree on what `{_clip(pg_stmt.text)}` explains")
         # Functions: the union of both parsers' lists, so neither can hide a call from the other.
-        statement = replace(statement, kind=pg_stmt.kind if statement.opaque else statement.kind,
-                            kinds=statement.kinds | {pg_stmt.kind},
+        statement = replace(statement,
                             functions=statement.functions | pg_stmt.functions,
                             explain_analyze=statement.explain_analyze or pg_stmt.explain_analyze)
         statements.append(statement)

@@ -100,12 +100,9 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
     kind = kind_of(tree)
     if isinstance(tree, exp.Command) or tree.find(exp.Command):
         keyword = str(tree.this).upper() if isinstance(tree, exp.Command) else "a nested statement"
-        return Statement(
-            text=text,
-            kind=kind,
-            kinds=frozenset({kind}),
-            opaque=f"the SQL parser understands `{keyword}` only as an opaque command",
-        )
+        return _opaque(text, kind, f"the SQL parser understands `{keyword}` only as an opaque command")
+    if kind is Kind.OTHER:  # parsed, but as something that is not a statement Bastion knows
+        return _opaque(text, kind, "it is not a statement kind Bastion knows")
 
     targets = _write_targets(tree)
     reads: set[str] = set()
@@ -135,10 +132,15 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
         reads=frozenset(reads),
         writes=frozenset(writes),
         functions=frozenset(function_name(f) for f in tree.find_all(exp.Func)),
+        cte_names=frozenset(ident(cte.args["alias"].this) for cte in tree.find_all(exp.CTE) if cte.args.get("alias")),
         unfiltered=frozenset(unfiltered),
         select_into=select_into,
         locking=any(s.args.get("locks") for s in selects),
     )
+
+
+def _opaque(text: str, kind: Kind, why: str) -> Statement:
+    return Statement(text=text, kind=kind, kinds=frozenset({kind}), opaque=why)
 
 
 def qualified(table: exp.Table, default_schema: str) -> str:

@@ -65,6 +65,7 @@ class SqliteExecutor:
             return 1 if timed_out else 0
 
         allowed_tables = {t.split(".", 1)[1].lower() for s in request.statements for t in (s.effective.reads | s.effective.writes)}
+        allowed_tables |= {name.lower() for s in request.statements for name in s.effective.cte_names}
         conn.set_authorizer(_authorizer(request.read_only, allowed_tables))
         conn.set_progress_handler(progress, 10_000)
         try:

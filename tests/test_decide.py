@@ -1,0 +1,140 @@
+"""How rules combine: deny wins, allow beats review, no covering rule is a default deny."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from policy import ConnectionPolicy, Identity, Kind, Limits, SqlRule, Verdict, analyse, decide
+from policy.presets import READ_ONLY, READ_WRITE
+from policy.sql import analyze as analyze_module
+from tests.conftest import requirement
+from tools.guard import safe_check
+
+ALICE = Identity("alice", frozenset({"analysts"}))
+DBA = Identity("dora", frozenset({"analysts", "dba"}))
+
+
+def policy(*rules: SqlRule, dialect: str = "postgres") -> ConnectionPolicy:
+    return ConnectionPolicy("db", dialect, rules)
+
+
+def test_no_rule_for_the_identity_is_a_default_deny_naming_the_subject() -> None:
+    only_dba = replace(READ_WRITE, id="dba", groups=frozenset({"dba"}))
+    decision = decide(ALICE, policy(only_dba), analyse("SELECT 1", "postgres"))
+    assert decision.verdict is Verdict.DENY and decision.rules == ("default-deny",)
+    assert "alice" in decision.reason
+
+
+def test_a_rule_for_a_subject_applies_only_to_that_subject() -> None:
+    rule = replace(READ_ONLY, id="just-alice", subjects=frozenset({"alice"}))
+    assert decide(ALICE, policy(rule), analyse("SELECT 1", "postgres")).allowed
+    assert not decide(Identity("bob"), policy(rule), analyse("SELECT 1", "postgres")).allowed
+
+
+def test_a_second_rule_can_allow_what_the_first_does_not_cover() -> None:
+    everyone = replace(READ_ONLY, id="everyone")
+    dba = replace(READ_WRITE, id="dba", groups=frozenset({"dba"}))
+    text = analyse("UPDATE orders SET status = 'x' WHERE id = 1", "postgres")
+    assert decide(ALICE, policy(everyone, dba), text).verdict is Verdict.DENY
+    assert decide(DBA, policy(everyone, dba), text).rules == ("dba",)
+
+
+def test_an_explicit_deny_beats_every_allow() -> None:
+    no_delete = SqlRule("no-delete", deny=frozenset({Kind.DELETE}))
+    dba = replace(READ_WRITE, id="dba", groups=frozenset({"dba"}))
+    decision = decide(DBA, policy(dba, no_delete), analyse("DELETE FROM orders WHERE id = 1", "postgres"))
+    assert decision.verdict is Verdict.DENY and decision.rules == ("no-delete:deny-kind",)
+
+
+def test_deny_functions_patterns_deny_outright() -> None:
+    rule = replace(READ_ONLY, deny_functions=("crypt*",))
+    decision = decide(ALICE, policy(rule), analyse("SELECT crypt('a', 'b')", "postgres"))
+    assert decision.rules == ("read-only:deny-function",)
+
+
+def test_allow_beats_review_when_another_rule_fully_allows() -> None:
+    held = replace(READ_WRITE, id="writers")
+    trusted = replace(READ_WRITE, id="trusted", subjects=frozenset({"dora"}), unfiltered_writes=Verdict.ALLOW)
+    decision = decide(DBA, policy(held, trusted), analyse("DELETE FROM scratch", "postgres"))
+    assert decision.verdict is Verdict.ALLOW and decision.rules == ("trusted",)
+
+
+@requirement("sql:multi-statement")
+def test_any_held_statement_holds_the_whole_text() -> None:
+    decision = decide(ALICE, policy(READ_WRITE), analyse("SELECT 1; TRUNCATE orders; SELECT 2", "postgres"))
+    assert decision.verdict is Verdict.REVIEW and decision.rules == ("read-write:review-kind",)
+
+
+@requirement("sql:multi-statement")
+def test_a_denied_statement_denies_the_text_and_says_which() -> None:
+    decision = decide(ALICE, policy(READ_ONLY), analyse("SELECT 1; SELECT 2; DELETE FROM t WHERE id = 1", "postgres"))
+    assert decision.verdict is Verdict.DENY and decision.reason.startswith("statement 3 of 3")
+
+
+def test_limits_are_the_tightest_of_the_allowing_rules() -> None:
+    rule = replace(READ_ONLY, limits=Limits(max_rows=5, max_bytes=100, timeout_s=2))
+    decision = decide(ALICE, policy(rule), analyse("SELECT 1; SELECT 2", "postgres"))
+    assert decision.limits == Limits(5, 100, 2)
+
+
+def test_reads_are_marked_read_only_and_writes_are_not() -> None:
+    assert decide(ALICE, policy(READ_WRITE), analyse("SELECT * FROM orders", "postgres")).read_only
+    assert not decide(ALICE, policy(READ_WRITE), analyse("DELETE FROM orders WHERE id = 1", "postgres")).read_only
+
+
+def test_table_patterns_limit_reads_and_name_the_table() -> None:
+    rule = replace(READ_ONLY, read_tables=("public.*", "!public.secrets"))
+    assert decide(ALICE, policy(rule), analyse("SELECT * FROM orders", "postgres")).allowed
+    decision = decide(ALICE, policy(rule), analyse("SELECT * FROM orders JOIN secrets USING (id)", "postgres"))
+    assert decision.rules == ("read-only:table",) and "public.secrets" in decision.reason
+
+
+def test_cte_names_are_not_tables_but_real_tables_inside_ctes_are() -> None:
+    rule = replace(READ_ONLY, read_tables=("public.orders",))
+    text = "WITH recent AS (SELECT * FROM orders) SELECT * FROM recent"
+    assert decide(ALICE, policy(rule), analyse(text, "postgres")).allowed
+    text = "WITH recent AS (SELECT * FROM customers) SELECT * FROM recent"
+    assert decide(ALICE, policy(rule), analyse(text, "postgres")).rules == ("read-only:table",)
+
+
+def test_a_cte_name_does_not_hide_a_same_named_table_outside_its_scope() -> None:
+    facts = analyse("SELECT * FROM (WITH secrets AS (SELECT 1) SELECT * FROM secrets) a, secrets", "postgres")
+    assert "public.secrets" in facts.statements[0].reads
+
+
+@requirement("inv:fail-closed-guard-error")
+def test_an_exception_inside_the_guard_denies(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    analyze_module._analyse_cached.cache_clear()
+    monkeypatch.setattr(analyze_module, "_analyse_postgres", explode)
+    decision = safe_check(policy(READ_ONLY), ALICE, "SELECT 1 AS fresh_text")
+    assert decision.verdict is Verdict.DENY and decision.rules == ("guard:internal-error",)
+
+
+def test_analysis_is_cached_by_dialect_and_text() -> None:
+    first = analyse("SELECT 42", "postgres")
+    assert analyse("SELECT 42", "postgres") is first
+    assert analyse("SELECT 42", "sqlite") is not first
+
+
+@requirement("sql:parsers-disagree")
+def test_statements_sqlglot_misreads_are_caught_by_postgres_parser() -> None:
+    for text in ("LISTEN channel", "START TRANSACTION", "DEALLOCATE p"):
+        decision = decide(ALICE, policy(READ_WRITE), analyse(text, "postgres"))
+        assert decision.verdict is Verdict.DENY and decision.rules == ("guard:parsers-disagree",), text
+
+
+@requirement("sql:opaque-statement")
+def test_statements_neither_parser_classifies_are_opaque_and_denied() -> None:
+    for text in ("CHECKPOINT", "DISCARD ALL", "CLUSTER orders", "REFRESH MATERIALIZED VIEW mv"):
+        decision = decide(ALICE, policy(READ_WRITE), analyse(text, "postgres"))
+        assert decision.verdict is Verdict.DENY and decision.rules == ("guard:opaque",), text
+
+
+def test_statement_text_is_exactly_what_postgres_splits() -> None:
+    facts = analyse("SELECT 'a;b' ; /* c; */ SELECT $x$;$x$;", "postgres")
+    assert [s.text for s in facts.statements] == ["SELECT 'a;b'", "SELECT $x$;$x$"]

@@ -1,0 +1,79 @@
+"""The SQLite audit store: append-only, hash-chained, durable, and closes what a crash left open."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from store import SqliteAuditStore, StoreError
+from store import events as ev
+from tests.conftest import requirement
+
+
+@requirement("inv:append-only")
+def test_events_cannot_be_updated_or_deleted(tmp_path: Path) -> None:
+    store = SqliteAuditStore(tmp_path / "a.db")
+    store.append({"type": ev.REQUESTED, "call_id": "c1", "text": "SELECT 1"})
+    for statement in ("UPDATE events SET text = 'x'", "DELETE FROM events"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            store.db.execute(statement)
+    assert store.call("c1")[0]["text"] == "SELECT 1"
+
+
+def test_each_event_links_to_the_previous_one(tmp_path: Path) -> None:
+    store = SqliteAuditStore(tmp_path / "a.db")
+    first = store.append({"type": ev.REQUESTED, "call_id": "c1"})
+    second = store.append({"type": ev.FINISHED, "call_id": "c1", "row_count": 1})
+    assert first["prev_hash"] == ev.GENESIS and second["prev_hash"] == first["hash"]
+    rows = store.tail(2)
+    for row in rows:
+        assert ev.chain_hash(row["prev_hash"], {k: _stored(k, row[k]) for k in ev.FIELDS}) == row["hash"]
+
+
+def _stored(name: str, value: object) -> object:
+    import json
+
+    if value is None:
+        return None
+    if name in ev.JSON_FIELDS:
+        return json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
+    return int(value) if isinstance(value, bool) else value
+
+
+def test_the_chain_continues_across_reopen(tmp_path: Path) -> None:
+    store = SqliteAuditStore(tmp_path / "a.db")
+    last = store.append({"type": ev.REQUESTED, "call_id": "c1"})
+    store.close()
+    assert SqliteAuditStore(tmp_path / "a.db").append({"type": ev.DENIED, "call_id": "c1"})["prev_hash"] == last["hash"]
+
+
+@requirement("inv:interrupted-on-restart")
+def test_calls_left_open_are_closed_as_interrupted(tmp_path: Path) -> None:
+    store = SqliteAuditStore(tmp_path / "a.db")
+    store.append({"type": ev.REQUESTED, "call_id": "open"})
+    store.append({"type": ev.REQUESTED, "call_id": "done"})
+    store.append({"type": ev.FINISHED, "call_id": "done"})
+    assert store.close_interrupted() == ["open"]
+    assert [e["type"] for e in store.call("open")] == [ev.REQUESTED, ev.INTERRUPTED]
+    assert store.close_interrupted() == []
+
+
+def test_migrations_are_recorded_and_not_rerun(tmp_path: Path) -> None:
+    SqliteAuditStore(tmp_path / "a.db").close()
+    store = SqliteAuditStore(tmp_path / "a.db")
+    assert [r["name"] for r in store.db.query("SELECT name FROM _migrations")] == ["0001_events"]
+
+
+def test_the_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
+    store = SqliteAuditStore(tmp_path / "a.db")
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_an_unwritable_location_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot open the audit store"):
+        SqliteAuditStore(blocker / "sub" / "a.db")
