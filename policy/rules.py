@@ -68,6 +68,8 @@ class ConnectionPolicy:
     connection: str
     dialect: str
     rules: tuple[SqlRule, ...]
+    # Where unqualified table names live (PostgreSQL: the connection's one search-path schema).
+    default_schema: str | None = None
 
     def rules_for(self, identity: Identity) -> tuple[SqlRule, ...]:
         return tuple(rule for rule in self.rules if rule.applies_to(identity))

@@ -78,7 +78,8 @@ class ConnectionConfig(_Model):
     password_env: str | None = None
     password_file: str | None = None
     description: str = ""
-    search_path: str = "public"
+    search_path: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_$]*$",
+                                      description="the one schema unqualified names resolve to")] = "public"
     preset: Literal["read-only", "read-write"] | None = Field(None, description="shorthand for one rule for everyone")
     rules: list[RuleConfig] = []
 
@@ -137,7 +138,8 @@ class Config(_Model):
         return p if p.is_absolute() else self.base_dir / p
 
     def policies(self) -> dict[str, ConnectionPolicy]:
-        return {name: ConnectionPolicy(name, c.kind, c.rule_list()) for name, c in self.connections.items()}
+        return {name: ConnectionPolicy(name, c.kind, c.rule_list(), c.search_path if c.kind == "postgres" else "main")
+                for name, c in self.connections.items()}
 
 
 def _has_inline_password(dsn: str) -> bool:

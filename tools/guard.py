@@ -76,7 +76,7 @@ def error_record(error: BaseException) -> dict[str, Any]:
 def safe_decide(connection: Connection, caller: Caller, text: str) -> tuple[Analysis | None, Decision]:
     """analyse + decide; any exception inside the guard is a denial, never a pass."""
     try:
-        analysis = analyse(text, connection.dialect)
+        analysis = analyse(text, connection.dialect, connection.policy.default_schema)
         return analysis, decide(caller.identity, connection.policy, analysis)
     except Exception as error:  # fail closed
         log.exception("guard failure")
@@ -174,6 +174,6 @@ def safe_check(policy: Any, identity: Any, text: str) -> Decision:
     except InvalidInput as error:
         return Decision.deny("guard:invalid-input", error.message, hint=error.hint)
     try:
-        return decide(identity, policy, analyse(text, policy.dialect))
+        return decide(identity, policy, analyse(text, policy.dialect, policy.default_schema))
     except Exception as error:  # fail closed
         return Decision.deny("guard:internal-error", f"the guard failed while checking this text ({type(error).__name__})")

@@ -25,19 +25,20 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 DIALECTS = {"postgres": "public", "sqlite": "main"}  # dialect → default schema
 
 
-def analyse(text: str, dialect: str) -> Analysis:
-    """Facts of ``text`` in ``dialect``, cached by (dialect, text)."""
-    return _analyse_cached(dialect, text)
+def analyse(text: str, dialect: str, default_schema: str | None = None) -> Analysis:
+    """Facts of ``text`` in ``dialect``; unqualified tables belong to ``default_schema`` (the
+    connection's search path). Cached by (dialect, default schema, text)."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {sorted(DIALECTS)}")
+    return _analyse_cached(dialect, default_schema or DIALECTS[dialect], text)
 
 
 @lru_cache(maxsize=4096)
-def _analyse_cached(dialect: str, text: str) -> Analysis:
-    if dialect not in DIALECTS:
-        raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {sorted(DIALECTS)}")
+def _analyse_cached(dialect: str, default_schema: str, text: str) -> Analysis:
     try:
         if dialect == "postgres":
-            return _analyse_postgres(text)
-        return _analyse_generic(text, dialect)
+            return _analyse_postgres(text, default_schema)
+        return _analyse_generic(text, dialect, default_schema)
     except RecursionError:
         return _fail(dialect, "guard:parse-error", "the SQL is nested too deeply to analyse")
 
@@ -53,8 +54,7 @@ def _parse_one(piece: str, dialect: str) -> exp.Expression:
     return trees[0]
 
 
-def _analyse_postgres(text: str) -> Analysis:
-    default_schema = DIALECTS["postgres"]
+def _analyse_postgres(text: str, default_schema: str) -> Analysis:
     if postgres_parser.uses_unicode_escapes(text):
         return _fail("postgres", "guard:unicode-escape",
                      'identifiers written with Unicode escapes (U&"...") are not accepted; write the plain name')
@@ -83,8 +83,7 @@ def _analyse_postgres(text: str) -> Analysis:
     return Analysis(dialect="postgres", statements=tuple(statements))
 
 
-def _analyse_generic(text: str, dialect: str) -> Analysis:
-    default_schema = DIALECTS[dialect]
+def _analyse_generic(text: str, dialect: str, default_schema: str) -> Analysis:
     try:
         pieces = split(text, dialect)
         statements = tuple(_facts(piece, dialect, default_schema) for piece in pieces)

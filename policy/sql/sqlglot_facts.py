@@ -148,7 +148,7 @@ def qualified(table: exp.Table, default_schema: str) -> str:
     name = ident(table.this)
     # PostgreSQL searches pg_catalog before the search path, and every relation there is named
     # pg_*: an unqualified pg_* name is the catalog's.
-    if not table.args.get("db") and default_schema != "main" and name.startswith("pg_"):
+    if not table.args.get("db") and name.startswith("pg_"):
         schema = "pg_catalog"
     return f"{schema}.{name}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg import errors as pgerr
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -56,22 +57,15 @@ class PostgresExecutor:
         limits = request.limits
         try:
             async with pool.connection(timeout=self.connect_timeout) as conn:
-                async with conn.transaction():
-                    if request.read_only:
-                        await conn.execute("SET TRANSACTION READ ONLY")
-                    identity = request.identity
-                    await conn.execute(
-                        "SELECT set_config('statement_timeout', %s, true), set_config('search_path', %s, true),"
-                        " set_config('application_name', %s, true), set_config('bastion.user', %s, true),"
-                        " set_config('bastion.groups', %s, true)",
-                        (f"{int(limits.timeout_s * 1000)}ms", self.search_path, f"bastion:{identity.subject}"[:63],
-                         identity.subject, ",".join(sorted(identity.groups))),
-                    )
-                    result = QueryResult(columns=[], rows=[], row_count=0)
-                    for statement in request.statements:
-                        result = await self._run_one(conn, statement, request)
-                    result.statements = len(request.statements)
-                    return result
+                # Taken up front: once the call is cancelled, the connection itself may be gone.
+                canceller = conn.pgconn.get_cancel()
+                try:
+                    return await self._run_in_transaction(conn, request)
+                except anyio.get_cancelled_exc_class():
+                    # A cancelled call cancels the query on the server, not just the wait for it.
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(_cancel_quietly, canceller)
+                    raise
         except PoolTimeout as error:
             raise TargetUnavailable(f"connection `{self.name}` is unavailable: the database did not accept a connection in time",
                                     detail=str(error)) from error
@@ -82,6 +76,24 @@ class PostgresExecutor:
             raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=_scrub(error)) from error
         except psycopg.Error as error:
             raise translate(error) from error
+
+    async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
+        identity, limits = request.identity, request.limits
+        async with conn.transaction():
+            if request.read_only:
+                await conn.execute("SET TRANSACTION READ ONLY")
+            await conn.execute(
+                "SELECT set_config('statement_timeout', %s, true), set_config('search_path', %s, true),"
+                " set_config('application_name', %s, true), set_config('bastion.user', %s, true),"
+                " set_config('bastion.groups', %s, true)",
+                (f"{int(limits.timeout_s * 1000)}ms", f"pg_catalog, {self.search_path}, pg_temp", f"bastion:{identity.subject}"[:63],
+                 identity.subject, ",".join(sorted(identity.groups))),
+            )
+            result = QueryResult(columns=[], rows=[], row_count=0)
+            for statement in request.statements:
+                result = await self._run_one(conn, statement, request)
+            result.statements = len(request.statements)
+            return result
 
     async def _run_one(self, conn: psycopg.AsyncConnection[Any], statement: Any, request: RunRequest) -> QueryResult:
         budget = RowBudget(request.limits)
@@ -134,6 +146,13 @@ class PostgresExecutor:
     async def close(self) -> None:
         if self._opened:
             await self.pool.close()
+
+
+def _cancel_quietly(canceller: Any) -> None:
+    try:
+        canceller.cancel()
+    except Exception:  # the query may have ended already; nothing left to cancel
+        log.debug("cancel request failed", exc_info=True)
 
 
 def translate(error: psycopg.Error) -> ExecutionError:
