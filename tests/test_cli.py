@@ -1,0 +1,82 @@
+"""The `bastion` command: check (one text, --jsonl, preset or config), audit tail/show, config validate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from server.cli import main
+from server.config import load
+from tools.calls import Caller
+from server.build import build_gateway
+
+
+def run(*args: str, input: str | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), input=input)
+    return result.exit_code, result.output
+
+
+def test_check_against_a_preset_needs_no_config() -> None:
+    code, out = run("check", "--preset", "read-only", "--dialect", "sqlite", input="DROP TABLE orders")
+    assert code == 1 and out.startswith("deny  [read-only:kind]") and "hint:" in out
+    code, out = run("check", "SELECT 1", "--preset", "read-only")
+    assert code == 0 and out.startswith("allow  [read-only]")
+
+
+def test_check_jsonl_answers_line_by_line_and_survives_bad_lines() -> None:
+    lines = "\n".join([json.dumps({"id": "a", "text": "SELECT 1"}), "not json",
+                       json.dumps({"id": 7, "text": "DELETE FROM t"}), json.dumps({"id": "x", "text": ""})])
+    code, out = run("check", "--jsonl", "--preset", "read-write", input=lines)
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [a["id"] for a in answers] == ["a", None, 7, "x"]
+    assert [a["verdict"] for a in answers] == ["allow", "deny", "review", "deny"]
+    assert answers[1]["rules"] == ["guard:invalid-input"] and answers[3]["rules"] == ["guard:invalid-input"]
+    assert set(answers[2]) == {"id", "verdict", "rules", "reason", "hint"}
+
+
+def test_check_against_a_config_uses_the_connection_user_and_groups(demo_config: Path) -> None:
+    base = ["check", "--config", str(demo_config), "--connection", "demo"]
+    assert run(*base, "--group", "developers", "SELECT * FROM orders")[0] == 0
+    code, out = run(*base, "--group", "maintainers", "UPDATE orders SET status = 'x' WHERE id = 1")
+    assert code == 0 and "maintainers-write" in out
+    code, out = run(*base, "--user", "eve", "SELECT 1")
+    assert code == 1 and "default-deny" in out and "eve" in out
+
+
+def test_check_names_an_unknown_connection(demo_config: Path) -> None:
+    code, out = run("check", "--config", str(demo_config), "--connection", "prod", "SELECT 1")
+    assert code == 2 and "no connection `prod`" in out and "demo" in out
+
+
+def test_config_validate_summarises_or_explains(demo_config: Path, tmp_path: Path) -> None:
+    code, out = run("config", "validate", "--config", str(demo_config))
+    assert code == 0 and "demo (sqlite): developers-read" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[connections.x]\nkind = "oracle"\ntarget = "x"\n')
+    code, out = run("config", "validate", "--config", str(bad))
+    assert code == 1 and f"{bad}: connections.x.kind: Input should be 'postgres' or 'sqlite'; found 'oracle'" in out
+
+
+@pytest.mark.anyio
+async def test_audit_tail_and_show_read_every_call(demo_config: Path) -> None:
+    gateway = build_gateway(load(demo_config))
+    caller = Caller(load(demo_config).identity.to_identity())
+    done = await gateway.sql_query(caller, "demo", "SELECT count(*) FROM products", "count them")
+    with pytest.raises(Exception):
+        await gateway.sql_query(caller, "demo", "DROP TABLE products", None)
+    code, out = run("audit", "tail", "--config", str(demo_config), "-n", "4")
+    assert code == 0 and "call.finished" in out and "call.denied" in out and "DROP TABLE products" in out
+    code, out = run("audit", "show", done.call_id, "--config", str(demo_config))
+    assert code == 0 and "reason: count them" in out and "result: 1 rows" in out
+    code, out = run("audit", "show", done.call_id, "--config", str(demo_config), "--json")
+    assert [e["type"] for e in json.loads(out)] == ["call.requested", "call.finished"]
+    code, out = run("audit", "show", "nope", "--config", str(demo_config))
+    assert code == 1 and "no call `nope`" in out
+
+
+def test_serve_refuses_a_bad_listen_address(demo_config: Path) -> None:
+    code, out = run("serve", "--config", str(demo_config), "--http", "localhost")
+    assert code == 2 and "expected HOST:PORT" in out

@@ -1,0 +1,112 @@
+"""`bastion serve --http` as a real process (uvicorn on loopback), reached by the SDK's HTTP client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from store import SqliteAuditStore
+from store import events as ev
+from tests.conftest import requirement
+from tests.postgres_server import wait_until
+
+RAW_HEADERS = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "sql_query",
+               "Accept": "application/json, text/event-stream"}
+SLOW = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n"
+
+RAW_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "sql_query", "arguments": {"connection": "demo", "sql": SLOW},
+                       "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                 "io.modelcontextprotocol/clientCapabilities": {}}}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(config: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    log = config.parent / f"serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config), "--http", f"127.0.0.1:{port}"],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        if not wait_until(up, timeout=20):
+            proc.kill()
+            proc.wait()
+            pytest.fail("bastion serve --http did not start:\n" + log.read_text())
+        yield proc, f"http://127.0.0.1:{port}/mcp"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_tools_over_streamable_http(demo_config: Path, mode: str) -> None:
+    with serving(demo_config) as (_, url):
+        async with httpx2.AsyncClient(timeout=30) as http, Client(streamable_http_client(url, http_client=http), mode=mode) as c:
+            listed = await c.call_tool("list_connections", {})
+            assert listed.structured_content["connections"][0]["name"] == "demo"
+            rows = await c.call_tool("sql_query", {"connection": "demo", "sql": "SELECT count(*) FROM customers"})
+            assert rows.structured_content["rows"] == [[200]]
+            refused = await c.call_tool("sql_query", {"connection": "demo", "sql": "DROP TABLE customers"})
+            assert refused.is_error and "developers-read:kind" in refused.content[0].text
+    events = list(SqliteAuditStore(demo_config.parent / "bastion-audit.db").iter_all())
+    assert {e["type"] for e in events} >= {ev.REQUESTED, ev.FINISHED, ev.DENIED}
+
+
+@requirement("inv:interrupted-on-restart")
+@pytest.mark.anyio
+async def test_a_server_killed_mid_query_leaves_the_call_interrupted_after_restart(demo_config: Path) -> None:
+    audit_path = demo_config.parent / "bastion-audit.db"
+    with serving(demo_config) as (proc, url):
+        async with httpx2.AsyncClient(timeout=60) as http:
+
+            async def slow_call() -> None:  # one raw 2026-07-28 tools/call; the server dies under it
+                with pytest.raises(httpx2.HTTPError):
+                    await http.post(url, json=RAW_CALL, headers=RAW_HEADERS)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow_call)
+                with anyio.fail_after(10):
+                    while not SqliteAuditStore(audit_path).open_calls():
+                        await anyio.sleep(0.05)
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+    (open_call,) = SqliteAuditStore(audit_path).open_calls()
+    with serving(demo_config):
+        pass  # start-up closes what the killed process left open
+    assert [e["type"] for e in SqliteAuditStore(audit_path).call(open_call)] == [ev.REQUESTED, ev.INTERRUPTED]
+
+
+@requirement("inv:loopback-only-http")
+def test_http_refuses_a_non_loopback_address_without_oidc(demo_config: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "server", "serve", "--config", str(demo_config), "--http", "0.0.0.0:8765"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "loopback addresses only" in result.stderr
