@@ -24,6 +24,9 @@ SENSITIVE_CATALOG = (
     "!pg_catalog.pg_stat_activity",
     "!pg_catalog.pg_replication_slots",
     "!pg_catalog.pg_subscription",
+    "!information_schema.user_mapping_options",
+    "!information_schema._pg_user_mappings",
+    "!information_schema.user_mappings",
 )
 
 READ_ONLY = SqlRule(

@@ -85,6 +85,9 @@ POSTGRES: dict[str, FunctionRisk] = {
     "pg_config": FunctionRisk("server-info", "reveals how the server was built, including its install paths"),
     "pg_get_shmem_allocations": FunctionRisk("server-info", "reveals the server's shared-memory layout"),
     "pg_get_backend_memory_contexts": FunctionRisk("server-info", "reveals the session's memory internals"),
+    "pg_stat_get_activity": FunctionRisk("server-info", "returns pg_stat_activity's rows, including other sessions' query text"),
+    "pg_stat_get_backend_activity": FunctionRisk("server-info", "returns another session's current query text"),
+    "pg_get_replication_slots": FunctionRisk("server-info", "returns pg_replication_slots' rows"),
     # --- large-object ------------------------------------------------------
     "lo_import": FunctionRisk("large-object", "reads any server file the server account can read into a large object"),
     "lo_export": FunctionRisk("large-object", "writes a large object to any server path the server account can write"),

@@ -11,6 +11,7 @@ _KIND_OF_NODE: tuple[tuple[type[exp.Expression], Kind], ...] = (
     (exp.Select, Kind.SELECT),
     (exp.SetOperation, Kind.SELECT),
     (exp.Subquery, Kind.SELECT),
+    (exp.Values, Kind.SELECT),
     (exp.Insert, Kind.INSERT),
     (exp.Update, Kind.UPDATE),
     (exp.Delete, Kind.DELETE),
@@ -66,6 +67,8 @@ KIND_OF_KEYWORD: dict[str, Kind] = {
     "COMMENT": Kind.COMMENT,
 }
 
+# Func subclasses that are operators (AND, OR, ||), not calls by name.
+_OPERATORS = (exp.Connector,)
 _DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
 _DML_KIND = {exp.Insert: Kind.INSERT, exp.Update: Kind.UPDATE, exp.Delete: Kind.DELETE, exp.Merge: Kind.MERGE}
 
@@ -108,7 +111,8 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
     reads: set[str] = set()
     writes: set[str] = set()
     for table in tree.find_all(exp.Table):
-        if isinstance(table.this, exp.Func) or _is_cte_reference(table):
+        # A write target is always a table; anything else may name a CTE in scope.
+        if isinstance(table.this, exp.Func) or (id(table) not in targets and _is_cte_reference(table)):
             continue
         name = qualified(table, default_schema)
         (writes if id(table) in targets else reads).add(name)
@@ -123,6 +127,8 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
 
     selects = list(tree.find_all(exp.Select))
     select_into = any(s.args.get("into") for s in selects)
+    # sqlglot hangs FOR UPDATE on whichever node it closes: a SELECT, a parenthesised one, a UNION.
+    locking = any(node.args.get("locks") for node in tree.walk())
     if select_into:  # SELECT INTO creates a table: it needs what CREATE TABLE AS needs
         kinds.add(Kind.CREATE)
     return Statement(
@@ -131,11 +137,11 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
         kinds=frozenset(kinds),
         reads=frozenset(reads),
         writes=frozenset(writes),
-        functions=frozenset(function_name(f) for f in tree.find_all(exp.Func)),
+        functions=frozenset(function_name(f) for f in tree.find_all(exp.Func) if not isinstance(f, _OPERATORS)),
         cte_names=frozenset(ident(cte.args["alias"].this) for cte in tree.find_all(exp.CTE) if cte.args.get("alias")),
         unfiltered=frozenset(unfiltered),
         select_into=select_into,
-        locking=any(s.args.get("locks") for s in selects),
+        locking=locking,
     )
 
 
@@ -154,20 +160,49 @@ def qualified(table: exp.Table, default_schema: str) -> str:
 
 
 def _filters_rows(where: exp.Expression | None) -> bool:
-    """A WHERE that mentions no column (``WHERE true``, ``WHERE 1=1``) filters nothing."""
-    return where is not None and where.find(exp.Column) is not None
+    """Whether a WHERE can leave rows out. ``WHERE true``, ``WHERE 1=1``, ``WHERE id = id`` and
+    ``WHERE true OR id = 1`` cannot: a condition restricts only if it tests a column, and an OR
+    restricts only if every branch does."""
+    return where is not None and _restricts(where.this)
+
+
+def _restricts(cond: exp.Expression) -> bool:
+    while isinstance(cond, exp.Paren):
+        cond = cond.this
+    if isinstance(cond, exp.And):
+        return _restricts(cond.left) or _restricts(cond.right)
+    if isinstance(cond, exp.Or):
+        return _restricts(cond.left) and _restricts(cond.right)
+    if isinstance(cond, (exp.EQ, exp.Is, exp.GTE, exp.LTE)) and cond.left == cond.right:
+        return False  # x = x holds for every row where x is not null
+    return cond.find(exp.Column) is not None
+
+
+def _cte_names(ctes: list[exp.Expression]) -> set[str]:
+    return {ident(cte.args["alias"].this) for cte in ctes if cte.args.get("alias")}
 
 
 def _is_cte_reference(table: exp.Table) -> bool:
+    """Whether an unqualified name refers to a CTE in scope, with PostgreSQL's scoping: the query
+    body sees all its CTEs; a CTE's own body sees only the CTEs before it (all of them, itself
+    included, under WITH RECURSIVE)."""
     if table.args.get("db"):
         return False
     name = ident(table.this)
+    child: exp.Expression = table
     node: exp.Expression | None = table.parent
+    came_from_cte: exp.Expression | None = None
     while node is not None:
+        if isinstance(node, exp.With):
+            came_from_cte = child
         with_ = node.args.get("with_") or node.args.get("with")
-        if isinstance(with_, exp.With) and any(ident(cte.args.get("alias").this) == name for cte in with_.expressions if cte.args.get("alias")):
-            return True
-        node = node.parent
+        if isinstance(with_, exp.With):
+            ctes = list(with_.expressions)
+            if child is with_ and came_from_cte is not None and not with_.args.get("recursive"):
+                ctes = ctes[: ctes.index(came_from_cte)]
+            if name in _cte_names(ctes):
+                return True
+        child, node = node, node.parent
     return False
 
 

@@ -1,0 +1,135 @@
+"""Benchmark: what the guard costs per call, against baselines measured in the same run.
+
+    .venv/bin/python tests/bench/bench_guard.py [--rounds 7]
+
+Prints medians over rounds (each round times the whole corpus) and ratios. Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import sqlglot
+
+from policy import ConnectionPolicy, Identity, analyse, decide
+from policy.presets import READ_ONLY
+from policy.sql import analyze as analyze_module
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def corpus(n: int = 240) -> list[str]:
+    """Analytics-style queries over the demo schema, deterministic."""
+    rng = random.Random(7)
+    cols = ["o.id", "o.status", "o.ordered_at", "c.city", "c.name", "p.category", "i.quantity"]
+    out = []
+    for k in range(n):
+        picked = rng.sample(cols, 3)
+        where = rng.choice(["o.status = 'paid'", "c.city IN ('Oslo', 'Pune')", "i.quantity > 2", "o.ordered_at >= '2026-01-01'"])
+        shape = k % 4
+        if shape == 0:
+            out.append(f"SELECT {', '.join(picked)} FROM orders o JOIN customers c ON c.id = o.customer_id "
+                       f"JOIN order_items i ON i.order_id = o.id JOIN products p ON p.id = i.product_id WHERE {where} LIMIT {k + 10}")
+        elif shape == 1:
+            out.append(f"WITH t AS (SELECT o.customer_id, sum(i.quantity * i.unit_price) AS total FROM orders o "
+                       f"JOIN order_items i ON i.order_id = o.id GROUP BY 1) SELECT c.city, avg(t.total), count(*) "
+                       f"FROM t JOIN customers c ON c.id = t.customer_id GROUP BY c.city HAVING count(*) > {k % 5} ORDER BY 2 DESC")
+        elif shape == 2:
+            out.append(f"SELECT status, count(*) FILTER (WHERE ordered_at > '2026-0{1 + k % 9}-01'), "
+                       f"rank() OVER (ORDER BY count(*) DESC) FROM orders GROUP BY status")
+        else:
+            out.append(f"SELECT p.name, (SELECT count(*) FROM order_items i WHERE i.product_id = p.id) AS n "
+                       f"FROM products p WHERE p.price > {k} ORDER BY n DESC")
+    return out
+
+
+def timed(fn, items: list[str]) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    for item in items:
+        fn(item)
+    return (time.perf_counter() - start) / len(items) * 1e6  # µs per item
+
+
+def guard_rounds(texts: list[str], rounds: int) -> None:
+    policy = ConnectionPolicy("bench", "postgres", (READ_ONLY,))
+    who = Identity("bench")
+
+    def guard(text: str) -> None:
+        analyze_module._analyse_cached.cache_clear()
+        decide(who, policy, analyse(text, "postgres"))
+
+    def sqlglot_parse(text: str) -> None:
+        sqlglot.parse(text, read="postgres")
+
+    def cached(text: str) -> None:
+        decide(who, policy, analyse(text, "postgres"))
+
+    raw, full, hit = [], [], []
+    for _ in range(rounds):
+        raw.append(timed(sqlglot_parse, texts))
+        full.append(timed(guard, texts))
+        for t in texts:
+            cached(t)
+        hit.append(timed(cached, texts))
+    r, f, h = (statistics.median(x) for x in (raw, full, hit))
+    print(f"guard decision, {len(texts)} statements, median of {rounds} rounds (µs per statement):")
+    print(f"  sqlglot.parse alone          {r:8.1f}")
+    print(f"  analyse + decide (no cache)  {f:8.1f}   {f / r:.2f}x sqlglot (includes pglast's second opinion)")
+    print(f"  analyse + decide (cache hit) {h:8.1f}")
+
+
+async def mcp_rounds(rounds: int, calls: int = 200) -> None:
+    from mcp import Client
+    from mcp.server import MCPServer
+
+    from server.app import create_server
+    from server.config import load
+
+    sys_path = ROOT / "examples"
+    work = Path(tempfile.mkdtemp())
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_demo_db", sys_path / "make_demo_db.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module.build(work / "demo.db")
+    shutil.copy(sys_path / "bastion.toml", work / "bastion.toml")
+
+    noop = MCPServer("noop")
+
+    @noop.tool()
+    async def ping(connection: str, sql: str) -> dict[str, int]:
+        return {"ok": 1}
+
+    sql = "SELECT id, status FROM orders WHERE id = 7"
+    guarded, baseline = [], []
+    async with Client(create_server(load(work / "bastion.toml"))) as bastion, Client(noop) as plain:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(calls):
+                await plain.call_tool("ping", {"connection": "demo", "sql": sql})
+            baseline.append((time.perf_counter() - start) / calls * 1e3)
+            start = time.perf_counter()
+            for _ in range(calls):
+                await bastion.call_tool("sql_query", {"connection": "demo", "sql": sql})
+            guarded.append((time.perf_counter() - start) / calls * 1e3)
+    b, g = statistics.median(baseline), statistics.median(guarded)
+    print(f"sql_query through the in-memory MCP client, SQLite demo, {calls} calls x {rounds} rounds (ms per call):")
+    print(f"  no-op tool                   {b:8.3f}")
+    print(f"  guarded sql_query            {g:8.3f}   (+{g - b:.3f} ms: guard, two durable audit appends, SQLite query)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    guard_rounds(corpus(), args.rounds)
+    asyncio.run(mcp_rounds(args.rounds))
