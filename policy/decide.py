@@ -32,7 +32,7 @@ def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str)
     if stmt.opaque is not None:
         return Decision.deny("guard:opaque", f"`{stmt.kind.value.upper()}` statements cannot be checked: {stmt.opaque}",
                              hint="Only statements Bastion can fully parse are run; plain SELECT/INSERT/UPDATE/DELETE are.")
-    parts = [stmt] + ([stmt.explained] if stmt.explained is not None else [])
+    parts = [stmt] + ([stmt.effective] if stmt.explained is not None else [])
     outcomes = [[evaluate(rule, part, dialect) for part in parts] for rule in rules]
     # Each rule's outcome for the statement is the worst over its parts (EXPLAIN and what it wraps).
     per_rule = [(_worst(parts_outcomes), rule) for parts_outcomes, rule in zip(outcomes, rules)]

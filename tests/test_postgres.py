@@ -38,7 +38,7 @@ def shop(pg_server: PgServer) -> Iterator[PgServer]:
         CREATE POLICY own_rows ON shop.orders USING (owner = current_setting('bastion.user', true));
     """)
     role = pg_server.gateway_role
-    pg_server.execute(f'GRANT USAGE ON SCHEMA shop TO "{role}"; GRANT SELECT, UPDATE ON shop.orders TO "{role}"')
+    pg_server.execute(f'GRANT USAGE ON SCHEMA shop TO "{role}"; GRANT SELECT, UPDATE, DELETE ON shop.orders TO "{role}"')
     yield pg_server
 
 
@@ -73,6 +73,26 @@ async def test_the_database_refuses_a_write_in_a_read_only_call(shop: PgServer) 
         with pytest.raises(QueryRejected, match="25006.*read-only transaction"):
             await ex.run(RunRequest(forged("UPDATE orders SET note = 'x' WHERE id = 2", like="EXPLAIN SELECT 1"), True, Limits(), ALICE))
         assert shop.execute("SELECT count(*) FROM shop.orders WHERE note = 'x'") == [(0,)]
+    finally:
+        await ex.close()
+
+
+@requirement("sql:explain-analyze", "inv:read-only-transaction")
+async def test_a_plain_explain_of_a_write_plans_it_in_a_read_only_transaction(shop: PgServer) -> None:
+    from policy.presets import READ_ONLY
+    from policy import ConnectionPolicy, decide
+
+    text = "EXPLAIN DELETE FROM orders WHERE id = 2"
+    analysis = analyse(text, "postgres", "shop")
+    decision = decide(ALICE, ConnectionPolicy("shop", "postgres", (READ_ONLY,), "shop"), analysis)
+    assert decision.allowed and decision.read_only
+    ex = executor(shop)
+    try:
+        result = await ex.run(RunRequest(analysis.statements, decision.read_only, Limits(), ALICE))
+        assert "Delete on orders" in result.rows[0][0]
+        assert shop.execute("SELECT count(*) FROM shop.orders WHERE id = 2") == [(1,)]
+        with pytest.raises(QueryRejected, match="read-only transaction"):  # had the parser missed ANALYZE
+            await ex.run(RunRequest(forged("EXPLAIN ANALYZE DELETE FROM orders WHERE id = 2", like=text), True, Limits(), ALICE))
     finally:
         await ex.close()
 

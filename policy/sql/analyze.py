@@ -78,7 +78,8 @@ def _analyse_postgres(text: str, default_schema: str) -> Analysis:
         # Functions: the union of both parsers' lists, so neither can hide a call from the other.
         statement = replace(statement,
                             functions=statement.functions | pg_stmt.functions,
-                            explain_analyze=statement.explain_analyze or pg_stmt.explain_analyze)
+                            # PostgreSQL's parser reads EXPLAIN's options exactly (ANALYZE false, off, 0).
+                            explain_analyze=pg_stmt.explain_analyze)
         statements.append(statement)
     return Analysis(dialect="postgres", statements=tuple(statements))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 
@@ -69,8 +69,15 @@ class Statement:
 
     @property
     def effective(self) -> Statement:
-        """The statement whose effects count: EXPLAIN's wrapped statement, else itself."""
-        return self.explained if self.explained is not None else self
+        """The statement whose effects count. EXPLAIN ANALYZE runs what it explains: that statement.
+        A plain EXPLAIN only plans it: a read of the same tables, calling the same functions."""
+        if self.explained is None:
+            return self
+        if self.explain_analyze:
+            return self.explained
+        inner = self.explained
+        return replace(inner, kind=Kind.SELECT, kinds=frozenset({Kind.SELECT}), reads=inner.reads | inner.writes,
+                       writes=frozenset(), unfiltered=frozenset(), select_into=False, locking=False)
 
     @property
     def is_read(self) -> bool:

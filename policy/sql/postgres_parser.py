@@ -91,6 +91,19 @@ def _functions(node: Any, out: set[str]) -> None:
             _functions(value, out)
 
 
+def _option_on(option: dict[str, Any], name: str) -> bool:
+    """An EXPLAIN option as the server reads it: ``ANALYZE``, ``ANALYZE true|on|1`` are on."""
+    if option.get("defname") != name:
+        return False
+    arg = option.get("arg")
+    if arg is None:
+        return True
+    value = arg.get("String", {}).get("sval") if "String" in arg else arg.get("Integer", {}).get("ival", 0)
+    if "Boolean" in arg:
+        value = arg["Boolean"].get("boolval", False)
+    return str(value).lower() not in ("false", "off", "0", "no")
+
+
 def uses_unicode_escapes(text: str) -> bool:
     """True when an identifier is written U&"..." (decoded by the server, not by sqlglot)."""
     try:
@@ -118,8 +131,6 @@ def parse(text: str) -> list[PgStatement]:
         if node_type == "ExplainStmt":
             (inner_type, inner_body), = body["query"].items()
             explained_kind = _kind(inner_type, inner_body)
-            analyze = any(
-                opt.get("DefElem", {}).get("defname") == "analyze" for opt in body.get("options", [])
-            )
+            analyze = any(_option_on(opt.get("DefElem", {}), "analyze") for opt in body.get("options", []))
         statements.append(PgStatement(piece, _kind(node_type, body), frozenset(functions), analyze, explained_kind))
     return statements
