@@ -8,8 +8,10 @@ leading ``!`` excludes.
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 
+@lru_cache(maxsize=8192)
 def matches(patterns: tuple[str, ...], name: str) -> bool:
     name = name.lower()
     result = False

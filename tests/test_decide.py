@@ -138,3 +138,28 @@ def test_statements_neither_parser_classifies_are_opaque_and_denied() -> None:
 def test_statement_text_is_exactly_what_postgres_splits() -> None:
     facts = analyse("SELECT 'a;b' ; /* c; */ SELECT $x$;$x$;", "postgres")
     assert [s.text for s in facts.statements] == ["SELECT 'a;b'", "SELECT $x$;$x$"]
+
+
+@requirement("sql:dangerous-function")
+def test_the_fast_function_scan_matches_a_full_walk_of_postgres_tree() -> None:
+    import json
+    import tomllib
+    from pathlib import Path
+
+    from pglast import parser
+
+    from policy.sql import postgres_parser
+
+    cases = tomllib.loads((Path(__file__).parent / "golden" / "sql_cases.toml").read_text())["case"]
+    texts = [c["text"] for c in cases if c["dialect"] == "postgres"] + ['SELECT "x]"."pg_read_file"(\'a\'), \'"FuncCall":{\'']
+    compared = 0
+    for text in texts:
+        try:
+            raw = parser.parse_sql_json(text)
+        except parser.ParseError:
+            continue
+        slow: set[str] = set()
+        postgres_parser._functions(json.loads(raw), slow)
+        assert postgres_parser._functions_fast(raw) in (slow, None), text
+        compared += 1
+    assert compared > 200

@@ -7,6 +7,7 @@ every function called anywhere, with names decoded as the server decodes them.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,22 @@ def _kind(node_type: str, body: dict[str, Any]) -> Kind:
     return Kind.OTHER
 
 
+# A FuncCall in libpg_query's JSON: its funcname is a list of String nodes. In JSON every quote
+# inside a string value is escaped, so an unescaped `"FuncCall":` is always structure.
+_FUNC_CALL = re.compile(r'(?<!\\)"FuncCall":\{"funcname":\[((?:\{"String":\{"sval":"(?:[^"\\]|\\.)*"\}\},?)*)\]')
+_FUNC_CALL_KEY = re.compile(r'(?<!\\)"FuncCall":')
+_SVAL = re.compile(r'"sval":"((?:[^"\\]|\\.)*)"')
+
+
+def _functions_fast(raw: str) -> set[str] | None:
+    """Every called function's name, read off the JSON text (much faster than walking it);
+    None when the text does not have the expected shape (the caller then walks the tree)."""
+    calls = _FUNC_CALL.findall(raw)
+    if len(calls) != len(_FUNC_CALL_KEY.findall(raw)):
+        return None
+    return {json.loads(f'"{_SVAL.findall(call)[-1]}"').lower() for call in calls if call}
+
+
 def _functions(node: Any, out: set[str]) -> None:
     if isinstance(node, dict):
         call = node.get("FuncCall")
@@ -106,6 +123,8 @@ def _option_on(option: dict[str, Any], name: str) -> bool:
 
 def uses_unicode_escapes(text: str) -> bool:
     """True when an identifier is written U&"..." (decoded by the server, not by sqlglot)."""
+    if "&" not in text:
+        return False
     try:
         return any(token.name == "UIDENT" for token in pg.scan(text))
     except Exception:  # a scan failure surfaces as a parse failure right after
@@ -114,18 +133,24 @@ def uses_unicode_escapes(text: str) -> bool:
 
 def parse(text: str) -> list[PgStatement]:
     try:
-        tree = json.loads(pg.parse_sql_json(text))
+        raw = pg.parse_sql_json(text)
+        tree = json.loads(raw)
     except Exception as error:  # pglast raises ParseError; anything else is a failure too
         raise PgParseError(str(getattr(error, "args", [error])[0])) from error
     encoded = text.encode()  # libpg_query reports byte offsets
     statements = []
-    for raw in tree.get("stmts", []):
-        (node_type, body), = raw["stmt"].items()
-        start = raw.get("stmt_location", 0)
-        length = raw.get("stmt_len", 0) or len(encoded) - start
+    stmts = tree.get("stmts", [])
+    fast = _functions_fast(raw) if len(stmts) == 1 else None
+    for item in stmts:
+        (node_type, body), = item["stmt"].items()
+        start = item.get("stmt_location", 0)
+        length = item.get("stmt_len", 0) or len(encoded) - start
         piece = encoded[start : start + length].decode().strip()
         functions: set[str] = set()
-        _functions(body, functions)
+        if fast is not None:
+            functions = fast
+        else:
+            _functions(body, functions)
         explained_kind = None
         analyze = False
         if node_type == "ExplainStmt":

@@ -101,16 +101,17 @@ def function_name(node: exp.Func) -> str:
 
 def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Statement:
     kind = kind_of(tree)
-    if isinstance(tree, exp.Command) or tree.find(exp.Command):
+    nodes = _by_type(tree)  # one walk; every fact below reads these lists
+    if isinstance(tree, exp.Command) or nodes.commands:
         keyword = str(tree.this).upper() if isinstance(tree, exp.Command) else "a nested statement"
         return _opaque(text, kind, f"the SQL parser understands `{keyword}` only as an opaque command")
     if kind is Kind.OTHER:  # parsed, but as something that is not a statement Bastion knows
         return _opaque(text, kind, "it is not a statement kind Bastion knows")
 
-    targets = _write_targets(tree)
+    targets = _write_targets(tree, nodes)
     reads: set[str] = set()
     writes: set[str] = set()
-    for table in tree.find_all(exp.Table):
+    for table in nodes.tables:
         # A write target is always a table; anything else may name a CTE in scope.
         if isinstance(table.this, exp.Func) or (id(table) not in targets and _is_cte_reference(table)):
             continue
@@ -119,16 +120,13 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
 
     kinds = {kind}
     unfiltered: set[Kind] = set()
-    for node in tree.find_all(*_DML):
+    for node in nodes.dml:
         node_kind = _DML_KIND[type(node)]
         kinds.add(node_kind)
         if isinstance(node, (exp.Update, exp.Delete)) and not _filters_rows(node.args.get("where")):
             unfiltered.add(node_kind)
 
-    selects = list(tree.find_all(exp.Select))
-    select_into = any(s.args.get("into") for s in selects)
-    # sqlglot hangs FOR UPDATE on whichever node it closes: a SELECT, a parenthesised one, a UNION.
-    locking = any(node.args.get("locks") for node in tree.walk())
+    select_into = any(s.args.get("into") for s in nodes.selects)
     if select_into:  # SELECT INTO creates a table: it needs what CREATE TABLE AS needs
         kinds.add(Kind.CREATE)
     return Statement(
@@ -137,12 +135,46 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
         kinds=frozenset(kinds),
         reads=frozenset(reads),
         writes=frozenset(writes),
-        functions=frozenset(function_name(f) for f in tree.find_all(exp.Func) if not isinstance(f, _OPERATORS)),
-        cte_names=frozenset(ident(cte.args["alias"].this) for cte in tree.find_all(exp.CTE) if cte.args.get("alias")),
+        functions=frozenset(function_name(f) for f in nodes.functions),
+        cte_names=frozenset(ident(cte.args["alias"].this) for cte in nodes.ctes if cte.args.get("alias")),
         unfiltered=frozenset(unfiltered),
         select_into=select_into,
-        locking=locking,
+        locking=nodes.locking,
     )
+
+
+class _Nodes:
+    __slots__ = ("commands", "tables", "dml", "selects", "functions", "ctes", "locking")
+
+    def __init__(self) -> None:
+        self.commands: list[exp.Expression] = []
+        self.tables: list[exp.Table] = []
+        self.dml: list[exp.Expression] = []
+        self.selects: list[exp.Select] = []
+        self.functions: list[exp.Func] = []
+        self.ctes: list[exp.CTE] = []
+        self.locking = False
+
+
+def _by_type(tree: exp.Expression) -> _Nodes:
+    out = _Nodes()
+    for node in tree.walk():
+        if isinstance(node, exp.Table):
+            out.tables.append(node)
+        elif isinstance(node, _DML):
+            out.dml.append(node)
+        elif isinstance(node, exp.Select):
+            out.selects.append(node)
+        elif isinstance(node, exp.CTE):
+            out.ctes.append(node)
+        elif isinstance(node, exp.Command):
+            out.commands.append(node)
+        if isinstance(node, exp.Func) and not isinstance(node, _OPERATORS):
+            out.functions.append(node)
+        # sqlglot hangs FOR UPDATE on whichever node it closes: a SELECT, a parenthesised one, a UNION.
+        if node.args.get("locks"):
+            out.locking = True
+    return out
 
 
 def _opaque(text: str, kind: Kind, why: str) -> Statement:
@@ -206,7 +238,7 @@ def _is_cte_reference(table: exp.Table) -> bool:
     return False
 
 
-def _write_targets(tree: exp.Expression) -> set[int]:
+def _write_targets(tree: exp.Expression, nodes: _Nodes) -> set[int]:
     """ids of the Table nodes a statement writes to (DML targets, DDL objects, SELECT INTO)."""
     targets: set[int] = set()
 
@@ -218,9 +250,9 @@ def _write_targets(tree: exp.Expression) -> set[int]:
         elif isinstance(node, exp.Schema):
             mark(node.this)
 
-    for node in tree.find_all(*_DML):
+    for node in nodes.dml:
         mark(node.this)
-    for select in tree.find_all(exp.Select):
+    for select in nodes.selects:
         into = select.args.get("into")
         if into is not None:
             mark(into.this)
