@@ -16,13 +16,16 @@ from tools.executors.sqlite import SqliteExecutor
 from tools.gateway import Gateway
 
 
+def _env(config: Config, name: str, key: str, variable: str) -> str:
+    value = os.environ.get(variable)
+    if value is None:
+        raise ConfigError(f"{config.source}: connections.{name}.{key}: the environment variable `{variable}` is not set")
+    return value
+
+
 def _secret(config: Config, name: str, conn: ConnectionConfig) -> str | None:
     if conn.password_env:
-        value = os.environ.get(conn.password_env)
-        if value is None:
-            raise ConfigError(f"{config.source}: connections.{name}.password_env: the environment variable "
-                              f"`{conn.password_env}` is not set")
-        return value
+        return _env(config, name, "password_env", conn.password_env)
     if conn.password_file:
         try:
             return config.path(conn.password_file).read_text(encoding="utf-8").strip()
@@ -34,11 +37,7 @@ def _secret(config: Config, name: str, conn: ConnectionConfig) -> str | None:
 
 def _target(config: Config, name: str, conn: ConnectionConfig) -> str:
     if conn.target_env:
-        value = os.environ.get(conn.target_env)
-        if value is None:
-            raise ConfigError(f"{config.source}: connections.{name}.target_env: the environment variable "
-                              f"`{conn.target_env}` is not set")
-        return value
+        return _env(config, name, "target_env", conn.target_env)
     assert conn.target is not None
     return conn.target
 

@@ -70,6 +70,13 @@ class RowBudget:
         self.bytes = 0
         self.truncated = False
 
+    def take(self, batch: Sequence[Sequence[Any]]) -> bool:
+        """Add a fetched batch; False when there is nothing more to fetch (empty or budget spent)."""
+        for row in batch:
+            if not self.add(row):
+                return False
+        return bool(batch)
+
     def add(self, row: Sequence[Any]) -> bool:
         """Add one row; False (and truncated) once the next row would exceed a limit."""
         if len(self.rows) >= self.limits.max_rows:

@@ -96,34 +96,17 @@ class PostgresExecutor:
             return result
 
     async def _run_one(self, conn: psycopg.AsyncConnection[Any], statement: Any, request: RunRequest) -> QueryResult:
-        budget = RowBudget(request.limits)
         # Plain SELECTs stream through a server-side cursor: memory stays flat however big the table.
         if statement.kind is Kind.SELECT and statement.is_read:
             async with conn.cursor(name="bastion_rows") as cur:
                 await cur.execute(statement.text)
-                columns = [d.name for d in cur.description or []]
-                while not budget.truncated:
-                    batch = await cur.fetchmany(min(_FETCH_BATCH, request.limits.max_rows + 1))
-                    if not batch:
-                        break
-                    for row in batch:
-                        if not budget.add(row):
-                            break
-            return QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
+                return await _drain(cur, RowBudget(request.limits))
         cur = conn.cursor()
         # prepare=True sends the text through the extended protocol, which refuses two statements.
         await cur.execute(statement.text, prepare=True)
         if cur.description is None:
             return QueryResult([], [], max(cur.rowcount, 0))
-        columns = [d.name for d in cur.description]
-        while not budget.truncated:
-            batch = await cur.fetchmany(_FETCH_BATCH)
-            if not batch:
-                break
-            for row in batch:
-                if not budget.add(row):
-                    break
-        return QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
+        return await _drain(cur, RowBudget(request.limits))
 
     async def catalog(self) -> list[TableInfo]:
         pool = await self._pool()
@@ -146,6 +129,14 @@ class PostgresExecutor:
     async def close(self) -> None:
         if self._opened:
             await self.pool.close()
+
+
+async def _drain(cur: Any, budget: RowBudget) -> QueryResult:
+    """Fetch in batches until the rows run out or the budget is spent."""
+    columns = [d.name for d in cur.description or []]
+    while budget.take(await cur.fetchmany(min(_FETCH_BATCH, budget.limits.max_rows + 1))):
+        pass
+    return QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
 
 
 def _cancel_quietly(canceller: Any) -> None:

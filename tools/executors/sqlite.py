@@ -78,13 +78,8 @@ class SqliteExecutor:
                     result = QueryResult([], [], max(cur.rowcount, 0))
                     continue
                 columns = [d[0] for d in cur.description]
-                while not budget.truncated:
-                    batch = cur.fetchmany(500)
-                    if not batch:
-                        break
-                    for row in batch:
-                        if not budget.add(row):
-                            break
+                while budget.take(cur.fetchmany(500)):
+                    pass
                 result = QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
             conn.execute("COMMIT")
             result.statements = len(request.statements)
