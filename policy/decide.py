@@ -5,7 +5,9 @@ from __future__ import annotations
 from policy.decision import Decision, Limits, Verdict
 from policy.identity import Identity
 from policy.rules import ConnectionPolicy, SqlRule
-from policy.sql.evaluate import Outcome, evaluate
+from policy.combine import combine
+from policy.outcome import worst
+from policy.sql.evaluate import evaluate
 from policy.sql.facts import Analysis, Statement
 
 _GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or SQLite would parse it."
@@ -33,32 +35,8 @@ def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str)
         return Decision.deny("guard:opaque", f"`{stmt.kind.value.upper()}` statements cannot be checked: {stmt.opaque}",
                              hint="Only statements Bastion can fully parse are run; plain SELECT/INSERT/UPDATE/DELETE are.")
     parts = [stmt] + ([stmt.effective] if stmt.explained is not None else [])
-    outcomes = [[evaluate(rule, part, dialect) for part in parts] for rule in rules]
-    # Each rule's outcome for the statement is the worst over its parts (EXPLAIN and what it wraps).
-    per_rule = [(_worst(parts_outcomes), rule) for parts_outcomes, rule in zip(outcomes, rules)]
-    denies = [o for o, _ in per_rule if o.effect == "deny"]
-    allows = [(o, r) for o, r in per_rule if o.effect == "allow"]
-    reviews = [(o, r) for o, r in per_rule if o.effect == "review"]
-    gaps = [o for o, _ in per_rule if o.effect == "none"]
-    # Any explicit prohibition wins over every allow.
-    if denies:
-        return Decision.deny(tuple(o.rule for o in denies), denies[0].reason, hint=denies[0].hint)
-    # Some rule fully allows it: allow, with that rule's limits.
-    if allows:
-        return Decision(Verdict.ALLOW, tuple(o.rule for o, _ in allows[:1]), "allowed", limits=allows[0][1].limits)
-    # Some rule would allow it with approval: hold.
-    if reviews:
-        o, rule = reviews[0]
-        return Decision(Verdict.REVIEW, (o.rule,), o.reason, hint=o.hint, limits=rule.limits)
-    # No rule covers it: default deny, explained by what each rule lacked.
-    return Decision.deny(tuple(o.rule for o in gaps), gaps[0].reason, hint=gaps[0].hint)
-
-
-_SEVERITY = {"deny": 3, "none": 2, "review": 1, "allow": 0}
-
-
-def _worst(outcomes: list[Outcome]) -> Outcome:
-    return max(outcomes, key=lambda o: _SEVERITY[o.effect])
+    # Each rule's outcome for the statement is the worst over its parts (EXPLAIN and what it explains).
+    return combine([(worst(evaluate(rule, part, dialect) for part in parts), rule.limits) for rule in rules])
 
 
 def _combine_statements(decisions: list[Decision], analysis: Analysis) -> Decision:

@@ -6,26 +6,15 @@ An Outcome is ``allow``, ``review``, ``deny`` (an explicit prohibition: it beats
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Callable, Literal
+from typing import Callable
 
 from policy.decision import Verdict
+from policy.outcome import Effect, Outcome, first_outcome
 from policy.patterns import matches
 from policy.rules import SqlRule
 from policy.sql import dangerous_functions
 from policy.sql.facts import Kind, Statement
-
-Effect = Literal["allow", "review", "deny", "none"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    effect: Effect
-    rule: str
-    reason: str = ""
-    hint: str | None = None
-
 
 def _dangerous(dialect: str) -> dict[str, dangerous_functions.FunctionRisk]:
     return dangerous_functions.POSTGRES if dialect == "postgres" else dangerous_functions.SQLITE
@@ -129,13 +118,4 @@ CHECKS: tuple[Check, ...] = (
 
 def evaluate(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome:
     """The first prohibition or gap wins; otherwise review if any check holds, else allow."""
-    held: Outcome | None = None
-    for check in CHECKS:
-        outcome = check(rule, stmt, dialect)
-        if outcome is None:
-            continue
-        if outcome.effect == "review":
-            held = held or outcome
-            continue
-        return outcome
-    return held or Outcome("allow", rule.id)
+    return first_outcome(rule.id, (check(rule, stmt, dialect) for check in CHECKS))

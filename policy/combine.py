@@ -1,0 +1,28 @@
+"""Combining the outcomes of every rule that applies to the caller into one Decision."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from policy.decision import Decision, Limits, Verdict
+from policy.outcome import Outcome
+
+
+def combine(per_rule: Sequence[tuple[Outcome, Limits]]) -> Decision:
+    """``per_rule``: each applying rule's outcome with that rule's limits, in rule order."""
+    denies = [o for o, _ in per_rule if o.effect == "deny"]
+    allows = [(o, lim) for o, lim in per_rule if o.effect == "allow"]
+    reviews = [(o, lim) for o, lim in per_rule if o.effect == "review"]
+    gaps = [o for o, _ in per_rule if o.effect == "none"]
+    # Any explicit prohibition wins over every allow.
+    if denies:
+        return Decision.deny(tuple(o.rule for o in denies), denies[0].reason, hint=denies[0].hint)
+    # Some rule fully allows it: allow, with that rule's limits.
+    if allows:
+        return Decision(Verdict.ALLOW, (allows[0][0].rule,), "allowed", limits=allows[0][1])
+    # Some rule would allow it with approval: hold.
+    if reviews:
+        o, limits = reviews[0]
+        return Decision(Verdict.REVIEW, (o.rule,), o.reason, hint=o.hint, limits=limits)
+    # No rule covers it: default deny, explained by what each rule lacked.
+    return Decision.deny(tuple(o.rule for o in gaps), gaps[0].reason, hint=gaps[0].hint)

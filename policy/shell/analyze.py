@@ -1,0 +1,151 @@
+"""Shell text → ShellAnalysis. bashlex (a port of bash's own parser) gives the structure; words are
+read by policy.shell.words. Anything bashlex cannot parse, or a node kind not handled here, denies."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import bashlex
+
+from policy.shell import words as w
+from policy.shell.facts import Command, Node, Redirect, ShellAnalysis
+
+_SUBSTITUTIONS = {"commandsubstitution": w.CMDSUB, "processsubstitution": w.PROCSUB}
+_COMPOUND = {"for": "for", "while": "while", "until": "until", "if": "if", "function": "function"}
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def analyse_shell(text: str) -> ShellAnalysis:
+    """Facts of a shell command text, cached by text."""
+    return _analyse_cached(text)
+
+
+@lru_cache(maxsize=4096)
+def _analyse_cached(text: str) -> ShellAnalysis:
+    if not text.strip():
+        return ShellAnalysis(text, error="the command is empty", error_rule="guard:empty")
+    try:
+        trees = bashlex.parse(text)
+    except NotImplementedError as error:
+        return ShellAnalysis(text, error=f"bash construct not accepted: {error}", error_rule="guard:unsupported")
+    except Exception as error:  # bashlex raises ParsingError and, on odd input, others
+        return ShellAnalysis(text, error=f"cannot parse this command: {str(error).splitlines()[0][:160]}",
+                             error_rule="guard:parse-error")
+    walker = _Walker(text)
+    try:
+        items = tuple(walker.node(tree, "top") for tree in trees)
+    except (_Unsupported, w.WordError) as error:
+        return ShellAnalysis(text, error=str(error), error_rule="guard:unsupported")
+    except RecursionError:
+        return ShellAnalysis(text, error="the command is nested too deeply", error_rule="guard:parse-error")
+    operators = set(walker.operators)
+    if len(items) > 1:
+        operators.add("newline")
+    structure = items[0] if len(items) == 1 else Node("list", items=items, ops=("newline",) * (len(items) - 1))
+    return ShellAnalysis(text, tuple(walker.commands), frozenset(operators), frozenset(walker.constructs),
+                         structure=structure, substitutions=tuple(walker.substitutions.items()))
+
+
+class _Walker:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.commands: list[Command] = []
+        self.operators: set[str] = set()
+        self.constructs: set[str] = set()
+        self.substitutions: dict[int, Node] = {}
+
+    def node(self, node: Any, context: str) -> Node:
+        kind = node.kind
+        if kind == "command":
+            return self.command(node, context)
+        if kind in ("list", "pipeline"):
+            items: list[Node] = []
+            ops: list[str] = []
+            for part in node.parts:
+                if part.kind in ("operator", "pipe"):
+                    op = part.op if part.kind == "operator" else part.pipe
+                    op = "newline" if op == "\n" else op
+                    self.operators.add(op)
+                    ops.append(op)
+                else:
+                    items.append(self.node(part, context))
+            return Node(kind, items=tuple(items), ops=tuple(ops))
+        if kind == "compound":
+            if self.text[node.pos[0] : node.pos[0] + 2] == "((":
+                raise _Unsupported("arithmetic commands (( ... )) are not accepted")
+            if getattr(node, "redirects", None):
+                raise _Unsupported("redirections on a ( ... ) or { ... } block are not accepted")
+            opener = next((p.word for p in node.list if p.kind == "reservedword"), "")
+            if not opener and len(node.list) == 1 and node.list[0].kind in _COMPOUND:
+                return self.node(node.list[0], context)  # bashlex wraps loops and ifs in a compound
+            wrap = {"(": "subshell", "{": "group"}.get(opener)
+            if wrap is None:
+                raise _Unsupported(f"bash block `{opener}` is not accepted")
+            self.constructs.add(wrap)
+            inner = [self.node(p, context) for p in node.list if p.kind != "reservedword"]
+            if len(inner) != 1:
+                raise _Unsupported("an empty or ambiguous ( ... ) block is not accepted")
+            return Node(wrap, items=(inner[0],))
+        if kind in _COMPOUND:
+            # Loops, conditionals and functions: their commands are facts (and are checked), but
+            # Bastion does not rebuild them, so they never run unless a rule allows the construct.
+            self.constructs.add(_COMPOUND[kind])
+            for part in node.parts:
+                if part.kind == "word":
+                    self.words(part, context)
+                elif part.kind in ("list", "pipeline", "command", "compound") or part.kind in _COMPOUND:
+                    self.node(part, context)
+            return Node(_COMPOUND[kind])
+        raise _Unsupported(f"bash construct `{kind}` is not accepted")
+
+    def words(self, node: Any, context: str) -> list[w.Word]:
+        subs: dict[int, tuple[int, str]] = {}
+        for part in getattr(node, "parts", []) or []:
+            if part.kind in _SUBSTITUTIONS:
+                sub_kind = _SUBSTITUTIONS[part.kind]
+                subs[part.pos[0]] = (part.pos[1], sub_kind)
+                self.constructs.add(sub_kind)
+                self.substitutions[part.pos[0]] = self.node(part.command, sub_kind)
+            elif part.kind not in ("parameter", "tilde"):
+                raise _Unsupported(f"bash construct `{part.kind}` inside a word is not accepted")
+        start, end = node.pos
+        return w.words(self.text[start:end], start, subs)
+
+    def command(self, node: Any, context: str) -> Node:
+        argv: list[w.Word] = []
+        assignments: list[str] = []
+        redirects: list[Redirect] = []
+        for part in node.parts:
+            if part.kind == "word":
+                argv.extend(self.words(part, context))
+            elif part.kind == "assignment":
+                self.words(part, context)  # substitutions in the value are commands too
+                assignments.append(part.word)
+            elif part.kind == "redirect":
+                redirects.append(self.redirect(part, context))
+            else:
+                raise _Unsupported(f"bash construct `{part.kind}` in a command is not accepted")
+        self.commands.append(Command(tuple(argv), tuple(assignments), tuple(redirects), context))
+        return Node("command", index=len(self.commands) - 1)
+
+    def redirect(self, node: Any, context: str) -> Redirect:
+        op = node.type
+        fd = node.input if isinstance(getattr(node, "input", None), int) else None
+        if op in ("<<", "<<-"):
+            self.constructs.add("heredoc")
+            return Redirect(op, fd, None)
+        output = node.output
+        if isinstance(output, int):
+            return Redirect(op, fd, None, dup=output)
+        if op in (">&", "<&") and getattr(output, "word", None) == "-":
+            return Redirect(op, fd, None, dup="-")
+        targets = self.words(output, context)
+        if len(targets) != 1:
+            raise _Unsupported("a redirection target must be one word")
+        if op == "<<<":
+            self.constructs.add("herestring")
+        return Redirect(op, fd, targets[0])

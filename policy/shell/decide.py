@@ -1,0 +1,33 @@
+"""decide_shell(identity, policy, analysis) → Decision. Combining works as for SQL (policy.combine)."""
+
+from __future__ import annotations
+
+from policy.combine import combine
+from policy.decision import Decision
+from policy.identity import Identity
+from policy.shell.evaluate import evaluate_shell
+from policy.shell.facts import ShellAnalysis
+from policy.shell.rules import ShellPolicy
+
+_HINT = "Send plain commands with literal program names, joined by | && || ;."
+
+
+def decide_shell(identity: Identity, policy: ShellPolicy, analysis: ShellAnalysis) -> Decision:
+    # The text could not be fully understood: deny.
+    if analysis.error is not None:
+        return Decision.deny(analysis.error_rule or "guard:parse-error", analysis.error, hint=_HINT)
+    if not analysis.commands:
+        return Decision.deny("guard:empty", "the text holds no command", hint=_HINT)
+    # A program name computed at run time ($cmd, $(...), a glob) cannot be checked: deny.
+    for command in analysis.commands:
+        if command.program is not None and not command.program.literal:
+            return Decision.deny("guard:dynamic-program",
+                                 f"the program name `{command.program.value}` is computed at run time", hint=_HINT)
+    rules = policy.rules_for(identity)
+    if not rules:
+        return Decision.deny("default-deny", f"no rule on connection `{policy.connection}` applies to `{identity.subject}`",
+                             hint="Ask an administrator for access to this connection.")
+    decision = combine([(evaluate_shell(rule, analysis, policy.cwd), rule.limits) for rule in rules])
+    return Decision(decision.verdict, decision.rules,
+                    decision.reason if not decision.allowed else "allowed by " + ", ".join(f"`{r}`" for r in decision.rules),
+                    hint=decision.hint, limits=decision.limits, read_only=False)

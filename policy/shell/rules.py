@@ -1,0 +1,64 @@
+"""The shell rule model: which programs, arguments, operators, redirections and expansions a rule allows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from policy.decision import Limits
+from policy.identity import Identity
+
+DEFAULT_OPERATORS = frozenset({"|", "&&", "||", ";", "newline"})
+DEFAULT_VARIABLES = frozenset({"HOME", "PWD", "USER", "LOGNAME"})
+DEFAULT_PROGRAM_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin")
+# Paths no argument or redirection may name (after normalising against the working directory):
+# other processes' environments hold secrets, including the gateway's own.
+DEFAULT_DENY_PATHS = ("/proc/*", "/sys/*", "/dev/tcp/*", "/dev/udp/*", "/etc/shadow", "/etc/gshadow", "*/.ssh/*",
+                      "*/.aws/*", "*/.gnupg/*", "*/.config/gcloud/*", "*/.kube/*", "*/.docker/config.json",
+                      "*/.netrc", "*/.pgpass", "*/.git-credentials", "*/.bash_history")
+
+
+@dataclass(frozen=True)
+class ShellRule:
+    """One rule on one shell connection; applies like an SQL rule (subjects, groups, or everyone)."""
+
+    id: str
+    subjects: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    programs: frozenset[str] = frozenset()
+    review_programs: frozenset[str] = frozenset()
+    deny_programs: frozenset[str] = frozenset()
+    git_subcommands: frozenset[str] = frozenset()
+    program_dirs: tuple[str, ...] = DEFAULT_PROGRAM_DIRS
+    operators: frozenset[str] = DEFAULT_OPERATORS
+    # Constructs beyond simple commands: subshell, group, for, while, until, if, function,
+    # command-substitution, process-substitution, heredoc, herestring.
+    constructs: frozenset[str] = frozenset({"subshell", "group", "command-substitution"})
+    redirects: Literal["none", "read", "write"] = "read"
+    write_paths: tuple[str, ...] = ("/dev/null",)
+    deny_paths: tuple[str, ...] = DEFAULT_DENY_PATHS
+    variables: frozenset[str] = DEFAULT_VARIABLES
+    allow_assignments: bool = False
+    limits: Limits = field(default_factory=lambda: Limits(max_rows=0, max_bytes=1_000_000, timeout_s=30.0))
+    preset: str | None = None
+
+    def applies_to(self, identity: Identity) -> bool:
+        if not self.subjects and not self.groups:
+            return True
+        return identity.subject in self.subjects or identity.in_any(self.groups)
+
+    def summary(self) -> str:
+        programs = ", ".join(sorted(self.programs)) or "nothing"
+        git = f" (git {', '.join(sorted(self.git_subcommands))})" if "git" in self.programs else ""
+        return f"{self.id}: runs {programs}{git}; redirects: {self.redirects}; max {self.limits.max_bytes} output bytes"
+
+
+@dataclass(frozen=True)
+class ShellPolicy:
+    connection: str
+    rules: tuple[ShellRule, ...]
+    # The working directory commands run in; relative paths are judged against it.
+    cwd: str = "/"
+
+    def rules_for(self, identity: Identity) -> tuple[ShellRule, ...]:
+        return tuple(rule for rule in self.rules if rule.applies_to(identity))

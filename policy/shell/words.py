@@ -1,0 +1,277 @@
+"""One bash word → segments, after quote removal, with every expansion marked.
+
+bashlex gives the structure (commands, operators, where substitutions start and end); this lexer
+reads each word's own source text the way bash does, because bashlex neither decodes ANSI-C quoting
+($'\\x72m') nor marks globs and braces. Brace expansion is done here, statically, as bash does it
+before anything else, so rules see the words bash would run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import product
+
+# Segment kinds. "lit" is literal text after quote removal; the rest are expansions bash performs.
+LIT, GLOB, TILDE, PARAM, PARAM_COMPLEX, CMDSUB, PROCSUB, ARITH = (
+    "lit", "glob", "tilde", "param", "param-complex", "command-substitution", "process-substitution", "arithmetic")
+_BRACE = "brace"  # unquoted { , } : resolved by expand_braces, never left in a Word
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SPECIAL_PARAMS = set("@*#?-$!0123456789")
+
+
+@dataclass(frozen=True)
+class Segment:
+    kind: str
+    text: str  # lit: the literal text; param: the name or raw ${...}; substitutions: the inner source
+    quoted: bool = False
+    start: int = -1  # absolute offset of a substitution in the whole command text (to find its parse)
+
+
+@dataclass(frozen=True)
+class Word:
+    source: str
+    segments: tuple[Segment, ...]
+    ansi_c: bool = False  # written with $'...' quoting somewhere
+
+    @property
+    def literal(self) -> bool:
+        return all(s.kind == LIT for s in self.segments)
+
+    @property
+    def value(self) -> str:
+        """The word's text with expansions shown as written (exact when ``literal``)."""
+        return "".join(s.text if s.kind in (LIT, GLOB, TILDE) else f"${{{s.text}}}" if s.kind == PARAM else "…"
+                       for s in self.segments)
+
+    @property
+    def expansions(self) -> frozenset[str]:
+        return frozenset(s.kind for s in self.segments if s.kind != LIT)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return tuple(s.text for s in self.segments if s.kind in (PARAM, PARAM_COMPLEX))
+
+
+class WordError(ValueError):
+    pass
+
+
+_ANSI_SIMPLE = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
+                "v": "\v", "\\": "\\", "'": "'", '"': '"', "?": "?"}
+
+
+def _ansi_c(src: str, i: int) -> tuple[str, int]:
+    """Decode $'...' starting after the opening quote at ``i``; returns (text, index after the close)."""
+    out = []
+    while i < len(src):
+        c = src[i]
+        if c == "'":
+            return "".join(out), i + 1
+        if c != "\\" or i + 1 >= len(src):
+            out.append(c)
+            i += 1
+            continue
+        n = src[i + 1]
+        if n in _ANSI_SIMPLE:
+            out.append(_ANSI_SIMPLE[n])
+            i += 2
+        elif n == "x":
+            m = re.match(r"[0-9A-Fa-f]{1,2}", src[i + 2 :])
+            out.append(chr(int(m.group(), 16)) if m else "\\x")
+            i += 2 + (len(m.group()) if m else 0)
+        elif n in "uU":
+            m = re.match(r"[0-9A-Fa-f]{1,%d}" % (4 if n == "u" else 8), src[i + 2 :])
+            out.append(chr(int(m.group(), 16)) if m else "\\" + n)
+            i += 2 + (len(m.group()) if m else 0)
+        elif n in "01234567":
+            m = re.match(r"[0-7]{1,3}", src[i + 1 :])
+            out.append(chr(int(m.group(), 8) & 0xFF))  # type: ignore[union-attr]
+            i += 1 + len(m.group())  # type: ignore[union-attr]
+        elif n == "c":
+            raise WordError("control-character escapes ($'\\c...') are not accepted")
+        else:
+            out.append("\\" + n)
+            i += 2
+    raise WordError("unterminated $'...' quoting")
+
+
+def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[str, str, bool, int]]:
+    """Raw tokens (kind, text, quoted, abs_start) of one word. ``subs`` maps the absolute start of each
+    command/process substitution bashlex found to (absolute end, kind)."""
+    out: list[tuple[str, str, bool, int]] = []
+    i, n = 0, len(src)
+    ansi = False
+
+    def lit(text: str, quoted: bool) -> None:
+        out.append((LIT, text, quoted, -1))
+
+    def substitution(at: int, quoted: bool) -> int:
+        end, kind = subs[offset + at]
+        rel_end = end - offset
+        opener = 1 if src[at] == "`" else 2
+        out.append((kind, src[at + opener : rel_end - 1], quoted, offset + at))
+        return rel_end
+
+    def parameter(at: int, quoted: bool) -> int:
+        """$name, ${name}, $1, $@ ... or a complex ${...}; returns the index after it."""
+        if src.startswith("${", at):
+            close = src.find("}", at + 2)
+            if close < 0:
+                raise WordError("unterminated ${...}")
+            body = src[at + 2 : close]
+            kind = PARAM if _NAME.fullmatch(body) else PARAM_COMPLEX
+            out.append((kind, body, quoted, -1))
+            return close + 1
+        m = _NAME.match(src, at + 1)
+        if m:
+            out.append((PARAM, m.group(), quoted, -1))
+            return m.end()
+        out.append((PARAM_COMPLEX, src[at + 1], quoted, -1))
+        return at + 2
+
+    while i < n:
+        c = src[i]
+        if c == "\\":
+            if i + 1 < n and src[i + 1] != "\n":
+                lit(src[i + 1], True)
+            i += 2
+        elif c == "'":
+            close = src.find("'", i + 1)
+            if close < 0:
+                raise WordError("unterminated '...' quoting")
+            lit(src[i + 1 : close], True)
+            i = close + 1
+        elif src.startswith("$'", i):
+            text, i = _ansi_c(src, i + 2)
+            ansi = True
+            lit(text, True)
+        elif src.startswith("$((", i) or src.startswith("$[", i):
+            raise WordError("arithmetic expansion is not accepted")
+        elif offset + i in subs:
+            i = substitution(i, False)
+        elif c == "$" and i + 1 < n and (src[i + 1] in "{_" or src[i + 1].isalnum() or src[i + 1] in _SPECIAL_PARAMS):
+            i = parameter(i, False)
+        elif src.startswith('$"', i) or c == '"':
+            i += 2 if c == "$" else 1
+            while True:
+                if i >= n:
+                    raise WordError('unterminated "..." quoting')
+                d = src[i]
+                if d == '"':
+                    i += 1
+                    break
+                if d == "\\" and i + 1 < n and src[i + 1] in '$`"\\\n':
+                    if src[i + 1] != "\n":
+                        lit(src[i + 1], True)
+                    i += 2
+                elif offset + i in subs:
+                    i = substitution(i, True)
+                elif src.startswith("$((", i) or src.startswith("$[", i):
+                    raise WordError("arithmetic expansion is not accepted")
+                elif d == "$" and i + 1 < n and (src[i + 1] in "{_" or src[i + 1].isalnum() or src[i + 1] in _SPECIAL_PARAMS):
+                    i = parameter(i, True)
+                else:
+                    lit(d, True)
+                    i += 1
+        elif c in "*?[":
+            out.append((GLOB, c, False, -1))
+            i += 1
+        elif c in "@!+" and src.startswith("(", i + 1):
+            raise WordError("extended glob patterns are not accepted")
+        elif c == "~" and i == 0:
+            m = re.match(r"~[^/]*", src)
+            out.append((TILDE, m.group(), False, -1))  # type: ignore[union-attr]
+            i = m.end()  # type: ignore[union-attr]
+        elif c in "{,}":
+            out.append((_BRACE, c, False, -1))
+            i += 1
+        else:
+            lit(c, False)
+            i += 1
+    if ansi:
+        out.append(("ansi", "", False, -1))
+    return out
+
+
+def words(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[Word]:
+    """The words bash makes of one source word: lexed, then brace-expanded."""
+    tokens = lex(src, offset, subs)
+    ansi = any(t[0] == "ansi" for t in tokens)
+    tokens = [t for t in tokens if t[0] != "ansi"]
+    out = []
+    for expanded in expand_braces(tokens):
+        segments: list[Segment] = []
+        for kind, text, quoted, start in expanded:
+            kind = LIT if kind == _BRACE else kind  # braces that do not form an expansion are literal
+            if kind == LIT and segments and segments[-1].kind == LIT:
+                last = segments.pop()
+                segments.append(Segment(LIT, last.text + text, last.quoted or quoted))
+            else:
+                segments.append(Segment(kind, text, quoted, start))
+        # A glob at the start of a word could match a file named like an option (-delete, --output=x):
+        # Bastion runs it as ./pattern, and the facts say so.
+        if segments and segments[0].kind == GLOB:
+            segments.insert(0, Segment(LIT, "./"))
+        out.append(Word(src, tuple(segments), ansi))
+    return out
+
+
+Token = tuple[str, str, bool, int]
+_SEQUENCE = re.compile(r"(-?\d+|[A-Za-z])\.\.(-?\d+|[A-Za-z])(?:\.\.(-?\d+))?")
+
+
+def expand_braces(tokens: list[Token]) -> list[list[Token]]:
+    """Bash brace expansion over lexed tokens: a{b,c}d → abd acd; {1..3}; nested; left to right."""
+    for open_at, token in enumerate(tokens):
+        if token[0] != _BRACE or token[1] != "{":
+            continue
+        depth, commas = 0, []
+        for j in range(open_at, len(tokens)):
+            kind, text = tokens[j][0], tokens[j][1]
+            if kind != _BRACE:
+                continue
+            if text == "{":
+                depth += 1
+            elif text == "}":
+                depth -= 1
+                if depth == 0:
+                    inner = tokens[open_at + 1 : j]
+                    head, tail = tokens[:open_at], tokens[j + 1 :]
+                    if commas:
+                        parts, last = [], open_at + 1
+                        for k in commas + [j]:
+                            parts.append(tokens[last:k])
+                            last = k + 1
+                        return [head + e for part in parts for e in expand_braces(part + tail)]
+                    sequence = _sequence(inner)
+                    if sequence is not None:
+                        return [head + e for item in sequence for e in expand_braces([(LIT, item, False, -1)] + tail)]
+                    break  # {x} with no comma or sequence is literal; look for a later brace
+            elif text == "," and depth == 1:
+                commas.append(j)
+    return [tokens]
+
+
+def _sequence(inner: list[Token]) -> list[str] | None:
+    if not inner or any(t[0] != LIT or t[2] for t in inner):
+        return None
+    m = _SEQUENCE.fullmatch("".join(t[1] for t in inner))
+    if not m:
+        return None
+    a, b, step = m.group(1), m.group(2), abs(int(m.group(3) or 1)) or 1
+    if a.lstrip("-").isdigit() and b.lstrip("-").isdigit():
+        lo, hi = int(a), int(b)
+        values = range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step)
+        if len(values) > 10_000:
+            raise WordError("brace sequence too long")
+        width = max(len(a), len(b)) if (a.lstrip("-").startswith("0") or b.lstrip("-").startswith("0")) else 0
+        return [str(v).zfill(width) if width else str(v) for v in values]
+    if a.isalpha() and b.isalpha():
+        lo, hi = ord(a), ord(b)
+        return [chr(v) for v in (range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step))]
+    return None
+
+
+__all__ = ["Segment", "Word", "WordError", "words", "expand_braces", "product"]
