@@ -72,7 +72,17 @@ class CheckOutcome(BaseModel):
     rules: list[str]
     reason: str
     hint: str | None = None
-    statements: list[dict[str, Any]] = Field(description="facts the guard found in each statement")
+    facts: dict[str, Any] = Field(description="what the guard found in the text")
+
+
+class ShellOutput(BaseModel):
+    exit_code: int | None = Field(description="null when the command was killed (timeout)")
+    stdout: str
+    stderr: str
+    truncated: bool = Field(description="true when output was cut at the size limit")
+    timed_out: bool
+    duration_ms: float
+    call_id: str
 
 
 IdentityResolver = Callable[[Context], Identity]
@@ -136,7 +146,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=True))
     async def check(connection: str, text: str, ctx: Context) -> CheckOutcome:
-        """Ask whether SQL would be allowed, held or denied, and why, without running it."""
+        """Ask whether SQL or a shell command would be allowed, held or denied, and why, without running it."""
         gw, caller = context(ctx)
         try:
             outcome = await gw.check(caller, connection, text)
@@ -165,5 +175,25 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         text = render.table(r.columns, r.rows, footer=footer)
         return CallToolResult(content=[TextContent(type="text", text=text)],
                               structured_content=out.model_dump(mode="json"))
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
+                                          open_world_hint=False))
+    async def shell_run(connection: str, command: str, ctx: Context,
+                        reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
+                        cwd: Annotated[str | None, Field(description="directory inside the connection's own")] = None,
+                        ) -> Annotated[CallToolResult, ShellOutput]:
+        """Run a shell command on a connection under its policy; returns exit code and output."""
+        gw, caller = context(ctx)
+        try:
+            done = await gw.shell_run(caller, connection, command, reason, cwd)
+        except BastionError as error:
+            raise ToolError(error.for_agent()) from error
+        r = done.result
+        out = ShellOutput(exit_code=r.exit_code, stdout=r.stdout, stderr=r.stderr, truncated=r.truncated,
+                          timed_out=r.timed_out, duration_ms=round(done.duration_ms, 3), call_id=done.call_id)
+        status = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
+        text = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr else "")
+        text += f"\n({status}{'; output truncated' if r.truncated else ''}; {out.duration_ms:g} ms; call_id {done.call_id})"
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out.model_dump(mode="json"))
 
     return mcp

@@ -35,11 +35,12 @@ def text_of(result: object) -> str:
 
 async def test_the_tool_listing_is_small_and_honest(client: Client) -> None:
     tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == {"list_connections", "describe", "check", "sql_query"}
+    assert set(tools) == {"list_connections", "describe", "check", "sql_query", "shell_run"}
     listing = json.dumps([t.model_dump(mode="json", exclude_none=True) for t in tools.values()])
     assert len(listing) / 4 < 1500, f"tool listing is ~{len(listing) // 4} tokens"
     assert tools["describe"].annotations.read_only_hint and tools["check"].annotations.read_only_hint
-    assert tools["sql_query"].annotations.read_only_hint is False and tools["sql_query"].annotations.destructive_hint
+    for name in ("sql_query", "shell_run"):
+        assert tools[name].annotations.read_only_hint is False and tools[name].annotations.destructive_hint
 
 
 async def test_list_connections_shows_what_the_rules_allow(client: Client) -> None:
@@ -91,7 +92,7 @@ async def test_results_are_capped_and_marked_truncated(client: Client) -> None:
 async def test_check_explains_without_running(client: Client, demo_config: Path) -> None:
     result = await client.call_tool("check", {"connection": "demo", "text": "DELETE FROM orders"})
     assert result.structured_content["verdict"] == "deny"
-    assert result.structured_content["statements"][0]["kind"] == "delete"
+    assert result.structured_content["facts"]["statements"][0]["kind"] == "delete"
     assert load(demo_config) and audit(demo_config).tail(1)[0]["type"] == ev.FINISHED
 
 

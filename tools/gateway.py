@@ -1,4 +1,4 @@
-"""The gateway: connections, the guard and the audit store, and the SQL tool family over them.
+"""The gateway: connections, the guard and the audit store, and the tools over them.
 
 server/ calls these with a Caller; each returns plain data (server/ renders it for MCP).
 """
@@ -9,14 +9,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from policy import Decision
 from policy.errors import BastionError, InvalidInput, UnknownConnection
 from policy.patterns import matches
 from store.sqlite_store import SqliteAuditStore
+from tools import shell, sql
 from tools.calls import Caller
-from tools.connections import Connection
-from tools.executors.base import TableInfo
-from tools.guard import Guard, GuardedResult, safe_decide, validate_text
+from tools.connections import AnyConnection, Connection, ShellConnection
+from tools.executors.base import QueryResult, TableInfo
+from tools.executors.shell_base import ShellResult
+from tools.guard import Guard, Guarded, validate_text
 from tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,11 @@ class CheckResult:
     rules: list[str]
     reason: str
     hint: str | None
-    statements: list[dict[str, Any]]
+    facts: dict[str, Any]
 
 
 class Gateway:
-    def __init__(self, connections: dict[str, Connection], store: SqliteAuditStore) -> None:
+    def __init__(self, connections: dict[str, AnyConnection], store: SqliteAuditStore) -> None:
         self.connections = connections
         self.store = store
         self.guard = Guard(Recorder(store))
@@ -53,54 +54,72 @@ class Gateway:
 
     # -- lookups ---------------------------------------------------------------------------------
 
-    def visible(self, caller: Caller) -> list[Connection]:
+    def visible(self, caller: Caller) -> list[AnyConnection]:
         return [c for c in self.connections.values() if c.visible_to(caller.identity)]
 
-    def connection(self, caller: Caller, name: str) -> Connection:
+    def connection(self, caller: Caller, name: str, kind: type[AnyConnection] | None = None) -> AnyConnection:
         connection = self.connections.get(name)
         if connection is None or not connection.visible_to(caller.identity):
             names = ", ".join(f"`{c.name}`" for c in self.visible(caller)) or "none"
             raise UnknownConnection(f"there is no connection `{name}` you may use",
                                     hint=f"Connections you may use: {names} (see list_connections).")
+        if kind is not None and not isinstance(connection, kind):
+            tool = "shell_run" if isinstance(connection, ShellConnection) else "sql_query"
+            raise InvalidInput(f"`{name}` is a {connection.kind} connection", hint=f"Use {tool} for it.")
         return connection
 
-    async def _resolve(self, caller: Caller, tool: str, name: str, text: str, reason: str | None = None) -> Connection:
+    async def _resolve(self, caller: Caller, tool: str, name: str, text: str, kind: type[AnyConnection],
+                       reason: str | None = None) -> Any:
         try:
-            return self.connection(caller, name)
-        except UnknownConnection as error:
+            return self.connection(caller, name, kind)
+        except BastionError as error:
             await self.guard.refuse(caller, tool, name, text, reason, error)
             raise
 
     # -- tools -----------------------------------------------------------------------------------
 
     async def list_connections(self, caller: Caller) -> list[dict[str, Any]]:
-        out = []
-        for c in self.visible(caller):
-            rules = c.policy.rules_for(caller.identity)
-            out.append({"name": c.name, "kind": c.kind, "description": c.description,
-                        "rules": " | ".join(r.summary() for r in rules)})
+        out = [{"name": c.name, "kind": c.kind, "description": c.description, "rules": c.rules_summary(caller.identity)}
+               for c in self.visible(caller)]
         await self.guard.record_simple(caller, "list_connections", "", "", {"connections": [c["name"] for c in out]})
         return out
 
-    async def sql_query(self, caller: Caller, connection: str, sql: str, reason: str | None) -> GuardedResult:
-        target = await self._resolve(caller, "sql_query", connection, sql, reason)
-        return await self.guard.run_sql(caller, "sql_query", target, sql, reason)
+    async def sql_query(self, caller: Caller, connection: str, text: str, reason: str | None) -> Guarded[QueryResult]:
+        target: Connection = await self._resolve(caller, "sql_query", connection, text, Connection, reason)
+        return await self.guard.run(caller, "sql_query", connection, text, reason, what="SQL text",
+                                    vet=lambda: sql.vet_sql(target, caller, text),
+                                    execute=sql.runner(target, caller), result_record=sql.result_record)
+
+    async def shell_run(self, caller: Caller, connection: str, command: str, reason: str | None,
+                        cwd: str | None = None) -> Guarded[ShellResult]:
+        target: ShellConnection = await self._resolve(caller, "shell_run", connection, command, ShellConnection, reason)
+        try:
+            workdir = shell.resolve_cwd(target, cwd)
+        except InvalidInput as error:
+            await self.guard.refuse(caller, "shell_run", connection, command, reason, error)
+            raise
+        return await self.guard.run(caller, "shell_run", connection, command, reason, what="command",
+                                    vet=lambda: shell.vet_shell(target, caller, command, workdir),
+                                    execute=shell.runner(target, caller, workdir), result_record=shell.result_record)
 
     async def check(self, caller: Caller, connection: str, text: str) -> CheckResult:
-        target = await self._resolve(caller, "check", connection, text)
+        target = await self._resolve(caller, "check", connection, text, (Connection, ShellConnection))  # type: ignore[arg-type]
         try:
-            validate_text(text)
+            validate_text(text, what="text")
         except InvalidInput as error:
             await self.guard.refuse(caller, "check", connection, text, None, error)
             raise
-        analysis, decision = safe_decide(target, caller, text)
-        result = check_result(decision, analysis.summary()["statements"] if analysis else [])
-        await self.guard.record_simple(caller, "check", connection, text, {"verdict": result.verdict},
-                                       decision=decision, facts=analysis.summary() if analysis else None)
-        return result
+        if isinstance(target, ShellConnection):
+            vetted = shell.vet_shell(target, caller, text, target.policy.cwd)
+        else:
+            vetted = sql.vet_sql(target, caller, text)
+        d = vetted.decision
+        await self.guard.record_simple(caller, "check", connection, text, {"verdict": d.verdict.value},
+                                       decision=d, facts=vetted.facts)
+        return CheckResult(d.verdict.value, list(d.rules), d.reason, d.hint, vetted.facts or {})
 
     async def describe(self, caller: Caller, connection: str, table: str | None) -> list[TableInfo]:
-        target = await self._resolve(caller, "describe", connection, table or "")
+        target: Connection = await self._resolve(caller, "describe", connection, table or "", Connection)
         try:
             catalog = await target.executor.catalog()
         except BastionError as error:
@@ -119,8 +138,3 @@ class Gateway:
             visible = found
         await self.guard.record_simple(caller, "describe", connection, table or "", {"tables": [t.qualified for t in visible]})
         return visible
-
-
-def check_result(decision: Decision, statements: list[dict[str, Any]]) -> CheckResult:
-    return CheckResult(decision.verdict.value, list(decision.rules), decision.reason, decision.hint, statements)
-

@@ -9,29 +9,38 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 
-from policy import Analysis, Decision, Verdict, analyse, decide
+from policy import Decision, Verdict, analyse, decide
 from policy.errors import ApprovalRequired, BastionError, Denied, ExecutionError, InvalidInput
 from store import events as ev
 from tools.calls import Caller
-from tools.connections import Connection
-from tools.executors.base import QueryResult, RunRequest
 from tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 MAX_TEXT_BYTES = 256 * 1024
 _RECORDED_TEXT_LIMIT = 64 * 1024
 
 
 @dataclass
-class GuardedResult:
+class Vetted:
+    """What the guard made of a text: facts for the log, the decision, and what to run if allowed."""
+
+    facts: dict[str, Any] | None
+    decision: Decision
+    plan: Any = None
+
+
+@dataclass
+class Guarded(Generic[R]):
     call_id: str
-    result: QueryResult
+    result: R
     duration_ms: float
     decision: Decision
 
@@ -73,21 +82,20 @@ def error_record(error: BaseException) -> dict[str, Any]:
     return {"code": "internal", "message": type(error).__name__}
 
 
-def safe_decide(connection: Connection, caller: Caller, text: str) -> tuple[Analysis | None, Decision]:
-    """analyse + decide; any exception inside the guard is a denial, never a pass."""
+def fail_closed(vet: Callable[[], Vetted]) -> Vetted:
+    """Run the guard; any exception inside it is a denial, never a pass."""
     try:
-        analysis = analyse(text, connection.dialect, connection.policy.default_schema)
-        return analysis, decide(caller.identity, connection.policy, analysis)
+        return vet()
     except Exception as error:  # fail closed
         log.exception("guard failure")
-        return None, Decision.deny("guard:internal-error", f"the guard failed while checking this text ({type(error).__name__})",
-                                   hint="Report this to the gateway's operator; the call was not run.")
+        return Vetted(None, Decision.deny("guard:internal-error", f"the guard failed while checking this text ({type(error).__name__})",
+                                          hint="Report this to the gateway's operator; the call was not run."))
 
 
 def denial_for(decision: Decision) -> Denied:
     if decision.verdict is Verdict.REVIEW:
         denied = ApprovalRequired(decision)
-        denied.message = f"{decision.reason}: this statement needs approval, and approvals are not enabled on this gateway yet"
+        denied.message = f"{decision.reason}: this needs approval, and approvals are not enabled on this gateway yet"
         return denied
     return Denied(decision)
 
@@ -110,29 +118,30 @@ class Guard:
         await self.recorder.append(self._base(call_id, caller, tool, connection, text, reason))
         await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "error": error_record(error)})
 
-    async def run_sql(self, caller: Caller, tool: str, connection: Connection, text: str, reason: str | None) -> GuardedResult:
+    async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None, *,
+                  what: str, vet: Callable[[], Vetted], execute: Callable[[Vetted], Awaitable[R]],
+                  result_record: Callable[[R], dict[str, Any]]) -> Guarded[R]:
+        """① vet (analyse + decide) ③ record ④ deny or ⑤ run ⑦ record. ``what`` names the text in errors."""
         try:
-            validate_text(text)
+            validate_text(text, what=what)
         except InvalidInput as error:
-            await self.refuse(caller, tool, connection.name, text, reason, error)
+            await self.refuse(caller, tool, connection, text, reason, error)
             raise
-        analysis, decision = safe_decide(connection, caller, text)
+        vetted = fail_closed(vet)
+        decision = vetted.decision
         call_id = new_call_id()
-        requested = self._base(call_id, caller, tool, connection.name, text, reason)
-        requested["facts"] = analysis.summary() if analysis else None
-        requested["decision"] = decision.as_record()
+        requested = self._base(call_id, caller, tool, connection, text, reason)
+        requested["facts"], requested["decision"] = vetted.facts, decision.as_record()
         # ③ Durable before anything runs: if this raises, nothing ran.
         await self.recorder.append(requested)
-        if not decision.allowed or analysis is None:
+        if not decision.allowed or vetted.plan is None:
             denied = denial_for(decision)
             await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
                                         "error": error_record(denied)})
             raise denied
-        assert decision.limits is not None
         started = time.perf_counter()
-        request = RunRequest(analysis.statements, decision.read_only, decision.limits, caller.identity)
         try:
-            result = await connection.executor.run(request)
+            result = await execute(vetted)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._failed(call_id, started, {"code": "cancelled", "message": "the client cancelled the call"})
@@ -143,14 +152,11 @@ class Guard:
         except Exception as error:
             log.exception("executor failure")
             await self._failed(call_id, started, {"code": "internal", "message": type(error).__name__})
-            raise ExecutionError("the gateway failed while running the statement") from error
+            raise ExecutionError("the gateway failed while running this") from error
         duration_ms = (time.perf_counter() - started) * 1000
-        await self.recorder.append({
-            "type": ev.FINISHED, "call_id": call_id, "connection": connection.name, "tool": tool,
-            "result": {"columns": result.columns, "rows": result.rows},
-            "row_count": result.row_count, "truncated": result.truncated, "duration_ms": round(duration_ms, 3),
-        })
-        return GuardedResult(call_id, result, duration_ms, decision)
+        await self.recorder.append({"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
+                                    "duration_ms": round(duration_ms, 3), **result_record(result)})
+        return Guarded(call_id, result, duration_ms, decision)
 
     async def _failed(self, call_id: str, started: float, error: dict[str, Any]) -> None:
         await self.recorder.append({"type": ev.FAILED, "call_id": call_id, "error": error,

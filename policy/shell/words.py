@@ -151,6 +151,8 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
             raise WordError("arithmetic expansion is not accepted")
         elif offset + i in subs:
             i = substitution(i, False)
+        elif src.startswith("$(", i) or c == "`" or (c in "<>" and src.startswith("(", i + 1)):
+            raise WordError("a substitution the parser did not recognise is not accepted")
         elif c == "$" and i + 1 < n and (src[i + 1] in "{_" or src[i + 1].isalnum() or src[i + 1] in _SPECIAL_PARAMS):
             i = parameter(i, False)
         elif src.startswith('$"', i) or c == '"':
@@ -170,6 +172,8 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
                     i = substitution(i, True)
                 elif src.startswith("$((", i) or src.startswith("$[", i):
                     raise WordError("arithmetic expansion is not accepted")
+                elif src.startswith("$(", i) or d == "`":
+                    raise WordError("a substitution the parser did not recognise is not accepted")
                 elif d == "$" and i + 1 < n and (src[i + 1] in "{_" or src[i + 1].isalnum() or src[i + 1] in _SPECIAL_PARAMS):
                     i = parameter(i, True)
                 else:

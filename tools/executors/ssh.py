@@ -1,11 +1,17 @@
 """SSH executor: asyncssh, one reused connection per target, the gateway's key, known_hosts checked.
 
-The vetted command runs remotely as ``exec timeout --kill-after=2s N bash --noprofile --norc -c
-'<script>'``: coreutils ``timeout`` puts the command in its own process group and kills the whole
-group when its (slightly later) deadline passes, so nothing outlives the call even if this side
-loses the connection. When the local deadline passes or the caller cancels, we send TERM over the
-channel (``timeout`` forwards it to the group, then KILLs after the grace) and close the channel.
-No environment is forwarded: the remote command sees only what sshd gives a session.
+The vetted command runs remotely under ``timeout`` (coreutils) and a small bash wrapper
+(``_WRAPPER``), so no remote process outlives its call:
+
+- the wrapper keeps the channel's stdin open on fd 3 and runs a watcher that ends the whole process
+  group when that stdin reaches EOF, which happens when the gateway closes the channel (local timeout,
+  cancelled call) or the connection dies. This needs no SSH "signal" request, which sshd refuses for
+  sessions that skip privilege separation (root logins);
+- ``timeout`` gives the group its own deadline (a little after ours) as a backstop, and KILLs what
+  ignores TERM.
+
+The remote login shell must be POSIX (the command line is quoted with ``shlex.quote``). No
+environment is forwarded: the command sees only what sshd gives a session.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import socket
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import asyncssh
 
 from policy.errors import TargetUnavailable
@@ -52,10 +59,10 @@ class SshExecutor:
                         tg.start_soon(err.drain, process.stderr)
                     await process.wait_closed()
             except anyio.get_cancelled_exc_class():
-                _kill(process)  # sends without awaiting, so no shield is needed
+                process.close()  # sends without awaiting, so no shield is needed; the watcher does the rest
                 raise
             if deadline.cancelled_caught:
-                _kill(process)
+                process.close()
             elif process.exit_status is None and process.exit_signal is None:
                 raise self._unavailable("the connection was lost while the command ran", None,
                                         detail=out.error or err.error)
@@ -77,6 +84,7 @@ class SshExecutor:
         try:
             return await self._open(conn, command)
         except TargetUnavailable:
+            await anyio.lowlevel.checkpoint()  # asyncssh marks a lost connection closed on its next turn
             if not conn.is_closed():
                 raise
         # The shared connection dropped since its last use (sshd restarted, idle link cut): nothing
@@ -86,7 +94,8 @@ class SshExecutor:
     async def _open(self, conn: asyncssh.SSHClientConnection, command: str) -> asyncssh.SSHClientProcess[bytes]:
         try:
             with anyio.fail_after(self.connect_timeout):
-                return await conn.create_process(command, stdin=asyncssh.DEVNULL, encoding=None)
+                # stdin stays open (the wrapper's lifeline) and is never written.
+                return await conn.create_process(command, encoding=None)
         except TimeoutError as error:
             conn.abort()  # a connection that cannot open a channel in time is as good as dead
             raise self._unavailable("the host did not open a session in time", error) from error
@@ -217,21 +226,25 @@ class _Capped:
         return decode_capped(bytes(self.data), self.cap)
 
 
+# Runs under bash as `bash -c _WRAPPER bastion SCRIPT`. The watcher holds the channel's stdin (fd 3)
+# and, at EOF, sends TERM to the process group `timeout` made; the command gets /dev/null as stdin
+# and no fd 3. The watcher's output goes to /dev/null so it cannot hold the channel open.
+_WRAPPER = """exec 3<&0 </dev/null
+{ read -r _ <&3; kill -TERM 0; } >/dev/null 2>&1 &
+watcher=$!
+exec 3<&-
+bash --noprofile --norc -c "$1"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status"
+"""
+
+
 def _remote_command(request: ShellRunRequest) -> str:
     script = request.command
     if request.cwd is not None:
         # `|| exit`, not `&&`: with `&&` a list such as `a || b` would still run `b` elsewhere.
         script = f"cd -- {shlex.quote(request.cwd)} || exit 1\n{script}"
     limit = request.timeout_s + _REMOTE_GRACE_S
-    # `exec` so the session's own process is `timeout`, which is what an SSH signal reaches.
     return (f"exec timeout --kill-after={_KILL_AFTER} {limit:.3f}s "
-            f"bash --noprofile --norc -c {shlex.quote(script)}")
-
-
-def _kill(process: asyncssh.SSHClientProcess[bytes]) -> None:
-    """Stop the remote command: TERM reaches `timeout`, which passes it to the whole group."""
-    try:
-        process.send_signal("TERM")
-    except (asyncssh.Error, OSError):
-        pass  # the channel is already closed: the remote deadline still applies
-    process.close()
+            f"bash --noprofile --norc -c {shlex.quote(_WRAPPER)} bastion {shlex.quote(script)}")

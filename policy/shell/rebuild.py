@@ -1,0 +1,103 @@
+"""Rebuild a vetted command from its structure: every literal quoted by Bastion, only the allowed
+expansions left for bash, joined by the operators the policy allowed. The agent's text is never run.
+
+The rebuilt text is parsed again and must have the same shape as the original (``rebuild`` raises
+otherwise), so a quoting mistake here cannot change what runs.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from policy.shell.analyze import analyse_shell
+from policy.shell.facts import Command, Node, Redirect, ShellAnalysis
+from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PROCSUB, TILDE, Word
+
+
+class RebuildError(ValueError):
+    pass
+
+
+def rebuild(analysis: ShellAnalysis) -> str:
+    if analysis.structure is None:
+        raise RebuildError("nothing to rebuild")
+    builder = _Builder(analysis)
+    text = builder.node(analysis.structure)
+    again = analyse_shell(text)
+    if again.error is not None or again.shape() != analysis.shape():
+        raise RebuildError("the rebuilt command does not parse back to the vetted structure")
+    return text
+
+
+class _Builder:
+    def __init__(self, analysis: ShellAnalysis) -> None:
+        self.analysis = analysis
+        self.substitutions = dict(analysis.substitutions)
+
+    def node(self, node: Node) -> str:
+        if node.kind == "command":
+            return self.command(self.analysis.commands[node.index])
+        if node.kind in ("list", "pipeline"):
+            out = []
+            for i, item in enumerate(node.items):
+                out.append(self.node(item))
+                if i < len(node.ops):
+                    op = node.ops[i]
+                    out.append("\n" if op == "newline" else f" {op} ")
+            return "".join(out).rstrip(" ")
+        if node.kind == "subshell":
+            return f"( {self.node(node.items[0])} )"
+        if node.kind == "group":
+            return f"{{ {self.node(node.items[0])}; }}"
+        raise RebuildError(f"`{node.kind}` blocks are not run by Bastion")
+
+    def command(self, command: Command) -> str:
+        if command.assignments:
+            raise RebuildError("environment assignments are not run by Bastion")
+        parts = [self.word(w) for w in command.argv]
+        parts += [self.redirect(r) for r in command.redirects]
+        return " ".join(parts)
+
+    def redirect(self, redirect: Redirect) -> str:
+        fd = "" if redirect.fd is None else str(redirect.fd)
+        if redirect.dup is not None:
+            return f"{fd}{redirect.op}{redirect.dup}"
+        if redirect.target is None:
+            raise RebuildError("here-documents are not run by Bastion")
+        return f"{fd}{redirect.op} {self.word(redirect.target)}"
+
+    def word(self, word: Word) -> str:
+        kinds = {s.kind for s in word.segments}
+        if CMDSUB in kinds and not kinds & {GLOB, TILDE, PROCSUB}:
+            return self.double_quoted(word)
+        out = []
+        for segment in word.segments:
+            if segment.kind == LIT:
+                out.append(shlex.quote(segment.text) if segment.text else "''")
+            elif segment.kind in (GLOB, TILDE):
+                out.append(segment.text)
+            elif segment.kind == PARAM:
+                out.append(f'"${{{segment.text}}}"')
+            elif segment.kind == CMDSUB:
+                out.append(f'"$({self.node(self.substitutions[segment.start])})"')
+            elif segment.kind == PROCSUB:
+                opener = self.analysis.text[segment.start]
+                out.append(f"{opener}({self.node(self.substitutions[segment.start])})")
+            else:
+                raise RebuildError(f"`{segment.kind}` expansions are not run by Bastion")
+        return "".join(out) or "''"
+
+    def double_quoted(self, word: Word) -> str:
+        """A word with a command substitution, as one double-quoted string (no splitting, no globbing)."""
+        out = ['"']
+        for segment in word.segments:
+            if segment.kind == LIT:
+                out.append("".join("\\" + c if c in '\\$`"' else c for c in segment.text))
+            elif segment.kind == PARAM:
+                out.append(f"${{{segment.text}}}")
+            elif segment.kind == CMDSUB:
+                out.append(f"$({self.node(self.substitutions[segment.start])})")
+            else:
+                raise RebuildError(f"`{segment.kind}` expansions are not run by Bastion")
+        out.append('"')
+        return "".join(out)

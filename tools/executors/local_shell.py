@@ -1,0 +1,76 @@
+"""Local shell executor: `bash --noprofile --norc -c` on the rebuilt command, in its own process
+group, with a scrubbed environment, a timeout that kills the group, and capped output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+from policy.errors import TargetUnavailable
+from tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
+
+SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_CHUNK = 65536
+
+
+def scrubbed_env(cwd: str, home: str | None = None) -> dict[str, str]:
+    """The only environment a command sees: nothing of the gateway's (it holds secrets)."""
+    return {"PATH": SAFE_PATH, "HOME": home or os.environ.get("HOME", cwd), "PWD": cwd, "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8", "TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0",
+            "USER": os.environ.get("USER", ""), "LOGNAME": os.environ.get("LOGNAME", "")}
+
+
+class LocalShellExecutor:
+    def __init__(self, name: str, cwd: str | Path) -> None:
+        self.name = name
+        self.cwd = str(cwd)
+
+    async def run(self, request: ShellRunRequest) -> ShellResult:
+        cwd = request.cwd or self.cwd
+        if not Path(cwd).is_dir():
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable: its working directory does not exist")
+        process = await anyio.open_process(["bash", "--noprofile", "--norc", "-c", request.command], cwd=cwd,
+                                           env=scrubbed_env(cwd), start_new_session=True, stdin=subprocess.DEVNULL)
+        out, err = bytearray(), bytearray()
+        timed_out = False
+        try:
+            with anyio.move_on_after(request.timeout_s) as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_drain, process.stdout, out, request.max_output_bytes)
+                    tg.start_soon(_drain, process.stderr, err, request.max_output_bytes)
+                await process.wait()
+            timed_out = scope.cancelled_caught
+        finally:
+            # Timeout, cancellation or an error: the whole process group goes, not just bash.
+            if process.returncode is None or timed_out:
+                _kill_group(process)
+                with anyio.CancelScope(shield=True):
+                    await process.wait()
+            await process.aclose()
+        stdout, cut_out = decode_capped(bytes(out), request.max_output_bytes)
+        stderr, cut_err = decode_capped(bytes(err), request.max_output_bytes)
+        return ShellResult(None if timed_out else process.returncode, stdout, stderr, cut_out or cut_err, timed_out)
+
+    async def close(self) -> None:
+        return None
+
+
+async def _drain(stream: ByteReceiveStream | None, buffer: bytearray, cap: int) -> None:
+    """Read to the end; keep at most cap + 1 bytes (the extra byte says "truncated")."""
+    if stream is None:
+        return
+    async for chunk in stream:
+        if len(buffer) <= cap:
+            buffer.extend(chunk[: cap + 1 - len(buffer)])
+
+
+def _kill_group(process: Process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

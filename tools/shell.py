@@ -1,0 +1,72 @@
+"""The shell tool's guard steps: vet a command, rebuild it from the vetted structure, run that."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any
+
+from policy.errors import InvalidInput
+from policy.shell.analyze import analyse_shell
+from policy.shell.decide import decide_shell
+from policy.shell.rebuild import RebuildError, rebuild
+from policy.decision import Decision
+from tools.calls import Caller
+from tools.connections import ShellConnection
+from tools.executors.shell_base import ShellResult, ShellRunRequest
+from tools.guard import Vetted, fail_closed
+
+
+def resolve_cwd(connection: ShellConnection, cwd: str | None) -> str:
+    """The working directory for a call: the connection's, or a `cwd` that stays inside it."""
+    base = connection.policy.cwd
+    if not cwd:
+        return base
+    path = posixpath.normpath(posixpath.join(base, cwd))
+    if connection.kind == "local":
+        path = os.path.realpath(path)  # symlinks must not lead out either
+        base = os.path.realpath(base)
+    if path != base and not path.startswith(base.rstrip("/") + "/"):
+        raise InvalidInput(f"the working directory `{cwd}` is outside `{connection.policy.cwd}`",
+                           hint=f"Use a directory inside `{connection.policy.cwd}`, or omit cwd.")
+    return path
+
+
+def vet_shell(connection: ShellConnection, caller: Caller, command: str, cwd: str) -> Vetted:
+    def vet() -> Vetted:
+        policy = connection.policy if cwd == connection.policy.cwd else _with_cwd(connection, cwd)
+        analysis = analyse_shell(command)
+        decision = decide_shell(caller.identity, policy, analysis)
+        facts: dict[str, Any] = analysis.summary()
+        plan = None
+        if decision.allowed:
+            try:
+                plan = rebuild(analysis)  # ③ run what was parsed: the rebuilt text, never the agent's
+            except RebuildError as error:
+                decision = Decision.deny("guard:rebuild", str(error), hint="Send plain commands joined by | && || ;.")
+            facts["run"] = plan
+        return Vetted(facts, decision, plan)
+
+    return fail_closed(vet)
+
+
+def _with_cwd(connection: ShellConnection, cwd: str):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(connection.policy, cwd=cwd)
+
+
+def runner(connection: ShellConnection, caller: Caller, cwd: str):  # type: ignore[no-untyped-def]
+    async def execute(vetted: Vetted) -> ShellResult:
+        limits = vetted.decision.limits
+        assert limits is not None
+        return await connection.executor.run(ShellRunRequest(vetted.plan, cwd, limits.timeout_s, limits.max_bytes,
+                                                             caller.identity))
+
+    return execute
+
+
+def result_record(result: ShellResult) -> dict[str, Any]:
+    return {"result": {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
+                       "timed_out": result.timed_out},
+            "truncated": result.truncated}
