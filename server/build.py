@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 
 from policy.errors import ConfigError
-from server.config import Config, ConnectionConfig
+from server.config import Config, ConnectionConfig, ShellConnectionConfig
 from store.sqlite_store import SqliteAuditStore
 from store.errors import StoreError
-from tools.connections import Connection
+from tools.connections import AnyConnection, Connection, ShellConnection
 from tools.executors.base import SqlExecutor
+from tools.executors.local_shell import LocalShellExecutor
+from tools.executors.shell_base import ShellExecutor
 from tools.executors.postgres import PostgresExecutor
 from tools.executors.sqlite import SqliteExecutor
 from tools.gateway import Gateway
@@ -49,12 +51,26 @@ def build_executor(config: Config, name: str, conn: ConnectionConfig) -> SqlExec
     return PostgresExecutor(name, target, password=_secret(config, name, conn), search_path=conn.search_path)
 
 
+def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig) -> ShellExecutor:
+    if conn.kind == "local":
+        return LocalShellExecutor(name, config.shell_cwd(conn))
+    from tools.executors.ssh import SshExecutor
+
+    assert conn.host and conn.user and conn.key_file
+    return SshExecutor(name, host=conn.host, port=conn.port, user=conn.user, key_file=config.path(conn.key_file),
+                       known_hosts=config.path(conn.known_hosts) if conn.known_hosts else None,
+                       accept_unknown_hosts=conn.accept_unknown_hosts)
+
+
 def build_gateway(config: Config) -> Gateway:
-    policies = config.policies()
-    connections = {
-        name: Connection(name, conn.kind, policies[name], build_executor(config, name, conn), conn.description)
-        for name, conn in config.connections.items()
-    }
+    policies, shell_policies = config.policies(), config.shell_policies()
+    connections: dict[str, AnyConnection] = {}
+    for name, conn in config.connections.items():
+        if isinstance(conn, ConnectionConfig):
+            connections[name] = Connection(name, conn.kind, policies[name], build_executor(config, name, conn), conn.description)
+        else:
+            connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
+                                                build_shell_executor(config, name, conn), conn.description)
     try:
         store = SqliteAuditStore(config.path(config.audit.path))
     except StoreError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import json
 import logging
 import sys
@@ -15,6 +16,8 @@ import click
 from policy import ConnectionPolicy, Identity
 from policy.errors import BastionError, ConfigError
 from policy.presets import PRESETS
+from policy.shell.presets import SHELL_PRESETS
+from policy.shell.rules import ShellPolicy
 from server import config as config_mod
 from store.sqlite_store import SqliteAuditStore
 from tools.guard import safe_check
@@ -86,19 +89,24 @@ def serve(config_path: str | None, listen: str | None) -> None:
 # -- check --------------------------------------------------------------------------------------
 
 
-def _policy_for(config_path: str | None, connection: str | None, preset: str | None, dialect: str) -> ConnectionPolicy:
+def _policy_for(config_path: str | None, connection: str | None, preset: str | None, dialect: str,
+                shell: bool) -> ConnectionPolicy | ShellPolicy:
     if preset:
+        if shell != (preset in SHELL_PRESETS):
+            raise click.UsageError(f"preset `{preset}` is for {'shell commands (add --shell)' if preset in SHELL_PRESETS else 'SQL'}")
+        if shell:
+            return ShellPolicy(f"preset:{preset}", (SHELL_PRESETS[preset],), os.getcwd())
         return ConnectionPolicy(f"preset:{preset}", dialect, (PRESETS[preset],))
     if not connection:
         raise click.UsageError("give --preset, or --config with --connection")
     config = _load(config_path)
-    policies = config.policies()
+    policies: dict[str, ConnectionPolicy | ShellPolicy] = {**config.policies(), **config.shell_policies()}
     if connection not in policies:
         raise click.UsageError(f"no connection `{connection}` in {config.source}; known: {', '.join(policies) or 'none'}")
     return policies[connection]
 
 
-def _check_line(policy: ConnectionPolicy, identity: Identity, text: str) -> dict[str, Any]:
+def _check_line(policy: ConnectionPolicy | ShellPolicy, identity: Identity, text: str) -> dict[str, Any]:
     decision = safe_check(policy, identity, text)
     return {"verdict": decision.verdict.value, "rules": list(decision.rules), "reason": decision.reason,
             **({"hint": decision.hint} if decision.hint else {})}
@@ -110,17 +118,21 @@ def _check_line(policy: ConnectionPolicy, identity: Identity, text: str) -> dict
 @click.option("--connection", help="Connection whose rules decide (with --config).")
 @click.option("--user", "subject", default="cli", show_default=True, help="Subject to decide for.")
 @click.option("--group", "groups", multiple=True, help="Group of that subject (repeatable).")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Decide against a built-in preset, no config needed.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS) + sorted(SHELL_PRESETS)),
+              help="Decide against a built-in preset, no config needed.")
+@click.option("--shell", "shell", is_flag=True, help="The text is a shell command (with a shell --preset).")
 @click.option("--dialect", type=click.Choice(["postgres", "sqlite"]), default="postgres", show_default=True,
               help="SQL dialect with --preset.")
 @click.option("--jsonl", is_flag=True, help='Read {"id", "text"} lines on stdin; write {"id", "verdict", "rules", "reason"} lines.')
 def check(text: str | None, config_path: str | None, connection: str | None, subject: str, groups: tuple[str, ...],
-          preset: str | None, dialect: str, jsonl: bool) -> None:
-    """Decide SQL text without running it. Exit status 0 when allowed, 1 otherwise.
+          preset: str | None, shell: bool, dialect: str, jsonl: bool) -> None:
+    """Decide SQL text or a shell command without running it. Exit status 0 when allowed, 1 otherwise.
 
     Example: echo "DROP TABLE orders" | bastion check --preset read-only --dialect sqlite
+
+    Example: bastion check --preset inspect --shell "find . -exec rm {} +"
     """
-    policy = _policy_for(config_path, connection, preset, dialect if preset else "postgres")
+    policy = _policy_for(config_path, connection, preset, dialect, shell)
     identity = Identity(subject, frozenset(groups), source="cli")
     if jsonl:
         _check_jsonl(policy, identity, sys.stdin, sys.stdout)
@@ -133,7 +145,7 @@ def check(text: str | None, config_path: str | None, connection: str | None, sub
     sys.exit(0 if out["verdict"] == "allow" else 1)
 
 
-def _check_jsonl(policy: ConnectionPolicy, identity: Identity, stream: TextIO, out: TextIO) -> None:
+def _check_jsonl(policy: ConnectionPolicy | ShellPolicy, identity: Identity, stream: TextIO, out: TextIO) -> None:
     for number, line in enumerate(stream, 1):
         if not line.strip():
             continue
@@ -260,6 +272,9 @@ def validate(config_path: str | None) -> None:
     config = _load(config_path)
     click.echo(f"{config.source}: ok")
     for name, policy in config.policies().items():
-        click.echo(f"  {name} ({policy.dialect}): " + " | ".join(r.summary() for r in policy.rules) if policy.rules
-                   else f"  {name} ({policy.dialect}): no rules (everything denied)")
+        click.echo(f"  {name} ({policy.dialect}): " + (" | ".join(r.summary() for r in policy.rules) or "no rules (everything denied)"))
+    for name, shell_policy in config.shell_policies().items():
+        kind = config.connections[name].kind
+        click.echo(f"  {name} ({kind} shell in {shell_policy.cwd}): "
+                   + (" | ".join(r.summary() for r in shell_policy.rules) or "no rules (everything denied)"))
     click.echo(f"  audit log: {config.path(config.audit.path)}")

@@ -16,6 +16,8 @@ from policy.errors import ConfigError
 from policy.identity import Identity
 from policy.presets import PRESETS
 from policy.rules import ConnectionPolicy, SqlRule
+from policy.shell.presets import SHELL_PRESETS
+from policy.shell.rules import ShellPolicy, ShellRule
 from policy.sql.facts import Kind
 
 DEFAULT_PATH = "bastion.toml"
@@ -72,6 +74,8 @@ class RuleConfig(_Model):
 
 
 class ConnectionConfig(_Model):
+    """A database connection (PostgreSQL or SQLite)."""
+
     kind: Literal["postgres", "sqlite"]
     target: str | None = Field(None, description="DSN (postgres, no password) or file path (sqlite)")
     target_env: str | None = Field(None, description="name of an environment variable holding the DSN")
@@ -111,6 +115,94 @@ class ConnectionConfig(_Model):
         return rules
 
 
+class ShellRuleConfig(_Model):
+    """One rule on a shell connection. Starts from ``preset`` when given; other keys override it."""
+
+    id: str | None = None
+    preset: Literal["inspect", "developer"] | None = None
+    subjects: list[str] = []
+    groups: list[str] = []
+    programs: list[str] | None = Field(None, description="with preset developer: added to inspect's programs")
+    review_programs: list[str] | None = None
+    deny_programs: list[str] | None = None
+    git_subcommands: list[str] | None = None
+    program_dirs: list[str] | None = None
+    operators: list[Literal["|", "|&", "&&", "||", ";", "&", "newline"]] | None = None
+    constructs: list[Literal["subshell", "group", "for", "while", "until", "if", "function", "command-substitution",
+                             "process-substitution", "heredoc", "herestring"]] | None = None
+    redirects: Literal["none", "read", "write"] | None = None
+    write_paths: list[str] | None = None
+    deny_paths: list[str] | None = None
+    variables: list[str] | None = None
+    allow_assignments: bool | None = None
+    timeout: Annotated[float, Field(gt=0, le=3600, description="seconds")] = 30.0
+    max_output_bytes: Annotated[int, Field(gt=0, le=100_000_000)] = 1_000_000
+
+    def to_rule(self, index: int) -> ShellRule:
+        base = SHELL_PRESETS[self.preset] if self.preset else ShellRule(id="")
+        overrides: dict[str, Any] = {
+            "id": self.id or (self.preset if self.preset and index == 0 else f"rule-{index + 1}"),
+            "subjects": frozenset(self.subjects), "groups": frozenset(self.groups),
+            "limits": Limits(0, self.max_output_bytes, self.timeout),
+        }
+        if self.programs is not None:
+            overrides["programs"] = (base.programs if self.preset == "developer" else frozenset()) | frozenset(self.programs)
+        for name in ("review_programs", "deny_programs", "git_subcommands", "operators", "constructs", "variables"):
+            value = getattr(self, name)
+            if value is not None:
+                overrides[name] = frozenset(value)
+        for name in ("program_dirs", "write_paths", "deny_paths"):
+            value = getattr(self, name)
+            if value is not None:
+                overrides[name] = tuple(value)
+        if self.redirects is not None:
+            overrides["redirects"] = self.redirects
+        if self.allow_assignments is not None:
+            overrides["allow_assignments"] = self.allow_assignments
+        return replace(base, **overrides)
+
+
+class ShellConnectionConfig(_Model):
+    """A shell connection: the gateway's own host (local) or one reached over SSH."""
+
+    kind: Literal["local", "ssh"]
+    cwd: str | None = Field(None, description="working directory (local: default the config's folder; ssh: required)")
+    host: str | None = None
+    port: Annotated[int, Field(gt=0, lt=65536)] = 22
+    user: str | None = None
+    key_file: str | None = None
+    known_hosts: str | None = None
+    accept_unknown_hosts: bool = False
+    description: str = ""
+    preset: Literal["inspect", "developer"] | None = None
+    rules: list[ShellRuleConfig] = []
+
+    @model_validator(mode="after")
+    def _ssh_fields(self) -> ShellConnectionConfig:
+        ssh_only = ("host", "user", "key_file", "known_hosts")
+        if self.kind == "ssh":
+            missing = [k for k in ("host", "user", "key_file", "cwd") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"an ssh connection needs {', '.join(f'`{k}`' for k in missing)}")
+            if self.cwd and not self.cwd.startswith("/"):
+                raise ValueError("`cwd` of an ssh connection must be an absolute path on the remote host")
+        elif any(getattr(self, k) is not None for k in ssh_only):
+            raise ValueError(f"{', '.join(ssh_only)} apply to ssh connections only")
+        if self.preset and self.rules:
+            raise ValueError("give either `preset` or `rules`, not both")
+        return self
+
+    def rule_list(self) -> tuple[ShellRule, ...]:
+        if self.preset:
+            return (SHELL_PRESETS[self.preset],)
+        rules = tuple(r.to_rule(i) for i, r in enumerate(self.rules))
+        ids = [r.id for r in rules]
+        duplicate = next((i for i in ids if ids.count(i) > 1), None)
+        if duplicate:
+            raise ValueError(f"rule id `{duplicate}` is used twice")
+        return rules
+
+
 class IdentityConfig(_Model):
     subject: str = Field(default_factory=getpass.getuser)
     groups: list[str] = []
@@ -128,7 +220,7 @@ class AuditConfig(_Model):
 class Config(_Model):
     identity: IdentityConfig = IdentityConfig()
     audit: AuditConfig = AuditConfig()
-    connections: dict[str, ConnectionConfig] = {}
+    connections: dict[str, Annotated[ConnectionConfig | ShellConnectionConfig, Field(discriminator="kind")]] = {}
     # Set by load(): the folder relative paths are resolved against.
     base_dir: Path = Path(".")
     source: str = "<defaults>"
@@ -138,8 +230,19 @@ class Config(_Model):
         return p if p.is_absolute() else self.base_dir / p
 
     def policies(self) -> dict[str, ConnectionPolicy]:
+        """The database connections' policies."""
         return {name: ConnectionPolicy(name, c.kind, c.rule_list(), c.search_path if c.kind == "postgres" else "main")
-                for name, c in self.connections.items()}
+                for name, c in self.connections.items() if isinstance(c, ConnectionConfig)}
+
+    def shell_policies(self) -> dict[str, ShellPolicy]:
+        """The shell connections' policies."""
+        return {name: ShellPolicy(name, c.rule_list(), self.shell_cwd(c))
+                for name, c in self.connections.items() if isinstance(c, ShellConnectionConfig)}
+
+    def shell_cwd(self, connection: ShellConnectionConfig) -> str:
+        if connection.kind == "ssh":
+            return connection.cwd or "/"
+        return str(self.path(connection.cwd).resolve()) if connection.cwd else str(self.base_dir.resolve())
 
 
 def _has_inline_password(dsn: str) -> bool:
@@ -168,6 +271,7 @@ def parse(data: dict[str, Any], *, source: str, base_dir: Path) -> Config:
     try:
         config = Config.model_validate({**data, "base_dir": base_dir, "source": source})
         config.policies()  # rule-level checks (duplicate ids) surface now, not at the first call
+        config.shell_policies()
         return config
     except ValidationError as error:
         raise ConfigError(_explain(source, error)) from None
@@ -182,6 +286,8 @@ def _explain(source: str, error: ValidationError) -> str:
         for part in item["loc"]:
             if isinstance(part, int):
                 path += f"[{part}]"
+            elif part in ("postgres", "sqlite", "local", "ssh") and path.count(".") == 1:
+                continue  # the tag pydantic adds for the connection's kind
             elif part not in ("function-after",) and not str(part).startswith(("literal[", "list[", "function-")):
                 path += f".{part}" if path else str(part)
         found = item.get("input")

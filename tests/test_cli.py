@@ -57,7 +57,8 @@ def test_config_validate_summarises_or_explains(demo_config: Path, tmp_path: Pat
     bad = tmp_path / "bad.toml"
     bad.write_text('[connections.x]\nkind = "oracle"\ntarget = "x"\n')
     code, out = run("config", "validate", "--config", str(bad))
-    assert code == 1 and f"{bad}: connections.x.kind: Input should be 'postgres' or 'sqlite'; found 'oracle'" in out
+    assert code == 1 and f"{bad}: connections.x: Input tag 'oracle' found using 'kind' does not match" in out
+    assert "'postgres', 'sqlite', 'local', 'ssh'" in out
 
 
 @pytest.mark.anyio

@@ -174,12 +174,17 @@ class Guard:
 
 
 def safe_check(policy: Any, identity: Any, text: str) -> Decision:
-    """Decide a text against a policy with no gateway (`bastion check`); failures deny."""
+    """Decide a text against an SQL or shell policy with no gateway (`bastion check`); failures deny."""
+    from policy.shell.decide import vet_shell_text
+    from policy.shell.rules import ShellPolicy
+
     try:
         validate_text(text)
     except InvalidInput as error:
         return Decision.deny("guard:invalid-input", error.message, hint=error.hint)
     try:
+        if isinstance(policy, ShellPolicy):
+            return vet_shell_text(identity, policy, text)[1]
         return decide(identity, policy, analyse(text, policy.dialect, policy.default_schema))
     except Exception as error:  # fail closed
         return Decision.deny("guard:internal-error", f"the guard failed while checking this text ({type(error).__name__})")

@@ -6,11 +6,10 @@ import os
 import posixpath
 from typing import Any
 
+from dataclasses import replace
+
 from policy.errors import InvalidInput
-from policy.shell.analyze import analyse_shell
-from policy.shell.decide import decide_shell
-from policy.shell.rebuild import RebuildError, rebuild
-from policy.decision import Decision
+from policy.shell.decide import vet_shell_text
 from tools.calls import Caller
 from tools.connections import ShellConnection
 from tools.executors.shell_base import ShellResult, ShellRunRequest
@@ -34,26 +33,15 @@ def resolve_cwd(connection: ShellConnection, cwd: str | None) -> str:
 
 def vet_shell(connection: ShellConnection, caller: Caller, command: str, cwd: str) -> Vetted:
     def vet() -> Vetted:
-        policy = connection.policy if cwd == connection.policy.cwd else _with_cwd(connection, cwd)
-        analysis = analyse_shell(command)
-        decision = decide_shell(caller.identity, policy, analysis)
+        policy = connection.policy if cwd == connection.policy.cwd else replace(connection.policy, cwd=cwd)
+        # Run what was parsed: the plan is the rebuilt text, never the agent's.
+        analysis, decision, plan = vet_shell_text(caller.identity, policy, command)
         facts: dict[str, Any] = analysis.summary()
-        plan = None
-        if decision.allowed:
-            try:
-                plan = rebuild(analysis)  # ③ run what was parsed: the rebuilt text, never the agent's
-            except RebuildError as error:
-                decision = Decision.deny("guard:rebuild", str(error), hint="Send plain commands joined by | && || ;.")
+        if plan is not None:
             facts["run"] = plan
         return Vetted(facts, decision, plan)
 
     return fail_closed(vet)
-
-
-def _with_cwd(connection: ShellConnection, cwd: str):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
-    return replace(connection.policy, cwd=cwd)
 
 
 def runner(connection: ShellConnection, caller: Caller, cwd: str):  # type: ignore[no-untyped-def]

@@ -6,7 +6,9 @@ from policy.combine import combine
 from policy.decision import Decision
 from policy.identity import Identity
 from policy.shell.evaluate import evaluate_shell
+from policy.shell.analyze import analyse_shell
 from policy.shell.facts import ShellAnalysis
+from policy.shell.rebuild import RebuildError, rebuild
 from policy.shell.rules import ShellPolicy
 
 _HINT = "Send plain commands with literal program names, joined by | && || ;."
@@ -31,3 +33,16 @@ def decide_shell(identity: Identity, policy: ShellPolicy, analysis: ShellAnalysi
     return Decision(decision.verdict, decision.rules,
                     decision.reason if not decision.allowed else "allowed by " + ", ".join(f"`{r}`" for r in decision.rules),
                     hint=decision.hint, limits=decision.limits, read_only=False)
+
+
+def vet_shell_text(identity: Identity, policy: ShellPolicy, text: str) -> tuple[ShellAnalysis, Decision, str | None]:
+    """Analyse, decide, and for an allowed command rebuild what will run (None otherwise). A command
+    that cannot be rebuilt to the same structure is denied (`guard:rebuild`)."""
+    analysis = analyse_shell(text)
+    decision = decide_shell(identity, policy, analysis)
+    if not decision.allowed:
+        return analysis, decision, None
+    try:
+        return analysis, decision, rebuild(analysis)
+    except RebuildError as error:
+        return analysis, Decision.deny("guard:rebuild", str(error), hint=_HINT), None
