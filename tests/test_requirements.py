@@ -19,8 +19,8 @@ def _covered() -> set[str]:
     for path in HERE.rglob("test_*.py"):
         for call in re.findall(r"requirement\(([^)]*)\)", path.read_text()):
             found.update(re.findall(r'"([a-z]+:[a-z0-9-]+)"', call))
-    golden = tomllib.loads((HERE / "golden" / "sql_cases.toml").read_text())
-    found.update(case["requirement"] for case in golden["case"])
+    for corpus in sorted((HERE / "golden").glob("*_cases.toml")):
+        found.update(case["requirement"] for case in tomllib.loads(corpus.read_text())["case"])
     return found
 
 

@@ -56,7 +56,7 @@ def other_key(path: Path) -> asyncssh.SSHKey:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def running(pattern: str) -> bool:
@@ -118,15 +118,17 @@ async def test_the_command_reads_an_empty_stdin(executor: SshExecutor) -> None:
     assert (result.exit_code, result.stdout) == (0, "done\n")
 
 
-async def test_a_command_past_its_timeout_is_killed_on_the_host(executor: SshExecutor) -> None:
+@pytest.mark.parametrize(("prefix", "within"), [("", 1.0), ("trap '' TERM; ", 4.0)], ids=["plain", "ignoring-TERM"])
+async def test_a_command_past_its_timeout_is_killed_on_the_host(executor: SshExecutor, prefix: str, within: float) -> None:
     sleep = unique_sleep()
     started = time.monotonic()
     with anyio.fail_after(5):
-        result = await executor.run(request(f"echo started; {sleep}", timeout_s=1))
+        result = await executor.run(request(f"echo started; {prefix}{sleep}", timeout_s=1))
     assert result.timed_out and result.exit_code is None
     assert result.stdout == "started\n"  # the output so far is kept
     assert time.monotonic() - started < 3
-    await wait_for(lambda: not running(sleep))
+    # Gone at once (or after the KILL grace), not at the remote backstop deadline or the sleep's end.
+    await wait_for(lambda: not running(sleep), timeout=within)
     assert (await executor.run(request("echo still usable"))).stdout == "still usable\n"
 
 

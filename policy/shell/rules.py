@@ -48,9 +48,12 @@ class ShellRule:
         return identity.subject in self.subjects or identity.in_any(self.groups)
 
     def summary(self) -> str:
-        programs = ", ".join(sorted(self.programs)) or "nothing"
+        programs = ", ".join(sorted(self.programs - self.deny_programs)) or "nothing"
         git = f" (git {', '.join(sorted(self.git_subcommands))})" if "git" in self.programs else ""
-        return f"{self.id}: runs {programs}{git}; redirects: {self.redirects}; max {self.limits.max_bytes} output bytes"
+        held = f"; holds {', '.join(sorted(self.review_programs))} for review" if self.review_programs else ""
+        denied = f"; denies {', '.join(sorted(self.deny_programs))}" if self.deny_programs else ""
+        return (f"{self.id}: runs {programs}{git}{held}{denied}; redirects: {self.redirects}; "
+                f"max {self.limits.max_bytes} output bytes, {self.limits.timeout_s:g} s")
 
 
 @dataclass(frozen=True)

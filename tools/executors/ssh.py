@@ -228,8 +228,11 @@ class _Capped:
 
 # Runs under bash as `bash -c _WRAPPER bastion SCRIPT`. The watcher holds the channel's stdin (fd 3)
 # and, at EOF, sends TERM to the process group `timeout` made; the command gets /dev/null as stdin
-# and no fd 3. The watcher's output goes to /dev/null so it cannot hold the channel open.
-_WRAPPER = """exec 3<&0 </dev/null
+# and no fd 3. The watcher's output goes to /dev/null so it cannot hold the channel open. The wrapper
+# outlives TERM (a trap, not an ignore, so the command keeps the default) until the command ends:
+# `timeout` exits with its child, and must still be there to KILL a command that ignores TERM.
+_WRAPPER = """trap : TERM
+exec 3<&0 </dev/null
 { read -r _ <&3; kill -TERM 0; } >/dev/null 2>&1 &
 watcher=$!
 exec 3<&-

@@ -1,0 +1,66 @@
+"""The local shell executor: scrubbed environment, process group killed on timeout and cancellation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from policy import Identity
+from tests.conftest import requirement
+from tools.executors.local_shell import LocalShellExecutor
+from tools.executors.shell_base import ShellRunRequest
+
+pytestmark = pytest.mark.anyio
+
+
+def request(command: str, *, timeout: float = 5, cap: int = 10_000) -> ShellRunRequest:
+    return ShellRunRequest(command, None, timeout, cap, Identity("t"))
+
+
+def sleepers(marker: str) -> bool:
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+
+@requirement("shell:scrubbed-environment", "inv:no-credential-leak")
+async def test_commands_never_see_the_gateways_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTION_DB_PASSWORD", "hunter2")
+    result = await LocalShellExecutor("l", tmp_path).run(request("env"))
+    assert "hunter2" not in result.stdout and "PATH=/usr/local/bin:/usr/bin:/bin" in result.stdout
+    assert f"PWD={tmp_path}" in result.stdout
+
+
+@requirement("shell:timeout-kills-group")
+async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = await LocalShellExecutor("l", tmp_path).run(request("sleep 31.5 | sleep 31.5", timeout=0.5))
+    assert result.timed_out and result.exit_code is None and time.monotonic() - started < 5
+    assert not sleepers("sleep 31.5")
+
+
+@requirement("shell:timeout-kills-group", "inv:cancel-cancels-query")
+async def test_cancelling_the_call_kills_the_process_group(tmp_path: Path) -> None:
+    with anyio.move_on_after(0.5):
+        await LocalShellExecutor("l", tmp_path).run(request("sleep 32.5; echo never", timeout=60))
+    with anyio.fail_after(5):
+        while sleepers("sleep 32.5"):
+            await anyio.sleep(0.05)
+
+
+async def test_output_is_capped_without_holding_it_all(tmp_path: Path) -> None:
+    result = await LocalShellExecutor("l", tmp_path).run(request("yes | head -c 50000000", cap=1000))
+    assert result.truncated and len(result.stdout) == 1000 and result.exit_code == 0
+
+
+async def test_stdin_is_closed(tmp_path: Path) -> None:
+    result = await LocalShellExecutor("l", tmp_path).run(request("cat", timeout=5))
+    assert result.exit_code == 0 and result.stdout == "" and not result.timed_out
+
+
+async def test_the_process_gets_its_own_session(tmp_path: Path) -> None:
+    result = await LocalShellExecutor("l", tmp_path).run(request("ps -o sid= -p $$"))
+    assert int(result.stdout.strip()) != os.getsid(0)
