@@ -43,7 +43,8 @@ def test_every_option_is_in_the_cli_reference() -> None:
 
 def test_every_config_key_is_documented() -> None:
     text = (DOCS / "configuration.md").read_text()
-    models = [config.IdentityConfig, config.AuditConfig, config.ConnectionConfig, config.RuleConfig]
+    models = [config.IdentityConfig, config.AuditConfig, config.ConnectionConfig, config.RuleConfig,
+              config.ShellConnectionConfig, config.ShellRuleConfig]
     missing = [f"{m.__name__}.{key}" for m in models for key in m.model_fields if f"`{key}`" not in text]
     assert not missing, f"undocumented config keys: {missing}"
 
@@ -89,3 +90,17 @@ def test_every_dangerous_function_is_in_the_reference() -> None:
     names = set(dangerous_functions.POSTGRES) | set(dangerous_functions.SQLITE)
     missing = sorted(name for name in names if f"`{name}`" not in text)
     assert not missing, f"dangerous functions missing from docs/dangerous-functions.md: {missing}"
+
+
+def test_the_shell_presets_are_documented_exactly() -> None:
+    from policy.shell.presets import INSPECT
+
+    text = (DOCS / "policy.md").read_text()
+    section = text.split("### `inspect`", 1)[1].split("\n### ", 1)[0]
+    rows = {m[0]: m[1] for m in re.findall(r"^\| (\w+) \| (.*) \|$", section, re.M)}
+    assert set(re.findall(r"`([\w-]+)`", rows["programs"])) == set(INSPECT.programs)
+    assert set(re.findall(r"`(\w+)`", rows["git_subcommands"])) == set(INSPECT.git_subcommands)
+    assert set(re.findall(r"`([\w-]+)`", rows["constructs"])) == set(INSPECT.constructs)
+    assert set(re.findall(r"`([^`]+)`", rows["deny_paths"])) == set(INSPECT.deny_paths)
+    assert set(re.findall(r"`(\w+)`", rows["variables"])) == set(INSPECT.variables)
+    assert f"timeout {INSPECT.limits.timeout_s:g} s" in rows["limits"]
