@@ -8,7 +8,7 @@ from policy.rules import ConnectionPolicy, SqlRule
 from policy.combine import combine
 from policy.outcome import worst
 from policy.sql.evaluate import evaluate
-from policy.sql.facts import Analysis, Statement
+from policy.sql.facts import Analysis, Kind, Statement
 
 _GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or SQLite would parse it."
 
@@ -34,6 +34,11 @@ def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str)
     if stmt.opaque is not None:
         return Decision.deny("guard:opaque", f"`{stmt.kind.value.upper()}` statements cannot be checked: {stmt.opaque}",
                              hint="Only statements Bastion can fully parse are run; plain SELECT/INSERT/UPDATE/DELETE are.")
+    # COPY reaches server files and programs, or streams Bastion cannot carry: never, whatever the rules.
+    if Kind.COPY in stmt.kinds or (stmt.explained is not None and Kind.COPY in stmt.explained.kinds):
+        return Decision.deny("guard:copy", "COPY does not run through Bastion: to or from a file or program it "
+                             "reaches the database server's files and commands",
+                             hint="Use SELECT to read rows, INSERT to add them.")
     parts = [stmt] + ([stmt.effective] if stmt.explained is not None else [])
     # Each rule's outcome for the statement is the worst over its parts (EXPLAIN and what it explains).
     return combine([(worst(evaluate(rule, part, dialect) for part in parts), rule.limits) for rule in rules])

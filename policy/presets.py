@@ -29,6 +29,9 @@ SENSITIVE_CATALOG = (
     "!information_schema.user_mappings",
 )
 
+# The same relations as plain patterns: evaluate.py applies them under every rule, preset or not.
+SENSITIVE_CATALOG_PATTERNS = tuple(p[1:] for p in SENSITIVE_CATALOG)
+
 READ_ONLY = SqlRule(
     id="read-only",
     preset="read-only",

@@ -45,8 +45,9 @@ async def test_the_tool_listing_is_small_and_honest(client: Client) -> None:
 
 async def test_list_connections_shows_what_the_rules_allow(client: Client) -> None:
     result = await client.call_tool("list_connections", {})
-    (demo,) = result.structured_content["connections"]
+    demo, workspace = result.structured_content["connections"]
     assert demo["name"] == "demo" and demo["kind"] == "sqlite" and "SELECT" in demo["rules"]
+    assert workspace["name"] == "workspace" and workspace["kind"] == "local" and "git" in workspace["rules"]
 
 
 async def test_describe_lists_tables_and_one_table_in_detail(client: Client) -> None:

@@ -239,3 +239,28 @@ def test_the_gateway_role_is_not_a_superuser(shop: PgServer) -> None:
     assert shop.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (shop.gateway_role,)) == [(False,)]
     with psycopg.connect(shop.dsn(user=shop.gateway_role)) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (shop.gateway_role,)
+
+
+@requirement("inv:read-only-transaction")
+async def test_strings_are_parsed_by_the_server_as_the_guard_parsed_them(shop: PgServer) -> None:
+    """With standard_conforming_strings off, 'a\\'' would end elsewhere and hide a read of `secret`."""
+    from policy import ConnectionPolicy, decide
+    from policy.presets import READ_ONLY
+
+    shop.execute("CREATE TABLE IF NOT EXISTS shop.secret (token text); INSERT INTO shop.secret VALUES ('TOP-SECRET')")
+    shop.execute(f'GRANT SELECT ON shop.secret TO "{shop.gateway_role}"')
+    shop.execute(f'ALTER ROLE "{shop.gateway_role}" IN DATABASE "{shop.database}" SET standard_conforming_strings = off')
+    try:
+        text = "SELECT 'a\\'' AS x, * FROM secret --' FROM orders"
+        analysis = analyse(text, "postgres", "shop")
+        rule = dataclasses.replace(READ_ONLY, read_tables=("shop.*", "!shop.secret"))
+        decision = decide(ALICE, ConnectionPolicy("shop", "postgres", (rule,), "shop"), analysis)
+        assert decision.allowed and analysis.statements[0].reads == {"shop.orders"}
+        ex = executor(shop)
+        try:
+            result = await ex.run(RunRequest(analysis.statements, True, Limits(max_rows=3), ALICE))
+        finally:
+            await ex.close()
+        assert "TOP-SECRET" not in str(result.rows)
+    finally:
+        shop.execute(f'ALTER ROLE "{shop.gateway_role}" IN DATABASE "{shop.database}" RESET standard_conforming_strings')

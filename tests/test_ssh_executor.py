@@ -18,6 +18,7 @@ import pytest
 
 from policy import Identity
 from policy.errors import TargetUnavailable
+from tests.conftest import requirement
 from tests.sshd_server import SshServer, sshd  # noqa: F401  (the fixture)
 from tools.executors.shell_base import ShellRunRequest
 from tools.executors.ssh import SshExecutor
@@ -104,6 +105,7 @@ async def test_nothing_runs_when_the_directory_is_missing(executor: SshExecutor,
     assert "missing" in result.stderr
 
 
+@requirement("shell:scrubbed-environment")
 async def test_the_gateway_environment_is_not_forwarded(executor: SshExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BASTION_PROBE_SECRET", "must-not-travel")
     monkeypatch.setenv("LC_BASTION_PROBE", "must-not-travel")  # LC_* is what ssh clients usually send
@@ -118,7 +120,8 @@ async def test_the_command_reads_an_empty_stdin(executor: SshExecutor) -> None:
     assert (result.exit_code, result.stdout) == (0, "done\n")
 
 
-@pytest.mark.parametrize(("prefix", "within"), [("", 1.0), ("trap '' TERM; ", 4.0)], ids=["plain", "ignoring-TERM"])
+@requirement("shell:timeout-kills-group")
+@pytest.mark.parametrize(("prefix", "within"), [("", 1.5), ("trap '' TERM; ", 4.0)], ids=["plain", "ignoring-TERM"])
 async def test_a_command_past_its_timeout_is_killed_on_the_host(executor: SshExecutor, prefix: str, within: float) -> None:
     sleep = unique_sleep()
     started = time.monotonic()
@@ -141,6 +144,7 @@ async def test_output_is_capped_and_marked_truncated(executor: SshExecutor, redi
     assert 0 < len(output.encode()) <= 10_000 and output.startswith("y\ny\n")
 
 
+@requirement("shell:timeout-kills-group")
 async def test_a_cancelled_call_kills_the_remote_command(executor: SshExecutor) -> None:
     sleep = unique_sleep()
     finished: list[object] = []
@@ -226,6 +230,7 @@ async def test_an_unresolvable_host_is_reported(sshd: SshServer) -> None:  # noq
         await ex.run(request("uname"))
 
 
+@requirement("inv:no-credential-leak")
 async def test_a_key_the_host_does_not_accept_fails_authentication(sshd: SshServer, tmp_path: Path) -> None:  # noqa: F811
     key_file = tmp_path / "gateway_secret_key"
     other_key(key_file)
@@ -235,6 +240,7 @@ async def test_a_key_the_host_does_not_accept_fails_authentication(sshd: SshServ
     assert_no_secret(caught.value, key_file)
 
 
+@requirement("inv:no-credential-leak")
 @pytest.mark.parametrize("problem", ["missing", "encrypted", "garbage"])
 async def test_a_client_key_that_cannot_be_loaded_is_reported_without_its_path(sshd: SshServer, tmp_path: Path,  # noqa: F811
                                                                                problem: str) -> None:
@@ -275,5 +281,25 @@ async def test_a_dropped_connection_is_replaced_transparently(sshd: SshServer) -
         with anyio.fail_after(10):
             assert (await ex.run(request("echo two"))).stdout == "two\n"
         assert sshd.logins() - before == 1
+    finally:
+        await ex.close()
+
+
+async def test_a_connection_lost_mid_command_is_reported_and_the_command_dies(sshd: SshServer) -> None:  # noqa: F811
+    ex = make(sshd)
+    sleep = unique_sleep()
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def cut_when_running() -> None:
+                    await wait_for(lambda: running(sleep))
+                    for pid in sshd.connection_pids():
+                        subprocess.run(["kill", str(pid)], check=False)
+
+                tg.start_soon(cut_when_running)
+                with pytest.raises(TargetUnavailable, match="the connection was lost while the command ran"):
+                    await ex.run(request(sleep, timeout_s=60))
+        await wait_for(lambda: not running(sleep))  # the watcher saw the channel's stdin close
     finally:
         await ex.close()

@@ -12,6 +12,7 @@ from typing import Callable
 from policy.decision import Verdict
 from policy.outcome import Effect, Outcome, first_outcome
 from policy.patterns import matches
+from policy.presets import SENSITIVE_CATALOG_PATTERNS
 from policy.rules import SqlRule
 from policy.sql import dangerous_functions
 from policy.sql.facts import Kind, Statement
@@ -78,6 +79,9 @@ def check_tables(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None
             return Outcome("none", f"{rule.id}:table", f"rule `{rule.id}` does not allow writing `{table}`",
                            hint=f"Writable tables: {', '.join(rule.write_tables) or 'none'}.")
     for table in sorted(stmt.reads):
+        if matches(SENSITIVE_CATALOG_PATTERNS, table):
+            return Outcome("none", f"{rule.id}:table", f"`{table}` holds secrets or other sessions' activity; "
+                           "no rule can read it through Bastion")
         if not (matches(rule.read_tables, table) or matches(rule.write_tables, table)):
             return Outcome("none", f"{rule.id}:table", f"rule `{rule.id}` does not allow reading `{table}`",
                            hint=f"Readable tables: {', '.join(rule.read_tables)}.")

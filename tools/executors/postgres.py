@@ -72,18 +72,19 @@ class PostgresExecutor:
         except pgerr.QueryCanceled as error:
             raise QueryTimeout(f"the query ran longer than the {limits.timeout_s:g} s limit and was cancelled",
                                hint="Narrow the query (WHERE, LIMIT) or ask for a longer timeout.", detail=str(error)) from error
-        except psycopg.OperationalError as error:
-            raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=_scrub(error)) from error
         except psycopg.Error as error:
-            raise translate(error) from error
+            raise translate(error, self.name) from error
 
     async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
         identity, limits = request.identity, request.limits
         async with conn.transaction():
             if request.read_only:
                 await conn.execute("SET TRANSACTION READ ONLY")
+            # standard_conforming_strings: both parsers read 'a\'' as PostgreSQL does with it on;
+            # a role or database that turns it off would parse strings, and so statements, differently.
             await conn.execute(
-                "SELECT set_config('statement_timeout', %s, true), set_config('search_path', %s, true),"
+                "SELECT set_config('standard_conforming_strings', 'on', true),"
+                " set_config('statement_timeout', %s, true), set_config('search_path', %s, true),"
                 " set_config('application_name', %s, true), set_config('bastion.user', %s, true),"
                 " set_config('bastion.groups', %s, true)",
                 (f"{int(limits.timeout_s * 1000)}ms", f"pg_catalog, {self.search_path}, pg_temp", f"bastion:{identity.subject}"[:63],
@@ -117,8 +118,8 @@ class PostgresExecutor:
                     rows = await (await conn.execute(_CATALOG_SQL)).fetchall()
         except PoolTimeout as error:
             raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=str(error)) from error
-        except psycopg.OperationalError as error:
-            raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=_scrub(error)) from error
+        except psycopg.Error as error:
+            raise translate(error, self.name) from error
         tables: dict[tuple[str, str], TableInfo] = {}
         for schema, table, ttype, column, dtype, nullable in rows:
             key = (schema, table)
@@ -146,11 +147,15 @@ def _cancel_quietly(canceller: Any) -> None:
         log.debug("cancel request failed", exc_info=True)
 
 
-def translate(error: psycopg.Error) -> ExecutionError:
-    """A database error as the agent may see it: SQLSTATE and the server's primary message."""
+def translate(error: psycopg.Error, connection: str) -> ExecutionError:
+    """A database error as the agent may see it: SQLSTATE and the server's primary message; a lost
+    or refused connection (SQLSTATE class 08, or none at all) as the target being unavailable."""
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(error, psycopg.OperationalError) and (sqlstate is None or sqlstate.startswith("08")):
+        return TargetUnavailable(f"connection `{connection}` is unavailable", detail=_scrub(error))
     diag = getattr(error, "diag", None)
     primary = getattr(diag, "message_primary", None) or "the database rejected the statement"
-    sqlstate = getattr(error, "sqlstate", None) or "?"
+    sqlstate = sqlstate or "?"
     hint = getattr(diag, "message_hint", None)
     return QueryRejected(f"PostgreSQL error {sqlstate}: {primary}", hint=hint, detail=_scrub(error))
 

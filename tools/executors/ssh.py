@@ -16,6 +16,7 @@ environment is forwarded: the command sees only what sshd gives a session.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 from pathlib import Path
@@ -158,8 +159,9 @@ class SshExecutor:
         """Driver text for the audit log, without the key's path (an OSError names it)."""
         if text is None:
             return None
-        for path in {str(self._key_file), str(self._key_file.resolve()), self._key_file.name}:
-            text = text.replace(path, "<client key>")
+        for path in {str(self._key_file), str(self._key_file.resolve())}:
+            if os.sep in path:  # a bare file name could be any word ("key"): config paths are absolute
+                text = text.replace(path, "<client key>")
         return text
 
 
