@@ -11,6 +11,7 @@ from typing import Any
 
 from policy.errors import BastionError, InvalidInput, UnknownConnection
 from policy.patterns import matches
+from policy.presets import SENSITIVE_CATALOG_PATTERNS
 from store.sqlite_store import SqliteAuditStore
 from tools import shell, sql
 from tools.calls import Caller
@@ -79,10 +80,12 @@ class Gateway:
     # -- tools -----------------------------------------------------------------------------------
 
     async def list_connections(self, caller: Caller) -> list[dict[str, Any]]:
-        out = [{"name": c.name, "kind": c.kind, "description": c.description, "rules": c.rules_summary(caller.identity)}
-               for c in self.visible(caller)]
-        await self.guard.record_simple(caller, "list_connections", "", "", {"connections": [c["name"] for c in out]})
-        return out
+        async def work() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            out = [{"name": c.name, "kind": c.kind, "description": c.description,
+                    "rules": c.rules_summary(caller.identity)} for c in self.visible(caller)]
+            return out, {"connections": [c["name"] for c in out]}
+
+        return await self.guard.record_call(caller, "list_connections", "", "", work)
 
     async def sql_query(self, caller: Caller, connection: str, text: str, reason: str | None) -> Guarded[QueryResult]:
         target: Connection = await self._resolve(caller, "sql_query", connection, text, Connection, reason)
@@ -114,27 +117,29 @@ class Gateway:
         else:
             vetted = sql.vet_sql(target, caller, text)
         d = vetted.decision
-        await self.guard.record_simple(caller, "check", connection, text, {"verdict": d.verdict.value},
-                                       decision=d, facts=vetted.facts)
-        return CheckResult(d.verdict.value, list(d.rules), d.reason, d.hint, vetted.facts or {})
+
+        async def work() -> tuple[CheckResult, dict[str, Any]]:
+            return CheckResult(d.verdict.value, list(d.rules), d.reason, d.hint, vetted.facts or {}), {"verdict": d.verdict.value}
+
+        return await self.guard.record_call(caller, "check", connection, text, work, decision=d, facts=vetted.facts)
 
     async def describe(self, caller: Caller, connection: str, table: str | None) -> list[TableInfo]:
         target: Connection = await self._resolve(caller, "describe", connection, table or "", Connection)
-        try:
+
+        async def work() -> tuple[list[TableInfo], dict[str, Any]]:
             catalog = await target.executor.catalog()
-        except BastionError as error:
-            await self.guard.refuse(caller, "describe", connection, table or "", None, error)
-            raise
-        rules = target.policy.rules_for(caller.identity)
-        visible = [t for t in catalog if any(matches(r.read_tables, t.qualified) or matches(r.write_tables, t.qualified) for r in rules)]
-        if table:
-            wanted = table.lower()
-            found = [t for t in visible if wanted in (t.qualified.lower(), t.name.lower())]
-            if not found:
-                error = InvalidInput(f"no table `{table}` you may read on `{connection}`",
-                                     hint="Tables: " + ", ".join(t.qualified for t in visible[:30]) + ("…" if len(visible) > 30 else ""))
-                await self.guard.refuse(caller, "describe", connection, table, None, error)
-                raise error
-            visible = found
-        await self.guard.record_simple(caller, "describe", connection, table or "", {"tables": [t.qualified for t in visible]})
-        return visible
+            rules = target.policy.rules_for(caller.identity)
+            visible = [t for t in catalog
+                       if any(matches(r.read_tables, t.qualified) or matches(r.write_tables, t.qualified) for r in rules)
+                       and not matches(SENSITIVE_CATALOG_PATTERNS, t.qualified)]
+            if table:
+                wanted = table.lower()
+                found = [t for t in visible if wanted in (t.qualified.lower(), t.name.lower())]
+                if not found:
+                    more = "…" if len(visible) > 30 else ""
+                    raise InvalidInput(f"no table `{table}` you may read on `{connection}`",
+                                       hint="Tables: " + ", ".join(t.qualified for t in visible[:30]) + more)
+                visible = found
+            return visible, {"tables": [t.qualified for t in visible]}
+
+        return await self.guard.record_call(caller, "describe", connection, table or "", work)

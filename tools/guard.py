@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from policy import Decision, Verdict, analyse, decide
-from policy.errors import ApprovalRequired, BastionError, Denied, ExecutionError, InvalidInput
+from policy.errors import ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput
 from store import events as ev
 from tools.calls import Caller
 from tools.recorder import Recorder
@@ -66,9 +66,12 @@ def validate_text(text: str, *, what: str = "SQL text", max_bytes: int = MAX_TEX
 
 
 def recordable(text: str) -> str:
-    """The text as the log can hold it: valid UTF-8, clipped when oversize (the call was refused)."""
+    """The text as the log can hold it: valid UTF-8 (unpaired surrogates escaped), exact unless it
+    was refused for being over the size limit, in which case its first 64 KiB are kept."""
     safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return safe if len(safe) <= _RECORDED_TEXT_LIMIT else safe[:_RECORDED_TEXT_LIMIT] + f"…[clipped; {len(safe):,} chars]"
+    if len(safe.encode()) <= MAX_TEXT_BYTES:
+        return safe
+    return safe[:_RECORDED_TEXT_LIMIT] + f"…[clipped; {len(safe):,} chars]"
 
 
 def error_record(error: BaseException) -> dict[str, Any]:
@@ -101,8 +104,12 @@ def denial_for(decision: Decision) -> Denied:
 
 
 class Guard:
+    # Large texts take long to parse: they are vetted off the event loop so other calls go on.
+    OFFLOAD_BYTES = 16 * 1024
+
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
+        self._vet_limiter = anyio.CapacityLimiter(2)
 
     def _base(self, call_id: str, caller: Caller, tool: str, connection: str, text: str, reason: str | None) -> dict[str, Any]:
         return {
@@ -111,12 +118,24 @@ class Guard:
             "tool": tool, "text": recordable(text), "reason": reason,
         }
 
+    async def _record(self, event: dict[str, Any]) -> None:
+        """Append, shielded from cancellation: once `call.requested` is written, the call's terminal
+        event is written too, whatever the client does meanwhile."""
+        with anyio.CancelScope(shield=True):
+            await self.recorder.append(event)
+
     async def refuse(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None,
                      error: BastionError) -> None:
         """Record a call refused before the guard could decide (bad input, unknown connection)."""
         call_id = new_call_id()
-        await self.recorder.append(self._base(call_id, caller, tool, connection, text, reason))
-        await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "error": error_record(error)})
+        with anyio.CancelScope(shield=True):
+            await self.recorder.append(self._base(call_id, caller, tool, connection, text, reason))
+            await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "error": error_record(error)})
+
+    async def _vet(self, vet: Callable[[], Vetted], text: str) -> Vetted:
+        if len(text) <= self.OFFLOAD_BYTES:
+            return fail_closed(vet)
+        return await anyio.to_thread.run_sync(fail_closed, vet, limiter=self._vet_limiter)
 
     async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None, *,
                   what: str, vet: Callable[[], Vetted], execute: Callable[[Vetted], Awaitable[R]],
@@ -127,24 +146,23 @@ class Guard:
         except InvalidInput as error:
             await self.refuse(caller, tool, connection, text, reason, error)
             raise
-        vetted = fail_closed(vet)
+        vetted = await self._vet(vet, text)
         decision = vetted.decision
         call_id = new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, reason)
         requested["facts"], requested["decision"] = vetted.facts, decision.as_record()
         # ③ Durable before anything runs: if this raises, nothing ran.
-        await self.recorder.append(requested)
+        await self._record(requested)
         if not decision.allowed or vetted.plan is None:
             denied = denial_for(decision)
-            await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
-                                        "error": error_record(denied)})
+            await self._record({"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
+                                "error": error_record(denied)})
             raise denied
         started = time.perf_counter()
         try:
             result = await execute(vetted)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._failed(call_id, started, {"code": "cancelled", "message": "the client cancelled the call"})
+            await self._failed(call_id, started, {"code": "cancelled", "message": "the client cancelled the call"})
             raise
         except BastionError as error:
             await self._failed(call_id, started, error_record(error))
@@ -154,23 +172,44 @@ class Guard:
             await self._failed(call_id, started, {"code": "internal", "message": type(error).__name__})
             raise ExecutionError("the gateway failed while running this") from error
         duration_ms = (time.perf_counter() - started) * 1000
-        await self.recorder.append({"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
-                                    "duration_ms": round(duration_ms, 3), **result_record(result)})
+        try:
+            await self._record({"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
+                                "duration_ms": round(duration_ms, 3), **result_record(result)})
+        except AuditUnavailable as error:
+            # It ran: say so, so nobody retries a write. The call is closed as interrupted at the next start.
+            raise AuditUnavailable("it ran, but its result could not be recorded, so it is not returned",
+                                   hint="Do not retry a write: check its effect first. Tell the gateway's operator.",
+                                   detail=error.detail) from error
         return Guarded(call_id, result, duration_ms, decision)
 
     async def _failed(self, call_id: str, started: float, error: dict[str, Any]) -> None:
-        await self.recorder.append({"type": ev.FAILED, "call_id": call_id, "error": error,
-                                    "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
+        await self._record({"type": ev.FAILED, "call_id": call_id, "error": error,
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
 
-    async def record_simple(self, caller: Caller, tool: str, connection: str, text: str,
-                            result: dict[str, Any], decision: Decision | None = None, facts: Any = None) -> str:
-        """Record a call that runs nothing on a target (check, describe, list_connections)."""
+    async def record_call(self, caller: Caller, tool: str, connection: str, text: str,
+                          work: Callable[[], Awaitable[tuple[R, dict[str, Any]]]], *,
+                          decision: Decision | None = None, facts: Any = None) -> R:
+        """Record a call that runs nothing guarded on a target (check, describe, list_connections):
+        `call.requested`, then ``work()`` → (value, result for the log), then finished or failed."""
         call_id = new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, None)
         requested["facts"], requested["decision"] = facts, decision.as_record() if decision else None
-        await self.recorder.append(requested)
-        await self.recorder.append({"type": ev.FINISHED, "call_id": call_id, "result": result})
-        return call_id
+        await self._record(requested)
+        started = time.perf_counter()
+        try:
+            value, result = await work()
+        except anyio.get_cancelled_exc_class():
+            await self._failed(call_id, started, {"code": "cancelled", "message": "the client cancelled the call"})
+            raise
+        except BastionError as error:
+            await self._failed(call_id, started, error_record(error))
+            raise
+        except Exception as error:
+            log.exception("%s failure", tool)
+            await self._failed(call_id, started, {"code": "internal", "message": type(error).__name__})
+            raise ExecutionError(f"the gateway failed while running {tool}") from error
+        await self._record({"type": ev.FINISHED, "call_id": call_id, "result": result})
+        return value
 
 
 def safe_check(policy: Any, identity: Any, text: str) -> Decision:
@@ -182,9 +221,10 @@ def safe_check(policy: Any, identity: Any, text: str) -> Decision:
         validate_text(text)
     except InvalidInput as error:
         return Decision.deny("guard:invalid-input", error.message, hint=error.hint)
-    try:
+
+    def vet() -> Vetted:
         if isinstance(policy, ShellPolicy):
-            return vet_shell_text(identity, policy, text)[1]
-        return decide(identity, policy, analyse(text, policy.dialect, policy.default_schema))
-    except Exception as error:  # fail closed
-        return Decision.deny("guard:internal-error", f"the guard failed while checking this text ({type(error).__name__})")
+            return Vetted(None, vet_shell_text(identity, policy, text)[1])
+        return Vetted(None, decide(identity, policy, analyse(text, policy.dialect, policy.default_schema)))
+
+    return fail_closed(vet).decision

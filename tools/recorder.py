@@ -14,10 +14,12 @@ from store.sqlite_store import SqliteAuditStore
 class Recorder:
     def __init__(self, store: SqliteAuditStore) -> None:
         self.store = store
+        # Its own limiter: audit writes never queue behind executors in anyio's shared thread pool.
+        self._limiter = anyio.CapacityLimiter(4)
 
     async def append(self, event: dict[str, Any]) -> dict[str, Any]:
         try:
-            return await anyio.to_thread.run_sync(self.store.append, event)
+            return await anyio.to_thread.run_sync(self.store.append, event, limiter=self._limiter)
         except StoreError as error:
             raise AuditUnavailable(
                 "the audit store cannot be written, so nothing was run",

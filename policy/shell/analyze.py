@@ -20,8 +20,8 @@ class _Unsupported(Exception):
 
 
 def analyse_shell(text: str) -> ShellAnalysis:
-    """Facts of a shell command text, cached by text."""
-    return _analyse_cached(text)
+    """Facts of a shell command text, cached by text (big texts are not cached)."""
+    return _analyse_cached.__wrapped__(text) if len(text) > 16 * 1024 else _analyse_cached(text)
 
 
 @lru_cache(maxsize=4096)

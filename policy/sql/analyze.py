@@ -30,7 +30,13 @@ def analyse(text: str, dialect: str, default_schema: str | None = None) -> Analy
     connection's search path). Cached by (dialect, default schema, text)."""
     if dialect not in DIALECTS:
         raise ValueError(f"unknown SQL dialect {dialect!r}; expected one of {sorted(DIALECTS)}")
-    return _analyse_cached(dialect, default_schema or DIALECTS[dialect], text)
+    schema = default_schema or DIALECTS[dialect]
+    if len(text) > _CACHE_TEXT_LIMIT:  # big texts are rare and would make the cache big
+        return _analyse_cached.__wrapped__(dialect, schema, text)
+    return _analyse_cached(dialect, schema, text)
+
+
+_CACHE_TEXT_LIMIT = 16 * 1024
 
 
 @lru_cache(maxsize=4096)

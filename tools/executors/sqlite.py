@@ -51,7 +51,10 @@ class SqliteExecutor:
         try:
             return await anyio.to_thread.run_sync(self._run_sync, conn, request, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
-            conn.interrupt()  # a cancelled call stops the statement inside SQLite; the worker closes it
+            try:
+                conn.interrupt()  # a cancelled call stops the statement inside SQLite; the worker closes it
+            except sqlite3.ProgrammingError:
+                pass  # the worker finished and closed it first
             raise
 
     def _run_sync(self, conn: sqlite3.Connection, request: RunRequest) -> QueryResult:
