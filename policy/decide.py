@@ -8,6 +8,7 @@ from policy.rules import ConnectionPolicy, SqlRule
 from policy.combine import combine
 from policy.outcome import worst
 from policy.sql.evaluate import evaluate
+from policy.sql import dangerous_functions
 from policy.sql.facts import Analysis, Kind, Statement
 
 _GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or SQLite would parse it."
@@ -26,7 +27,14 @@ def decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) -> 
         return Decision.deny("default-deny", f"no rule on connection `{policy.connection}` applies to `{identity.subject}`",
                              hint="Ask an administrator for access to this connection.")
     decisions = [_decide_statement(rules, stmt, policy.dialect) for stmt in analysis.statements]
-    return _combine_statements(decisions, analysis)
+    return _combine_statements(decisions, analysis, _only_reads(analysis, policy.dialect))
+
+
+def _only_reads(analysis: Analysis, dialect: str) -> bool:
+    """Whether the call can run in a READ ONLY transaction: reads only, calling no function with side
+    effects (an exempted `nextval` needs a writable transaction)."""
+    risky = dangerous_functions.POSTGRES if dialect == "postgres" else dangerous_functions.SQLITE
+    return analysis.is_read and not any(f in risky for s in analysis.statements for f in s.effective.functions)
 
 
 def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str) -> Decision:
@@ -44,7 +52,7 @@ def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str)
     return combine([(worst(evaluate(rule, part, dialect) for part in parts), rule.limits) for rule in rules])
 
 
-def _combine_statements(decisions: list[Decision], analysis: Analysis) -> Decision:
+def _combine_statements(decisions: list[Decision], analysis: Analysis, read_only: bool) -> Decision:
     many = len(decisions) > 1
     # One denied statement denies the whole text: nothing of it runs.
     for i, d in enumerate(decisions):
@@ -56,10 +64,10 @@ def _combine_statements(decisions: list[Decision], analysis: Analysis) -> Decisi
     limits = _tightest([d.limits for d in decisions])
     if held:
         return Decision(Verdict.REVIEW, tuple(r for d in held for r in d.rules), held[0].reason,
-                        hint=held[0].hint, limits=limits, read_only=analysis.is_read)
+                        hint=held[0].hint, limits=limits, read_only=read_only)
     rules = tuple(dict.fromkeys(r for d in decisions for r in d.rules))
     return Decision(Verdict.ALLOW, rules, "allowed by " + ", ".join(f"`{r}`" for r in rules),
-                    limits=limits, read_only=analysis.is_read)
+                    limits=limits, read_only=read_only)
 
 
 def _tightest(limits: list[Limits | None]) -> Limits:

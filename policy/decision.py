@@ -14,7 +14,7 @@ class Verdict(str, Enum):
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on one call's execution. The tightest of the allowing rules' limits applies."""
+    """Bounds on one call's execution: the allowing rule's, the tightest over a text's statements."""
 
     max_rows: int = 1000
     max_bytes: int = 4_000_000

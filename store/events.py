@@ -17,7 +17,7 @@ TERMINAL = (DENIED, FINISHED, FAILED, EXPIRED, INTERRUPTED)
 # The fields an event may carry, in the order the chain hashes them. JSON-valued ones are marked.
 FIELDS: tuple[str, ...] = (
     "event_id", "type", "call_id", "time", "identity", "client", "session", "connection", "tool",
-    "text", "reason", "facts", "decision", "result", "row_count", "truncated", "duration_ms", "error",
+    "text", "reason", "facts", "decision", "result", "row_count", "truncated", "duration_ms", "error", "instance",
 )
 JSON_FIELDS = frozenset({"identity", "client", "facts", "decision", "result", "error"})
 GENESIS = "0" * 64

@@ -37,4 +37,13 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
         """,
     ),
+    (
+        # Several gateway processes may share one SQLite log (an IDE's stdio server beside an HTTP
+        # one): each records which process wrote an event, so start-up closes only dead processes' calls.
+        "0002_instances",
+        """
+        ALTER TABLE events ADD COLUMN instance TEXT;
+        CREATE TABLE instances (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started TEXT NOT NULL)
+        """,
+    ),
 )

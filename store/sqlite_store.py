@@ -7,6 +7,8 @@ returned is on disk: `call.requested` is durable before anything runs.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import uuid
@@ -29,6 +31,8 @@ class SqliteAuditStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self.instance = uuid.uuid4().hex[:16]
+        self._registered = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -36,10 +40,8 @@ class SqliteAuditStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self._migrate()
-            last = self.db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the audit store at {self.path}: {error}") from error
-        self._last_hash = last[0] if last else ev.GENESIS
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
@@ -66,16 +68,21 @@ class SqliteAuditStore:
         event = dict(event)
         event.setdefault("event_id", uuid.uuid4().hex)
         event.setdefault("time", now_iso())
+        event.setdefault("instance", self.instance)
         with self._lock:
-            # The chain covers the row exactly as stored, so a verifier needs nothing but the table.
-            row = {k: _column(k, event.get(k)) for k in ev.FIELDS}
-            row["prev_hash"] = self._last_hash
-            row["hash"] = ev.chain_hash(self._last_hash, row)
-            event["prev_hash"], event["hash"] = row["prev_hash"], row["hash"]
             try:
                 conn = self.db.conn
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN IMMEDIATE")  # the write lock, across processes sharing the file
                 try:
+                    if not self._registered:
+                        conn.execute("INSERT INTO instances VALUES (?, ?, ?, ?)",
+                                     (self.instance, socket.gethostname(), os.getpid(), now_iso()))
+                    # Read the chain's end inside the lock: another process may have appended.
+                    last = conn.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                    # The chain covers the row exactly as stored, so a verifier needs nothing but the table.
+                    row = {k: _column(k, event.get(k)) for k in ev.FIELDS}
+                    row["prev_hash"] = last[0] if last else ev.GENESIS
+                    row["hash"] = ev.chain_hash(row["prev_hash"], row)
                     cursor = conn.execute(
                         f"INSERT INTO events ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
                         tuple(row.values()),
@@ -86,13 +93,20 @@ class SqliteAuditStore:
                     raise
             except sqlite3.Error as error:
                 raise StoreError(f"cannot write the audit store: {error}") from error
-            self._last_hash = event["hash"]
-            event["seq"] = cursor.lastrowid
+            self._registered = True
+            event["prev_hash"], event["hash"], event["seq"] = row["prev_hash"], row["hash"], cursor.lastrowid
         return event
 
     def close_interrupted(self) -> list[str]:
-        """Mark every call left without a terminal event as interrupted (run at start-up)."""
-        open_calls = self.open_calls()
+        """Mark calls left without a terminal event by a gateway process that is gone as interrupted
+        (run at start-up). Calls of a live process sharing this log are left alone."""
+        live = {row[0] for row in self.db.execute("SELECT id, host, pid FROM instances").fetchall()
+                if row[1] == socket.gethostname() and _alive(row[2]) and row[0] != self.instance}
+        rows = self.db.execute(
+            f"SELECT call_id, instance FROM events WHERE type = ? AND call_id NOT IN "
+            f"(SELECT call_id FROM events WHERE type IN ({', '.join('?' for _ in ev.TERMINAL)})) ORDER BY seq",
+            (ev.REQUESTED, *ev.TERMINAL)).fetchall()
+        open_calls = [call_id for call_id, instance in rows if instance not in live]
         for call_id in open_calls:
             self.append({"type": ev.INTERRUPTED, "call_id": call_id,
                          "error": {"code": "interrupted", "message": "the gateway stopped before the call ended"}})
@@ -133,6 +147,16 @@ class SqliteAuditStore:
 
     def close(self) -> None:
         self.db.conn.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    return True
 
 
 def _column(name: str, value: Any) -> Any:

@@ -163,3 +163,9 @@ def test_the_fast_function_scan_matches_a_full_walk_of_postgres_tree() -> None:
         assert postgres_parser._functions_fast(raw) in (slow, None), text
         compared += 1
     assert compared > 200
+
+
+def test_an_exempted_sequence_function_gets_a_writable_transaction() -> None:
+    decision = decide(ALICE, policy(READ_WRITE), analyse("SELECT nextval('orders_id_seq')", "postgres"))
+    assert decision.allowed and not decision.read_only
+    assert not decide(ALICE, policy(READ_ONLY), analyse("SELECT nextval('s')", "postgres")).allowed

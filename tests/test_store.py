@@ -63,7 +63,7 @@ def test_calls_left_open_are_closed_as_interrupted(tmp_path: Path) -> None:
 def test_migrations_are_recorded_and_not_rerun(tmp_path: Path) -> None:
     SqliteAuditStore(tmp_path / "a.db").close()
     store = SqliteAuditStore(tmp_path / "a.db")
-    assert [r["name"] for r in store.db.query("SELECT name FROM _migrations")] == ["0001_events"]
+    assert [r["name"] for r in store.db.query("SELECT name FROM _migrations")] == ["0001_events", "0002_instances"]
 
 
 def test_the_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
@@ -77,3 +77,26 @@ def test_an_unwritable_location_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StoreError, match="cannot open the audit store"):
         SqliteAuditStore(blocker / "sub" / "a.db")
+
+
+def test_two_processes_sharing_a_log_keep_one_chain(tmp_path: Path) -> None:
+    first, second = SqliteAuditStore(tmp_path / "a.db"), SqliteAuditStore(tmp_path / "a.db")
+    events = [store.append({"type": ev.REQUESTED, "call_id": f"c{i}"}) for i, store in enumerate([first, second] * 3)]
+    for previous, event in zip(events, events[1:]):
+        assert event["prev_hash"] == previous["hash"]
+
+
+@requirement("inv:interrupted-on-restart")
+def test_start_up_leaves_a_live_processs_calls_open_and_closes_a_dead_ones(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    live = SqliteAuditStore(tmp_path / "a.db")
+    live.append({"type": ev.REQUESTED, "call_id": "running-elsewhere"})
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    dead = SqliteAuditStore(tmp_path / "a.db")
+    dead.append({"type": ev.REQUESTED, "call_id": "left-by-a-crash"})
+    dead.db.execute("UPDATE instances SET pid = ? WHERE id = ?", (int(dead_pid), dead.instance))
+    assert SqliteAuditStore(tmp_path / "a.db").close_interrupted() == ["left-by-a-crash"]
+    assert live.open_calls() == ["running-elsewhere"]
