@@ -169,3 +169,15 @@ def test_an_exempted_sequence_function_gets_a_writable_transaction() -> None:
     decision = decide(ALICE, policy(READ_WRITE), analyse("SELECT nextval('orders_id_seq')", "postgres"))
     assert decision.allowed and not decision.read_only
     assert not decide(ALICE, policy(READ_ONLY), analyse("SELECT nextval('s')", "postgres")).allowed
+
+
+def test_attribute_notation_is_checked_against_denied_functions() -> None:
+    rule = replace(READ_ONLY, deny_functions=("leak",))
+    for text in ("SELECT leak(c) FROM customers c", "SELECT c.leak FROM customers c", "SELECT (c).leak FROM customers c"):
+        assert decide(ALICE, policy(rule), analyse(text, "postgres")).rules == ("read-only:deny-function",), text
+
+
+def test_sqlite_function_names_are_read_as_written_and_without_case() -> None:
+    rule = replace(READ_ONLY, deny_functions=("sqlite_*", "randomblob"))
+    for text in ("SELECT sqlite_version()", 'SELECT "RANDOMBLOB"(4)'):
+        assert decide(ALICE, policy(rule, dialect="sqlite"), analyse(text, "sqlite")).verdict is Verdict.DENY, text

@@ -91,3 +91,11 @@ async def test_a_long_query_stops_at_the_timeout(db: Path) -> None:
 async def test_a_missing_database_file_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(TargetUnavailable, match="does not exist"):
         await SqliteExecutor("gone", tmp_path / "gone.db").run(request("SELECT 1"))
+
+
+@requirement("inv:sqlite-authorizer")
+async def test_a_table_the_facts_only_read_cannot_be_written(db: Path) -> None:
+    facts = analyse("UPDATE orders SET status = 'x' WHERE customer_id IN (SELECT id FROM customers)", "sqlite").statements
+    forged = [type(facts[0])(**{**facts[0].__dict__, "text": "UPDATE customers SET name = 'pwned'"})]
+    with pytest.raises(QueryRejected, match="not authorized"):
+        await SqliteExecutor("demo", db).run(RunRequest(forged, False, Limits(), WHO))

@@ -84,6 +84,7 @@ def _analyse_postgres(text: str, default_schema: str) -> Analysis:
         # Functions: the union of both parsers' lists, so neither can hide a call from the other.
         statement = replace(statement,
                             functions=statement.functions | pg_stmt.functions,
+                            attributes=pg_stmt.attributes,
                             # PostgreSQL's parser reads EXPLAIN's options exactly (ANALYZE false, off, 0).
                             explain_analyze=pg_stmt.explain_analyze)
         statements.append(statement)
@@ -122,7 +123,25 @@ def _facts(piece: str, dialect: str, default_schema: str) -> Statement:
     tree = _parse_one(piece, dialect)
     if isinstance(tree, exp.Command) and str(tree.this).upper() == "EXPLAIN":
         return _explain_facts(piece, dialect, default_schema)
-    return statement_facts(tree, piece, default_schema)
+    statement = statement_facts(tree, piece, default_schema)
+    if dialect == "sqlite":
+        # sqlglot renames functions it knows (sqlite_version → current_version) and keeps quoted
+        # names' case; SQLite matches names case-insensitively. Add every name called as written.
+        statement = replace(statement, functions=frozenset(f.lower() for f in statement.functions) | _called_names(piece, dialect))
+    return statement
+
+
+def _called_names(piece: str, dialect: str) -> frozenset[str]:
+    tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(piece)
+    return frozenset(t.text.lower() for t, n in zip(tokens, tokens[1:])
+                     if n.token_type == TokenType.L_PAREN and t.token_type not in _NOT_NAMES)
+
+
+_NOT_NAMES = {TokenType.L_PAREN, TokenType.R_PAREN, TokenType.COMMA, TokenType.STRING, TokenType.NUMBER,
+              TokenType.SELECT, TokenType.WITH, TokenType.VALUES, TokenType.IN, TokenType.FROM, TokenType.WHERE,
+              TokenType.AND, TokenType.OR, TokenType.NOT, TokenType.EXISTS, TokenType.ALIAS, TokenType.ON,
+              TokenType.JOIN, TokenType.USING, TokenType.INTO, TokenType.TABLE, TokenType.EQ, TokenType.PLUS,
+              TokenType.DASH, TokenType.STAR, TokenType.SLASH}
 
 
 _EXPLAIN_WORDS = {"ANALYZE", "ANALYSE", "VERBOSE", "QUERY", "PLAN"}

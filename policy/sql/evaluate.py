@@ -35,7 +35,8 @@ def check_denied_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome 
 
 def check_denied_functions(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
     """``deny_functions = ["pg_*"]`` → a call to any matching function is denied outright."""
-    hit = sorted(f for f in stmt.functions if any(fnmatchcase(f, p.lower()) for p in rule.deny_functions))
+    names = stmt.functions | stmt.attributes  # `c.f` is f(c) when f takes c's row type
+    hit = sorted(f for f in names if any(fnmatchcase(f, p.lower()) for p in rule.deny_functions))
     if hit:
         return Outcome("deny", f"{rule.id}:deny-function", f"`{hit[0]}()` is denied by rule `{rule.id}`",
                        hint=f"Rewrite the query without `{hit[0]}()`.")

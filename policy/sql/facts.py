@@ -56,6 +56,8 @@ class Statement:
     reads: frozenset[str] = frozenset()
     writes: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
+    # Names that may call a function by attribute notation (`c.f`); deny lists check them too.
+    attributes: frozenset[str] = frozenset()
     # Names the statement defines with WITH (an executor's own checks must not mistake them for tables).
     cte_names: frozenset[str] = frozenset()
     # Kinds of UPDATE/DELETE in this statement that have no WHERE (or only a constant one).

@@ -21,6 +21,9 @@ class PgStatement:
     text: str
     kind: Kind
     functions: frozenset[str]
+    # Last names of qualified column references and (expr).field selections: `c.f` calls f(c) when
+    # f is a function of c's row type (attribute notation), so deny lists check these too.
+    attributes: frozenset[str]
     explain_analyze: bool
     explained_kind: Kind | None
 
@@ -82,6 +85,7 @@ def _kind(node_type: str, body: dict[str, Any]) -> Kind:
 # inside a string value is escaped, so an unescaped `"FuncCall":` is always structure.
 _FUNC_CALL = re.compile(r'(?<!\\)"FuncCall":\{"funcname":\[((?:\{"String":\{"sval":"(?:[^"\\]|\\.)*"\}\},?)*)\]')
 _FUNC_CALL_KEY = re.compile(r'(?<!\\)"FuncCall":')
+_COLUMN_REF = re.compile(r'(?<!\\)"ColumnRef":\{"fields":\[((?:\{"String":\{"sval":"(?:[^"\\]|\\.)*"\}\},?){2,})\]')
 _SVAL = re.compile(r'"sval":"((?:[^"\\]|\\.)*)"')
 
 
@@ -92,6 +96,29 @@ def _functions_fast(raw: str) -> set[str] | None:
     if len(calls) != len(_FUNC_CALL_KEY.findall(raw)):
         return None
     return {json.loads(f'"{_SVAL.findall(call)[-1]}"').lower() for call in calls if call}
+
+
+def _attributes_fast(raw: str) -> set[str] | None:
+    if '"A_Indirection"' in raw:
+        return None  # (expr).field: walk the tree
+    return {json.loads(f'"{_SVAL.findall(ref)[-1]}"').lower() for ref in _COLUMN_REF.findall(raw)}
+
+
+def _attributes(node: Any, out: set[str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("ColumnRef")
+        if isinstance(ref, dict):
+            names = [f["String"]["sval"] for f in ref.get("fields", []) if "String" in f]
+            if len(ref.get("fields", [])) >= 2 and names and "String" in ref["fields"][-1]:
+                out.add(names[-1].lower())
+        indirection = node.get("A_Indirection")
+        if isinstance(indirection, dict):
+            out.update(i["String"]["sval"].lower() for i in indirection.get("indirection", []) if "String" in i)
+        for value in node.values():
+            _attributes(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _attributes(value, out)
 
 
 def _functions(node: Any, out: set[str]) -> None:
@@ -141,6 +168,7 @@ def parse(text: str) -> list[PgStatement]:
     statements = []
     stmts = tree.get("stmts", [])
     fast = _functions_fast(raw) if len(stmts) == 1 else None
+    fast_attributes = _attributes_fast(raw) if len(stmts) == 1 else None
     for item in stmts:
         (node_type, body), = item["stmt"].items()
         start = item.get("stmt_location", 0)
@@ -151,11 +179,17 @@ def parse(text: str) -> list[PgStatement]:
             functions = fast
         else:
             _functions(body, functions)
+        attributes: set[str] = set()
+        if fast_attributes is not None:
+            attributes = fast_attributes
+        else:
+            _attributes(body, attributes)
         explained_kind = None
         analyze = False
         if node_type == "ExplainStmt":
             (inner_type, inner_body), = body["query"].items()
             explained_kind = _kind(inner_type, inner_body)
             analyze = any(_option_on(opt.get("DefElem", {}), "analyze") for opt in body.get("options", []))
-        statements.append(PgStatement(piece, _kind(node_type, body), frozenset(functions), analyze, explained_kind))
+        statements.append(PgStatement(piece, _kind(node_type, body), frozenset(functions), frozenset(attributes),
+                                      analyze, explained_kind))
     return statements

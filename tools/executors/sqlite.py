@@ -67,9 +67,13 @@ class SqliteExecutor:
             timed_out = time.monotonic() > deadline
             return 1 if timed_out else 0
 
-        allowed_tables = {t.split(".", 1)[1].lower() for s in request.statements for t in (s.effective.reads | s.effective.writes)}
-        allowed_tables |= {name.lower() for s in request.statements for name in s.effective.cte_names}
-        conn.set_authorizer(_authorizer(request.read_only, allowed_tables))
+        def names(tables: frozenset[str]) -> set[str]:
+            return {t.split(".", 1)[1].lower() for t in tables}
+
+        statements = [s.effective for s in request.statements]
+        writable = set().union(*(names(s.writes) for s in statements))
+        readable = writable.union(*(names(s.reads) | {c.lower() for c in s.cte_names} for s in statements))
+        conn.set_authorizer(_authorizer(request.read_only, readable, writable))
         conn.set_progress_handler(progress, 10_000)
         try:
             conn.execute("BEGIN")
@@ -127,7 +131,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
         pass
 
 
-def _authorizer(read_only: bool, allowed_tables: set[str]) -> Any:
+def _authorizer(read_only: bool, readable: set[str], writable: set[str]) -> Any:
     def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
         if action in _ALWAYS_DENIED:
             return sqlite3.SQLITE_DENY
@@ -139,8 +143,9 @@ def _authorizer(read_only: bool, allowed_tables: set[str]) -> Any:
             return sqlite3.SQLITE_DENY
         if action in (sqlite3.SQLITE_READ, sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE):
             table = (arg1 or "").lower()
-            # Reads through a view or trigger name their underlying tables; the view was checked.
-            if table not in allowed_tables and table not in _INTERNAL_TABLES and source is None:
+            allowed = readable if action == sqlite3.SQLITE_READ else writable
+            # Access through a view or trigger names their underlying tables; the view was checked.
+            if table not in allowed and table not in _INTERNAL_TABLES and source is None:
                 return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
 
