@@ -163,6 +163,7 @@ async def test_a_cancelled_call_kills_the_remote_command(executor: SshExecutor) 
 
 
 @pytest.mark.parametrize("accept_unknown_hosts", [False, True])
+@requirement("shell:ssh-host-key")
 async def test_a_changed_host_key_is_refused(sshd: SshServer, tmp_path: Path, accept_unknown_hosts: bool) -> None:  # noqa: F811
     known_hosts = tmp_path / "known_hosts"
     impostor = other_key(tmp_path / "impostor").export_public_key().decode()
@@ -178,6 +179,7 @@ async def test_a_changed_host_key_is_refused(sshd: SshServer, tmp_path: Path, ac
     assert_no_secret(caught.value, sshd.key_file)
 
 
+@requirement("shell:ssh-host-key")
 async def test_an_unknown_host_is_refused_by_default(sshd: SshServer, tmp_path: Path) -> None:  # noqa: F811
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
