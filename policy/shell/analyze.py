@@ -26,7 +26,7 @@ def analyse_shell(text: str) -> ShellAnalysis:
 
 @lru_cache(maxsize=4096)
 def _analyse_cached(text: str) -> ShellAnalysis:
-    if not text.strip():
+    if all(not line.strip() or line.strip().startswith("#") for line in text.splitlines()):
         return ShellAnalysis(text, error="the command is empty", error_rule="guard:empty")
     try:
         trees = bashlex.parse(text)
@@ -42,6 +42,9 @@ def _analyse_cached(text: str) -> ShellAnalysis:
         return ShellAnalysis(text, error=str(error), error_rule="guard:unsupported")
     except RecursionError:
         return ShellAnalysis(text, error="the command is nested too deeply", error_rule="guard:parse-error")
+    except Exception as error:  # an unexpected parser shape: refuse, never guess
+        return ShellAnalysis(text, error=f"cannot analyse this command ({type(error).__name__})",
+                             error_rule="guard:parse-error")
     operators = set(walker.operators)
     if len(items) > 1:
         operators.add("newline")
@@ -57,6 +60,26 @@ class _Walker:
         self.operators: set[str] = set()
         self.constructs: set[str] = set()
         self.substitutions: dict[int, Node] = {}
+        self.base = 0  # offset of the text bashlex is walking inside self.text (substitutions)
+
+    def inner(self, start: int, end: int, kind: str) -> Node:
+        """A substitution's own text, parsed on its own: bashlex's nested parse can stop early (at a
+        newline inside backticks, say), and what it drops would run unchecked."""
+        opener = 1 if self.text[start] == "`" else 2
+        source = self.text[start + opener : end - 1]
+        try:
+            trees = bashlex.parse(source)
+        except NotImplementedError as error:
+            raise _Unsupported(f"bash construct not accepted: {error}") from error
+        outer = self.base
+        self.base = start + opener
+        try:
+            items = tuple(self.node(tree, kind) for tree in trees)
+        finally:
+            self.base = outer
+        if len(items) > 1:
+            self.operators.add("newline")
+        return items[0] if len(items) == 1 else Node("list", items=items, ops=("newline",) * (len(items) - 1))
 
     def node(self, node: Any, context: str) -> Node:
         kind = node.kind
@@ -75,7 +98,7 @@ class _Walker:
                     items.append(self.node(part, context))
             return Node(kind, items=tuple(items), ops=tuple(ops))
         if kind == "compound":
-            if self.text[node.pos[0] : node.pos[0] + 2] == "((":
+            if self.text[self.base + node.pos[0] : self.base + node.pos[0] + 2] == "((":
                 raise _Unsupported("arithmetic commands (( ... )) are not accepted")
             if getattr(node, "redirects", None):
                 raise _Unsupported("redirections on a ( ... ) or { ... } block are not accepted")
@@ -107,12 +130,13 @@ class _Walker:
         for part in getattr(node, "parts", []) or []:
             if part.kind in _SUBSTITUTIONS:
                 sub_kind = _SUBSTITUTIONS[part.kind]
-                subs[part.pos[0]] = (part.pos[1], sub_kind)
+                start, end = self.base + part.pos[0], self.base + part.pos[1]
+                subs[start] = (end, sub_kind)
                 self.constructs.add(sub_kind)
-                self.substitutions[part.pos[0]] = self.node(part.command, sub_kind)
+                self.substitutions[start] = self.inner(start, end, sub_kind)
             elif part.kind not in ("parameter", "tilde"):
                 raise _Unsupported(f"bash construct `{part.kind}` inside a word is not accepted")
-        start, end = node.pos
+        start, end = self.base + node.pos[0], self.base + node.pos[1]
         return w.words(self.text[start:end], start, subs)
 
     def command(self, node: Any, context: str) -> Node:
@@ -141,8 +165,10 @@ class _Walker:
         output = node.output
         if isinstance(output, int):
             return Redirect(op, fd, None, dup=output)
-        if op in (">&", "<&") and getattr(output, "word", None) == "-":
+        if op in (">&", "<&") and (output == "-" or getattr(output, "word", None) == "-"):
             return Redirect(op, fd, None, dup="-")
+        if isinstance(output, str):
+            raise _Unsupported(f"redirection target `{output}` is not accepted")
         targets = self.words(output, context)
         if len(targets) != 1:
             raise _Unsupported("a redirection target must be one word")

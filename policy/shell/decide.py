@@ -22,7 +22,7 @@ def decide_shell(identity: Identity, policy: ShellPolicy, analysis: ShellAnalysi
         return Decision.deny("guard:empty", "the text holds no command", hint=_HINT)
     # A program name computed at run time ($cmd, $(...), a glob) cannot be checked: deny.
     for command in analysis.commands:
-        if command.program is not None and not command.program.literal:
+        if command.program is not None and (not command.program.literal or command.program.ansi_c):
             return Decision.deny("guard:dynamic-program",
                                  f"the program name `{command.program.value}` is computed at run time", hint=_HINT)
     rules = policy.rules_for(identity)

@@ -4,6 +4,7 @@ first prohibition or gap wins (policy.outcome.first_outcome)."""
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
 
@@ -14,6 +15,7 @@ from policy.shell.rules import ShellRule
 from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PROCSUB, TILDE, Segment, Word
 
 _WRITE_OPS = (">", ">>", ">|", "&>", "&>>", "<>")
+_HOME = "/~home"  # how a leading ~ is written in paths checked against deny_paths
 # Programs that neither open files nor take options from a command substitution's output.
 _SUBSTITUTION_SINKS = frozenset({"echo"})
 
@@ -101,14 +103,18 @@ def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
                     yield Outcome("none", f"{rule.id}:expansion",
                                   f"the output of a {segment.kind.replace('-', ' ')} cannot be checked as an argument of `{name}`",
                                   hint="Run the inner command on its own first, then use its result literally.")
+        for word in command.args:
+            if word.ansi_c and word.value.startswith("-"):
+                yield Outcome("none", f"{rule.id}:expansion", f"the option `{word.value}` is spelled with $'...' quoting",
+                              hint="Write options plainly.")
         if command.assignments and not rule.allow_assignments:
             yield Outcome("none", f"{rule.id}:assignment", f"environment assignments (`{command.assignments[0]}`) are not allowed")
 
 
 def check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
-    """``cat /proc/1/environ`` or ``cat ~/.ssh/id_rsa`` → denied outright, however it is spelled;
-    ``grep -r x /`` too, because it would read /proc."""
-    roots = [p.split("*", 1)[0].rstrip("/") for p in rule.deny_paths if p.startswith("/")]
+    """``cat /proc/1/environ`` or ``cat ~/.ssh/id_rsa`` → denied outright, however it is spelled
+    (``//proc``, ``/dev/fd/../..``, ``/etc/shado?``, ``-f/proc/..``); ``grep -r x /`` or ``grep -r x ~``
+    too, because the search would read what is protected."""
     for command in analysis.commands:
         words = list(command.args) + [r.target for r in command.redirects if r.target]
         name = command.program.value.rsplit("/", 1)[-1] if command.program else ""
@@ -116,35 +122,70 @@ def check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[
         if recursive and sum(not w.value.startswith("-") for w in command.args) <= 1:
             words.append(Word(cwd, (Segment(LIT, cwd),)))  # grep -r PATTERN searches the working directory
         for word in words:
-            for path in _path_forms(word, cwd):
-                if recursive and path is not None and any((r + "/").startswith(path.rstrip("/") + "/") for r in roots):
-                    yield Outcome("deny", f"{rule.id}:path", f"a recursive search of `{word.value}` would read protected paths")
-                    break
-                if path is None:
-                    yield Outcome("none", f"{rule.id}:path", f"`{word.value}` has a pattern in a directory name",
-                                  hint="Put glob patterns in the last path component only.")
-                    break
-                hit = next((p for p in rule.deny_paths if fnmatchcase(path, p)), None)
-                if hit:
-                    yield Outcome("deny", f"{rule.id}:path", f"`{word.value}` names a protected path ({hit})")
-                    break
+            why = _protected(rule, word, cwd, recursive)
+            if why:
+                yield Outcome("deny" if why[0] else "none", f"{rule.id}:path", why[1],
+                              hint=None if why[0] else "Put glob patterns in the last path component only.")
+                break
+
+
+# Directories a recursive search must not start at or above: they hold other users' and the
+# gateway's secrets in places no pattern can list (home directories).
+_RECURSION_ROOTS = ("/home", "/root", _HOME)
+
+
+def _protected(rule: ShellRule, word: Word, cwd: str, recursive: bool) -> tuple[bool, str] | None:
+    """(deny outright?, why) when a word may name a protected path."""
+    roots = [p.split("*", 1)[0].rstrip("/") for p in rule.deny_paths if p.startswith("/")] + list(_RECURSION_ROOTS)
+    for path in _path_forms(word, cwd):
+        if path is None:
+            return False, f"`{word.value}` has a pattern in a directory name"
+        hit = _denied(rule, path)
+        if hit:
+            return True, f"`{word.value}` names a protected path ({hit})"
+        if GLOB in word.expansions:
+            directory, pattern = posixpath.split(path)
+            for component in _deny_components(rule):
+                concrete = posixpath.join(directory, component)
+                if fnmatchcase(component, pattern) and (_denied(rule, concrete) or _denied(rule, concrete + "/x")):
+                    return True, f"`{word.value}` could match a protected path ({component})"
+        if recursive:
+            inside = _denied(rule, path.rstrip("/") + "/x")
+            if inside or any((r + "/").startswith(path.rstrip("/") + "/") for r in roots if r):
+                return True, f"a recursive search of `{word.value}` would read protected paths"
+    return None
+
+
+def _denied(rule: ShellRule, path: str) -> str | None:
+    return next((p for p in rule.deny_paths if fnmatchcase(path, p)), None)
+
+
+def _deny_components(rule: ShellRule) -> set[str]:
+    """Literal path components of the deny patterns (.ssh, .netrc, shadow, ...): what a glob in a
+    last component might match."""
+    return {c for p in rule.deny_paths for c in p.split("/") if c and not any(ch in c for ch in "*?[")}
 
 
 def _path_forms(word: Word, cwd: str) -> Iterator[str | None]:
-    """The absolute paths a word may name (None: a glob in a directory part, which cannot be judged)."""
+    """The absolute paths a word may name, before and after normalising (a symlink such as /dev/fd
+    makes `..` mean something else than it says); None for a glob in a directory part."""
     text = word.value
-    candidates = [text] + ([text.split("=", 1)[1]] if text.startswith("-") and "=" in text else [])
+    candidates = [text]
+    if text.startswith("--") and "=" in text:
+        candidates.append(text.split("=", 1)[1])  # --file=PATH
+    elif text.startswith("-") and len(text) > 2:
+        candidates.append(text[2:])  # -fPATH
     for candidate in candidates:
-        if word.segments and word.segments[0].kind == TILDE:
-            candidate = "/~home" + candidate[len(word.segments[0].text):]
-        if not candidate or (candidate.startswith("-") and candidate == text):
+        if word.segments and word.segments[0].kind == TILDE and candidate == text:
+            candidate = _HOME + candidate[len(word.segments[0].text):]
+        if not candidate or candidate.startswith("-"):
             continue
         absolute = candidate if candidate.startswith("/") else posixpath.join(cwd, candidate)
-        directory = posixpath.dirname(absolute)
-        if GLOB in word.expansions and any(ch in directory for ch in "*?["):
+        if GLOB in word.expansions and any(ch in posixpath.dirname(absolute) for ch in "*?["):
             yield None
             continue
-        yield posixpath.normpath(absolute)
+        yield re.sub("/+", "/", absolute)
+        yield re.sub("^/+", "/", posixpath.normpath(absolute))
 
 
 def check_redirects(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:

@@ -210,7 +210,9 @@ def reads_recursively(name: str, args: Sequence[Word]) -> bool:
         return False
     if flags == ("",):
         return True
+    texts = _texts(args)
     return any(t in flags or (t.startswith("-") and not t.startswith("--") and ("r" in t[1:] or "R" in t[1:]))
-               for t in _texts(args))
+               or t in ("--directories=recurse", "-drecurse") or (t == "-d" and "recurse" in texts[i + 1 : i + 2])
+               for i, t in enumerate(texts))
 for _name in INTERPRETERS:
     CHECKS[_name] = _interpreter

@@ -48,7 +48,8 @@ class _Builder:
         if node.kind == "subshell":
             return f"( {self.node(node.items[0])} )"
         if node.kind == "group":
-            return f"{{ {self.node(node.items[0])}; }}"
+            inner = self.node(node.items[0]).rstrip()
+            return f"{{ {inner if inner.endswith((';', '&')) else inner + ' ;'} }}"
         raise RebuildError(f"`{node.kind}` blocks are not run by Bastion")
 
     def command(self, command: Command) -> str:
@@ -68,7 +69,8 @@ class _Builder:
 
     def word(self, word: Word) -> str:
         kinds = {s.kind for s in word.segments}
-        if CMDSUB in kinds and not kinds & {GLOB, TILDE, PROCSUB}:
+        quoted_subs = all(s.quoted for s in word.segments if s.kind == CMDSUB)
+        if CMDSUB in kinds and quoted_subs and not kinds & {GLOB, TILDE, PROCSUB}:
             return self.double_quoted(word)
         out = []
         for segment in word.segments:
@@ -79,7 +81,8 @@ class _Builder:
             elif segment.kind == PARAM:
                 out.append(f'"${{{segment.text}}}"')
             elif segment.kind == CMDSUB:
-                out.append(f'"$({self.node(self.substitutions[segment.start])})"')
+                inner = f"$({self.node(self.substitutions[segment.start])})"
+                out.append(f'"{inner}"' if segment.quoted else inner)  # unquoted output splits, as written
             elif segment.kind == PROCSUB:
                 opener = self.analysis.text[segment.start]
                 out.append(f"{opener}({self.node(self.substitutions[segment.start])})")

@@ -15,7 +15,9 @@ DEFAULT_PROGRAM_DIRS = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin",
 # other processes' environments hold secrets, including the gateway's own.
 DEFAULT_DENY_PATHS = ("/proc/*", "/sys/*", "/dev/tcp/*", "/dev/udp/*", "/etc/shadow", "/etc/gshadow", "*/.ssh/*",
                       "*/.aws/*", "*/.gnupg/*", "*/.config/gcloud/*", "*/.kube/*", "*/.docker/config.json",
-                      "*/.netrc", "*/.pgpass", "*/.git-credentials", "*/.bash_history")
+                      "*/.netrc", "*/.pgpass", "*/.git-credentials", "*/.bash_history", "/dev/fd/*",
+                      "/run/secrets/*", "/var/run/secrets/*", "/etc/ssl/private/*", "*/.config/gh/*", "*/.npmrc",
+                      "*/.pypirc", "*/.vault-token")
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ def _ansi_c(src: str, i: int) -> tuple[str, int]:
     while i < len(src):
         c = src[i]
         if c == "'":
-            return "".join(out), i + 1
+            # bash keeps a C string: a decoded NUL ends it (the rest of $'...' is dropped).
+            return "".join(out).split("\x00", 1)[0], i + 1
         if c != "\\" or i + 1 >= len(src):
             out.append(c)
             i += 1
@@ -103,6 +104,7 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
     out: list[tuple[str, str, bool, int]] = []
     i, n = 0, len(src)
     ansi = False
+    bracket = False
 
     def lit(text: str, quoted: bool) -> None:
         out.append((LIT, text, quoted, -1))
@@ -179,9 +181,22 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
                 else:
                     lit(d, True)
                     i += 1
-        elif c in "*?[":
+        elif c in "*?":
             out.append((GLOB, c, False, -1))
             i += 1
+        elif c == "[" and "]" in src[i + 2 :]:
+            # A bracket expression: its brackets (and a leading ! or ^) stay unquoted when rebuilt.
+            negate = src[i + 1] if i + 1 < n and src[i + 1] in "!^" else ""
+            out.append((GLOB, c + negate, False, -1))
+            bracket = True
+            i += 1 + len(negate)
+        elif c == "]" and bracket:
+            out.append((GLOB, c, False, -1))
+            bracket = False
+            i += 1
+        elif c in " \t\n|&;()<>":
+            # bash would have ended the word here: the parser's word is not bash's, so refuse it.
+            raise WordError("the command's structure is ambiguous (an unquoted shell metacharacter inside a word)")
         elif c in "@!+" and src.startswith("(", i + 1):
             raise WordError("extended glob patterns are not accepted")
         elif c == "~" and i == 0:
@@ -205,7 +220,10 @@ def words(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[Word]
     ansi = any(t[0] == "ansi" for t in tokens)
     tokens = [t for t in tokens if t[0] != "ansi"]
     out = []
-    for expanded in expand_braces(tokens):
+    expansions = expand_braces(tokens)
+    for expanded in expansions:
+        if len(expansions) > 1 and not any(text or quoted for _, text, quoted, _ in expanded):
+            continue  # a{,b}'s empty alternative: bash drops an empty unquoted word
         segments: list[Segment] = []
         for kind, text, quoted, start in expanded:
             kind = LIT if kind == _BRACE else kind  # braces that do not form an expansion are literal

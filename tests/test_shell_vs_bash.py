@@ -1,0 +1,550 @@
+"""The shell guard checked against bash itself (issue 3, Tests).
+
+Every golden corpus text (tests/golden/shell_cases.toml) and the extra tricky texts below run under
+real `bash --noprofile --norc -c` in a throwaway sandbox where every program is a recording stand-in:
+a tiny script that appends the argv it received to a log and exits 0. Then:
+
+- for a text the guard ALLOWS, the programs and argv bash actually started must be the ones the
+  guard's facts name (the analysis' commands, with allowed expansions evaluated the way bash does in
+  the sandbox), and the REBUILT text, run the same way, must start exactly the same programs;
+- for a text the guard DENIES, there is nothing to compare argv with, but every program bash started
+  must at least appear among the facts (unless the facts name a launcher builtin such as eval or a
+  program computed at run time): facts that miss a command are a guard bug even when the verdict is
+  right by luck.
+
+The sandbox:
+- `bash` is the real bash; `env -i` with PATH = one directory of stand-ins (one per program name the
+  facts mention, plus a fixed list), HOME/PWD/USER/LOGNAME/LANG like the local executor's scrubbed
+  environment, and BASH_ENV = a file that disables the builtins that also exist as programs (echo,
+  printf, test, [, pwd, kill, true, false: they then run as logged stand-ins) and defines
+  `command_not_found_handle`, so that a name with no stand-in is logged too;
+- preferably (`unshare` with user namespaces available) bash runs inside new user, mount, network and
+  pid namespaces, chrooted into a read-only root that holds nothing but a copy of bash, its libraries
+  and stand-ins, also in /bin, /usr/bin, /usr/local/bin, /sbin, /usr/sbin, /usr/local/sbin; only
+  /sb (home, work, log) is writable. `/bin/rm -rf /` then reaches a stand-in, and nothing on the host
+  can be read, written or executed;
+- without user namespaces, texts that could reach a real program or a path outside the sandbox (any
+  `/`, `$`, backquote, `~`, or builtins such as command, cd, exec, kill ...) are skipped by design
+  (see _RISKY) and the rest run directly in the sandbox directory.
+
+The working directory holds README.md, notes.txt, a.c, b.h, main.py and a file named `-delete`, so
+input redirections find their files and globs expand.
+The files are empty and stand-ins print nothing, so a command substitution expands to "". Each run has a timeout; a denied
+loop (`while true; do ls; done`) is simply cut off.
+
+Known differences are marked xfail(strict=True) per case with the reason (GUARD_BUGS below); a fixed
+guard makes the mark fail, and the entry must go.
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from policy import Identity
+from policy.shell.decide import vet_shell_text
+from policy.shell.facts import Command, Node, ShellAnalysis
+from policy.shell.presets import INSPECT
+from policy.shell.rules import ShellPolicy
+from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, TILDE, Word
+
+HERE = Path(__file__).resolve().parent
+CORPUS = tomllib.loads((HERE / "golden" / "shell_cases.toml").read_text())["case"]
+POLICY = ShellPolicy("golden", (INSPECT,), "/work/project")
+BASH = shutil.which("bash")
+
+# Extra texts of our own: places where bash's word rules are subtle.
+EXTRA: list[tuple[str, str]] = [
+    ("tilde after = in an argument", "echo a=~"),
+    ("tilde after : in an assignment-like argument", "echo PATH=x:~/bin"),
+    ("tilde produced by brace expansion", "echo {~,x}"),
+    ("tilde as a brace alternative before a path", "ls {~,.}/notes.txt"),
+    ("glob in the middle of a word", "ls m*.py"),
+    ("escaped glob", "ls \\*.py"),
+    ("quoted glob character", "ls '*'.py"),
+    ("glob over dotfiles", "ls .*"),
+    ("globs inside braces", "ls {*.py,*.c}"),
+    ("bracket glob with a range", "ls [a-b].*"),
+    ("glob after a literal directory", "ls ./*.txt"),
+    ("glob under $HOME", "ls $HOME/*"),
+    ("nested braces", "echo {a,{b,c}}d"),
+    ("brace with two empty alternatives", "echo x{,}"),
+    ("braces with a quoted alternative", "echo {'a b',c}"),
+    ("brace alternatives holding $HOME", "echo {$HOME,x}"),
+    ("brace after ${HOME}", "echo ${HOME}{a,b}"),
+    ("escaped braces", "echo \\{a,b\\}"),
+    ("negative numeric sequence", "echo {-2..2}"),
+    ("reversed letter sequence", "echo {e..a}"),
+    ("sequence across punctuation", "echo {Z..a}"),
+    ("quoted empty arguments", "echo '' \"\" x"),
+    ("empty ANSI-C argument", "ls $''"),
+    ("ANSI-C escape character", "echo $'\\E[0m'"),
+    ("ANSI-C astral code point", "echo $'\\U0001F600'"),
+    ("ANSI-C hex takes two digits", "echo $'\\x414'"),
+    ("ANSI-C octal takes three digits", "echo $'\\1011'"),
+    ("ANSI-C inside double quotes is literal", "echo \"$'\\x41'\""),
+    ("locale string as the program", '$"ls" -la'),
+    ("parameter glued to text", "echo ${HOME}x"),
+    ("parameter followed by a bracket", "ls $HOME[0]"),
+    ("substitution inside double quotes with text", 'echo "a $(ls) b"'),
+    ("substitution glued to text", "echo x$(ls)y"),
+    ("unquoted substitution drops out", "echo $(ls) end"),
+    ("escaped quotes in backticks in double quotes", 'echo "`echo \\"x\\"`"'),
+    ("backslash-newline between arguments", "ls \\\n-la"),
+    ("comment after a pipe", "ls | # c\nwc -l"),
+    ("backslash-newline inside a comment", "ls # x \\\nrm -rf /"),
+    ("carriage return inside an argument", "ls a\rb"),
+    ("|| skips its right side", "ls || ls -la; echo done"),
+    ("subshell with || and &&", "(ls || echo no) && echo yes"),
+    ("sequence then substitution", "echo {a..c} $(ls)"),
+    ("three-stage pipeline with 2>&1", "ls 2>&1 | grep x | wc -l"),
+    ("unquoted substitution with arguments", "echo $(ls -la)"),
+    ("find with {} and a glob", "find . -name '*.c' -newer main.py"),
+    ("glob that matches a file named -delete", "find *"),
+    ("substitution then a newline and rm", "echo $(ls\nrm -rf /)"),
+    ("comment inside a substitution", "echo $(ls # x\n)"),
+    ("newline at the start of a substitution", "echo $(\nls -la\n)"),
+    ("line continuation inside a substitution", "echo $(ls \\\n-la)"),
+]
+
+_SUBSTITUTION_NEWLINE = ("guard bug: a newline (or backslash-newline) inside $(...) or `...` ends the substitution "
+                         "early (bashlex positions): the commands after it are not in the facts, and the rest of "
+                         "the substitution becomes literal text (the rebuild then runs something else than the text)")
+_ANSI_NUL = ("guard bug: bash ends a word at the NUL that $'\\0' decodes to; the guard keeps it (and the rebuilt "
+             "text then holds a NUL byte that bash cannot even receive)")
+_TILDE_AFTER_EQUALS = ("guard bug: bash expands ~ after `=` (and `:`) in assignment-like arguments (`a=~`); the "
+                       "facts keep `~` literal and the rebuild quotes it, so the rebuilt text passes another word")
+_GLOB_BRACKET = ("guard bug: the rebuild quotes the text between `[` and `]` of a bracket glob "
+                 "(`./*.['ch]'`), which makes the bracket literal: bash expands the original and not the rebuilt")
+_CMDSUB_SPLIT = ("guard bug: the rebuild double-quotes $(...) (`echo \"$(ls)\"`), so an unquoted substitution that "
+                 "expands to nothing (or to several words) becomes one argument: bash passes another argv")
+
+GUARD_BUGS: dict[str, str] = {
+    # corpus texts
+    "rm inside a substitution after a newline": _SUBSTITUTION_NEWLINE,
+    "rm after a comment inside a substitution": _SUBSTITUTION_NEWLINE,
+    "rm on the second line of backticks": _SUBSTITUTION_NEWLINE,
+    "rm on the second line of a quoted substitution": _SUBSTITUTION_NEWLINE,
+    "line continuation inside a substitution hides find -delete": _SUBSTITUTION_NEWLINE,
+    "NUL escape cuts the word: find -delete": _ANSI_NUL,
+    "hex NUL escape cuts the word: find -exec": _ANSI_NUL,
+    "NUL escape cuts the word: git --ext-diff": _ANSI_NUL,
+    "NUL escape cuts the word: /etc/shadow": _ANSI_NUL,
+    "closing stderr": "guard bug: vet_shell_text raises AttributeError on `2>&-`",
+    "bracket glob": _GLOB_BRACKET,
+    "$() of an allowed command in echo": _CMDSUB_SPLIT,
+    "backticks of git status in echo": _CMDSUB_SPLIT,
+    "nested substitutions of allowed commands": _CMDSUB_SPLIT,
+    "pipeline inside a substitution": _CMDSUB_SPLIT,
+    "fifty nested substitutions": _CMDSUB_SPLIT,
+    "$(< file) of a project file": _CMDSUB_SPLIT,
+    "substitution inside a ${:-} default": ("guard bug: a $(...) inside ${x:-...} is not in the facts (bash runs "
+                                            "it when x is unset); denied only because the expansion is complex"),
+    "substitution inside ${/} replacement": ("guard bug: a $(...) inside ${HOME/x/...} is not in the facts (bash "
+                                             "runs it); denied only because the expansion is complex"),
+    "backticks inside a quoted ${:-} default": ("guard bug: a `...` inside \"${x:-...}\" is not in the facts "
+                                                 "(bash runs it); denied only because the expansion is complex"),
+    # extra texts
+    "tilde after = in an argument": _TILDE_AFTER_EQUALS,
+    "tilde after : in an assignment-like argument": _TILDE_AFTER_EQUALS,
+    "tilde produced by brace expansion": ("guard bug: bash does tilde expansion after brace expansion, so "
+                                          "`{~,x}` gives $HOME; the lexer only sees `~` at the start of the source "
+                                          "word and keeps it literal"),
+    "tilde as a brace alternative before a path": ("guard bug: bash does tilde expansion after brace expansion "
+                                                   "(`{~,.}/notes.txt` reads $HOME/notes.txt); the facts keep `~` "
+                                                   "literal"),
+    "bracket glob with a range": _GLOB_BRACKET,
+    "unquoted substitution drops out": _CMDSUB_SPLIT,
+    "sequence then substitution": _CMDSUB_SPLIT,
+    "escaped quotes in backticks in double quotes": ("guard bug: inside \"`...`\" bash removes the backslash of "
+                                                     "\\\" before parsing the inner command; the facts keep the "
+                                                     "quotes (echo gets `x`, the guard says `\"x\"`)"),
+    "unquoted substitution with arguments": _CMDSUB_SPLIT,
+    "sequence across punctuation": ("guard bug: bash removes the unquoted backslash that `{Z..a}` produces (echo "
+                                    "gets ''); the facts and the rebuild keep `\\`"),
+    "here-document hiding a substitution": ("guard bug: the body of an unquoted here-document is not parsed, so the "
+                                            "$(...) in it (which bash runs) is not in the facts; denied only because "
+                                            "here-documents are not an inspect construct"),
+    "substitution then a newline and rm": _SUBSTITUTION_NEWLINE,
+    "comment inside a substitution": _SUBSTITUTION_NEWLINE,
+    "newline at the start of a substitution": _SUBSTITUTION_NEWLINE,
+    "line continuation inside a substitution": _SUBSTITUTION_NEWLINE,
+}
+
+# Names that always get a stand-in, whatever the facts say.
+COMMON = ("rm", "curl", "wget", "sh", "bash", "dash", "zsh", "cat", "ls", "git", "find", "grep", "head", "tail", "wc",
+          "ps", "df", "du", "echo", "printf", "test", "[", "pwd", "kill", "true", "false", "python", "python3", "perl",
+          "node", "ruby", "base64", "xargs", "env", "nice", "timeout", "nohup", "sudo", "su", "less", "more", "vim",
+          "vi", "man", "ssh", "scp", "nc", "tar", "awk", "sed", "sort", "id", "whoami", "chmod", "chown", "mv", "cp",
+          "dd", "tee", "touch", "mkdir", "diff", "strace", "watch", "make", "sleep", "uname", "hostname", "which")
+# bash builtins that run other commands: when the facts name one, a denied text may start programs the
+# facts cannot list.
+_LAUNCHER_BUILTINS = frozenset({"eval", "source", ".", "exec", "command", "builtin", "trap", "fc", "time", "coproc",
+                                "enable", "mapfile", "readarray", "bind", "complete", "compgen"})
+_DISABLED_BUILTINS = ("echo", "printf", "test", "[", "pwd", "kill", "true", "false")
+# Without namespaces: any text that could name a path, expand to one, change directory, PATH or the
+# command hash, or signal processes is not run (skipped by design).
+_RISKY = re.compile(r"[/$`~]|\b(command|hash|enable|PATH|CDPATH|cd|pushd|popd|kill|exec|source|builtin|trap|fc|"
+                    r"ulimit|BASH_ENV|ENV|coproc)\b|(^|[\s;&|(])\.(\s|$)")
+_ALLOWED_TIMEOUT, _DENIED_TIMEOUT = 5.0, 2.0
+
+_STANDIN = """#!{bash}
+{{ printf '%d\\0' "$#"; printf '%s\\0' "$0" "$@"; }} >> "{log}/$$.${{SRANDOM:-$RANDOM}}"
+exit 0
+"""
+_NOT_FOUND = """#!{bash}
+{{ printf '%d\\0' "$(( $# - 1 ))"; printf '%s\\0' "notfound:$1" "${{@:2}}"; }} >> "{log}/nf.$$.${{SRANDOM:-$RANDOM}}"
+exit 127
+"""
+_INIT = """unset BASH_ENV
+enable -n {disabled}
+command_not_found_handle() {{ {not_found} "$@"; }}
+"""
+_WORK_FILES = ("README.md", "notes.txt", "a.c", "b.h", "main.py", "-delete")
+_PROGRAM_DIRS = ("/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin", "/usr/local/sbin")
+
+Argv = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    argvs: list[Argv]  # what bash started, sorted (pipelines run concurrently)
+    stdout: bytes
+    stderr: bytes
+    returncode: int
+    timed_out: bool
+
+
+class Sandbox:
+    """A directory with stand-ins, and a way to run one text under bash there (see the module doc)."""
+
+    def __init__(self, base: Path, names: set[str], isolated: bool) -> None:
+        assert BASH is not None
+        self.base, self.isolated, self.sb = base, isolated, base / "sb"
+        if isolated:
+            self.root = base / "root"
+            host_b = self.root / ".b"
+            host_b.mkdir(parents=True)
+            shutil.copy2(BASH, host_b / "bash")
+            for lib in _libraries(BASH):
+                dest = self.root / lib.lstrip("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(os.path.realpath(lib), dest)
+            if Path("/usr/lib/locale/C.utf8").is_dir():
+                shutil.copytree("/usr/lib/locale/C.utf8", self.root / "usr/lib/locale/C.utf8")
+            (self.root / "dev").mkdir()
+            (self.root / "dev" / "null").touch()
+            (self.root / "sb").mkdir()
+            self.bash, self.standins, self.init = "/.b/bash", "/standins", "/.b/init.sh"
+            self.home, self.work, log, not_found = "/sb/home", "/sb/work", "/sb/log", "/.b/notfound"
+            dirs = [self.root / d.lstrip("/") for d in (self.standins, *_PROGRAM_DIRS)]
+        else:
+            host_b = base / ".b"
+            host_b.mkdir(parents=True)
+            self.bash, self.standins, self.init = BASH, str(base / "standins"), str(host_b / "init.sh")
+            self.home, self.work, log = str(self.sb / "home"), str(self.sb / "work"), str(self.sb / "log")
+            not_found = str(host_b / "notfound")
+            dirs = [Path(self.standins)]
+        standin = host_b / "standin"
+        standin.write_text(_STANDIN.format(bash=self.bash, log=log))
+        (host_b / "notfound").write_text(_NOT_FOUND.format(bash=self.bash, log=log))
+        (host_b / "init.sh").write_text(_INIT.format(disabled=" ".join(_DISABLED_BUILTINS), not_found=not_found))
+        for script in (standin, host_b / "notfound"):
+            script.chmod(0o755)
+        for directory in dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                if _usable_name(name) and not (directory / name).exists():
+                    os.link(standin, directory / name)
+
+    def env(self) -> dict[str, str]:
+        return {"PATH": self.standins, "HOME": self.home, "PWD": self.work, "USER": "agent", "LOGNAME": "agent",
+                "LANG": "C.UTF-8", "BASH_ENV": self.init}
+
+    def host_path(self, path: str) -> str:
+        """Where a path bash sees lies on this machine (for globbing as bash will)."""
+        if not self.isolated:
+            return path
+        if path == "/sb" or path.startswith("/sb/"):
+            return str(self.sb) + path[3:]
+        return str(self.root) + path
+
+    def _reset(self) -> None:
+        if self.sb.exists():
+            shutil.rmtree(self.sb)
+        for directory in ("home", "work", "log"):
+            (self.sb / directory).mkdir(parents=True)
+        for name in _WORK_FILES:
+            (self.sb / "work" / name).touch()
+
+    def run(self, text: str, timeout: float) -> Run:
+        self._reset()
+        if self.isolated:
+            setup = ('set -e; mount --bind "$1" "$1"; mount -o remount,bind,ro "$1"; mount --bind "$2" "$1/sb"; '
+                     'mount --bind /dev/null "$1/dev/null"; shift 2; exec "$@"')
+            command = [_tool("unshare"), "--user", "--map-root-user", "--mount", "--net", "--pid", "--kill-child",
+                       BASH, "--noprofile", "--norc", "-c", setup, "setup", str(self.root), str(self.sb),
+                       _tool("env"), "-i", *(f"{k}={v}" for k, v in self.env().items()),
+                       _tool("unshare"), f"--root={self.root}", "--wd=/sb/work",
+                       self.bash, "--noprofile", "--norc", "-c", text]
+            env, cwd = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, str(self.base)
+        else:
+            command, env, cwd = [self.bash, "--noprofile", "--norc", "-c", text], self.env(), self.work
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=env, cwd=cwd, start_new_session=True)
+        timed_out = False
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            timed_out = True
+        try:  # background jobs (`ls &`) must not write into the next run's log
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return Run(self._records(), stdout, stderr, process.returncode, timed_out)
+
+    def _records(self) -> list[Argv]:
+        out: list[Argv] = []
+        for path in (self.sb / "log").iterdir():
+            fields = path.read_bytes().split(b"\0")
+            i = 0
+            while i + 1 < len(fields):
+                count = int(fields[i])
+                argv = [os.fsdecode(f) for f in fields[i + 1 : i + 2 + count]]
+                i += 2 + count
+                program = argv[0]
+                if program.startswith("notfound:"):
+                    program = program[len("notfound:") :]
+                elif os.path.dirname(program) == self.standins:
+                    program = os.path.basename(program)
+                out.append((program, *argv[1:]))
+        return sorted(out)
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    assert path, f"{name} not found"
+    return path
+
+
+def _libraries(binary: str) -> list[str]:
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    return [m.group(1) for m in re.finditer(r"(/\S+)\s+\(0x", out)]
+
+
+def _usable_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\x00" not in name \
+        and len(os.fsencode(name)) <= 200
+
+
+def _userns_sandbox_works(base: Path, names: set[str]) -> Sandbox | None:
+    if os.environ.get("BASTION_TEST_NO_USERNS") or not all(shutil.which(t) for t in ("unshare", "ldd", "mount")):
+        return None
+    try:
+        sandbox = Sandbox(base / "isolated", names, isolated=True)
+        probe = sandbox.run("/bin/ls -la", timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sandbox if probe.argvs == [("/bin/ls", "-la")] and probe.returncode == 0 else None
+
+
+def _analyse(text: str) -> tuple[ShellAnalysis, object, str | None]:
+    analysis, decision, rebuilt = vet_shell_text(Identity("golden"), POLICY, text)
+    return analysis, decision, rebuilt
+
+
+ALL: list[tuple[str, str]] = [(str(c["title"]), str(c["text"])) for c in CORPUS] + EXTRA
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+    if BASH is None:
+        pytest.fail("bash is not on PATH: this test runs every corpus command under real bash; install bash "
+                    "(e.g. `apt-get install bash`)")
+    names = set(COMMON)
+    for _, text in ALL:
+        try:
+            analysis = vet_shell_text(Identity("golden"), POLICY, text)[0]
+        except Exception:  # noqa: BLE001 - a crashing case is reported by its own test
+            continue
+        names.update(c.program.value for c in analysis.commands if c.program is not None and c.program.literal)
+    base = tmp_path_factory.mktemp("bash-sandbox")
+    return _userns_sandbox_works(base, names) or Sandbox(base / "plain", names, isolated=False)
+
+
+def test_bash_is_present() -> None:
+    assert BASH is not None, "bash is not on PATH: install bash (e.g. `apt-get install bash`)"
+    version = subprocess.run([BASH, "--version"], capture_output=True, text=True, check=True).stdout
+    assert "GNU bash" in version
+
+
+def test_known_differences_name_real_cases() -> None:
+    assert not set(GUARD_BUGS) - {title for title, _ in ALL}
+    assert len({title for title, _ in ALL}) == len(ALL), "duplicate titles"
+
+
+# --- what the facts say bash will start -------------------------------------------------------------
+
+
+def _started(analysis: ShellAnalysis) -> list[int]:
+    """Indices of the commands bash starts when every program exits 0 (`a || b` skips b)."""
+    substitutions = dict(analysis.substitutions)
+    started: list[int] = []
+
+    def words(command: Command) -> Iterator[Word]:
+        yield from command.argv
+        yield from (r.target for r in command.redirects if r.target is not None)
+
+    def run(node: Node) -> bool:
+        if node.kind == "command":
+            command = analysis.commands[node.index]
+            for word in words(command):
+                for segment in word.segments:
+                    if segment.kind == CMDSUB:
+                        run(substitutions[segment.start])
+            started.append(node.index)
+            return True
+        if node.kind == "pipeline":
+            for item in node.items:
+                run(item)
+            return True
+        if node.kind == "list":
+            ok = run(node.items[0])
+            for op, item in zip(node.ops, node.items[1:], strict=False):
+                if (op == "&&" and not ok) or (op == "||" and ok):
+                    continue
+                ok = run(item)
+            return ok
+        if node.kind in ("subshell", "group"):
+            return run(node.items[0])
+        raise AssertionError(f"an allowed text has a `{node.kind}` node")
+
+    assert analysis.structure is not None
+    run(analysis.structure)
+    return started
+
+
+def _expand(word: Word, sandbox: Sandbox) -> list[str]:
+    """The arguments bash makes of one fact word in the sandbox: tilde, allowed variables, substitutions
+    (stand-ins print nothing), globs; an unquoted word that expands to nothing disappears."""
+    env = sandbox.env()
+    text, pattern, quoted, has_glob = [], [], False, False
+    for segment in word.segments:
+        quoted = quoted or segment.quoted
+        if segment.kind == LIT:
+            value = segment.text
+        elif segment.kind == TILDE:
+            value = env["HOME"] + segment.text[1:] if segment.text == "~" else segment.text
+        elif segment.kind == PARAM:
+            value = env.get(segment.text, "")
+        elif segment.kind == CMDSUB:
+            value = ""
+        elif segment.kind == GLOB:
+            text.append(segment.text)
+            pattern.append(segment.text)
+            has_glob = True
+            continue
+        else:
+            raise AssertionError(f"an allowed text has a `{segment.kind}` expansion")
+        text.append(value)
+        pattern.append(globbing.escape(value))
+    joined = "".join(text)
+    if has_glob:
+        matches = _glob("".join(pattern), sandbox)
+        if matches:
+            return matches
+    if not joined and not quoted:
+        return []
+    return [joined]
+
+
+def _glob(pattern: str, sandbox: Sandbox) -> list[str]:
+    if pattern.startswith("/"):
+        root = sandbox.host_path("/")
+        found = [("/" + m) for m in globbing.glob(pattern.lstrip("/"), root_dir=root)]
+    else:
+        found = globbing.glob(pattern, root_dir=sandbox.host_path(sandbox.work))
+    return sorted(found)
+
+
+def _expected(analysis: ShellAnalysis, sandbox: Sandbox) -> list[Argv]:
+    out = []
+    for index in _started(analysis):
+        command = analysis.commands[index]
+        if command.program is None:
+            continue  # a redirection alone, such as $(< file): no program starts
+        argv: list[str] = []
+        for word in command.argv:
+            argv.extend(_expand(word, sandbox))
+        out.append(tuple(argv))
+    return sorted(out)
+
+
+def _globbed_as_dot_slash(analysis: ShellAnalysis) -> bool:
+    """Bastion runs a word that starts with a glob as ./pattern (docs/shell.md): compare such runs with
+    a leading ./ removed."""
+    return any(len(w.segments) > 1 and w.segments[0] == w.segments[0].__class__(LIT, "./") and w.segments[1].kind == GLOB
+               for c in analysis.commands for w in c.argv)
+
+
+def _loose(argvs: list[Argv], dot_slash: bool) -> list[Argv]:
+    if not dot_slash:
+        return argvs
+    return sorted((a[0], *(x[2:] if x.startswith("./") else x for x in a[1:])) for a in argvs)
+
+
+def _show(argvs: list[Argv]) -> str:
+    return "\n".join("    " + repr(list(a)) for a in argvs) or "    (nothing)"
+
+
+def _param(title: str, text: str) -> object:
+    marks = [pytest.mark.xfail(strict=True, reason=GUARD_BUGS[title])] if title in GUARD_BUGS else []
+    return pytest.param(title, text, id=title, marks=marks)
+
+
+@pytest.mark.parametrize(("title", "text"), [_param(t, x) for t, x in ALL])
+def test_bash_starts_what_the_guard_saw(sandbox: Sandbox, title: str, text: str) -> None:
+    analysis, decision, rebuilt = _analyse(text)
+    if not sandbox.isolated and _RISKY.search(text):
+        pytest.skip("skipped by design: without user namespaces this text could reach a real program or path")
+    allowed = bool(getattr(decision, "allowed"))
+    ran = sandbox.run(text, _ALLOWED_TIMEOUT if allowed else _DENIED_TIMEOUT)
+    context = f"text: {text!r}\nguard: {getattr(decision, 'verdict').value} {list(getattr(decision, 'rules'))}"
+    if not allowed:
+        if analysis.error is not None or any(c.program is not None and not c.program.literal
+                                             for c in analysis.commands):
+            return
+        named = {c.program.value for c in analysis.commands if c.program is not None}
+        if named & _LAUNCHER_BUILTINS:
+            return
+        unseen = sorted(a for a in ran.argvs if a[0] not in named)
+        assert not unseen, (f"bash started programs the guard's facts do not name\n{context}\n"
+                            f"bash started, unseen by the guard:\n{_show(unseen)}\nfacts: {analysis.summary()}")
+        return
+    assert not ran.timed_out, f"bash timed out\n{context}"
+    dot_slash = _globbed_as_dot_slash(analysis)
+    expected = _expected(analysis, sandbox)
+    problems = []
+    if _loose(ran.argvs, dot_slash) != _loose(expected, dot_slash):
+        problems.append(f"bash started:\n{_show(ran.argvs)}\nthe guard's facts say:\n{_show(expected)}")
+    assert rebuilt is not None
+    if "\x00" in rebuilt:
+        problems.append(f"the rebuilt text holds a NUL byte, which bash cannot receive: {rebuilt!r}")
+    else:
+        again = sandbox.run(rebuilt, _ALLOWED_TIMEOUT)
+        if _loose(again.argvs, dot_slash) != _loose(ran.argvs, dot_slash):
+            problems.append(f"the rebuilt text {rebuilt!r} started:\n{_show(again.argvs)}\n"
+                            f"the original started:\n{_show(ran.argvs)}")
+    assert not problems, f"{context}\n" + "\n".join(problems)
