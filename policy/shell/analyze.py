@@ -66,7 +66,13 @@ class _Walker:
         """A substitution's own text, parsed on its own: bashlex's nested parse can stop early (at a
         newline inside backticks, say), and what it drops would run unchecked."""
         opener = 1 if self.text[start] == "`" else 2
+        closer = "`" if opener == 1 else ")"
+        if self.text[end - 1 : end] != closer:
+            # bashlex ended the substitution early (a newline or a line continuation inside it).
+            raise _Unsupported("a substitution spanning lines is not accepted; put it on one line")
         source = self.text[start + opener : end - 1]
+        if opener == 1 and "\\" in source:
+            raise _Unsupported("backslashes inside backticks are not accepted; use $(...)")
         try:
             trees = bashlex.parse(source)
         except NotImplementedError as error:

@@ -171,13 +171,13 @@ def _path_forms(word: Word, cwd: str) -> Iterator[str | None]:
     makes `..` mean something else than it says); None for a glob in a directory part."""
     text = word.value
     candidates = [text]
-    if text.startswith("--") and "=" in text:
-        candidates.append(text.split("=", 1)[1])  # --file=PATH
+    if "=" in text:
+        candidates.append(text.split("=", 1)[1])  # --file=PATH, if=PATH
     elif text.startswith("-") and len(text) > 2:
         candidates.append(text[2:])  # -fPATH
     for candidate in candidates:
-        if word.segments and word.segments[0].kind == TILDE and candidate == text:
-            candidate = _HOME + candidate[len(word.segments[0].text):]
+        if "~" in candidate and any(s.kind == TILDE for s in word.segments):
+            candidate = re.sub(r"(^|[=:])~[^/:]*", lambda m: m.group(1) + _HOME, candidate)
         if not candidate or candidate.startswith("-"):
             continue
         absolute = candidate if candidate.startswith("/") else posixpath.join(cwd, candidate)

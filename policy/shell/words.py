@@ -105,6 +105,8 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
     i, n = 0, len(src)
     ansi = False
     bracket = False
+    # bash expands ~ after = and : in words that look like assignments (a=~/x, PATH=~/bin:~/b).
+    assignment_like = re.match(r"[A-Za-z_][A-Za-z0-9_]*=", src) is not None
 
     def lit(text: str, quoted: bool) -> None:
         out.append((LIT, text, quoted, -1))
@@ -199,8 +201,8 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
             raise WordError("the command's structure is ambiguous (an unquoted shell metacharacter inside a word)")
         elif c in "@!+" and src.startswith("(", i + 1):
             raise WordError("extended glob patterns are not accepted")
-        elif c == "~" and i == 0:
-            m = re.match(r"~[^/]*", src)
+        elif c == "~" and (i == 0 or (assignment_like and src[i - 1] in "=:")):
+            m = re.compile(r"~[^/:]*").match(src, i)
             out.append((TILDE, m.group(), False, -1))  # type: ignore[union-attr]
             i = m.end()  # type: ignore[union-attr]
         elif c in "{,}":
@@ -232,6 +234,10 @@ def words(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[Word]
                 segments.append(Segment(LIT, last.text + text, last.quoted or quoted))
             else:
                 segments.append(Segment(kind, text, quoted, start))
+        # Tilde expansion comes after brace expansion: {~,x} starts a word with ~.
+        if segments and segments[0].kind == LIT and not segments[0].quoted and segments[0].text.startswith("~"):
+            head, sep, rest = segments[0].text.partition("/")
+            segments[0:1] = [Segment(TILDE, head)] + ([Segment(LIT, sep + rest)] if sep else [])
         # A glob at the start of a word could match a file named like an option (-delete, --output=x):
         # Bastion runs it as ./pattern, and the facts say so.
         if segments and segments[0].kind == GLOB:
@@ -291,6 +297,8 @@ def _sequence(inner: list[Token]) -> list[str] | None:
         width = max(len(a), len(b)) if (a.lstrip("-").startswith("0") or b.lstrip("-").startswith("0")) else 0
         return [str(v).zfill(width) if width else str(v) for v in values]
     if a.isalpha() and b.isalpha():
+        if a.isupper() != b.isupper():
+            raise WordError("a brace sequence from upper to lower case letters is not accepted")
         lo, hi = ord(a), ord(b)
         return [chr(v) for v in (range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step))]
     return None
