@@ -127,9 +127,39 @@ async def mcp_rounds(rounds: int, calls: int = 200) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+async def shell_rounds(rounds: int, calls: int = 40) -> None:
+    import anyio
+
+    from policy.shell.decide import vet_shell_text
+    from policy.shell.presets import INSPECT
+    from policy.shell.rules import ShellPolicy
+    from tools.executors.local_shell import LocalShellExecutor
+    from tools.executors.shell_base import ShellRunRequest
+
+    policy = ShellPolicy("bench", (INSPECT,), "/tmp")
+    who = Identity("bench")
+    executor = LocalShellExecutor("bench", "/tmp")
+    guarded, raw = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            await anyio.run_process(["bash", "-c", "echo hello"])
+        raw.append((time.perf_counter() - start) / calls * 1e3)
+        start = time.perf_counter()
+        for _ in range(calls):
+            _, decision, rebuilt = vet_shell_text(who, policy, "echo hello")
+            await executor.run(ShellRunRequest(rebuilt, None, 5, 10_000, who))
+        guarded.append((time.perf_counter() - start) / calls * 1e3)
+    r, g = statistics.median(raw), statistics.median(guarded)
+    print(f"shell `echo hello`, {calls} runs x {rounds} rounds (ms per run):")
+    print(f"  raw bash -c subprocess       {r:8.3f}")
+    print(f"  guarded (vet + local exec)   {g:8.3f}   {g / r:.2f}x")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     guard_rounds(corpus(), args.rounds)
     asyncio.run(mcp_rounds(args.rounds))
+    asyncio.run(shell_rounds(args.rounds))
