@@ -20,14 +20,8 @@ from policy.shell.rules import ShellPolicy
 CASES = tomllib.loads((Path(__file__).parent / "golden" / "shell_cases.toml").read_text())["case"]
 POLICY = ShellPolicy("golden", (INSPECT,), "/work/project")
 
-GUARD_BUGS: dict[str, str] = {
-    "two lines of allowed commands in a substitution": (
-        "guard bug: a newline inside $(...) is refused as guard:unsupported (the outer word is still cut where "
-        "bashlex's positions say, then refused as ambiguous), so a harmless multi-line substitution cannot run"),
-    "du of every entry": (
-        "guard bug: the `could match a protected path` check in evaluate._protected uses fnmatch, whose `*` "
-        "matches a leading dot (bash's does not), so `du -sh *` is refused for maybe matching .vault-token"),
-}
+# Cases where the guard is known to disagree with the secure expectation (none today).
+GUARD_BUGS: dict[str, str] = {}
 
 
 def test_corpus_is_large_and_titles_are_unique() -> None:

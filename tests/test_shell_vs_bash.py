@@ -22,15 +22,17 @@ The sandbox:
   pid namespaces, chrooted into a read-only root that holds nothing but a copy of bash, its libraries
   and stand-ins, also in /bin, /usr/bin, /usr/local/bin, /sbin, /usr/sbin, /usr/local/sbin; only
   /sb (home, work, log) is writable. `/bin/rm -rf /` then reaches a stand-in, and nothing on the host
-  can be read, written or executed;
+  can be read, written or executed by accident (the sandbox guards against mistakes in this corpus,
+  not against a corpus written to break out of a chroot: review texts added here);
 - without user namespaces, texts that could reach a real program or a path outside the sandbox (any
   `/`, `$`, backquote, `~`, or builtins such as command, cd, exec, kill ...) are skipped by design
   (see _RISKY) and the rest run directly in the sandbox directory.
 
 The working directory holds README.md, notes.txt, a.c, b.h, main.py and a file named `-delete`, so
-input redirections find their files and globs expand.
-The files are empty and stand-ins print nothing, so a command substitution expands to "". Each run has a timeout; a denied
-loop (`while true; do ls; done`) is simply cut off.
+input redirections find their files and globs expand. The files are empty and stand-ins print
+nothing, so a command substitution expands to "". Each run has a timeout; a denied loop
+(`while true; do ls; done`) is simply cut off. Bastion runs a word that starts with a glob as
+./pattern (docs/shell.md), so where the facts hold such a word, a leading ./ is ignored in arguments.
 
 Known differences are marked xfail(strict=True) per case with the reason (GUARD_BUGS below); a fixed
 guard makes the mark fail, and the entry must go.
@@ -38,7 +40,6 @@ guard makes the mark fail, and the entry must go.
 
 from __future__ import annotations
 
-import glob as globbing
 import os
 import re
 import shutil
@@ -56,7 +57,7 @@ from policy.shell.decide import vet_shell_text
 from policy.shell.facts import Command, Node, ShellAnalysis
 from policy.shell.presets import INSPECT
 from policy.shell.rules import ShellPolicy
-from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, TILDE, Word
+from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, TILDE, Segment, Word
 
 HERE = Path(__file__).resolve().parent
 CORPUS = tomllib.loads((HERE / "golden" / "shell_cases.toml").read_text())["case"]
@@ -75,6 +76,12 @@ EXTRA: list[tuple[str, str]] = [
     ("glob over dotfiles", "ls .*"),
     ("globs inside braces", "ls {*.py,*.c}"),
     ("bracket glob with a range", "ls [a-b].*"),
+    ("bracket glob whose first member is ]", "ls []a]*"),
+    ("negated bracket glob with !", "ls [!m]*"),
+    ("negated bracket glob with ^", "ls [^m]*"),
+    ("POSIX character class in a bracket glob", "ls [[:alpha:]].c"),
+    ("bracket closed inside quotes is literal", "ls [a\"]\"*"),
+    ("lone [ in an argument", "ls [ x"),
     ("glob after a literal directory", "ls ./*.txt"),
     ("glob under $HOME", "ls $HOME/*"),
     ("nested braces", "echo {a,{b,c}}d"),
@@ -117,68 +124,20 @@ EXTRA: list[tuple[str, str]] = [
     ("line continuation inside a substitution", "echo $(ls \\\n-la)"),
 ]
 
-_SUBSTITUTION_NEWLINE = ("guard bug: a newline (or backslash-newline) inside $(...) or `...` ends the substitution "
-                         "early (bashlex positions): the commands after it are not in the facts, and the rest of "
-                         "the substitution becomes literal text (the rebuild then runs something else than the text)")
-_ANSI_NUL = ("guard bug: bash ends a word at the NUL that $'\\0' decodes to; the guard keeps it (and the rebuilt "
-             "text then holds a NUL byte that bash cannot even receive)")
-_TILDE_AFTER_EQUALS = ("guard bug: bash expands ~ after `=` (and `:`) in assignment-like arguments (`a=~`); the "
-                       "facts keep `~` literal and the rebuild quotes it, so the rebuilt text passes another word")
-_GLOB_BRACKET = ("guard bug: the rebuild quotes the text between `[` and `]` of a bracket glob "
-                 "(`./*.['ch]'`), which makes the bracket literal: bash expands the original and not the rebuilt")
-_CMDSUB_SPLIT = ("guard bug: the rebuild double-quotes $(...) (`echo \"$(ls)\"`), so an unquoted substitution that "
-                 "expands to nothing (or to several words) becomes one argument: bash passes another argv")
+_BRACKET = ("guard bug: words.lex closes a bracket expression at the first `]`, but bash takes a `]` right after "
+            "`[` (or `[!`, `[^`) as a member and `[:class:]` as one item: the facts misread the pattern and the "
+            "rebuild quotes the real closing `]`, so the rebuilt text matches nothing where bash matched a.c")
 
 GUARD_BUGS: dict[str, str] = {
-    # corpus texts
-    "rm inside a substitution after a newline": _SUBSTITUTION_NEWLINE,
-    "rm after a comment inside a substitution": _SUBSTITUTION_NEWLINE,
-    "rm on the second line of backticks": _SUBSTITUTION_NEWLINE,
-    "rm on the second line of a quoted substitution": _SUBSTITUTION_NEWLINE,
-    "line continuation inside a substitution hides find -delete": _SUBSTITUTION_NEWLINE,
-    "NUL escape cuts the word: find -delete": _ANSI_NUL,
-    "hex NUL escape cuts the word: find -exec": _ANSI_NUL,
-    "NUL escape cuts the word: git --ext-diff": _ANSI_NUL,
-    "NUL escape cuts the word: /etc/shadow": _ANSI_NUL,
-    "closing stderr": "guard bug: vet_shell_text raises AttributeError on `2>&-`",
-    "bracket glob": _GLOB_BRACKET,
-    "$() of an allowed command in echo": _CMDSUB_SPLIT,
-    "backticks of git status in echo": _CMDSUB_SPLIT,
-    "nested substitutions of allowed commands": _CMDSUB_SPLIT,
-    "pipeline inside a substitution": _CMDSUB_SPLIT,
-    "fifty nested substitutions": _CMDSUB_SPLIT,
-    "$(< file) of a project file": _CMDSUB_SPLIT,
     "substitution inside a ${:-} default": ("guard bug: a $(...) inside ${x:-...} is not in the facts (bash runs "
                                             "it when x is unset); denied only because the expansion is complex"),
     "substitution inside ${/} replacement": ("guard bug: a $(...) inside ${HOME/x/...} is not in the facts (bash "
                                              "runs it); denied only because the expansion is complex"),
     "backticks inside a quoted ${:-} default": ("guard bug: a `...` inside \"${x:-...}\" is not in the facts "
                                                  "(bash runs it); denied only because the expansion is complex"),
-    # extra texts
-    "tilde after = in an argument": _TILDE_AFTER_EQUALS,
-    "tilde after : in an assignment-like argument": _TILDE_AFTER_EQUALS,
-    "tilde produced by brace expansion": ("guard bug: bash does tilde expansion after brace expansion, so "
-                                          "`{~,x}` gives $HOME; the lexer only sees `~` at the start of the source "
-                                          "word and keeps it literal"),
-    "tilde as a brace alternative before a path": ("guard bug: bash does tilde expansion after brace expansion "
-                                                   "(`{~,.}/notes.txt` reads $HOME/notes.txt); the facts keep `~` "
-                                                   "literal"),
-    "bracket glob with a range": _GLOB_BRACKET,
-    "unquoted substitution drops out": _CMDSUB_SPLIT,
-    "sequence then substitution": _CMDSUB_SPLIT,
-    "escaped quotes in backticks in double quotes": ("guard bug: inside \"`...`\" bash removes the backslash of "
-                                                     "\\\" before parsing the inner command; the facts keep the "
-                                                     "quotes (echo gets `x`, the guard says `\"x\"`)"),
-    "unquoted substitution with arguments": _CMDSUB_SPLIT,
-    "sequence across punctuation": ("guard bug: bash removes the unquoted backslash that `{Z..a}` produces (echo "
-                                    "gets ''); the facts and the rebuild keep `\\`"),
     "here-document hiding a substitution": ("guard bug: the body of an unquoted here-document is not parsed, so the "
                                             "$(...) in it (which bash runs) is not in the facts; denied only because "
                                             "here-documents are not an inspect construct"),
-    "substitution then a newline and rm": _SUBSTITUTION_NEWLINE,
-    "comment inside a substitution": _SUBSTITUTION_NEWLINE,
-    "newline at the start of a substitution": _SUBSTITUTION_NEWLINE,
-    "line continuation inside a substitution": _SUBSTITUTION_NEWLINE,
 }
 
 # Names that always get a stand-in, whatever the facts say.
@@ -360,11 +319,6 @@ def _userns_sandbox_works(base: Path, names: set[str]) -> Sandbox | None:
     return sandbox if probe.argvs == [("/bin/ls", "-la")] and probe.returncode == 0 else None
 
 
-def _analyse(text: str) -> tuple[ShellAnalysis, object, str | None]:
-    analysis, decision, rebuilt = vet_shell_text(Identity("golden"), POLICY, text)
-    return analysis, decision, rebuilt
-
-
 ALL: list[tuple[str, str]] = [(str(c["title"]), str(c["text"])) for c in CORPUS] + EXTRA
 
 
@@ -438,7 +392,8 @@ def _started(analysis: ShellAnalysis) -> list[int]:
 
 def _expand(word: Word, sandbox: Sandbox) -> list[str]:
     """The arguments bash makes of one fact word in the sandbox: tilde, allowed variables, substitutions
-    (stand-ins print nothing), globs; an unquoted word that expands to nothing disappears."""
+    (stand-ins print nothing), then pathname expansion of the word as the facts segment it (glob
+    characters active, everything else literal); an unquoted word that expands to nothing disappears."""
     env = sandbox.env()
     text, pattern, quoted, has_glob = [], [], False, False
     for segment in word.segments:
@@ -459,10 +414,10 @@ def _expand(word: Word, sandbox: Sandbox) -> list[str]:
         else:
             raise AssertionError(f"an allowed text has a `{segment.kind}` expansion")
         text.append(value)
-        pattern.append(globbing.escape(value))
+        pattern.append("".join(c if c == "/" else "\\" + c for c in value))
     joined = "".join(text)
     if has_glob:
-        matches = _glob("".join(pattern), sandbox)
+        matches = _bash_glob("".join(pattern), sandbox)
         if matches:
             return matches
     if not joined and not quoted:
@@ -470,13 +425,97 @@ def _expand(word: Word, sandbox: Sandbox) -> list[str]:
     return [joined]
 
 
-def _glob(pattern: str, sandbox: Sandbox) -> list[str]:
-    if pattern.startswith("/"):
-        root = sandbox.host_path("/")
-        found = [("/" + m) for m in globbing.glob(pattern.lstrip("/"), root_dir=root)]
-    else:
-        found = globbing.glob(pattern, root_dir=sandbox.host_path(sandbox.work))
-    return sorted(found)
+_CLASSES = {"alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "lower": "a-z", "upper": "A-Z",
+            "space": r" \t\n\r\f\v", "xdigit": "0-9A-Fa-f", "punct": re.escape("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")}
+
+
+def _component_regex(component: str) -> tuple[re.Pattern[str] | None, bool]:
+    """A bash pattern component (backslash-escaped literals) → (regex, or None when nothing in it is
+    a live glob character; whether it starts with a literal dot)."""
+    out, i, live, n = [], 0, False, len(component)
+    while i < n:
+        c = component[i]
+        if c == "\\" and i + 1 < n:
+            out.append(re.escape(component[i + 1]))
+            i += 2
+        elif c == "*":
+            out.append(".*")
+            live, i = True, i + 1
+        elif c == "?":
+            out.append(".")
+            live, i = True, i + 1
+        elif c == "[":
+            parsed = _bracket(component, i)
+            if parsed is None:
+                out.append(re.escape("["))
+                i += 1
+            else:
+                regex, i = parsed
+                out.append(regex)
+                live = True
+        else:
+            out.append(re.escape(c))
+            i += 1
+    dot = component.startswith(".") or component.startswith("\\.")
+    return (re.compile("".join(out), re.S) if live else None), dot
+
+
+def _bracket(p: str, i: int) -> tuple[str, int] | None:
+    """bash's bracket expression at p[i] == '[': negation by ! or ^, a leading ] is a member,
+    [:class:], ranges, backslash-escaped members; None when it never closes (then `[` is literal)."""
+    j, negate, members = i + 1, False, []
+    if j < len(p) and p[j] in "!^":
+        negate, j = True, j + 1
+    first = True
+    while j < len(p):
+        c = p[j]
+        if c == "]" and not first:
+            body = "".join(members)
+            return f"[{'^' if negate else ''}{body}]", j + 1
+        first = False
+        if c == "[" and p.startswith("[:", j):
+            close = p.find(":]", j + 2)
+            if close > 0 and p[j + 2 : close] in _CLASSES:
+                members.append(_CLASSES[p[j + 2 : close]])
+                j = close + 2
+                continue
+        if c == "\\" and j + 1 < len(p):
+            members.append(re.escape(p[j + 1]))
+            j += 2
+        elif c == "-" and members and j + 1 < len(p) and p[j + 1] != "]":
+            members.append("-")
+            j += 1
+        else:
+            members.append(re.escape(c))
+            j += 1
+    return None
+
+
+def _bash_glob(pattern: str, sandbox: Sandbox) -> list[str]:
+    """Pathname expansion as bash does it (dotglob off, globskipdots on), component by component."""
+    absolute = pattern.startswith("/")
+    results = ["/" if absolute else ""]
+    for component in [c for c in pattern.split("/") if c != ""]:
+        regex, dot = _component_regex(component)
+        following = []
+        for prefix in results:
+            if regex is None:
+                following.append(prefix + re.sub(r"\\(.)", r"\1", component))
+                continue
+            base = sandbox.host_path(prefix) if absolute else os.path.join(sandbox.host_path(sandbox.work), prefix)
+            try:
+                names = os.listdir(base or ".")
+            except OSError:
+                continue
+            following += [prefix + name for name in sorted(names)
+                          if regex.fullmatch(name) and (dot or not name.startswith("."))]
+        results = [r + "/" for r in following]
+    found = [r.rstrip("/") if not pattern.endswith("/") else r for r in results]
+    return [f for f in found if os.path.lexists(_host(f, sandbox))]
+
+
+def _host(path: str, sandbox: Sandbox) -> str:
+    return sandbox.host_path(path) if path.startswith("/") else os.path.join(sandbox.host_path(sandbox.work), path)
 
 
 def _expected(analysis: ShellAnalysis, sandbox: Sandbox) -> list[Argv]:
@@ -495,7 +534,7 @@ def _expected(analysis: ShellAnalysis, sandbox: Sandbox) -> list[Argv]:
 def _globbed_as_dot_slash(analysis: ShellAnalysis) -> bool:
     """Bastion runs a word that starts with a glob as ./pattern (docs/shell.md): compare such runs with
     a leading ./ removed."""
-    return any(len(w.segments) > 1 and w.segments[0] == w.segments[0].__class__(LIT, "./") and w.segments[1].kind == GLOB
+    return any(len(w.segments) > 1 and w.segments[0] == Segment(LIT, "./") and w.segments[1].kind == GLOB
                for c in analysis.commands for w in c.argv)
 
 
@@ -516,13 +555,12 @@ def _param(title: str, text: str) -> object:
 
 @pytest.mark.parametrize(("title", "text"), [_param(t, x) for t, x in ALL])
 def test_bash_starts_what_the_guard_saw(sandbox: Sandbox, title: str, text: str) -> None:
-    analysis, decision, rebuilt = _analyse(text)
+    analysis, decision, rebuilt = vet_shell_text(Identity("golden"), POLICY, text)
     if not sandbox.isolated and _RISKY.search(text):
         pytest.skip("skipped by design: without user namespaces this text could reach a real program or path")
-    allowed = bool(getattr(decision, "allowed"))
-    ran = sandbox.run(text, _ALLOWED_TIMEOUT if allowed else _DENIED_TIMEOUT)
-    context = f"text: {text!r}\nguard: {getattr(decision, 'verdict').value} {list(getattr(decision, 'rules'))}"
-    if not allowed:
+    ran = sandbox.run(text, _ALLOWED_TIMEOUT if decision.allowed else _DENIED_TIMEOUT)
+    context = f"text: {text!r}\nguard: {decision.verdict.value} {list(decision.rules)}"
+    if not decision.allowed:
         if analysis.error is not None or any(c.program is not None and not c.program.literal
                                              for c in analysis.commands):
             return

@@ -139,7 +139,7 @@ def _protected(rule: ShellRule, word: Word, cwd: str, recursive: bool) -> tuple[
     roots = [p.split("*", 1)[0].rstrip("/") for p in rule.deny_paths if p.startswith("/")] + list(_RECURSION_ROOTS)
     for path in _path_forms(word, cwd):
         if path is None:
-            return False, f"`{word.value}` has a pattern in a directory name"
+            return False, f"`{word.value}` has a pattern in a directory name, or `..` after a variable"
         hit = _denied(rule, path)
         if hit:
             return True, f"`{word.value}` names a protected path ({hit})"
@@ -147,13 +147,26 @@ def _protected(rule: ShellRule, word: Word, cwd: str, recursive: bool) -> tuple[
             directory, pattern = posixpath.split(path)
             for component in _deny_components(rule):
                 concrete = posixpath.join(directory, component)
-                if fnmatchcase(component, pattern) and (_denied(rule, concrete) or _denied(rule, concrete + "/x")):
+                if _glob_matches(component, pattern) and (_denied(rule, concrete) or _denied(rule, concrete + "/x")):
                     return True, f"`{word.value}` could match a protected path ({component})"
+            if recursive and any(_glob_matches(posixpath.basename(r), pattern) and
+                                 (posixpath.dirname(r) + "/").startswith(directory.rstrip("/") + "/") for r in roots if r):
+                return True, f"a recursive search of `{word.value}` could read protected paths"
         if recursive:
             inside = _denied(rule, path.rstrip("/") + "/x")
             if inside or any((r + "/").startswith(path.rstrip("/") + "/") for r in roots if r):
                 return True, f"a recursive search of `{word.value}` would read protected paths"
     return None
+
+
+def _glob_matches(name: str, pattern: str) -> bool:
+    """Whether bash's glob ``pattern`` matches the file name ``name``: a leading dot only explicitly,
+    [^...] negates like [!...], and a POSIX class [[:alpha:]] is taken to match any character."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    pattern = re.sub(r"\[\[:[a-z]+:\]\]", "?", pattern.replace("[^", "[!"))
+    pattern = re.sub(r"\[[^\]]*\[:[a-z]+:\][^\]]*\]", "?", pattern)
+    return fnmatchcase(name, pattern)
 
 
 def _denied(rule: ShellRule, path: str) -> str | None:
@@ -169,18 +182,21 @@ def _deny_components(rule: ShellRule) -> set[str]:
 def _path_forms(word: Word, cwd: str) -> Iterator[str | None]:
     """The absolute paths a word may name, before and after normalising (a symlink such as /dev/fd
     makes `..` mean something else than it says); None for a glob in a directory part."""
-    text = word.value
+    text = word.value.replace("${PWD}", cwd).replace("${HOME}", _HOME)
     candidates = [text]
     if "=" in text:
         candidates.append(text.split("=", 1)[1])  # --file=PATH, if=PATH
-    elif text.startswith("-") and len(text) > 2:
-        candidates.append(text[2:])  # -fPATH
+    elif text.startswith("-") and not text.startswith("--"):
+        candidates += [text[k:] for k in range(2, len(text))]  # -fPATH, -rfPATH: any attached value
     for candidate in candidates:
         if "~" in candidate and any(s.kind == TILDE for s in word.segments):
             candidate = re.sub(r"(^|[=:])~[^/:]*", lambda m: m.group(1) + _HOME, candidate)
         if not candidate or candidate.startswith("-"):
             continue
         absolute = candidate if candidate.startswith("/") else posixpath.join(cwd, candidate)
+        if "${" in absolute and "/.." in absolute:
+            yield None  # `..` after a variable whose value Bastion does not know
+            continue
         if GLOB in word.expansions and any(ch in posixpath.dirname(absolute) for ch in "*?["):
             yield None
             continue

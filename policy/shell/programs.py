@@ -176,11 +176,14 @@ def _interpreter(args: Sequence[Word]) -> str | None:
 def _ps(args: Sequence[Word]) -> str | None:
     """ps: no BSD-style `e` (it prints other processes' environments, which hold secrets)."""
     for text in _texts(args):
-        if not text.startswith("-") and "e" in text:
-            return "`ps e` prints process environments, which hold secrets"
-        if text.startswith("-") and not text.startswith("--") and "o" in text[1:] or text.startswith("--format"):
+        if text.startswith("--"):
             continue
+        # procps reads `-aux`, `-auxe` BSD-style: an `e` anywhere but first after the dash (UNIX -e,
+        # every process) may print environments.
+        if "e" in text and not (text.startswith("-e") and "e" not in text[2:]):
+            return "`ps e` prints process environments, which hold secrets"
     return None
+
 
 
 _TAR = _refuse_options("--checkpoint-action", "--to-command", "--use-compress-program", "-I", "--rsh-command",

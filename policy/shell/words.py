@@ -186,13 +186,17 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
         elif c in "*?":
             out.append((GLOB, c, False, -1))
             i += 1
+        elif bracket and src.startswith("[:", i) and ":]" in src[i + 2 :]:
+            close = src.index(":]", i + 2) + 2
+            out.append((GLOB, src[i:close], False, -1))  # a POSIX class such as [:alpha:]
+            i = close
         elif c == "[" and "]" in src[i + 2 :]:
             # A bracket expression: its brackets (and a leading ! or ^) stay unquoted when rebuilt.
             negate = src[i + 1] if i + 1 < n and src[i + 1] in "!^" else ""
             out.append((GLOB, c + negate, False, -1))
             bracket = True
             i += 1 + len(negate)
-        elif c == "]" and bracket:
+        elif c == "]" and bracket and not (out and out[-1][0] == GLOB and out[-1][1] in ("[", "[!", "[^")):
             out.append((GLOB, c, False, -1))
             bracket = False
             i += 1
