@@ -18,7 +18,7 @@ from tools.calls import Caller
 from tools.connections import AnyConnection, Connection, ShellConnection
 from tools.executors.base import QueryResult, TableInfo
 from tools.executors.shell_base import ShellResult
-from tools.guard import Guard, Guarded, validate_text
+from tools.guard import MAX_COMMAND_BYTES, Guard, Guarded, validate_text
 from tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ class Gateway:
             raise
         return await self.guard.run(caller, "shell_run", connection, command, reason, what="command",
                                     vet=lambda: shell.vet_shell(target, caller, command, workdir),
-                                    execute=shell.runner(target, caller, workdir), result_record=shell.result_record)
+                                    execute=shell.runner(target, caller, workdir), result_record=shell.result_record,
+                                    max_bytes=MAX_COMMAND_BYTES)
 
     async def check(self, caller: Caller, connection: str, text: str) -> CheckResult:
         target = await self._resolve(caller, "check", connection, text, (Connection, ShellConnection))  # type: ignore[arg-type]

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 MAX_TEXT_BYTES = 256 * 1024
+# Shell commands are short, and bash's parser port costs ~0.1 ms a word: a smaller limit.
+MAX_COMMAND_BYTES = 32 * 1024
 _RECORDED_TEXT_LIMIT = 64 * 1024
 
 
@@ -139,10 +141,10 @@ class Guard:
 
     async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None, *,
                   what: str, vet: Callable[[], Vetted], execute: Callable[[Vetted], Awaitable[R]],
-                  result_record: Callable[[R], dict[str, Any]]) -> Guarded[R]:
+                  result_record: Callable[[R], dict[str, Any]], max_bytes: int = MAX_TEXT_BYTES) -> Guarded[R]:
         """① vet (analyse + decide) ③ record ④ deny or ⑤ run ⑦ record. ``what`` names the text in errors."""
         try:
-            validate_text(text, what=what)
+            validate_text(text, what=what, max_bytes=max_bytes)
         except InvalidInput as error:
             await self.refuse(caller, tool, connection, text, reason, error)
             raise
