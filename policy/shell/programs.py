@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from policy.shell.words import GLOB, TILDE, Word
+from policy.shell.words import GLOB, TILDE, Segment, Word
 
 # Programs that run another program (or shell code) named in their arguments or input: never
 # allowed through a rule's program list, because the program they run escapes it.
@@ -133,6 +133,8 @@ def _awk(args: Sequence[Word]) -> str | None:
             return "awk programs from files cannot be checked"
         if re.search(r"system\s*\(|\|\s*getline|\|&|\bprint[f]?\b[^;{}]*[>|]|close\s*\(|fflush", text):
             return "awk programs that run commands or write files are not allowed"
+        if re.search(r"getline[^;{}]*<", text):
+            return "awk programs that read files by name (getline < file) are not allowed"
     return None
 
 
@@ -146,7 +148,9 @@ def _sed(args: Sequence[Word]) -> str | None:
             return "`sed -i` edits files in place"
         if text in ("-f", "--file") or text.startswith("--file="):
             return "sed scripts from files cannot be checked"
-        if not text.startswith("-") and re.search(r"(^|[;\n{}]|\d|\$|/)\s*[ewWrR]\b|/[gpIiMm0-9]*[ew]", text):
+        script = text[2:] if text.startswith("-e") else text.split("=", 1)[1] if text.startswith("--expression=") else \
+            None if text.startswith("-") else text
+        if script is not None and re.search(r"(^|[;\n{}]|\d|\$|/)\s*[ewWrR]\b|/[gpIiMm0-9]*[ew]", script):
             return "sed commands that run programs or read/write files (e, w, r) are not allowed"
     return None
 
@@ -186,17 +190,40 @@ def _ps(args: Sequence[Word]) -> str | None:
 
 
 
-_TAR = _refuse_options("--checkpoint-action", "--to-command", "--use-compress-program", "-I", "--rsh-command",
-                       "--info-script", "-F", "--new-volume-script", "--index-file")
+_TAR_OPTIONS = _refuse_options("--checkpoint-action", "--to-command", "--use-compress-program", "-I", "--rsh-command",
+                               "--info-script", "-F", "--new-volume-script", "--index-file", "-C", "--directory",
+                               "-P", "--absolute-names")
+
+
+def _tar(args: Sequence[Word]) -> str | None:
+    """tar: nothing that runs programs, and no extracting outside the working directory (-C, -P).
+    Old-style bundles (`tar xfC a.tar dir`) are read as the options they are."""
+    if args and args[0].literal and not args[0].value.startswith("-"):
+        first = args[0]
+        args = [Word(first.source, tuple(Segment(s.kind, "-" + s.text if i == 0 else s.text, s.quoted)
+                                          for i, s in enumerate(first.segments))), *args[1:]]
+    return _TAR_OPTIONS(args)
+
+
+def _rm(args: Sequence[Word]) -> str | None:
+    """rm: never the root, the home directory, `.` or `..`, and never --no-preserve-root."""
+    for arg in args:
+        text = arg.value.rstrip("/") or "/"
+        if text in ("/", "/*", "~", ".", "..", "*") or arg.value == "--no-preserve-root" or \
+                (arg.expansions and text.startswith("/") and text.count("/") == 1):
+            return f"`rm {arg.value}` would remove far more than a file"
+    return None
 _RG = _refuse_options("--pre", "--pre-glob", "--search-zip", "-z")
-_SORT = _refuse_options("--compress-program", "-o", "--output")
+_SORT = _refuse_options("--compress-program", "-o", "--output", "-T", "--temporary-directory")
 
 CHECKS: dict[str, Check] = {
     "find": _find,
     "awk": _awk, "gawk": _awk, "mawk": _awk, "nawk": _awk,
     "sed": _sed, "gsed": _sed,
     "ssh": _ssh,
-    "tar": _TAR, "gtar": _TAR,
+    "tar": _tar, "gtar": _tar, "bsdtar": _tar,
+    "gfind": _find,
+    "rm": _rm,
     "rg": _RG,
     "sort": _SORT,
     "ps": _ps,
