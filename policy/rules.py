@@ -40,9 +40,7 @@ class SqlRule:
     preset: str | None = None
 
     def applies_to(self, identity: Identity) -> bool:
-        if not self.subjects and not self.groups:
-            return True
-        return identity.subject in self.subjects or identity.in_any(self.groups)
+        return applies(self.subjects, self.groups, identity)
 
     def summary(self) -> str:
         """One line on what the rule allows, for list_connections."""
@@ -55,6 +53,13 @@ class SqlRule:
             parts.append(f"UPDATE/DELETE need a WHERE ({self.unfiltered_writes.value} otherwise)")
         parts.append(f"max {self.limits.max_rows} rows")
         return "; ".join(parts)
+
+
+def applies(subjects: frozenset[str], groups: frozenset[str], identity: Identity) -> bool:
+    """A rule naming subjects or groups applies to those; a rule naming neither, to everyone."""
+    if not subjects and not groups:
+        return True
+    return identity.subject in subjects or identity.in_any(groups)
 
 
 def _kinds(kinds: frozenset[Kind]) -> str:

@@ -107,12 +107,7 @@ class ConnectionConfig(_Model):
     def rule_list(self) -> tuple[SqlRule, ...]:
         if self.preset:
             return (PRESETS[self.preset],)
-        rules = tuple(r.to_rule(i) for i, r in enumerate(self.rules))
-        ids = [r.id for r in rules]
-        duplicate = next((i for i in ids if ids.count(i) > 1), None)
-        if duplicate:
-            raise ValueError(f"rule id `{duplicate}` is used twice")
-        return rules
+        return _unique_ids(tuple(r.to_rule(i) for i, r in enumerate(self.rules)))
 
 
 class ShellRuleConfig(_Model):
@@ -195,12 +190,7 @@ class ShellConnectionConfig(_Model):
     def rule_list(self) -> tuple[ShellRule, ...]:
         if self.preset:
             return (SHELL_PRESETS[self.preset],)
-        rules = tuple(r.to_rule(i) for i, r in enumerate(self.rules))
-        ids = [r.id for r in rules]
-        duplicate = next((i for i in ids if ids.count(i) > 1), None)
-        if duplicate:
-            raise ValueError(f"rule id `{duplicate}` is used twice")
-        return rules
+        return _unique_ids(tuple(r.to_rule(i) for i, r in enumerate(self.rules)))
 
 
 class IdentityConfig(_Model):
@@ -243,6 +233,14 @@ class Config(_Model):
         if connection.kind == "ssh":
             return connection.cwd or "/"
         return str(self.path(connection.cwd).resolve()) if connection.cwd else str(self.base_dir.resolve())
+
+
+def _unique_ids(rules: tuple[Any, ...]) -> tuple[Any, ...]:
+    ids = [r.id for r in rules]
+    duplicate = next((i for i in ids if ids.count(i) > 1), None)
+    if duplicate:
+        raise ValueError(f"rule id `{duplicate}` is used twice")
+    return rules
 
 
 def _has_inline_password(dsn: str) -> bool:

@@ -161,18 +161,7 @@ class Guard:
                                 "error": error_record(denied)})
             raise denied
         started = time.perf_counter()
-        try:
-            result = await execute(vetted)
-        except anyio.get_cancelled_exc_class():
-            await self._failed(call_id, started, {"code": "cancelled", "message": "the client cancelled the call"})
-            raise
-        except BastionError as error:
-            await self._failed(call_id, started, error_record(error))
-            raise
-        except Exception as error:
-            log.exception("executor failure")
-            await self._failed(call_id, started, {"code": "internal", "message": type(error).__name__})
-            raise ExecutionError("the gateway failed while running this") from error
+        result = await self._attempt(call_id, started, tool, lambda: execute(vetted))
         duration_ms = (time.perf_counter() - started) * 1000
         try:
             await self._record({"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
@@ -183,6 +172,21 @@ class Guard:
                                    hint="Do not retry a write: check its effect first. Tell the gateway's operator.",
                                    detail=error.detail) from error
         return Guarded(call_id, result, duration_ms, decision)
+
+    async def _attempt(self, call_id: str, started: float, tool: str, work: Callable[[], Awaitable[R]]) -> R:
+        """Run ``work``; if it fails or is cancelled, record `call.failed` (shielded) and re-raise."""
+        try:
+            return await work()
+        except anyio.get_cancelled_exc_class():
+            await self._failed(call_id, started, {"code": "cancelled", "message": "the client cancelled the call"})
+            raise
+        except BastionError as error:
+            await self._failed(call_id, started, error_record(error))
+            raise
+        except Exception as error:
+            log.exception("%s failure", tool)
+            await self._failed(call_id, started, {"code": "internal", "message": type(error).__name__})
+            raise ExecutionError(f"the gateway failed while running {tool}") from error
 
     async def _failed(self, call_id: str, started: float, error: dict[str, Any]) -> None:
         await self._record({"type": ev.FAILED, "call_id": call_id, "error": error,
@@ -197,19 +201,7 @@ class Guard:
         requested = self._base(call_id, caller, tool, connection, text, None)
         requested["facts"], requested["decision"] = facts, decision.as_record() if decision else None
         await self._record(requested)
-        started = time.perf_counter()
-        try:
-            value, result = await work()
-        except anyio.get_cancelled_exc_class():
-            await self._failed(call_id, started, {"code": "cancelled", "message": "the client cancelled the call"})
-            raise
-        except BastionError as error:
-            await self._failed(call_id, started, error_record(error))
-            raise
-        except Exception as error:
-            log.exception("%s failure", tool)
-            await self._failed(call_id, started, {"code": "internal", "message": type(error).__name__})
-            raise ExecutionError(f"the gateway failed while running {tool}") from error
+        value, result = await self._attempt(call_id, time.perf_counter(), tool, work)
         await self._record({"type": ev.FINISHED, "call_id": call_id, "result": result})
         return value
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from policy.decision import Limits
 from policy.identity import Identity
+from policy.rules import applies
 
 DEFAULT_OPERATORS = frozenset({"|", "&&", "||", ";", "newline"})
 DEFAULT_VARIABLES = frozenset({"HOME", "PWD", "USER", "LOGNAME"})
@@ -45,9 +46,7 @@ class ShellRule:
     preset: str | None = None
 
     def applies_to(self, identity: Identity) -> bool:
-        if not self.subjects and not self.groups:
-            return True
-        return identity.subject in self.subjects or identity.in_any(self.groups)
+        return applies(self.subjects, self.groups, identity)
 
     def summary(self) -> str:
         programs = ", ".join(sorted(self.programs - self.deny_programs)) or "nothing"
