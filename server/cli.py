@@ -8,13 +8,12 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
 import click
 
 from policy import ConnectionPolicy, Identity
-from policy.errors import BastionError, ConfigError
+from policy.errors import ConfigError
 from policy.presets import PRESETS
 from policy.shell.presets import SHELL_PRESETS
 from policy.shell.rules import ShellPolicy

@@ -19,7 +19,7 @@ import pytest
 from policy import Identity
 from policy.errors import TargetUnavailable
 from tests.conftest import requirement
-from tests.sshd_server import SshServer, sshd  # noqa: F401  (the fixture)
+from tests.sshd_server import SshServer
 from tools.executors.shell_base import ShellRunRequest
 from tools.executors.ssh import SshExecutor
 
@@ -40,7 +40,7 @@ def request(command: str, *, cwd: str | None = None, timeout_s: float = 10.0, ca
 
 
 @pytest.fixture
-async def executor(sshd: SshServer) -> AsyncIterator[SshExecutor]:  # noqa: F811
+async def executor(sshd: SshServer) -> AsyncIterator[SshExecutor]:
     ex = make(sshd)
     try:
         yield ex
@@ -164,7 +164,7 @@ async def test_a_cancelled_call_kills_the_remote_command(executor: SshExecutor) 
 
 @pytest.mark.parametrize("accept_unknown_hosts", [False, True])
 @requirement("shell:ssh-host-key")
-async def test_a_changed_host_key_is_refused(sshd: SshServer, tmp_path: Path, accept_unknown_hosts: bool) -> None:  # noqa: F811
+async def test_a_changed_host_key_is_refused(sshd: SshServer, tmp_path: Path, accept_unknown_hosts: bool) -> None:
     known_hosts = tmp_path / "known_hosts"
     impostor = other_key(tmp_path / "impostor").export_public_key().decode()
     known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {impostor}")
@@ -180,7 +180,7 @@ async def test_a_changed_host_key_is_refused(sshd: SshServer, tmp_path: Path, ac
 
 
 @requirement("shell:ssh-host-key")
-async def test_an_unknown_host_is_refused_by_default(sshd: SshServer, tmp_path: Path) -> None:  # noqa: F811
+async def test_an_unknown_host_is_refused_by_default(sshd: SshServer, tmp_path: Path) -> None:
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
     ex = make(sshd, known_hosts=known_hosts)
@@ -196,7 +196,7 @@ async def test_an_unknown_host_is_refused_by_default(sshd: SshServer, tmp_path: 
 
 
 @pytest.mark.parametrize("existing", [None, "", "# no newline at the end"], ids=["no-file", "empty", "unterminated"])
-async def test_trust_on_first_use_when_configured_records_the_host_key(sshd: SshServer, tmp_path: Path,  # noqa: F811
+async def test_trust_on_first_use_when_configured_records_the_host_key(sshd: SshServer, tmp_path: Path,
                                                                        existing: str | None) -> None:
     known_hosts = tmp_path / "ssh" / "known_hosts"
     if existing is not None:
@@ -218,7 +218,7 @@ async def test_trust_on_first_use_when_configured_records_the_host_key(sshd: Ssh
         await second.close()
 
 
-async def test_a_host_that_is_down_is_reported_quickly(sshd: SshServer) -> None:  # noqa: F811
+async def test_a_host_that_is_down_is_reported_quickly(sshd: SshServer) -> None:
     ex = make(sshd, port=free_port())
     with anyio.fail_after(3), pytest.raises(TargetUnavailable, match="connection `box` is unavailable: the host refused") as caught:
         await ex.run(request("uname"))
@@ -226,14 +226,14 @@ async def test_a_host_that_is_down_is_reported_quickly(sshd: SshServer) -> None:
     assert_no_secret(caught.value, sshd.key_file)
 
 
-async def test_an_unresolvable_host_is_reported(sshd: SshServer) -> None:  # noqa: F811
+async def test_an_unresolvable_host_is_reported(sshd: SshServer) -> None:
     ex = make(sshd, host="no-such-host.invalid")
     with anyio.fail_after(10), pytest.raises(TargetUnavailable, match="could not be resolved"):
         await ex.run(request("uname"))
 
 
 @requirement("inv:no-credential-leak")
-async def test_a_key_the_host_does_not_accept_fails_authentication(sshd: SshServer, tmp_path: Path) -> None:  # noqa: F811
+async def test_a_key_the_host_does_not_accept_fails_authentication(sshd: SshServer, tmp_path: Path) -> None:
     key_file = tmp_path / "gateway_secret_key"
     other_key(key_file)
     ex = make(sshd, key_file=key_file)
@@ -244,7 +244,7 @@ async def test_a_key_the_host_does_not_accept_fails_authentication(sshd: SshServ
 
 @requirement("inv:no-credential-leak")
 @pytest.mark.parametrize("problem", ["missing", "encrypted", "garbage"])
-async def test_a_client_key_that_cannot_be_loaded_is_reported_without_its_path(sshd: SshServer, tmp_path: Path,  # noqa: F811
+async def test_a_client_key_that_cannot_be_loaded_is_reported_without_its_path(sshd: SshServer, tmp_path: Path,
                                                                                problem: str) -> None:
     key_file = tmp_path / "gateway_secret_key"
     if problem == "encrypted":
@@ -258,7 +258,7 @@ async def test_a_client_key_that_cannot_be_loaded_is_reported_without_its_path(s
     assert "hunter2" not in (caught.value.detail or "")
 
 
-async def test_one_connection_serves_many_calls_even_when_they_start_together(sshd: SshServer) -> None:  # noqa: F811
+async def test_one_connection_serves_many_calls_even_when_they_start_together(sshd: SshServer) -> None:
     ex = make(sshd)
     before = sshd.logins()
     try:
@@ -273,7 +273,7 @@ async def test_one_connection_serves_many_calls_even_when_they_start_together(ss
     assert sshd.logins() - before == 1
 
 
-async def test_a_dropped_connection_is_replaced_transparently(sshd: SshServer) -> None:  # noqa: F811
+async def test_a_dropped_connection_is_replaced_transparently(sshd: SshServer) -> None:
     ex = make(sshd)
     try:
         assert (await ex.run(request("echo one"))).stdout == "one\n"
@@ -287,7 +287,7 @@ async def test_a_dropped_connection_is_replaced_transparently(sshd: SshServer) -
         await ex.close()
 
 
-async def test_a_connection_lost_mid_command_is_reported_and_the_command_dies(sshd: SshServer) -> None:  # noqa: F811
+async def test_a_connection_lost_mid_command_is_reported_and_the_command_dies(sshd: SshServer) -> None:
     ex = make(sshd)
     sleep = unique_sleep()
     try:

@@ -12,13 +12,13 @@ from server.config import load
 from store import SqliteAuditStore
 from store import events as ev
 from tests.conftest import requirement
-from tests.sshd_server import SshServer, sshd  # noqa: F401
+from tests.sshd_server import SshServer
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def ssh_config(sshd: SshServer, tmp_path: Path) -> Path:  # noqa: F811
+def ssh_config(sshd: SshServer, tmp_path: Path) -> Path:
     config = tmp_path / "bastion.toml"
     config.write_text(f"""
 [identity]

@@ -167,6 +167,12 @@ class _Walker:
         fd = node.input if isinstance(getattr(node, "input", None), int) else None
         if op in ("<<", "<<-"):
             self.constructs.add("heredoc")
+            body = getattr(getattr(node, "heredoc", None), "value", "") or ""
+            delimiter = getattr(node.output, "word", "") if not isinstance(node.output, int) else ""
+            quoted = any(q in self.text[self.base + node.pos[0] : self.base + node.pos[1]] for q in "'\"\\")
+            if not quoted and ("$(" in body or "`" in body or "$" in body):
+                # An unquoted here-document expands its body: its substitutions would run unchecked.
+                raise _Unsupported(f"a here-document (<<{delimiter}) that expands $ or backticks is not accepted")
             return Redirect(op, fd, None)
         output = node.output
         if isinstance(output, int):

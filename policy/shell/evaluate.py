@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 
 from policy.outcome import Outcome, first_outcome
 from policy.shell import programs
-from policy.shell.facts import Command, ShellAnalysis
+from policy.shell.facts import ShellAnalysis
 from policy.shell.rules import ShellRule
 from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PROCSUB, TILDE, Segment, Word
 

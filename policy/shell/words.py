@@ -125,6 +125,8 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
             if close < 0:
                 raise WordError("unterminated ${...}")
             body = src[at + 2 : close]
+            if "$(" in body or "`" in body:
+                raise WordError("a substitution inside ${...} is not accepted")
             kind = PARAM if _NAME.fullmatch(body) else PARAM_COMPLEX
             out.append((kind, body, quoted, -1))
             return close + 1
