@@ -149,11 +149,11 @@ _RISKY = re.compile(r"[/$`~]|\b(command|hash|enable|PATH|CDPATH|cd|pushd|popd|ki
 _ALLOWED_TIMEOUT, _DENIED_TIMEOUT = 5.0, 2.0
 
 _STANDIN = """#!{bash}
-{{ printf '%d\\0' "$#"; printf '%s\\0' "$0" "$@"; }} >> "{log}/$$.${{SRANDOM:-$RANDOM}}"
+printf '%s\\0' "$#" "$0" "$@" >> "{log}/$$.${{SRANDOM:-$RANDOM}}"
 exit 0
 """
 _NOT_FOUND = """#!{bash}
-{{ printf '%d\\0' "$(( $# - 1 ))"; printf '%s\\0' "notfound:$1" "${{@:2}}"; }} >> "{log}/nf.$$.${{SRANDOM:-$RANDOM}}"
+printf '%s\\0' "$(( $# - 1 ))" "notfound:$1" "${{@:2}}" >> "{log}/nf.$$.${{SRANDOM:-$RANDOM}}"
 exit 127
 """
 _INIT = """unset BASH_ENV
@@ -272,6 +272,8 @@ class Sandbox:
             i = 0
             while i + 1 < len(fields):
                 count = int(fields[i])
+                if len(fields) < i + 3 + count:
+                    break  # a record cut short: the sandbox ended while a background child was logging
                 argv = [os.fsdecode(f) for f in fields[i + 1 : i + 2 + count]]
                 i += 2 + count
                 program = argv[0]
