@@ -112,6 +112,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
             yield gw
         finally:
             await gw.close()
+            gw.store.checkpoint()  # a signed end of the chain: a cut tail shows at the next verify
             gw.store.close()
 
     mcp = MCPServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan)

@@ -72,7 +72,8 @@ def build_gateway(config: Config) -> Gateway:
             connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
                                                 build_shell_executor(config, name, conn), conn.description)
     try:
-        store = SqliteAuditStore(config.path(config.audit.path))
+        store = SqliteAuditStore(config.path(config.audit.path), checkpoint_key=config.checkpoint_key(),
+                                 checkpoint_every=config.audit.checkpoint_every)
     except StoreError as error:
         raise ConfigError(f"{config.source}: audit.path: {error}") from None
     return Gateway(connections, store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 import os
 import json
 import logging
@@ -215,6 +216,39 @@ def tail(config_path: str | None, lines: int, follow: bool, as_json: bool) -> No
         for event in store.after(last):
             emit(event)
             last = event["seq"]
+
+
+@audit.command(name="verify")
+@config_option
+@click.option("--key-env", help="Environment variable holding the checkpoint key (default: the config's).")
+@click.option("--key-file", type=click.Path(dir_okay=False), help="File holding the checkpoint key.")
+def verify_command(config_path: str | None, key_env: str | None, key_file: str | None) -> None:
+    """Check the hash chain and, with the key, the signed checkpoints. Exit status 1 on any problem.
+
+    Example: BASTION_AUDIT_KEY=... bastion audit verify --key-env BASTION_AUDIT_KEY
+    """
+    from store.verify import verify
+
+    config = _load(config_path)
+    if key_env:
+        key: bytes | None = os.environ.get(key_env, "").encode() or None
+        if key is None:
+            raise click.ClickException(f"the environment variable `{key_env}` is not set")
+    elif key_file:
+        key = Path(key_file).read_bytes().strip()
+    else:
+        try:
+            key = config.checkpoint_key()
+        except ConfigError as error:
+            raise click.ClickException(error.message) from None
+    report = verify(_store(config_path).db.conn, key)
+    click.echo(f"{report.events} events, {report.checkpoints} signed checkpoints checked"
+               + ("" if key else " (no key: a cut tail or a rewritten chain cannot be detected)"))
+    for seq, problem in report.problems:
+        click.echo(f"event {seq}: {problem}")
+    if report.ok:
+        click.echo("ok: the chain is intact")
+    sys.exit(0 if report.ok else 1)
 
 
 @audit.command()

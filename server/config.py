@@ -205,6 +205,9 @@ class IdentityConfig(_Model):
 
 class AuditConfig(_Model):
     path: str = "bastion-audit.db"
+    checkpoint_key_env: str | None = Field(None, description="environment variable holding the checkpoint HMAC key")
+    checkpoint_key_file: str | None = Field(None, description="file holding the checkpoint HMAC key")
+    checkpoint_every: Annotated[int, Field(gt=0)] = 1000
 
 
 class Config(_Model):
@@ -218,6 +221,23 @@ class Config(_Model):
     def path(self, value: str) -> Path:
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else self.base_dir / p
+
+    def checkpoint_key(self) -> bytes | None:
+        """The audit checkpoint key, by reference (never in the file itself); None when not configured."""
+        audit = self.audit
+        if audit.checkpoint_key_env:
+            value = os.environ.get(audit.checkpoint_key_env)
+            if not value:
+                raise ConfigError(f"{self.source}: audit.checkpoint_key_env: the environment variable "
+                                  f"`{audit.checkpoint_key_env}` is not set")
+            return value.encode()
+        if audit.checkpoint_key_file:
+            try:
+                return self.path(audit.checkpoint_key_file).read_bytes().strip()
+            except OSError as error:
+                raise ConfigError(f"{self.source}: audit.checkpoint_key_file: cannot read "
+                                  f"`{audit.checkpoint_key_file}` ({error.strerror})") from None
+        return None
 
     def policies(self) -> dict[str, ConnectionPolicy]:
         """The database connections' policies."""

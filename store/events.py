@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -32,3 +33,8 @@ def canonical(row: dict[str, Any]) -> bytes:
 
 def chain_hash(prev_hash: str, event: dict[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + canonical(event)).hexdigest()
+
+
+def checkpoint_mac(key: bytes, seq: int, hash_: str) -> str:
+    """A checkpoint's HMAC-SHA256 over the chain's position and hash at that point."""
+    return hmac.new(key, f"{seq}\n{hash_}".encode(), hashlib.sha256).hexdigest()

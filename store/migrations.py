@@ -46,4 +46,16 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE TABLE instances (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started TEXT NOT NULL)
         """,
     ),
+    (
+        # Keyed checkpoints: an HMAC over (seq, hash) with a key kept outside the database, so that
+        # whoever can write the file cannot forge a consistent chain, or cut its tail unseen.
+        "0003_checkpoints",
+        """
+        CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, time TEXT NOT NULL, mac TEXT NOT NULL);
+        CREATE TRIGGER checkpoints_append_only_update BEFORE UPDATE ON checkpoints
+            BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+        CREATE TRIGGER checkpoints_append_only_delete BEFORE DELETE ON checkpoints
+            BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END
+        """,
+    ),
 )

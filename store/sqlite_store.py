@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import threading
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,9 +29,13 @@ def now_iso() -> str:
 
 
 class SqliteAuditStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, checkpoint_key: bytes | None = None, checkpoint_every: int = 1000) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: list[_Ticket] = []
+        self._writing = False
+        self._checkpoint_key = checkpoint_key
+        self.checkpoint_every = checkpoint_every
         self.instance = uuid.uuid4().hex[:16]
         self._registered = False
         try:
@@ -64,38 +69,95 @@ class SqliteAuditStore:
     # -- writing -------------------------------------------------------------------------------
 
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Append one event durably; returns it with event_id, time, seq and hash filled in."""
+        """Append one event durably; returns it with event_id, time, seq and hash filled in.
+
+        Group commit: concurrent callers queue their events; whichever finds no write in progress
+        writes everything queued in one transaction (one fsync) and wakes the others. No call
+        returns before its event is durable.
+        """
         event = dict(event)
         event.setdefault("event_id", uuid.uuid4().hex)
         event.setdefault("time", now_iso())
         event.setdefault("instance", self.instance)
-        with self._lock:
-            try:
-                conn = self.db.conn
-                conn.execute("BEGIN IMMEDIATE")  # the write lock, across processes sharing the file
+        ticket = _Ticket(event)
+        with self._cond:
+            self._queue.append(ticket)
+            while not ticket.done:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                self._writing = True
+                batch, self._queue = self._queue, []
+                self._cond.release()
                 try:
-                    if not self._registered:
-                        conn.execute("INSERT INTO instances VALUES (?, ?, ?, ?)",
-                                     (self.instance, socket.gethostname(), os.getpid(), now_iso()))
-                    # Read the chain's end inside the lock: another process may have appended.
-                    last = conn.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                    self._write(batch)
+                finally:
+                    self._cond.acquire()
+                    self._writing = False
+                    self._cond.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.event
+
+    def _write(self, batch: list[_Ticket]) -> None:
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock, across processes sharing the file
+            try:
+                if not self._registered:
+                    conn.execute("INSERT INTO instances VALUES (?, ?, ?, ?)",
+                                 (self.instance, socket.gethostname(), os.getpid(), now_iso()))
+                # Read the chain's end inside the lock: another process may have appended.
+                last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                prev = last[1] if last else ev.GENESIS
+                rows = []
+                for ticket in batch:
                     # The chain covers the row exactly as stored, so a verifier needs nothing but the table.
-                    row = {k: _column(k, event.get(k)) for k in ev.FIELDS}
-                    row["prev_hash"] = last[0] if last else ev.GENESIS
-                    row["hash"] = ev.chain_hash(row["prev_hash"], row)
+                    row = {k: _column(k, ticket.event.get(k)) for k in ev.FIELDS}
+                    row["prev_hash"], row["hash"] = prev, ev.chain_hash(prev, row)
+                    prev = row["hash"]
                     cursor = conn.execute(
                         f"INSERT INTO events ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
-                        tuple(row.values()),
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise StoreError(f"cannot write the audit store: {error}") from error
-            self._registered = True
-            event["prev_hash"], event["hash"], event["seq"] = row["prev_hash"], row["hash"], cursor.lastrowid
-        return event
+                        tuple(row.values()))
+                    rows.append((row, cursor.lastrowid))
+                if self._checkpoint_key and rows and (rows[-1][1] // self.checkpoint_every
+                                                      > (last[0] if last else 0) // self.checkpoint_every):
+                    self._checkpoint(conn, rows[-1][1], prev)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            failure = StoreError(f"cannot write the audit store: {error}")
+            for ticket in batch:
+                ticket.error, ticket.done = failure, True
+            return
+        self._registered = True
+        for ticket, (row, seq) in zip(batch, rows):
+            ticket.event.update(prev_hash=row["prev_hash"], hash=row["hash"], seq=seq)
+            ticket.done = True
+
+    def _checkpoint(self, conn: sqlite3.Connection, seq: int, hash_: str) -> None:
+        assert self._checkpoint_key is not None
+        conn.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
+                     (seq, hash_, now_iso(), ev.checkpoint_mac(self._checkpoint_key, seq, hash_)))
+
+    def checkpoint(self) -> int | None:
+        """Write a keyed checkpoint at the end of the chain now (at shutdown); its seq, or None."""
+        if not self._checkpoint_key:
+            return None
+        with self._cond:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+                if last:
+                    self._checkpoint(conn, last[0], last[1])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return last[0] if last else None
 
     def close_interrupted(self) -> list[str]:
         """Mark calls left without a terminal event by a gateway process that is gone as interrupted
@@ -147,6 +209,15 @@ class SqliteAuditStore:
 
     def close(self) -> None:
         self.db.conn.close()
+
+
+@dataclass
+class _Ticket:
+    """One queued append: the event, and how its group commit ended."""
+
+    event: dict[str, Any]
+    done: bool = False
+    error: StoreError | None = None
 
 
 def _alive(pid: int) -> bool:

@@ -81,3 +81,24 @@ async def test_audit_tail_and_show_read_every_call(demo_config: Path) -> None:
 def test_serve_refuses_a_bad_listen_address(demo_config: Path) -> None:
     code, out = run("serve", "--config", str(demo_config), "--http", "localhost")
     assert code == 2 and "expected HOST:PORT" in out
+
+
+def test_audit_verify_says_intact_or_names_the_broken_event(demo_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    monkeypatch.setenv("BASTION_TEST_AUDIT_KEY", "k3y")
+    text = demo_config.read_text().replace('[audit]\npath = "bastion-audit.db"',
+                                           '[audit]\npath = "bastion-audit.db"\ncheckpoint_key_env = "BASTION_TEST_AUDIT_KEY"')
+    demo_config.write_text(text)
+    config = load(demo_config)
+    store = build_gateway(config).store
+    for i in range(3):
+        store.append({"type": "call.requested", "call_id": f"c{i}", "text": "SELECT 1"})
+    assert store.checkpoint() == 3
+    code, out = run("audit", "verify", "--config", str(demo_config))
+    assert code == 0 and "3 events, 1 signed checkpoints checked" in out and "ok: the chain is intact" in out
+    conn = sqlite3.connect(demo_config.parent / "bastion-audit.db", isolation_level=None)
+    conn.execute("DROP TRIGGER events_append_only_update")
+    conn.execute("UPDATE events SET text = 'DROP TABLE x' WHERE seq = 2")
+    code, out = run("audit", "verify", "--config", str(demo_config))
+    assert code == 1 and "event 2: its content does not match its hash (the event was edited)" in out

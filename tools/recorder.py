@@ -15,7 +15,8 @@ class Recorder:
     def __init__(self, store: SqliteAuditStore) -> None:
         self.store = store
         # Its own limiter: audit writes never queue behind executors in anyio's shared thread pool.
-        self._limiter = anyio.CapacityLimiter(4)
+        # Many waiting appends let the store's group commit share one fsync among them.
+        self._limiter = anyio.CapacityLimiter(64)
 
     async def append(self, event: dict[str, Any]) -> dict[str, Any]:
         try:
