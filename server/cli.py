@@ -218,6 +218,50 @@ def tail(config_path: str | None, lines: int, follow: bool, as_json: bool) -> No
             last = event["seq"]
 
 
+@audit.command(name="search")
+@click.argument("text", required=False, default="")
+@config_option
+@click.option("--user", help="Only calls by this subject.")
+@click.option("--connection", help="Only calls on this connection.")
+@click.option("--verdict", type=click.Choice(["allow", "review", "deny"]), help="Only calls with this verdict.")
+@click.option("--tool", help="Only calls of this tool (sql_query, shell_run, ...).")
+@click.option("--since", "since_", help="Only calls since: 1h, 30m, 2d, or an ISO time.")
+@click.option("--until", "until_", help="Only calls before this ISO time (or duration ago).")
+@click.option("-n", "--limit", default=50, show_default=True, help="At most this many calls, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per call.")
+def search_command(text: str, config_path: str | None, user: str | None, connection: str | None, verdict: str | None,
+                   tool: str | None, since_: str | None, until_: str | None, limit: int, as_json: bool) -> None:
+    """Find calls by words in their text (all must appear), who, where, verdict and time.
+
+    Example: bastion audit search "drop table" --user alice --since 1h
+    """
+    from store.search import search, since
+
+    try:
+        after, before = (since(since_) if since_ else None), (since(until_) if until_ else None)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    found = search(_store(config_path), text, user=user, connection=connection, verdict=verdict, tool=tool,
+                   after=after, before=before, limit=limit)
+    for event in found:
+        click.echo(json.dumps(event, ensure_ascii=False) if as_json else _line(event))
+
+
+@audit.command(name="export")
+@config_option
+@click.option("--after", "after_seq", default=0, show_default=True, help="Resume after this event seq.")
+@click.option("-o", "--output", type=click.File("a", encoding="utf-8"), default="-", help="Append to FILE (default stdout).")
+def export_command(config_path: str | None, after_seq: int, output: TextIO) -> None:
+    """Write events as JSON Lines for a SIEM, oldest first; each carries its `seq` to resume from.
+
+    Example: bastion audit export --after 120000 -o bastion-events.jsonl
+    """
+    from store.search import export
+
+    for line in export(_store(config_path), after_seq=after_seq):
+        output.write(line + "\n")
+
+
 @audit.command(name="verify")
 @config_option
 @click.option("--key-env", help="Environment variable holding the checkpoint key (default: the config's).")

@@ -58,4 +58,18 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END
         """,
     ),
+    (
+        # Full-text search over calls: the text, who, where and the verdict, one row per
+        # call.requested (rowid = seq). Contentless: the events table holds the truth.
+        "0004_search",
+        """
+        CREATE VIRTUAL TABLE events_fts USING fts5(text, subject, connection, tool, verdict, content='');
+        CREATE TRIGGER events_fts_insert AFTER INSERT ON events WHEN new.type = 'call.requested'
+            BEGIN INSERT INTO events_fts (rowid, text, subject, connection, tool, verdict) VALUES (new.seq, new.text, json_extract(new.identity, '$.subject'), new.connection, new.tool, json_extract(new.decision, '$.verdict')); END;
+        INSERT INTO events_fts (rowid, text, subject, connection, tool, verdict)
+            SELECT seq, text, json_extract(identity, '$.subject'), connection, tool, json_extract(decision, '$.verdict')
+            FROM events WHERE type = 'call.requested';
+        CREATE INDEX events_time ON events (time)
+        """,
+    ),
 )

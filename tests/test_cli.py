@@ -102,3 +102,23 @@ def test_audit_verify_says_intact_or_names_the_broken_event(demo_config: Path, m
     conn.execute("UPDATE events SET text = 'DROP TABLE x' WHERE seq = 2")
     code, out = run("audit", "verify", "--config", str(demo_config))
     assert code == 1 and "event 2: its content does not match its hash (the event was edited)" in out
+
+
+@pytest.mark.anyio
+async def test_audit_search_and_export(demo_config: Path) -> None:
+    gateway = build_gateway(load(demo_config))
+    alice = Caller(load(demo_config).identity.to_identity())
+    with pytest.raises(Exception):
+        await gateway.sql_query(alice, "demo", "DROP TABLE orders", None)
+    await gateway.sql_query(alice, "demo", "SELECT count(*) FROM orders", None)
+    code, out = run("audit", "search", "drop table", "--config", str(demo_config), "--since", "1h")
+    assert code == 0 and "DROP TABLE orders" in out and "SELECT count" not in out
+    code, out = run("audit", "search", "orders", "--verdict", "allow", "--user", "demo-agent", "--config", str(demo_config), "--json")
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["SELECT count(*) FROM orders"]
+    code, out = run("audit", "search", "--user", "nobody", "--config", str(demo_config))
+    assert code == 0 and out == ""
+    code, out = run("audit", "export", "--config", str(demo_config))
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines and all(line["schema"] == "bastion.audit.event/1" for line in lines)
+    code, rest = run("audit", "export", "--config", str(demo_config), "--after", str(lines[1]["seq"]))
+    assert [json.loads(line)["seq"] for line in rest.splitlines()] == [line["seq"] for line in lines[2:]]
