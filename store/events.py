@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from typing import Any
 
 REQUESTED = "call.requested"
@@ -24,15 +25,18 @@ JSON_FIELDS = frozenset({"identity", "client", "facts", "decision", "result", "e
 GENESIS = "0" * 64
 
 
-def canonical(row: dict[str, Any]) -> bytes:
-    """One stored row as the bytes the chain hashes: its FIELDS (JSON ones as their stored JSON
-    text), sorted keys, no whitespace, UTF-8."""
-    body = {k: row.get(k) for k in FIELDS}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+def canonical(values: Sequence[Any]) -> bytes:
+    """One stored row as the bytes the chain hashes: the JSON array of its FIELDS' values in FIELDS
+    order (JSON-valued columns as their stored JSON text), no whitespace, UTF-8."""
+    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
-def chain_hash(prev_hash: str, event: dict[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical(event)).hexdigest()
+def chain_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    return chain_hash_values(prev_hash, [row.get(k) for k in FIELDS])
+
+
+def chain_hash_values(prev_hash: str, values: Sequence[Any]) -> str:
+    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical(values)).hexdigest()
 
 
 def checkpoint_mac(key: bytes, seq: int, hash_: str) -> str:

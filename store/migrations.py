@@ -63,7 +63,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         # call.requested (rowid = seq). Contentless: the events table holds the truth.
         "0004_search",
         """
-        CREATE VIRTUAL TABLE events_fts USING fts5(text, subject, connection, tool, verdict, content='');
+        CREATE VIRTUAL TABLE events_fts USING fts5(text, subject, connection, tool, verdict, content='', detail=column);
         CREATE TRIGGER events_fts_insert AFTER INSERT ON events WHEN new.type = 'call.requested'
             BEGIN INSERT INTO events_fts (rowid, text, subject, connection, tool, verdict) VALUES (new.seq, new.text, json_extract(new.identity, '$.subject'), new.connection, new.tool, json_extract(new.decision, '$.verdict')); END;
         INSERT INTO events_fts (rowid, text, subject, connection, tool, verdict)

@@ -12,7 +12,7 @@ import socket
 import sqlite3
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +24,10 @@ from store.errors import StoreError
 from store.migrations import MIGRATIONS
 
 
+_INSERT = (f"INSERT INTO events (seq, {', '.join(ev.FIELDS)}, prev_hash, hash) "
+           f"VALUES ({', '.join('?' for _ in range(len(ev.FIELDS) + 3))})")
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -31,7 +35,8 @@ def now_iso() -> str:
 class SqliteAuditStore:
     def __init__(self, path: str | Path, *, checkpoint_key: bytes | None = None, checkpoint_every: int = 1000) -> None:
         self.path = Path(path)
-        self._cond = threading.Condition()
+        self._queue_lock = threading.Lock()  # guards the queue and who is writing
+        self._write_lock = threading.Lock()  # one transaction at a time on the shared connection
         self._queue: list[_Ticket] = []
         self._writing = False
         self._checkpoint_key = checkpoint_key
@@ -72,29 +77,37 @@ class SqliteAuditStore:
         """Append one event durably; returns it with event_id, time, seq and hash filled in.
 
         Group commit: concurrent callers queue their events; whichever finds no write in progress
-        writes everything queued in one transaction (one fsync) and wakes the others. No call
-        returns before its event is durable.
+        becomes the writer and writes everything queued, a transaction (one fsync) per batch, until
+        the queue is empty; the others wait for their own event to be written. No call returns
+        before its event is durable.
         """
         event = dict(event)
         event.setdefault("event_id", uuid.uuid4().hex)
         event.setdefault("time", now_iso())
         event.setdefault("instance", self.instance)
         ticket = _Ticket(event)
-        with self._cond:
+        with self._queue_lock:
             self._queue.append(ticket)
-            while not ticket.done:
-                if self._writing:
-                    self._cond.wait()
-                    continue
-                self._writing = True
+            writer = not self._writing
+            self._writing = True
+        while writer:
+            with self._queue_lock:
                 batch, self._queue = self._queue, []
-                self._cond.release()
-                try:
-                    self._write(batch)
-                finally:
-                    self._cond.acquire()
+                if not batch:
                     self._writing = False
-                    self._cond.notify_all()
+                    break
+            try:
+                with self._write_lock:
+                    self._write(batch)
+            except BaseException as error:  # never leave a waiter hanging
+                for waiting in batch:
+                    if not waiting.ready.is_set():
+                        waiting.error = StoreError(f"cannot write the audit store: {error}")
+                        waiting.ready.set()
+                with self._queue_lock:
+                    self._writing = False
+                raise
+        ticket.ready.wait()
         if ticket.error is not None:
             raise ticket.error
         return ticket.event
@@ -109,20 +122,18 @@ class SqliteAuditStore:
                                  (self.instance, socket.gethostname(), os.getpid(), now_iso()))
                 # Read the chain's end inside the lock: another process may have appended.
                 last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-                prev = last[1] if last else ev.GENESIS
+                prev, seq = (last[1], last[0]) if last else (ev.GENESIS, 0)
                 rows = []
                 for ticket in batch:
                     # The chain covers the row exactly as stored, so a verifier needs nothing but the table.
-                    row = {k: _column(k, ticket.event.get(k)) for k in ev.FIELDS}
-                    row["prev_hash"], row["hash"] = prev, ev.chain_hash(prev, row)
-                    prev = row["hash"]
-                    cursor = conn.execute(
-                        f"INSERT INTO events ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
-                        tuple(row.values()))
-                    rows.append((row, cursor.lastrowid))
-                if self._checkpoint_key and rows and (rows[-1][1] // self.checkpoint_every
-                                                      > (last[0] if last else 0) // self.checkpoint_every):
-                    self._checkpoint(conn, rows[-1][1], prev)
+                    values = [_column(k, ticket.event.get(k)) for k in ev.FIELDS]
+                    hash_ = ev.chain_hash_values(prev, values)
+                    seq += 1
+                    rows.append((seq, *values, prev, hash_))
+                    prev = hash_
+                conn.executemany(_INSERT, rows)
+                if self._checkpoint_key and seq // self.checkpoint_every > (last[0] if last else 0) // self.checkpoint_every:
+                    self._checkpoint(conn, seq, prev)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -130,12 +141,13 @@ class SqliteAuditStore:
         except sqlite3.Error as error:
             failure = StoreError(f"cannot write the audit store: {error}")
             for ticket in batch:
-                ticket.error, ticket.done = failure, True
+                ticket.error = failure
+                ticket.ready.set()
             return
         self._registered = True
-        for ticket, (row, seq) in zip(batch, rows):
-            ticket.event.update(prev_hash=row["prev_hash"], hash=row["hash"], seq=seq)
-            ticket.done = True
+        for ticket, row in zip(batch, rows):
+            ticket.event.update(seq=row[0], prev_hash=row[-2], hash=row[-1])
+            ticket.ready.set()
 
     def _checkpoint(self, conn: sqlite3.Connection, seq: int, hash_: str) -> None:
         assert self._checkpoint_key is not None
@@ -146,7 +158,7 @@ class SqliteAuditStore:
         """Write a keyed checkpoint at the end of the chain now (at shutdown); its seq, or None."""
         if not self._checkpoint_key:
             return None
-        with self._cond:
+        with self._write_lock:
             conn = self.db.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -216,7 +228,7 @@ class _Ticket:
     """One queued append: the event, and how its group commit ended."""
 
     event: dict[str, Any]
-    done: bool = False
+    ready: threading.Event = field(default_factory=threading.Event)
     error: StoreError | None = None
 
 

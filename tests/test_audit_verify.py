@@ -134,3 +134,17 @@ def test_kill_9_during_a_burst_leaves_no_partial_event_and_a_chain_that_verifies
     proc.stdout.close()
     report = verify(sqlite3.connect(path))
     assert report.ok and report.events > 100
+
+
+@pytest.mark.parametrize("where", [3, 17])
+def test_a_large_log_is_checked_in_parallel_ranges_that_are_linked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   where: int) -> None:
+    from store import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "_PARALLEL_FROM", 10)
+    _, path = filled(tmp_path, 20)
+    conn = sqlite3.connect(path)
+    assert verify(conn, workers=2).ok
+    conn = tamper(path, f"DELETE FROM events WHERE seq = {where}")
+    report = verify(conn, workers=2)
+    assert not report.ok and report.problems[0][0] == where + 1
