@@ -119,8 +119,10 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
 
     def context(ctx: Context) -> tuple[Gateway, Caller]:
         headers = ctx.headers or {}
-        caller = Caller(resolve(ctx), client_of(ctx), headers.get("mcp-session-id"))
-        return ctx.request_context.lifespan_context, caller
+        gateway: Gateway = ctx.request_context.lifespan_context
+        # The MCP session where there is one (legacy HTTP); otherwise this gateway process (stdio).
+        session = headers.get("mcp-session-id") or f"process:{gateway.store.instance}"
+        return gateway, Caller(resolve(ctx), client_of(ctx), session)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def list_connections(ctx: Context) -> Connections:

@@ -67,7 +67,8 @@ def build_gateway(config: Config) -> Gateway:
     connections: dict[str, AnyConnection] = {}
     for name, conn in config.connections.items():
         if isinstance(conn, ConnectionConfig):
-            connections[name] = Connection(name, conn.kind, policies[name], build_executor(config, name, conn), conn.description)
+            connections[name] = Connection(name, conn.kind, policies[name], build_executor(config, name, conn),
+                                           conn.description, conn.sandbox)
         else:
             connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
                                                 build_shell_executor(config, name, conn), conn.description)

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import click
 
 from policy import ConnectionPolicy, Identity
-from policy.errors import ConfigError
+from policy.errors import BastionError, ConfigError
 from policy.presets import PRESETS
 from policy.shell.presets import SHELL_PRESETS
 from policy.shell.rules import ShellPolicy
@@ -355,3 +355,90 @@ def validate(config_path: str | None) -> None:
         click.echo(f"  {name} ({kind} shell in {shell_policy.cwd}): "
                    + (" | ".join(r.summary() for r in shell_policy.rules) or "no rules (everything denied)"))
     click.echo(f"  audit log: {config.path(config.audit.path)}")
+
+
+# -- replay and policy ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("ident", metavar="CALL_OR_SESSION")
+@config_option
+@click.option("--against", "sandbox", help="Re-run the recorded SQL against this connection (it must be marked sandbox).")
+@click.option("--include-writes", is_flag=True, help="With --against: re-run writes too (reads only by default).")
+def replay(ident: str, config_path: str | None, sandbox: str | None, include_writes: bool) -> None:
+    """The timeline of a call or a session; with --against, re-run its reads on a sandbox and diff.
+
+    Example: bastion replay 3f2a9c1e0b7d4e5f6a7b --against demo_sandbox
+    """
+    import anyio
+
+    from server.build import build_gateway
+    from tools.replay import rerun, timeline
+
+    config = _load(config_path)
+    store = _store(config_path)
+    try:
+        steps = timeline(store, ident)
+    except BastionError as error:
+        raise click.ClickException(error.for_agent()) from None
+    for s in steps:
+        click.echo(f"{s.time[:19]}  {s.subject:<14} {s.tool:<11} {s.connection:<10} {s.verdict or '-':<7} "
+                   f"{s.outcome.removeprefix('call.'):<11} {' '.join(s.text.split())[:60]}")
+        click.echo(f"{'':21}→ {s.summary}")
+    if not sandbox:
+        return
+
+    async def go() -> list:  # type: ignore[type-arg]
+        gateway = build_gateway(config)
+        try:
+            return await rerun(gateway, steps, sandbox, include_writes=include_writes)
+        finally:
+            await gateway.close()
+
+    try:
+        results = anyio.run(go)
+    except BastionError as error:
+        raise click.ClickException(error.for_agent()) from None
+    differ = 0
+    click.echo(f"\nreplayed against `{sandbox}`:")
+    for r in results:
+        mark = "same" if r.same else ("DIFFERS" if r.ran else "skipped")
+        differ += r.ran and not r.same
+        click.echo(f"  {r.step.call_id}  {mark:<8} recorded: {r.step.summary}  now: {r.now}")
+    sys.exit(1 if differ else 0)
+
+
+@main.group(name="policy")
+def policy_group() -> None:
+    """Work with policies."""
+
+
+@policy_group.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="The draft config.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Audit log to replay (default: the draft's).")
+@click.option("--since", "since_", help="Only calls since: 1h, 2d, or an ISO time.")
+@click.option("--examples", default=5, show_default=True, help="Examples shown per kind of change.")
+def backtest(config_path: str, log_path: str | None, since_: str | None, examples: int) -> None:
+    """Decide every recorded call again under a draft config; report what would change.
+
+    Example: bastion policy backtest --config draft.toml --since 7d
+    """
+    from store.search import since
+    from tools.backtest import backtest as run_backtest
+
+    draft = _load(config_path)
+    path = Path(log_path) if log_path else draft.path(draft.audit.path)
+    if not path.exists():
+        raise click.ClickException(f"no audit log at {path}")
+    policies = {**draft.policies(), **draft.shell_policies()}
+    result = run_backtest(SqliteAuditStore(path), policies, after=since(since_) if since_ else None, examples=examples)
+    click.echo(f"{result.calls} recorded calls decided again; {result.changed()} would change")
+    for change, count in sorted(result.counts.items()):
+        before, after = change.split(" → ")
+        label = {("allow", "deny"): "newly denied", ("deny", "allow"): "newly allowed", ("review", "allow"): "newly allowed",
+                 ("allow", "review"): "newly held", ("deny", "review"): "newly held", ("review", "deny"): "newly denied"}.get(
+            (before, after), "unchanged")
+        click.echo(f"  {change:<16} {count:>6}  {label}")
+        for ex in result.examples.get(change, []):
+            click.echo(f"      {ex.call_id} {ex.subject} on {ex.connection}: {' '.join(ex.text.split())[:70]}")
+            click.echo(f"          [{', '.join(ex.rules)}] {ex.reason[:100]}")

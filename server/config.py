@@ -82,6 +82,7 @@ class ConnectionConfig(_Model):
     password_env: str | None = None
     password_file: str | None = None
     description: str = ""
+    sandbox: bool = Field(False, description="a copy for replays: `bastion replay --against` may run recorded calls here")
     search_path: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_$]*$",
                                       description="the one schema unqualified names resolve to")] = "public"
     preset: Literal["read-only", "read-write"] | None = Field(None, description="shorthand for one rule for everyone")

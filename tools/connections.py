@@ -19,6 +19,7 @@ class Connection:
     policy: ConnectionPolicy
     executor: SqlExecutor
     description: str = ""
+    sandbox: bool = False  # replay may re-run recorded calls here
 
     @property
     def dialect(self) -> str:
