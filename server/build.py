@@ -77,7 +77,7 @@ def build_gateway(config: Config) -> Gateway:
                                  checkpoint_every=config.audit.checkpoint_every)
     except StoreError as error:
         raise ConfigError(f"{config.source}: audit.path: {error}") from None
-    return Gateway(connections, store)
+    return Gateway(connections, store, tuple(a.to_rule() for a in config.alerts))
 
 
 def audit_path(config: Config) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import re
 from dataclasses import replace
 import os
 import tomllib
@@ -19,6 +20,7 @@ from policy.rules import ConnectionPolicy, SqlRule
 from policy.shell.presets import SHELL_PRESETS
 from policy.shell.rules import ShellPolicy, ShellRule
 from policy.sql.facts import Kind
+from tools.alerts import AlertRule
 
 DEFAULT_PATH = "bastion.toml"
 KindName = Literal[tuple(k.value for k in Kind)]  # type: ignore[valid-type]
@@ -194,6 +196,41 @@ class ShellConnectionConfig(_Model):
         return _unique_ids(tuple(r.to_rule(i) for i, r in enumerate(self.rules)))
 
 
+def _seconds(value: str | float) -> float:
+    """A duration: seconds, or `30s`, `10m`, `1h`, `2d`."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
+    if not m:
+        raise ValueError(f"expected a duration such as 30s, 10m, 1h; found {value!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+class AlertConfig(_Model):
+    """One alert rule over the event stream."""
+
+    id: str
+    kind: Literal["denials", "large-result", "egress"]
+    threshold: Annotated[int, Field(gt=0)] = 5
+    window: str | float = "10m"
+    max_rows: Annotated[int, Field(gt=0)] | None = None
+    max_bytes: Annotated[int, Field(gt=0)] | None = None
+    action: Literal["alert", "review", "deny"] = "alert"
+    webhook: str | None = None
+    webhook_format: Literal["generic", "slack"] = "generic"
+
+    @model_validator(mode="after")
+    def _limits(self) -> AlertConfig:
+        _seconds(self.window)
+        if self.kind != "denials" and self.max_rows is None and self.max_bytes is None:
+            raise ValueError(f"a `{self.kind}` alert needs `max_rows` or `max_bytes`")
+        return self
+
+    def to_rule(self) -> AlertRule:
+        return AlertRule(self.id, self.kind, self.threshold, _seconds(self.window), self.max_rows, self.max_bytes,
+                         self.action, self.webhook, self.webhook_format)
+
+
 class IdentityConfig(_Model):
     subject: str = Field(default_factory=getpass.getuser)
     groups: list[str] = []
@@ -215,6 +252,7 @@ class Config(_Model):
     identity: IdentityConfig = IdentityConfig()
     audit: AuditConfig = AuditConfig()
     connections: dict[str, Annotated[ConnectionConfig | ShellConnectionConfig, Field(discriminator="kind")]] = {}
+    alerts: list[AlertConfig] = []
     # Set by load(): the folder relative paths are resolved against.
     base_dir: Path = Path(".")
     source: str = "<defaults>"

@@ -14,6 +14,7 @@ from policy.patterns import matches
 from policy.presets import SENSITIVE_CATALOG_PATTERNS
 from store.sqlite_store import SqliteAuditStore
 from tools import shell, sql
+from tools.alerts import AlertRule, Alerts
 from tools.calls import Caller
 from tools.connections import AnyConnection, Connection, ShellConnection
 from tools.executors.base import QueryResult, TableInfo
@@ -34,10 +35,11 @@ class CheckResult:
 
 
 class Gateway:
-    def __init__(self, connections: dict[str, AnyConnection], store: SqliteAuditStore) -> None:
+    def __init__(self, connections: dict[str, AnyConnection], store: SqliteAuditStore,
+                 alerts: tuple[AlertRule, ...] = ()) -> None:
         self.connections = connections
         self.store = store
-        self.guard = Guard(Recorder(store))
+        self.guard = Guard(Recorder(store), Alerts(alerts, store) if alerts else None)
 
     async def start(self) -> list[str]:
         """Close calls a previous run left open (crash, kill): they end as `call.interrupted`."""

@@ -18,6 +18,7 @@ import anyio
 from policy import Decision, Verdict, analyse, decide
 from policy.errors import ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput
 from store import events as ev
+from tools.alerts import Alerts
 from tools.calls import Caller
 from tools.recorder import Recorder
 
@@ -109,8 +110,9 @@ class Guard:
     # Large texts take long to parse: they are vetted off the event loop so other calls go on.
     OFFLOAD_BYTES = 16 * 1024
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, alerts: Alerts | None = None) -> None:
         self.recorder = recorder
+        self.alerts = alerts
         self._vet_limiter = anyio.CapacityLimiter(2)
 
     def _base(self, call_id: str, caller: Caller, tool: str, connection: str, text: str, reason: str | None) -> dict[str, Any]:
@@ -149,6 +151,11 @@ class Guard:
             await self.refuse(caller, tool, connection, text, reason, error)
             raise
         vetted = await self._vet(vet, text)
+        if vetted.decision.allowed and self.alerts is not None:
+            # Over an egress budget: reads are held or denied as the alert rule says.
+            blocked = await anyio.to_thread.run_sync(self.alerts.egress_block, caller.identity)
+            if blocked is not None:
+                vetted = Vetted(vetted.facts, blocked)
         decision = vetted.decision
         call_id = new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, reason)
@@ -157,21 +164,35 @@ class Guard:
         await self._record(requested)
         if not decision.allowed or vetted.plan is None:
             denied = denial_for(decision)
-            await self._record({"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
-                                "error": error_record(denied)})
+            terminal = {"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
+                        "error": error_record(denied)}
+            await self._record(terminal)
+            await self._alert(requested, terminal)
             raise denied
         started = time.perf_counter()
         result = await self._attempt(call_id, started, tool, lambda: execute(vetted))
         duration_ms = (time.perf_counter() - started) * 1000
+        terminal = {"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
+                    "duration_ms": round(duration_ms, 3), **result_record(result)}
         try:
-            await self._record({"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
-                                "duration_ms": round(duration_ms, 3), **result_record(result)})
+            await self._record(terminal)
         except AuditUnavailable as error:
             # It ran: say so, so nobody retries a write. The call is closed as interrupted at the next start.
             raise AuditUnavailable("it ran, but its result could not be recorded, so it is not returned",
                                    hint="Do not retry a write: check its effect first. Tell the gateway's operator.",
                                    detail=error.detail) from error
+        await self._alert(requested, terminal)
         return Guarded(call_id, result, duration_ms, decision)
+
+    async def _alert(self, requested: dict[str, Any], terminal: dict[str, Any]) -> None:
+        """Evaluate the alert rules after a call ended; an alert failure never fails the call."""
+        if self.alerts is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.alerts.after, requested, terminal)
+        except Exception:
+            log.exception("alert evaluation failed")
 
     async def _attempt(self, call_id: str, started: float, tool: str, work: Callable[[], Awaitable[R]]) -> R:
         """Run ``work``; if it fails or is cancelled, record `call.failed` (shielded) and re-raise."""

@@ -1,0 +1,160 @@
+"""Alerts over the event stream: many denials by one identity, one very large result, an egress
+budget exceeded (after which reads are held or denied). Each emits an `alert.<kind>` event and,
+where configured, a webhook (delivered in the background with retries; delivery is recorded)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from policy import Decision, Identity
+from store.sqlite_store import SqliteAuditStore
+
+log = logging.getLogger(__name__)
+Kind = Literal["denials", "large-result", "egress"]
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    id: str
+    kind: Kind
+    threshold: int = 5  # denials
+    window_s: float = 600.0
+    max_rows: int | None = None  # large-result, egress
+    max_bytes: int | None = None
+    action: Literal["alert", "review", "deny"] = "alert"  # egress: what reads get once over budget
+    webhook: str | None = None
+    webhook_format: Literal["generic", "slack"] = "generic"
+
+
+def _ago(seconds: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat(timespec="microseconds")
+
+
+class Alerts:
+    def __init__(self, rules: tuple[AlertRule, ...], store: SqliteAuditStore, *, retries: int = 3,
+                 backoff_s: float = 0.5) -> None:
+        self.rules = rules
+        self.store = store
+        self.retries, self.backoff_s = retries, backoff_s
+
+    # -- before a call runs ----------------------------------------------------------------------
+
+    def egress_block(self, identity: Identity) -> Decision | None:
+        """A denial or hold for an identity over its egress budget, per the first rule that says so."""
+        for rule in self.rules:
+            if rule.kind != "egress" or rule.action == "alert":
+                continue
+            rows, size = self._egress(identity.subject, rule.window_s)
+            if self._over(rule, rows, size):
+                why = (f"`{identity.subject}` has read {rows:,} rows / {size:,} bytes in the last "
+                       f"{rule.window_s:g} s, over the egress budget of rule `{rule.id}`")
+                decision = Decision.deny(f"alert:{rule.id}", why, hint="Wait for the window to pass, or ask for approval.")
+                if rule.action == "review":
+                    from policy import Verdict
+
+                    return Decision(Verdict.REVIEW, decision.rules, why, hint=decision.hint)
+                return decision
+        return None
+
+    # -- after a call ended ----------------------------------------------------------------------
+
+    def after(self, requested: dict[str, Any], terminal: dict[str, Any]) -> list[dict[str, Any]]:
+        """Evaluate the rules after one call ended; returns the alert events written."""
+        subject = (requested.get("identity") or {}).get("subject", "")
+        fired = []
+        for rule in self.rules:
+            details = self._check(rule, subject, terminal)
+            if details is None or self._recently_fired(rule, subject):
+                continue
+            event = self.store.append({
+                "type": f"alert.{rule.kind}", "call_id": requested.get("call_id"), "identity": requested.get("identity"),
+                "connection": requested.get("connection"), "tool": requested.get("tool"),
+                "reason": details.pop("message"), "result": {"rule": rule.id, **details}})
+            fired.append(event)
+            if rule.webhook:
+                threading.Thread(target=self._deliver, args=(rule, event), daemon=True).start()
+        return fired
+
+    def _check(self, rule: AlertRule, subject: str, terminal: dict[str, Any]) -> dict[str, Any] | None:
+        if rule.kind == "denials" and terminal["type"] == "call.denied":
+            count = self.store.db.execute(
+                "SELECT count(*) FROM events d JOIN events r ON r.call_id = d.call_id AND r.type = 'call.requested' "
+                "WHERE d.type = 'call.denied' AND d.time >= ? AND json_extract(r.identity, '$.subject') = ?",
+                (_ago(rule.window_s), subject)).fetchone()[0]
+            if count >= rule.threshold:
+                return {"message": f"{count} denials for `{subject}` in {rule.window_s:g} s", "count": count}
+        if rule.kind == "large-result" and terminal["type"] == "call.finished":
+            rows = terminal.get("row_count") or 0
+            size = len(json.dumps(terminal.get("result"), default=str))
+            if self._over(rule, rows, size):
+                return {"message": f"one result of {rows:,} rows / {size:,} bytes for `{subject}`", "rows": rows, "bytes": size}
+        if rule.kind == "egress" and terminal["type"] == "call.finished":
+            rows, size = self._egress(subject, rule.window_s)
+            if self._over(rule, rows, size):
+                return {"message": f"`{subject}` read {rows:,} rows / {size:,} bytes in {rule.window_s:g} s",
+                        "rows": rows, "bytes": size}
+        return None
+
+    @staticmethod
+    def _over(rule: AlertRule, rows: int, size: int) -> bool:
+        return (rule.max_rows is not None and rows > rule.max_rows) or (rule.max_bytes is not None and size > rule.max_bytes)
+
+    def _egress(self, subject: str, window_s: float) -> tuple[int, int]:
+        rows, size = self.store.db.execute(
+            "SELECT coalesce(sum(f.row_count), 0), coalesce(sum(length(f.result)), 0) FROM events f "
+            "JOIN events r ON r.call_id = f.call_id AND r.type = 'call.requested' "
+            "WHERE f.type = 'call.finished' AND f.time >= ? AND json_extract(r.identity, '$.subject') = ?",
+            (_ago(window_s), subject)).fetchone()
+        return int(rows), int(size)
+
+    def _recently_fired(self, rule: AlertRule, subject: str) -> bool:
+        """One alert per rule and identity per window, not one per call."""
+        return self.store.db.execute(
+            "SELECT 1 FROM events WHERE type = ? AND time >= ? AND json_extract(result, '$.rule') = ? "
+            "AND json_extract(identity, '$.subject') = ? LIMIT 1",
+            (f"alert.{rule.kind}", _ago(rule.window_s), rule.id, subject)).fetchone() is not None
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    def _deliver(self, rule: AlertRule, event: dict[str, Any]) -> None:
+        """POST the alert, retrying with backoff; record the outcome. Never raises."""
+        body = payload(rule, event)
+        error = ""
+        for attempt in range(1, self.retries + 1):
+            try:
+                request = urllib.request.Request(rule.webhook or "", data=json.dumps(body).encode(),
+                                                 headers={"Content-Type": "application/json"}, method="POST")
+                with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (configured URL)
+                    status = response.status
+                self._record_delivery(rule, event, "delivered", attempt, f"HTTP {status}")
+                return
+            except Exception as failure:  # a failing webhook never blocks or loses the alert
+                error = type(failure).__name__ + ": " + str(failure)[:200]
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        self._record_delivery(rule, event, "failed", self.retries, error)
+
+    def _record_delivery(self, rule: AlertRule, event: dict[str, Any], outcome: str, attempts: int, detail: str) -> None:
+        try:
+            self.store.append({"type": f"alert.webhook.{outcome}", "call_id": event.get("call_id"),
+                               "result": {"rule": rule.id, "alert_seq": event.get("seq"), "attempts": attempts,
+                                          "detail": detail}})
+        except Exception:
+            log.exception("recording a webhook delivery")
+
+
+def payload(rule: AlertRule, event: dict[str, Any]) -> dict[str, Any]:
+    """The webhook body: Slack's `{"text": ...}` or a generic JSON object."""
+    who = (event.get("identity") or {}).get("subject", "")
+    text = f"Bastion alert `{rule.id}` ({rule.kind}): {event.get('reason')} (call {event.get('call_id')})"
+    if rule.webhook_format == "slack":
+        return {"text": text}
+    return {"alert": rule.id, "kind": rule.kind, "subject": who, "connection": event.get("connection"),
+            "call_id": event.get("call_id"), "message": event.get("reason"), "details": event.get("result"),
+            "seq": event.get("seq"), "time": event.get("time")}
