@@ -264,3 +264,50 @@ async def test_strings_are_parsed_by_the_server_as_the_guard_parsed_them(shop: P
         assert "TOP-SECRET" not in str(result.rows)
     finally:
         shop.execute(f'ALTER ROLE "{shop.gateway_role}" IN DATABASE "{shop.database}" RESET standard_conforming_strings')
+
+
+def test_replay_against_a_sandbox_copy_on_postgres_diffs_the_results(shop: PgServer, tmp_path: Path) -> None:
+    """Record reads on `shop`, replay them on a sandbox copy, change the copy, replay again."""
+    from click.testing import CliRunner
+
+    from server.build import build_gateway
+    from server.cli import main
+    from tools.calls import Caller
+
+    role = shop.gateway_role
+    shop.execute("DROP SCHEMA IF EXISTS sandbox CASCADE; CREATE SCHEMA sandbox;"
+                 "CREATE TABLE sandbox.orders AS SELECT * FROM shop.orders;"
+                 "ALTER TABLE sandbox.orders ENABLE ROW LEVEL SECURITY;"
+                 "CREATE POLICY own_rows ON sandbox.orders USING (owner = current_setting('bastion.user', true))")
+    shop.execute(f'GRANT USAGE ON SCHEMA sandbox TO "{role}"; GRANT SELECT ON sandbox.orders TO "{role}"')
+    config = tmp_path / "bastion.toml"
+    dsn = shop.dsn(user=role)
+    config.write_text(f"""
+[identity]
+subject = "alice@example.com"
+[connections.shop]
+kind = "postgres"
+target = "{dsn}"
+search_path = "shop"
+preset = "read-only"
+[connections.shop_sandbox]
+kind = "postgres"
+target = "{dsn}"
+search_path = "sandbox"
+sandbox = true
+preset = "read-only"
+""")
+
+    async def record() -> None:
+        gateway = build_gateway(load(config))
+        caller = Caller(load(config).identity.to_identity(), session="pg-session")
+        await gateway.sql_query(caller, "shop", "SELECT count(*) FROM orders WHERE total > 100", None)
+        await gateway.sql_query(caller, "shop", "SELECT id, total FROM orders WHERE id < 5 ORDER BY id", None)
+        await gateway.close()
+
+    anyio.run(record)
+    run = CliRunner().invoke(main, ["replay", "pg-session", "--config", str(config), "--against", "shop_sandbox"])
+    assert run.exit_code == 0 and run.output.count(" same ") == 2, run.output
+    shop.execute("UPDATE sandbox.orders SET total = 0 WHERE id = 2")
+    run = CliRunner().invoke(main, ["replay", "pg-session", "--config", str(config), "--against", "shop_sandbox"])
+    assert run.exit_code == 1 and "DIFFERS" in run.output, run.output

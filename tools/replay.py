@@ -79,7 +79,7 @@ class Rerun:
 
 async def rerun(gateway: Gateway, steps: list[Step], sandbox: str, *, include_writes: bool = False) -> list[Rerun]:
     """Re-run the recorded SQL calls against the ``sandbox`` connection (guarded and recorded like any
-    call, as `replay:<subject>` with the original groups) and compare row counts and digests."""
+    call, as the original identity with source `replay`) and compare row counts and digests."""
     target = gateway.connections.get(sandbox)
     if target is None or not getattr(target, "sandbox", False):
         raise InvalidInput(f"`{sandbox}` is not a connection marked `sandbox = true`",
@@ -92,7 +92,8 @@ async def rerun(gateway: Gateway, steps: list[Step], sandbox: str, *, include_wr
         if not step.read_only and not include_writes:
             out.append(Rerun(step, False, None, "a write (replay writes with --include-writes)"))
             continue
-        caller = Caller(Identity(f"replay:{step.subject}", frozenset(step.groups), source="replay"), {"name": "bastion replay"})
+        # As the original identity (row-level security must see the same user), marked as a replay.
+        caller = Caller(Identity(step.subject, frozenset(step.groups), source="replay"), {"name": "bastion replay"})
         try:
             done = await gateway.sql_query(caller, sandbox, step.text, f"replay of {step.call_id}")
         except BastionError as error:
