@@ -28,35 +28,50 @@ def since(value: str) -> str:
         timespec="microseconds")
 
 
-def _match(text: str) -> str:
-    """Free text as an FTS5 query: every word must appear (each quoted, so no FTS syntax leaks in)."""
-    words = re.findall(r"\w+", text)
-    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+def _terms(text: str) -> list[str]:
+    return ['"' + w.replace('"', '""') + '"' for w in re.findall(r"\w+", text)]
 
 
 def search(store: SqliteAuditStore, text: str = "", *, user: str | None = None, connection: str | None = None,
            verdict: str | None = None, tool: str | None = None, after: str | None = None,
            before: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Requested calls matching ``text`` (all words, any field) and the filters, newest first."""
-    where, params = [], []
-    query = _match(text)
-    if query:
-        where.append("e.seq IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
-        params.append(query)
-    where.append("e.type = 'call.requested'")
-    for column, value in (("json_extract(e.identity, '$.subject')", user), ("e.connection", connection),
-                          ("json_extract(e.decision, '$.verdict')", verdict), ("e.tool", tool)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
+    """Requested calls matching ``text`` (all words, any field) and the filters, newest first.
+
+    Everything is one FTS5 query walked newest first (rowid = seq), so a search stops as soon as it
+    has ``limit`` calls: the filters narrow it through their FTS columns and are then checked exactly.
+    """
+    match = _terms(text)
+    exact, params = [], []
+    for column, fts_column, value in (("json_extract(e.identity, '$.subject')", "subject", user),
+                                      ("e.connection", "connection", connection),
+                                      ("json_extract(e.decision, '$.verdict')", "verdict", verdict),
+                                      ("e.tool", "tool", tool)):
+        if value is None:
+            continue
+        words = _terms(value)
+        if words:
+            match.append(f"{fts_column} : ({' AND '.join(words)})")
+        exact.append(f"{column} = ?")
+        params.append(value)
+    # Time bounds become seq bounds (seq grows with time), which FTS5 applies to its rowids directly.
+    bounds = []
     if after:
-        where.append("e.time >= ?")
-        params.append(after)
+        low = store.db.execute("SELECT min(seq) FROM events WHERE time >= ?", (after,)).fetchone()[0]
+        if low is None:
+            return []
+        bounds.append(f"events_fts.rowid >= {int(low)}")
     if before:
-        where.append("e.time < ?")
-        params.append(before)
-    sql = f"SELECT e.* FROM events e WHERE {' AND '.join(where)} ORDER BY e.seq DESC LIMIT ?"
-    return store._query(sql, (*params, limit))
+        high = store.db.execute("SELECT max(seq) FROM events WHERE time < ?", (before,)).fetchone()[0]
+        if high is None:
+            return []
+        bounds.append(f"events_fts.rowid <= {int(high)}")
+    if not match:  # no words at all: the newest requested calls that pass the filters
+        where = " AND ".join(["e.type = 'call.requested'", *exact, *(b.replace("events_fts.rowid", "e.seq") for b in bounds)])
+        return store._query(f"SELECT e.* FROM events e WHERE {where} ORDER BY e.seq DESC LIMIT ?", (*params, limit))
+    where = " AND ".join(["events_fts MATCH ?", *bounds, *exact])
+    sql = (f"SELECT e.* FROM events_fts JOIN events e ON e.seq = events_fts.rowid WHERE {where} "
+           f"ORDER BY events_fts.rowid DESC LIMIT ?")
+    return store._query(sql, (" AND ".join(match), *params, limit))
 
 
 def export(store: SqliteAuditStore, *, after_seq: int = 0) -> Iterator[str]:
