@@ -22,6 +22,7 @@ from tools.gateway import Gateway
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
+SESSION_META_KEY = "io.bastion/session"
 
 INSTRUCTIONS = (
     "Bastion guards database access. Call list_connections first, describe to see tables, then sql_query. "
@@ -120,8 +121,11 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
     def context(ctx: Context) -> tuple[Gateway, Caller]:
         headers = ctx.headers or {}
         gateway: Gateway = ctx.request_context.lifespan_context
-        # The MCP session where there is one (legacy HTTP); otherwise this gateway process (stdio).
-        session = headers.get("mcp-session-id") or f"process:{gateway.store.instance}"
+        # A session id the client chose (request `_meta` key `io.bastion/session`), else the MCP
+        # session where there is one (legacy HTTP), else this gateway process (stdio).
+        meta = ctx.request_context.meta or {}
+        chosen = meta.get(SESSION_META_KEY) if isinstance(meta, dict) else None
+        session = (str(chosen)[:200] if chosen else None) or headers.get("mcp-session-id") or f"process:{gateway.store.instance}"
         return gateway, Caller(resolve(ctx), client_of(ctx), session)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))

@@ -140,3 +140,12 @@ async def test_a_database_error_is_clear_and_recorded_as_failed(client: Client, 
     result = await client.call_tool("sql_query", {"connection": "demo", "sql": "SELECT nope FROM customers"})
     assert result.is_error and "[rejected_by_database] SQLite error: no such column: nope" in text_of(result)
     assert audit(demo_config).tail(1)[0]["type"] == ev.FAILED
+
+
+async def test_calls_are_grouped_by_a_session_the_client_chose_or_by_the_gateway_process(client: Client,
+                                                                                            demo_config: Path) -> None:
+    await client.call_tool("sql_query", {"connection": "demo", "sql": "SELECT 1"}, meta={"io.bastion/session": "ticket-42"})
+    await client.call_tool("sql_query", {"connection": "demo", "sql": "SELECT 2"})
+    first, second = [e for e in audit(demo_config).iter_all() if e["type"] == ev.REQUESTED][-2:]
+    assert first["session"] == "ticket-42"
+    assert second["session"] and second["session"] != "ticket-42"  # the MCP session, or process:<id> of this gateway
