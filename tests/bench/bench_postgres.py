@@ -1,0 +1,227 @@
+"""Benchmark the guarded path on the real PostgreSQL: one call's added cost, throughput over
+streamable HTTP under concurrency, and large results (time and the gateway's peak memory).
+
+    .venv/bin/python tests/bench/bench_postgres.py [--rounds 5] [--seconds 4]
+
+PostgreSQL from $BASTION_TEST_PG_DSN, else 127.0.0.1:5432 as postgres; a database is created and
+dropped. Prints medians and ratios against baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx2
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN = os.environ.get("BASTION_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+NOOP_SERVER = """
+import sys
+from mcp.server import MCPServer
+server = MCPServer("noop")
+@server.tool()
+async def ping(connection: str, sql: str) -> dict[str, int]:
+    return {"ok": 1}
+server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+"""
+SELECT = "SELECT id, total FROM orders WHERE id = 7"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def setup(database: str) -> str:
+    with psycopg.connect(ADMIN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    params = psycopg.conninfo.conninfo_to_dict(ADMIN) | {"dbname": database}
+    dsn = psycopg.conninfo.make_conninfo(**params)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders AS SELECT g AS id, g * 1.5 AS total, md5(g::text) AS note "
+                     "FROM generate_series(1, 10000) g; ALTER TABLE orders ADD PRIMARY KEY (id)")
+        for n in (5_000, 500_000, 5_000_000):
+            conn.execute(f"CREATE TABLE big_{n} AS SELECT g AS id, md5(g::text) AS a, g * 2 AS b FROM generate_series(1, {n}) g")
+        # Vacuumed and analysed now, so autovacuum does not compete with the measurements.
+        for table in ("orders", "big_5000", "big_500000", "big_5000000"):
+            conn.execute(f"VACUUM ANALYZE {table}")
+    return dsn
+
+
+def config(tmp: Path, dsn: str) -> Path:
+    path = tmp / "bastion.toml"
+    path.write_text(f"""
+[identity]
+subject = "bench"
+[audit]
+path = "audit.db"
+[connections.pg]
+kind = "postgres"
+target = "{dsn}"
+  [[connections.pg.rules]]
+  preset = "read-only"
+  max_rows = 1000
+  max_bytes = 4000000
+""")
+    return path
+
+
+async def one_call_cost(config_path: Path, dsn: str, rounds: int, calls: int = 200) -> None:
+    from mcp import Client
+    from mcp.server import MCPServer
+
+    from server.app import create_server
+    from server.config import load
+
+    noop = MCPServer("noop")
+
+    @noop.tool()
+    async def ping(connection: str, sql: str) -> dict[str, int]:
+        return {"ok": 1}
+
+    direct, baseline, guarded = [], [], []
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    async with Client(create_server(load(config_path))) as bastion, Client(noop) as plain:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(calls):
+                await (await conn.execute(SELECT)).fetchall()
+            direct.append((time.perf_counter() - start) / calls * 1e3)
+            start = time.perf_counter()
+            for _ in range(calls):
+                await plain.call_tool("ping", {"connection": "pg", "sql": SELECT})
+            baseline.append((time.perf_counter() - start) / calls * 1e3)
+            start = time.perf_counter()
+            for _ in range(calls):
+                await bastion.call_tool("sql_query", {"connection": "pg", "sql": SELECT})
+            guarded.append((time.perf_counter() - start) / calls * 1e3)
+    await conn.close()
+    d, b, g = (statistics.median(x) for x in (direct, baseline, guarded))
+    print(f"2. sql_query on PostgreSQL through the in-memory MCP client, {calls} calls x {rounds} rounds (ms per call):")
+    print(f"  direct psycopg query           {d:8.3f}")
+    print(f"  no-op MCP tool                 {b:8.3f}")
+    print(f"  guarded sql_query              {g:8.3f}   Bastion's own added median: {g - b - d:.3f} ms   goal <= 0.4 ms")
+
+
+async def http_rate(url: str, tool: str, args: dict[str, str], clients: int, seconds: float) -> float:
+    headers = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": tool,
+               "Accept": "application/json, text/event-stream"}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": args,
+                       "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                 "io.modelcontextprotocol/clientCapabilities": {}}}}
+    done = 0
+    deadline = time.monotonic() + seconds
+    limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx2.AsyncClient(timeout=60, limits=limits) as http:
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                response = await http.post(url, json=body, headers=headers)
+                response.raise_for_status()
+                done += 1
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return done / seconds
+
+
+def http_benchmarks(config_path: Path, rounds: int, seconds: float) -> None:
+    bastion_port, noop_port = free_port(), free_port()
+    bastion = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config_path), "--http",
+                                f"127.0.0.1:{bastion_port}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    noop = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(bastion_port)
+        wait_port(noop_port)
+        print(f"3. streamable HTTP, {seconds:g} s per measure, median of {rounds} (calls per second):")
+        for clients in (1, 4, 16, 64):
+            guarded = statistics.median(asyncio.run(http_rate(f"http://127.0.0.1:{bastion_port}/mcp", "sql_query",
+                                                              {"connection": "pg", "sql": SELECT}, clients, seconds))
+                                        for _ in range(rounds))
+            plain = statistics.median(asyncio.run(http_rate(f"http://127.0.0.1:{noop_port}/mcp", "ping",
+                                                            {"connection": "pg", "sql": SELECT}, clients, seconds))
+                                      for _ in range(rounds))
+            print(f"  {clients:>2} clients: guarded SELECT {guarded:8.0f}/s   no-op tool {plain:8.0f}/s   "
+                  f"{guarded / plain:.0%}   goal >= 70%")
+        print("4. large results through streamable HTTP (max_rows 1000, server-side cursor):")
+        small = None
+        for n in (5_000, 500_000, 5_000_000):
+            times = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                asyncio.run(http_rate_once(f"http://127.0.0.1:{bastion_port}/mcp", f"SELECT * FROM big_{n}"))
+                times.append((time.perf_counter() - start) * 1e3)
+            rss = peak_rss_mb(bastion.pid)
+            small = small or rss
+            print(f"  {n:>9,} rows: time to result {statistics.median(times):7.1f} ms   gateway peak RSS {rss:6.1f} MB "
+                  f"({rss / small:.2f}x the small case; goal <= 1.2x)")
+    finally:
+        for proc in (bastion, noop):
+            proc.terminate()
+            proc.wait(10)
+
+
+async def http_rate_once(url: str, text: str) -> None:
+    headers = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "sql_query",
+               "Accept": "application/json, text/event-stream"}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "sql_query", "arguments": {"connection": "pg", "sql": text},
+                       "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                 "io.modelcontextprotocol/clientCapabilities": {}}}}
+    async with httpx2.AsyncClient(timeout=120) as http:
+        (await http.post(url, json=body, headers=headers)).raise_for_status()
+
+
+def main() -> None:
+    import logging
+
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    args = parser.parse_args()
+    database = f"bastion_bench_{uuid.uuid4().hex[:8]}"
+    dsn = setup(database)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = config(Path(tmp), dsn)
+            sys.path.insert(0, str(ROOT))
+            asyncio.run(one_call_cost(path, dsn, args.rounds))
+            http_benchmarks(path, args.rounds, args.seconds)
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+if __name__ == "__main__":
+    main()
