@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import psycopg
 from psycopg import errors as pgerr
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from policy import Kind
@@ -21,6 +22,11 @@ from tools.executors.base import ColumnInfo, QueryResult, RowBudget, RunRequest,
 
 log = logging.getLogger(__name__)
 _FETCH_BATCH = 500
+_SETTINGS = sql.SQL(
+    "SELECT set_config('standard_conforming_strings', 'on', true), set_config('statement_timeout', {}, true),"
+    " set_config('search_path', {}, true), set_config('application_name', {}, true),"
+    " set_config('bastion.user', {}, true), set_config('bastion.groups', {}, true)")
+_READ_ONLY = sql.SQL("SET TRANSACTION READ ONLY; ")
 
 _CATALOG_SQL = """
 SELECT c.table_schema, c.table_name, t.table_type, c.column_name, c.data_type, c.is_nullable
@@ -77,19 +83,14 @@ class PostgresExecutor:
 
     async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
         identity, limits = request.identity, request.limits
+        settings = (f"{int(limits.timeout_s * 1000)}ms", f"pg_catalog, {self.search_path}, pg_temp",
+                    f"bastion:{identity.subject}"[:63], identity.subject, ",".join(sorted(identity.groups)))
         async with conn.transaction():
-            if request.read_only:
-                await conn.execute("SET TRANSACTION READ ONLY")
+            # One round trip: Bastion's own statements, values quoted by psycopg (sql.Literal).
             # standard_conforming_strings: both parsers read 'a\'' as PostgreSQL does with it on;
             # a role or database that turns it off would parse strings, and so statements, differently.
-            await conn.execute(
-                "SELECT set_config('standard_conforming_strings', 'on', true),"
-                " set_config('statement_timeout', %s, true), set_config('search_path', %s, true),"
-                " set_config('application_name', %s, true), set_config('bastion.user', %s, true),"
-                " set_config('bastion.groups', %s, true)",
-                (f"{int(limits.timeout_s * 1000)}ms", f"pg_catalog, {self.search_path}, pg_temp", f"bastion:{identity.subject}"[:63],
-                 identity.subject, ",".join(sorted(identity.groups))),
-            )
+            setup = _SETTINGS.format(*map(sql.Literal, settings))
+            await conn.execute(_READ_ONLY + setup if request.read_only else setup)
             result = QueryResult(columns=[], rows=[], row_count=0)
             for statement in request.statements:
                 result = await self._run_one(conn, statement, request)
@@ -133,10 +134,13 @@ class PostgresExecutor:
 
 
 async def _drain(cur: Any, budget: RowBudget) -> QueryResult:
-    """Fetch in batches until the rows run out or the budget is spent."""
+    """Fetch in batches until the rows run out or the budget is spent; a short batch is the last."""
     columns = [d.name for d in cur.description or []]
-    while budget.take(await cur.fetchmany(min(_FETCH_BATCH, budget.limits.max_rows + 1))):
-        pass
+    size = min(_FETCH_BATCH, budget.limits.max_rows + 1)
+    while True:
+        batch = await cur.fetchmany(size)
+        if not budget.take(batch) or len(batch) < size:
+            break
     return QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
 
 
