@@ -19,7 +19,7 @@ def combine(per_rule: Sequence[tuple[Outcome, Limits]]) -> Decision:
         return Decision.deny(tuple(o.rule for o in denies), denies[0].reason, hint=denies[0].hint)
     # Some rule fully allows it: allow, with that rule's limits.
     if allows:
-        return Decision(Verdict.ALLOW, (allows[0][0].rule,), "allowed", limits=allows[0][1])
+        return Decision(Verdict.ALLOW, (allows[0][0].rule,), f"allowed by `{allows[0][0].rule}`", limits=allows[0][1])
     # Some rule would allow it with approval: hold.
     if reviews:
         o, limits = reviews[0]

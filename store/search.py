@@ -56,12 +56,12 @@ def search(store: SqliteAuditStore, text: str = "", *, user: str | None = None, 
     # Time bounds become seq bounds (seq grows with time), which FTS5 applies to its rowids directly.
     bounds = []
     if after:
-        low = store.db.execute("SELECT min(seq) FROM events WHERE time >= ?", (after,)).fetchone()[0]
+        low = store.read("SELECT min(seq) FROM events WHERE time >= ?", (after,))[0][0]
         if low is None:
             return []
         bounds.append(f"events_fts.rowid >= {int(low)}")
     if before:
-        high = store.db.execute("SELECT max(seq) FROM events WHERE time < ?", (before,)).fetchone()[0]
+        high = store.read("SELECT max(seq) FROM events WHERE time < ?", (before,))[0][0]
         if high is None:
             return []
         bounds.append(f"events_fts.rowid <= {int(high)}")

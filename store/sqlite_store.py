@@ -37,6 +37,7 @@ class SqliteAuditStore:
         self.path = Path(path)
         self._queue_lock = threading.Lock()  # guards the queue and who is writing
         self._write_lock = threading.Lock()  # one transaction at a time on the shared connection
+        self._read_lock = threading.Lock()  # one query at a time on the reader
         self._queue: list[_Ticket] = []
         self._writing = False
         self._checkpoint_key = checkpoint_key
@@ -50,6 +51,10 @@ class SqliteAuditStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self._migrate()
+            # Reads get their own connection: on the writer's, a read (sqlite-utils opens a
+            # savepoint) could interleave with another thread's transaction. WAL lets both run.
+            self._reader = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            self._reader.row_factory = sqlite3.Row
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the audit store at {self.path}: {error}") from error
 
@@ -174,12 +179,12 @@ class SqliteAuditStore:
     def close_interrupted(self) -> list[str]:
         """Mark calls left without a terminal event by a gateway process that is gone as interrupted
         (run at start-up). Calls of a live process sharing this log are left alone."""
-        live = {row[0] for row in self.db.execute("SELECT id, host, pid FROM instances").fetchall()
+        live = {row[0] for row in self.read("SELECT id, host, pid FROM instances")
                 if row[1] == socket.gethostname() and _alive(row[2]) and row[0] != self.instance}
-        rows = self.db.execute(
+        rows = self.read(
             f"SELECT call_id, instance FROM events WHERE type = ? AND call_id NOT IN "
             f"(SELECT call_id FROM events WHERE type IN ({', '.join('?' for _ in ev.TERMINAL)})) ORDER BY seq",
-            (ev.REQUESTED, *ev.TERMINAL)).fetchall()
+            (ev.REQUESTED, *ev.TERMINAL))
         open_calls = [call_id for call_id, instance in rows if instance not in live]
         for call_id in open_calls:
             self.append({"type": ev.INTERRUPTED, "call_id": call_id,
@@ -190,11 +195,11 @@ class SqliteAuditStore:
 
     def open_calls(self) -> list[str]:
         placeholders = ", ".join("?" for _ in ev.TERMINAL)
-        rows = self.db.execute(
+        rows = self.read(
             f"SELECT call_id FROM events WHERE type = ? AND call_id NOT IN "
             f"(SELECT call_id FROM events WHERE type IN ({placeholders})) ORDER BY seq",
             (ev.REQUESTED, *ev.TERMINAL),
-        ).fetchall()
+        )
         return [r[0] for r in rows]
 
     def tail(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -203,6 +208,10 @@ class SqliteAuditStore:
 
     def after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
         return self._query("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+
+    def session(self, session: str) -> list[dict[str, Any]]:
+        """The `call.requested` events of one session, oldest first."""
+        return self._query("SELECT * FROM events WHERE type = 'call.requested' AND session = ? ORDER BY seq", (session,))
 
     def call(self, call_id: str) -> list[dict[str, Any]]:
         return self._query("SELECT * FROM events WHERE call_id = ? ORDER BY seq", (call_id,))
@@ -213,13 +222,19 @@ class SqliteAuditStore:
             yield from batch
             seq = batch[-1]["seq"]
 
-    def _query(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only query, on the reader connection."""
         try:
-            return [_decode(row) for row in self.db.query(sql, params)]
+            with self._read_lock:
+                return self._reader.execute(sql, params).fetchall()
         except sqlite3.Error as error:
             raise StoreError(f"cannot read the audit store: {error}") from error
 
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        return [_decode(dict(row)) for row in self.read(sql, params)]
+
     def close(self) -> None:
+        self._reader.close()
         self.db.conn.close()
 
 

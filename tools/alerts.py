@@ -84,10 +84,10 @@ class Alerts:
 
     def _check(self, rule: AlertRule, subject: str, terminal: dict[str, Any]) -> dict[str, Any] | None:
         if rule.kind == "denials" and terminal["type"] == "call.denied":
-            count = self.store.db.execute(
+            count = self.store.read(
                 "SELECT count(*) FROM events d JOIN events r ON r.call_id = d.call_id AND r.type = 'call.requested' "
                 "WHERE d.type = 'call.denied' AND d.time >= ? AND json_extract(r.identity, '$.subject') = ?",
-                (_ago(rule.window_s), subject)).fetchone()[0]
+                (_ago(rule.window_s), subject))[0][0]
             if count >= rule.threshold:
                 return {"message": f"{count} denials for `{subject}` in {rule.window_s:g} s", "count": count}
         if rule.kind == "large-result" and terminal["type"] == "call.finished":
@@ -107,19 +107,19 @@ class Alerts:
         return (rule.max_rows is not None and rows > rule.max_rows) or (rule.max_bytes is not None and size > rule.max_bytes)
 
     def _egress(self, subject: str, window_s: float) -> tuple[int, int]:
-        rows, size = self.store.db.execute(
+        rows, size = self.store.read(
             "SELECT coalesce(sum(f.row_count), 0), coalesce(sum(length(f.result)), 0) FROM events f "
             "JOIN events r ON r.call_id = f.call_id AND r.type = 'call.requested' "
             "WHERE f.type = 'call.finished' AND f.time >= ? AND json_extract(r.identity, '$.subject') = ?",
-            (_ago(window_s), subject)).fetchone()
+            (_ago(window_s), subject))[0]
         return int(rows), int(size)
 
     def _recently_fired(self, rule: AlertRule, subject: str) -> bool:
         """One alert per rule and identity per window, not one per call."""
-        return self.store.db.execute(
+        return self.store.read(
             "SELECT 1 FROM events WHERE type = ? AND time >= ? AND json_extract(result, '$.rule') = ? "
             "AND json_extract(identity, '$.subject') = ? LIMIT 1",
-            (f"alert.{rule.kind}", _ago(rule.window_s), rule.id, subject)).fetchone() is not None
+            (f"alert.{rule.kind}", _ago(rule.window_s), rule.id, subject)) != []
 
     # -- webhooks --------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def timeline(store: SqliteAuditStore, ident: str) -> list[Step]:
     """The calls of a call id, or of a session (the MCP session id, or the gateway process for stdio)."""
     requested = [e for e in store.call(ident) if e["type"] == "call.requested"]
     if not requested:
-        requested = store._query("SELECT * FROM events WHERE type = 'call.requested' AND session = ? ORDER BY seq", (ident,))
+        requested = store.session(ident)
     if not requested:
         raise InvalidInput(f"no call or session `{ident}` in the audit log")
     return [_step(store, event) for event in requested]

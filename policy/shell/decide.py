@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from policy.combine import combine
 from policy.decision import Decision
 from policy.identity import Identity
@@ -30,9 +32,7 @@ def decide_shell(identity: Identity, policy: ShellPolicy, analysis: ShellAnalysi
         return Decision.deny("default-deny", f"no rule on connection `{policy.connection}` applies to `{identity.subject}`",
                              hint="Ask an administrator for access to this connection.")
     decision = combine([(evaluate_shell(rule, analysis, policy.cwd), rule.limits) for rule in rules])
-    return Decision(decision.verdict, decision.rules,
-                    decision.reason if not decision.allowed else "allowed by " + ", ".join(f"`{r}`" for r in decision.rules),
-                    hint=decision.hint, limits=decision.limits, read_only=False)
+    return replace(decision, read_only=False)
 
 
 def vet_shell_text(identity: Identity, policy: ShellPolicy, text: str) -> tuple[ShellAnalysis, Decision, str | None]:

@@ -223,7 +223,6 @@ def check_redirects(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Itera
                 yield Outcome("none", f"{rule.id}:redirect", "input redirection is not allowed by this rule")
 
 
-Check = type(check_operators)
 CHECKS = (check_operators, check_constructs, check_programs, check_arguments, check_expansions, check_paths,
           check_redirects)
 

@@ -136,7 +136,7 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
         reads=frozenset(reads),
         writes=frozenset(writes),
         functions=frozenset(function_name(f) for f in nodes.functions),
-        cte_names=frozenset(ident(cte.args["alias"].this) for cte in nodes.ctes if cte.args.get("alias")),
+        cte_names=frozenset(_cte_names(nodes.ctes)),
         unfiltered=frozenset(unfiltered),
         select_into=select_into,
         locking=nodes.locking,

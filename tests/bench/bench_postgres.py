@@ -133,13 +133,19 @@ async def one_call_cost(config_path: Path, dsn: str, rounds: int, calls: int = 2
     print(f"  guarded sql_query              {g:8.3f}   Bastion's own added median: {g - b - d:.3f} ms   goal <= 0.4 ms")
 
 
-async def http_rate(url: str, tool: str, args: dict[str, str], clients: int, seconds: float) -> float:
+def tools_call(tool: str, args: dict[str, str]) -> tuple[dict[str, str], dict[str, object]]:
+    """Headers and body of one self-contained 2026-07-28 tools/call POST."""
     headers = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": tool,
                "Accept": "application/json, text/event-stream"}
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
             "params": {"name": tool, "arguments": args,
                        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                                  "io.modelcontextprotocol/clientCapabilities": {}}}}
+    return headers, body
+
+
+async def http_rate(url: str, tool: str, args: dict[str, str], clients: int, seconds: float) -> float:
+    headers, body = tools_call(tool, args)
     done = 0
     deadline = time.monotonic() + seconds
     limits = httpx2.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -192,12 +198,7 @@ def http_benchmarks(config_path: Path, rounds: int, seconds: float) -> None:
 
 
 async def http_rate_once(url: str, text: str) -> None:
-    headers = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "sql_query",
-               "Accept": "application/json, text/event-stream"}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "sql_query", "arguments": {"connection": "pg", "sql": text},
-                       "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                                 "io.modelcontextprotocol/clientCapabilities": {}}}}
+    headers, body = tools_call("sql_query", {"connection": "pg", "sql": text})
     async with httpx2.AsyncClient(timeout=120) as http:
         (await http.post(url, json=body, headers=headers)).raise_for_status()
 
