@@ -63,7 +63,9 @@ class Denied(BastionError, code="denied"):
 
 
 class ApprovalRequired(Denied, code="approval_required"):
-    pass
+    def __init__(self, decision: Any) -> None:
+        super().__init__(decision)
+        self.message = f"{decision.reason}: this needs approval, and approvals are not enabled on this gateway yet"
 
 
 class AuditUnavailable(BastionError, code="audit_unavailable"):

@@ -99,11 +99,7 @@ def fail_closed(vet: Callable[[], Vetted]) -> Vetted:
 
 
 def denial_for(decision: Decision) -> Denied:
-    if decision.verdict is Verdict.REVIEW:
-        denied = ApprovalRequired(decision)
-        denied.message = f"{decision.reason}: this needs approval, and approvals are not enabled on this gateway yet"
-        return denied
-    return Denied(decision)
+    return ApprovalRequired(decision) if decision.verdict is Verdict.REVIEW else Denied(decision)
 
 
 class Guard:
