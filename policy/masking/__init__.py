@@ -1,0 +1,1 @@
+"""Masking: which output columns derive from sensitive ones (lineage), maskers, and value detectors."""
