@@ -51,27 +51,32 @@ def build_executor(config: Config, name: str, conn: ConnectionConfig) -> SqlExec
     return PostgresExecutor(name, target, password=_secret(config, name, conn), search_path=conn.search_path)
 
 
-def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig) -> ShellExecutor:
+def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig, user: str | None = None,
+                         key_file: str | None = None) -> ShellExecutor:
+    """The connection's executor: as its configured user, or as a mapped ``user`` (with ``key_file`` on SSH)."""
     if conn.kind == "local":
-        return LocalShellExecutor(name, config.shell_cwd(conn))
+        return LocalShellExecutor(name, config.shell_cwd(conn), run_as=user)
     from tools.executors.ssh import SshExecutor
 
     assert conn.host and conn.user and conn.key_file
-    return SshExecutor(name, host=conn.host, port=conn.port, user=conn.user, key_file=config.path(conn.key_file),
+    return SshExecutor(name, host=conn.host, port=conn.port, user=user or conn.user,
+                       key_file=config.path(key_file or conn.key_file),
                        known_hosts=config.path(conn.known_hosts) if conn.known_hosts else None,
                        accept_unknown_hosts=conn.accept_unknown_hosts)
 
 
 def build_gateway(config: Config) -> Gateway:
-    policies, shell_policies = config.policies(), config.shell_policies()
+    policies, shell_policies, scopings = config.policies(), config.shell_policies(), config.scopings()
     connections: dict[str, AnyConnection] = {}
     for name, conn in config.connections.items():
         if isinstance(conn, ConnectionConfig):
             connections[name] = Connection(name, conn.kind, policies[name], build_executor(config, name, conn),
-                                           conn.description, conn.sandbox)
+                                           conn.description, conn.sandbox, scopings[name])
         else:
+            per_user = {u.user: build_shell_executor(config, name, conn, u.user, u.key_file) for u in conn.users}
             connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
-                                                build_shell_executor(config, name, conn), conn.description)
+                                                build_shell_executor(config, name, conn), conn.description,
+                                                scopings[name], per_user)
     try:
         store = SqliteAuditStore(config.path(config.audit.path), checkpoint_key=config.checkpoint_key(),
                                  checkpoint_every=config.audit.checkpoint_every)

@@ -17,6 +17,7 @@ from policy.errors import ConfigError
 from policy.identity import Identity
 from policy.presets import PRESETS
 from policy.rules import ConnectionPolicy, SqlRule
+from policy.scoping import RunAs, Scoping
 from policy.shell.presets import SHELL_PRESETS
 from policy.shell.rules import ShellPolicy, ShellRule
 from policy.sql.facts import Kind
@@ -75,6 +76,35 @@ class RuleConfig(_Model):
         return replace(base, **overrides)
 
 
+class _Who(_Model):
+    subjects: list[str] = []
+    groups: list[str] = []
+
+    @model_validator(mode="after")
+    def _someone(self) -> _Who:
+        if not self.subjects and not self.groups:
+            raise ValueError("name the `groups` or `subjects` this entry is for")
+        return self
+
+
+class RoleConfig(_Who):
+    """PostgreSQL: identities in these groups (or with these subjects) run as ``role``."""
+
+    role: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")]
+
+
+class UserConfig(_Who):
+    """Shells: identities in these groups (or with these subjects) run as ``user`` (SSH: with ``key_file``)."""
+
+    user: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")]
+    key_file: str | None = None
+
+
+def _scoping(entries: list[RoleConfig] | list[UserConfig]) -> Scoping:
+    return Scoping(tuple(RunAs(e.role if isinstance(e, RoleConfig) else e.user, frozenset(e.subjects),
+                               frozenset(e.groups), getattr(e, "key_file", None)) for e in entries))
+
+
 class ConnectionConfig(_Model):
     """A database connection (PostgreSQL or SQLite)."""
 
@@ -89,6 +119,7 @@ class ConnectionConfig(_Model):
                                       description="the one schema unqualified names resolve to")] = "public"
     preset: Literal["read-only", "read-write"] | None = Field(None, description="shorthand for one rule for everyone")
     rules: list[RuleConfig] = []
+    roles: list[RoleConfig] = Field([], description="groups → database role, first match; unmapped identities do not see the connection")
 
     @model_validator(mode="after")
     def _target_given(self) -> ConnectionConfig:
@@ -96,6 +127,8 @@ class ConnectionConfig(_Model):
             raise ValueError("give exactly one of `target` and `target_env`")
         if self.kind == "sqlite" and (self.password_env or self.password_file):
             raise ValueError("a sqlite connection takes no password")
+        if self.kind == "sqlite" and self.roles:
+            raise ValueError("`roles` apply to postgres connections (SQLite has no roles)")
         if self.preset and self.rules:
             raise ValueError("give either `preset` or `rules`, not both")
         return self
@@ -174,9 +207,12 @@ class ShellConnectionConfig(_Model):
     description: str = ""
     preset: Literal["inspect", "developer"] | None = None
     rules: list[ShellRuleConfig] = []
+    users: list[UserConfig] = Field([], description="groups → OS user (local) or remote user and key (ssh), first match")
 
     @model_validator(mode="after")
     def _ssh_fields(self) -> ShellConnectionConfig:
+        if self.kind == "local" and any(u.key_file for u in self.users):
+            raise ValueError("`users[].key_file` applies to ssh connections only")
         ssh_only = ("host", "user", "key_file", "known_hosts")
         if self.kind == "ssh":
             missing = [k for k in ("host", "user", "key_file", "cwd") if getattr(self, k) is None]
@@ -248,8 +284,62 @@ class AuditConfig(_Model):
     checkpoint_every: Annotated[int, Field(gt=0)] = 1000
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+class AuthConfig(_Model):
+    """OIDC: HTTP callers present bearer JWT access tokens from this issuer, for this resource."""
+
+    issuer: Annotated[str, Field(description="the issuer URL, exactly as tokens' `iss` claim says it")]
+    resource: Annotated[str, Field(description="Bastion's own MCP URL, e.g. https://bastion.example.com/mcp; tokens' `aud` must hold it")]
+    jwks_uri: str | None = Field(None, description="default: from the issuer's OIDC discovery document")
+    algorithms: list[Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                             "EdDSA"]] = ["RS256", "ES256"]
+    leeway: Annotated[float, Field(ge=0, le=300, description="seconds of clock skew allowed on exp and nbf")] = 30.0
+    jwks_ttl: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    jwks_refetch_interval: Annotated[float, Field(ge=0, le=3600, description="least seconds between refetches on an unknown key id")] = 10.0
+    required_scopes: list[str] = []
+    groups_claim: str = Field("groups", description="claim holding the groups; a dotted path such as realm_access.roles")
+    email_claim: str = "email"
+    name_claim: str = "name"
+    allowed_hosts: list[str] = Field([], description="Host headers HTTP accepts (default: the resource URL's host)")
+
+    @field_validator("issuer", "resource", "jwks_uri")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return value
+        url = urlsplit(value)
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise ValueError(f"expected an https:// URL; found {value!r}")
+        if url.scheme == "http" and url.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"use https:// (plain http only on loopback); found {value!r}")
+        return value
+
+    def token_rules(self):  # type: ignore[no-untyped-def]
+        from server.auth import TokenRules
+
+        return TokenRules(self.issuer, self.resource, self.jwks_uri, tuple(self.algorithms), self.leeway, self.jwks_ttl,
+                          self.jwks_refetch_interval, tuple(self.required_scopes), self.groups_claim, self.email_claim,
+                          self.name_claim)
+
+    def hosts(self) -> list[str]:
+        """The Host header values HTTP accepts: configured, else the resource URL's host (any port)."""
+        from urllib.parse import urlsplit
+
+        if self.allowed_hosts:
+            return list(self.allowed_hosts)
+        netloc = urlsplit(self.resource).netloc
+        host = urlsplit(self.resource).hostname or ""
+        hosts = [netloc, f"{host}:*"] + ([f"{h}:*" for h in _LOOPBACK_HOSTS] if host in _LOOPBACK_HOSTS else [])
+        return list(dict.fromkeys(hosts))
+
+
 class Config(_Model):
     identity: IdentityConfig = IdentityConfig()
+    auth: AuthConfig | None = None
     audit: AuditConfig = AuditConfig()
     connections: dict[str, Annotated[ConnectionConfig | ShellConnectionConfig, Field(discriminator="kind")]] = {}
     alerts: list[AlertConfig] = []
@@ -287,6 +377,11 @@ class Config(_Model):
         """The shell connections' policies."""
         return {name: ShellPolicy(name, c.rule_list(), self.shell_cwd(c))
                 for name, c in self.connections.items() if isinstance(c, ShellConnectionConfig)}
+
+    def scopings(self) -> dict[str, Scoping]:
+        """Each connection's run-as mapping (empty: calls run as the gateway's own login)."""
+        return {name: _scoping(c.roles if isinstance(c, ConnectionConfig) else c.users)
+                for name, c in self.connections.items()}
 
     def shell_cwd(self, connection: ShellConnectionConfig) -> str:
         if connection.kind == "ssh":

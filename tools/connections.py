@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policy import ConnectionPolicy, Identity
+from policy.scoping import RunAs, Scoping
 from policy.shell.rules import ShellPolicy
 from tools.executors.base import SqlExecutor
 from tools.executors.shell_base import ShellExecutor
@@ -20,16 +21,23 @@ class Connection:
     executor: SqlExecutor
     description: str = ""
     sandbox: bool = False  # replay may re-run recorded calls here
+    scoping: Scoping = Scoping()  # groups → database role
 
     @property
     def dialect(self) -> str:
         return self.policy.dialect
 
     def visible_to(self, identity: Identity) -> bool:
-        return bool(self.policy.rules_for(identity))
+        return self.scoping.admits(identity) and bool(self.policy.rules_for(identity))
+
+    def run_as(self, identity: Identity) -> RunAs | None:
+        return self.scoping.run_as(identity)
 
     def rules_summary(self, identity: Identity) -> str:
         return " | ".join(r.summary() for r in self.policy.rules_for(identity))
+
+    async def close(self) -> None:
+        await self.executor.close()
 
 
 @dataclass
@@ -41,9 +49,22 @@ class ShellConnection:
     policy: ShellPolicy
     executor: ShellExecutor
     description: str = ""
+    scoping: Scoping = Scoping()  # groups → OS user (local) or remote user (ssh)
+    # One executor per mapped user (built from config), beside the gateway's own ``executor``.
+    executors: dict[str, ShellExecutor] = field(default_factory=dict)
 
     def visible_to(self, identity: Identity) -> bool:
-        return bool(self.policy.rules_for(identity))
+        return self.scoping.admits(identity) and bool(self.policy.rules_for(identity))
+
+    def run_as(self, identity: Identity) -> RunAs | None:
+        return self.scoping.run_as(identity)
+
+    def executor_for(self, run_as: RunAs | None) -> ShellExecutor:
+        return self.executors[run_as.target] if run_as is not None else self.executor
+
+    async def close(self) -> None:
+        for executor in (self.executor, *self.executors.values()):
+            await executor.close()
 
     def rules_summary(self, identity: Identity) -> str:
         return " | ".join(r.summary() for r in self.policy.rules_for(identity))

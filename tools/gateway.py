@@ -51,7 +51,7 @@ class Gateway:
     async def close(self) -> None:
         for connection in self.connections.values():
             try:
-                await connection.executor.close()
+                await connection.close()
             except Exception:  # closing is best effort
                 log.exception("closing %s", connection.name)
 

@@ -38,6 +38,8 @@ class Vetted:
     facts: dict[str, Any] | None
     decision: Decision
     plan: Any = None
+    # Who it runs as (`{"as": role-or-user}`), where the connection maps identities.
+    run_as: dict[str, str] | None = None
 
 
 @dataclass
@@ -86,6 +88,19 @@ def error_record(error: BaseException) -> dict[str, Any]:
             out["detail"] = error.detail
         return out
     return {"code": "internal", "message": type(error).__name__}
+
+
+def scoped(connection: Any, caller: Caller, vetted: Vetted) -> Vetted:
+    """Attach who the call runs as; on a mapped connection, an identity without a mapping is denied
+    (it cannot even see the connection, so this is a second lock, not the first)."""
+    if not connection.scoping.mapped:
+        return vetted
+    run_as = connection.run_as(caller.identity)
+    if run_as is None:
+        return Vetted(vetted.facts, Decision.deny("scope:unmapped", f"`{caller.identity.subject}` has no role or user mapped on this connection",
+                                                  hint="Ask the gateway's operator to map one of your groups."))
+    vetted.run_as = run_as.as_record()
+    return vetted
 
 
 def fail_closed(vet: Callable[[], Vetted]) -> Vetted:
@@ -156,6 +171,8 @@ class Guard:
         call_id = new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, reason)
         requested["facts"], requested["decision"] = vetted.facts, decision.as_record()
+        if vetted.run_as and decision.allowed:
+            requested["decision"]["run_as"] = vetted.run_as
         # ③ Durable before anything runs: if this raises, nothing ran.
         await self._record(requested)
         if not decision.allowed or vetted.plan is None:

@@ -13,7 +13,7 @@ from policy.shell.decide import vet_shell_text
 from tools.calls import Caller
 from tools.connections import ShellConnection
 from tools.executors.shell_base import ShellResult, ShellRunRequest
-from tools.guard import Vetted, fail_closed
+from tools.guard import Vetted, fail_closed, scoped
 
 
 def resolve_cwd(connection: ShellConnection, cwd: str | None) -> str:
@@ -39,7 +39,7 @@ def vet_shell(connection: ShellConnection, caller: Caller, command: str, cwd: st
         facts: dict[str, Any] = analysis.summary()
         if plan is not None:
             facts["run"] = plan
-        return Vetted(facts, decision, plan)
+        return scoped(connection, caller, Vetted(facts, decision, plan))
 
     return fail_closed(vet)
 
@@ -48,7 +48,8 @@ def runner(connection: ShellConnection, caller: Caller, cwd: str):  # type: igno
     async def execute(vetted: Vetted) -> ShellResult:
         limits = vetted.decision.limits
         assert limits is not None
-        return await connection.executor.run(ShellRunRequest(vetted.plan, cwd, limits.timeout_s, limits.max_bytes,
+        executor = connection.executor_for(connection.run_as(caller.identity) if vetted.run_as else None)
+        return await executor.run(ShellRunRequest(vetted.plan, cwd, limits.timeout_s, limits.max_bytes,
                                                              caller.identity))
 
     return execute

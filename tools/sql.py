@@ -8,14 +8,14 @@ from policy import analyse, decide
 from tools.calls import Caller
 from tools.connections import Connection
 from tools.executors.base import QueryResult, RunRequest
-from tools.guard import Vetted, fail_closed
+from tools.guard import Vetted, fail_closed, scoped
 
 
 def vet_sql(connection: Connection, caller: Caller, text: str) -> Vetted:
     def vet() -> Vetted:
         analysis = analyse(text, connection.dialect, connection.policy.default_schema)
         decision = decide(caller.identity, connection.policy, analysis)
-        return Vetted(analysis.summary(), decision, analysis.statements if decision.allowed else None)
+        return scoped(connection, caller, Vetted(analysis.summary(), decision, analysis.statements if decision.allowed else None))
 
     return fail_closed(vet)
 
@@ -24,7 +24,8 @@ def runner(connection: Connection, caller: Caller):  # type: ignore[no-untyped-d
     async def execute(vetted: Vetted) -> QueryResult:
         decision = vetted.decision
         assert decision.limits is not None
-        return await connection.executor.run(RunRequest(vetted.plan, decision.read_only, decision.limits, caller.identity))
+        role = vetted.run_as["as"] if vetted.run_as else None
+        return await connection.executor.run(RunRequest(vetted.plan, decision.read_only, decision.limits, caller.identity, role))
 
     return execute
 

@@ -49,6 +49,8 @@ class RunRequest:
     read_only: bool
     limits: Limits
     identity: Identity
+    # The database role to run as (PostgreSQL `SET LOCAL ROLE`); None runs as the gateway's login.
+    role: str | None = None
 
 
 class SqlExecutor(Protocol):

@@ -4,6 +4,7 @@ group, with a scrubbed environment, a timeout that kills the group, and capped o
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 from pathlib import Path
@@ -26,16 +27,34 @@ def scrubbed_env(cwd: str, home: str | None = None) -> dict[str, str]:
 
 
 class LocalShellExecutor:
-    def __init__(self, name: str, cwd: str | Path) -> None:
+    """Runs as the gateway's own OS user, or as ``run_as``: through runuser when the gateway is root,
+    else through `sudo -n -u` (which needs a sudoers entry; -n never prompts)."""
+
+    def __init__(self, name: str, cwd: str | Path, *, run_as: str | None = None) -> None:
         self.name = name
         self.cwd = str(cwd)
+        self.run_as = run_as
+
+    def _argv(self, command: str) -> tuple[list[str], dict[str, str] | None]:
+        bash = ["bash", "--noprofile", "--norc", "-c", command]
+        if self.run_as is None:
+            return bash, None
+        try:
+            home = pwd.getpwnam(self.run_as).pw_dir
+        except KeyError:
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable: its mapped OS user `{self.run_as}` does not exist",
+                                    hint="Ask the gateway's operator to create the user or fix the mapping.") from None
+        who = {"HOME": home, "USER": self.run_as, "LOGNAME": self.run_as}
+        switch = ["runuser", "-u", self.run_as, "--"] if os.geteuid() == 0 else ["sudo", "-n", "-u", self.run_as, "--"]
+        return switch + bash, who
 
     async def run(self, request: ShellRunRequest) -> ShellResult:
         cwd = request.cwd or self.cwd
         if not Path(cwd).is_dir():
             raise TargetUnavailable(f"connection `{self.name}` is unavailable: its working directory does not exist")
-        process = await anyio.open_process(["bash", "--noprofile", "--norc", "-c", request.command], cwd=cwd,
-                                           env=scrubbed_env(cwd), start_new_session=True, stdin=subprocess.DEVNULL)
+        argv, who = self._argv(request.command)
+        process = await anyio.open_process(argv, cwd=cwd, env={**scrubbed_env(cwd), **(who or {})},
+                                           start_new_session=True, stdin=subprocess.DEVNULL)
         out, err = bytearray(), bytearray()
         timed_out = False
         try:

@@ -26,6 +26,8 @@ _SETTINGS = sql.SQL(
     "SELECT set_config('standard_conforming_strings', 'on', true), set_config('statement_timeout', {}, true),"
     " set_config('search_path', {}, true), set_config('application_name', {}, true),"
     " set_config('bastion.user', {}, true), set_config('bastion.groups', {}, true)")
+# set_config('role', ..., true) is SET LOCAL ROLE: the server checks membership, and the role ends with the transaction.
+_ROLE = sql.SQL(", set_config('role', {}, true)")
 _READ_ONLY = sql.SQL("SET TRANSACTION READ ONLY; ")
 
 _CATALOG_SQL = """
@@ -90,6 +92,8 @@ class PostgresExecutor:
             # standard_conforming_strings: both parsers read 'a\'' as PostgreSQL does with it on;
             # a role or database that turns it off would parse strings, and so statements, differently.
             setup = _SETTINGS.format(*map(sql.Literal, settings))
+            if request.role is not None:
+                setup = setup + _ROLE.format(sql.Literal(request.role))
             await conn.execute(_READ_ONLY + setup if request.read_only else setup)
             result = QueryResult(columns=[], rows=[], row_count=0)
             for statement in request.statements:
