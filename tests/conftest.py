@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.postgres_server", "tests.sshd_server"]
+pytest_plugins = ["tests.postgres_server", "tests.sshd_server", "tests.oidc_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
