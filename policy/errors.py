@@ -7,6 +7,13 @@
     ├── Denied                        denied          (carries the Decision)
     │   └── ApprovalRequired          approval_required
     ├── AuditUnavailable              audit_unavailable
+    ├── ApprovalError                 approval_error  (deciding or using a held call)
+    │   ├── HoldNotFound              hold_not_found
+    │   ├── HoldClosed                hold_closed     (approved, denied, expired or used already)
+    │   ├── ReasonRequired            reason_required (a denial without a reason)
+    │   └── NotAllowedToDecide        not_an_approver (not in the hold's approver groups)
+    │       ├── SelfApproval          self_approval   (the requester themself)
+    │       └── AlreadyVoted          already_voted   (a second vote by the same approver)
     └── ExecutionError                execution_failed
         ├── TargetUnavailable         target_unavailable
         ├── QueryTimeout              timeout
@@ -85,4 +92,32 @@ class QueryTimeout(ExecutionError, code="timeout"):
 
 
 class QueryRejected(ExecutionError, code="rejected_by_database"):
+    pass
+
+
+class ApprovalError(BastionError, code="approval_error"):
+    """Deciding on or using a held call was refused (policy/approvals.py, store/approvals.py)."""
+
+
+class HoldNotFound(ApprovalError, code="hold_not_found"):
+    pass
+
+
+class HoldClosed(ApprovalError, code="hold_closed"):
+    """The held call is no longer pending: approved, denied, expired or used already."""
+
+
+class ReasonRequired(ApprovalError, code="reason_required"):
+    pass
+
+
+class NotAllowedToDecide(ApprovalError, code="not_an_approver"):
+    pass
+
+
+class SelfApproval(NotAllowedToDecide, code="self_approval"):
+    pass
+
+
+class AlreadyVoted(NotAllowedToDecide, code="already_voted"):
     pass

@@ -14,7 +14,18 @@ FINISHED = "call.finished"
 FAILED = "call.failed"
 EXPIRED = "call.expired"
 INTERRUPTED = "call.interrupted"
-TERMINAL = (DENIED, FINISHED, FAILED, EXPIRED, INTERRUPTED)
+# A call held for approval (not terminal; `result` carries the hold id), and the terminal event of a
+# call whose wait ended with its hold still pending: the hold lives on, the agent calls again.
+HELD = "call.held"
+PENDING = "call.pending"
+TERMINAL = (DENIED, FINISHED, FAILED, EXPIRED, INTERRUPTED, PENDING)
+
+# A held call's life (store/approvals.py), recorded under the hold id as `call_id`.
+APPROVAL_GRANTED = "approval.granted"  # one approver's approval (the hold is approved once enough)
+APPROVAL_DENIED = "approval.denied"  # an approver's denial, with their reason
+APPROVAL_CONSUMED = "approval.consumed"  # an approved hold used, once, by a call with its binding
+APPROVAL_EXPIRED = "approval.expired"  # a pending or unused approved hold reached its expiry
+APPROVAL_PREVIEW = "approval.preview"  # the impact preview approvers were shown
 
 # The fields an event may carry, in the order the chain hashes them. JSON-valued ones are marked.
 FIELDS: tuple[str, ...] = (

@@ -72,4 +72,51 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX events_time ON events (time)
         """,
     ),
+    (
+        # Held calls and approvals (store/approvals.py). Unlike `events`, `holds` changes state
+        # (pending → approved/denied/expired, approved → consumed/expired); every change is also an
+        # event in the chain, written in the same transaction. At most one live (pending or approved)
+        # hold per binding, enforced by a partial unique index. Votes are append-only, one per approver.
+        "0005_approvals",
+        """
+        CREATE TABLE holds (
+            hold_id TEXT PRIMARY KEY,
+            binding TEXT NOT NULL,
+            call_id TEXT NOT NULL,
+            created TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'consumed')),
+            requester TEXT NOT NULL,
+            requester_subject TEXT NOT NULL,
+            connection TEXT,
+            tool TEXT NOT NULL,
+            text TEXT NOT NULL,
+            text_hash TEXT NOT NULL,
+            facts TEXT,
+            reason TEXT,
+            rule TEXT,
+            approver_groups TEXT NOT NULL,
+            min_approvals INTEGER NOT NULL DEFAULT 1 CHECK (min_approvals >= 1),
+            preview TEXT,
+            decided_at TEXT,
+            consumed_by_call TEXT
+        );
+        CREATE INDEX holds_binding ON holds (binding, status);
+        CREATE INDEX holds_due ON holds (status, expires_at);
+        CREATE UNIQUE INDEX holds_one_live ON holds (binding) WHERE status IN ('pending', 'approved');
+        CREATE TABLE votes (
+            hold_id TEXT NOT NULL REFERENCES holds (hold_id),
+            approver TEXT NOT NULL,
+            approve INTEGER NOT NULL,
+            reason TEXT,
+            at TEXT NOT NULL,
+            identity TEXT,
+            UNIQUE (hold_id, approver)
+        );
+        CREATE TRIGGER votes_append_only_update BEFORE UPDATE ON votes
+            BEGIN SELECT RAISE(ABORT, 'approval votes are append-only'); END;
+        CREATE TRIGGER votes_append_only_delete BEFORE DELETE ON votes
+            BEGIN SELECT RAISE(ABORT, 'approval votes are append-only'); END
+        """,
+    ),
 )

@@ -86,11 +86,7 @@ class SqliteAuditStore:
         the queue is empty; the others wait for their own event to be written. No call returns
         before its event is durable.
         """
-        event = dict(event)
-        event.setdefault("event_id", uuid.uuid4().hex)
-        event.setdefault("time", now_iso())
-        event.setdefault("instance", self.instance)
-        ticket = _Ticket(event)
+        ticket = _Ticket(self._prepare(event))
         with self._queue_lock:
             self._queue.append(ticket)
             writer = not self._writing
@@ -117,28 +113,53 @@ class SqliteAuditStore:
             raise ticket.error
         return ticket.event
 
+    def append_in(self, conn: sqlite3.Connection, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append ``events`` inside a write transaction the caller holds on ``conn``, its own
+        connection to this store's file, opened with ``BEGIN IMMEDIATE`` (store/approvals.py: a
+        hold's state change and its event commit together or not at all).
+
+        Returns the events with event_id, time, seq and hash filled in; they are durable once the
+        caller commits, and never happened if it rolls back. Bypasses the group commit.
+        """
+        prepared = [self._prepare(event) for event in events]
+        for event, row in zip(prepared, self._insert(conn, prepared)):
+            event.update(seq=row[0], prev_hash=row[-2], hash=row[-1])
+        return prepared
+
+    def _prepare(self, event: dict[str, Any]) -> dict[str, Any]:
+        event = dict(event)
+        event.setdefault("event_id", uuid.uuid4().hex)
+        event.setdefault("time", now_iso())
+        event.setdefault("instance", self.instance)
+        return event
+
+    def _insert(self, conn: sqlite3.Connection, events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """Chain ``events`` onto the log's end and insert them, inside the caller's write transaction."""
+        if not self._registered:
+            conn.execute("INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?)",
+                         (self.instance, socket.gethostname(), os.getpid(), now_iso()))
+        # Read the chain's end inside the lock: another process may have appended.
+        last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        prev, seq = (last[1], last[0]) if last else (ev.GENESIS, 0)
+        rows = []
+        for event in events:
+            # The chain covers the row exactly as stored, so a verifier needs nothing but the table.
+            values = [_column(k, event.get(k)) for k in ev.FIELDS]
+            hash_ = ev.chain_hash_values(prev, values)
+            seq += 1
+            rows.append((seq, *values, prev, hash_))
+            prev = hash_
+        conn.executemany(_INSERT, rows)
+        if self._checkpoint_key and seq // self.checkpoint_every > (last[0] if last else 0) // self.checkpoint_every:
+            self._checkpoint(conn, seq, prev)
+        return rows
+
     def _write(self, batch: list[_Ticket]) -> None:
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")  # the write lock, across processes sharing the file
             try:
-                if not self._registered:
-                    conn.execute("INSERT INTO instances VALUES (?, ?, ?, ?)",
-                                 (self.instance, socket.gethostname(), os.getpid(), now_iso()))
-                # Read the chain's end inside the lock: another process may have appended.
-                last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-                prev, seq = (last[1], last[0]) if last else (ev.GENESIS, 0)
-                rows = []
-                for ticket in batch:
-                    # The chain covers the row exactly as stored, so a verifier needs nothing but the table.
-                    values = [_column(k, ticket.event.get(k)) for k in ev.FIELDS]
-                    hash_ = ev.chain_hash_values(prev, values)
-                    seq += 1
-                    rows.append((seq, *values, prev, hash_))
-                    prev = hash_
-                conn.executemany(_INSERT, rows)
-                if self._checkpoint_key and seq // self.checkpoint_every > (last[0] if last else 0) // self.checkpoint_every:
-                    self._checkpoint(conn, seq, prev)
+                rows = self._insert(conn, [ticket.event for ticket in batch])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
