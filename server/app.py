@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Callable
 
 from mcp.server import MCPServer
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
@@ -15,6 +17,7 @@ from pydantic import BaseModel, Field
 from policy import Identity
 from policy.errors import BastionError
 from server import render
+from server.auth import OidcVerifier, TokenRefused, expired
 from server.build import build_gateway
 from server.config import Config
 from tools.calls import Caller
@@ -89,6 +92,12 @@ class ShellOutput(BaseModel):
 IdentityResolver = Callable[[Context], Identity]
 
 
+async def record_refusal(gateway: Gateway, refused: TokenRefused) -> None:
+    from server.http import client_address
+
+    await gateway.record_auth_refused(refused.reason, client_address.get(), refused.details)
+
+
 def client_of(ctx: Context) -> dict[str, str]:
     try:
         params = ctx.session.client_params
@@ -98,17 +107,42 @@ def client_of(ctx: Context) -> dict[str, str]:
         return {}
 
 
+def auth_settings(config: Config) -> AuthSettings | None:
+    """RFC 9728 protected-resource metadata and the SDK's bearer checks (401/403), from [auth]."""
+    if config.auth is None:
+        return None
+    return AuthSettings(issuer_url=config.auth.issuer, resource_server_url=config.auth.resource,
+                        required_scopes=config.auth.required_scopes or None, validate_token_resource=True)
+
+
 def create_server(config: Config, *, identity_for: IdentityResolver | None = None,
-                  gateway: Gateway | None = None) -> MCPServer:
-    """The MCP server for ``config``. ``identity_for`` maps a request to an Identity (OIDC later);
-    without it every call runs as the configured identity."""
-    configured = config.identity.to_identity()
-    resolve = identity_for or (lambda ctx: configured)
+                  gateway: Gateway | None = None, stdio_identity: Identity | None = None) -> MCPServer:
+    """The MCP server for ``config``.
+
+    Who calls: on HTTP with [auth], the identity behind the verified bearer token; otherwise
+    ``stdio_identity`` (from BASTION_TOKEN) or the configured identity. ``identity_for`` overrides
+    all of this (tests).
+    """
+    configured = stdio_identity or config.identity.to_identity()
+    verifier = OidcVerifier(config.auth.token_rules()) if config.auth is not None else None
+
+    def resolve_default(ctx: Context) -> Identity:
+        access = get_access_token()
+        if access is not None and verifier is not None:
+            return verifier.identity(access)
+        if expired(configured):
+            raise ToolError("[auth_expired] the token in BASTION_TOKEN has expired. "
+                            "Restart Bastion with a fresh token in BASTION_TOKEN.")
+        return configured
+
+    resolve = identity_for or resolve_default
 
     @asynccontextmanager
     async def lifespan(server: MCPServer) -> AsyncIterator[Gateway]:
         gw = gateway or build_gateway(config)
         await gw.start()
+        if verifier is not None:
+            verifier.on_refused = lambda refused: record_refusal(gw, refused)
         try:
             yield gw
         finally:
@@ -116,7 +150,8 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
             gw.store.checkpoint()  # a signed end of the chain: a cut tail shows at the next verify
             gw.store.close()
 
-    mcp = MCPServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan)
+    mcp = MCPServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan,
+                    token_verifier=verifier, auth=auth_settings(config))
 
     def context(ctx: Context) -> tuple[Gateway, Caller]:
         headers = ctx.headers or {}

@@ -219,3 +219,22 @@ def _has_kid(keys: KeySet, kid: str) -> bool:
 
 def _describe(error: BaseException) -> str:
     return getattr(error, "error", None) or type(error).__name__
+
+
+async def identity_for_token(rules: TokenRules, token: str) -> Identity:
+    """stdio: the identity behind a token given in the environment (BASTION_TOKEN), checked like a
+    bearer token; TokenRefused when it fails, or lacks a required scope."""
+    verifier = OidcVerifier(rules)
+    claims = await verifier.check(token)
+    scope = claims.get("scope") or claims.get("scp") or []
+    scopes = set(scope.split() if isinstance(scope, str) else scope)
+    missing = [s for s in rules.required_scopes if s not in scopes]
+    if missing:
+        raise TokenRefused(f"missing required scope {missing[0]!r}", subject=claims.get("sub"))
+    return identity_from_claims(claims, rules)
+
+
+def expired(identity: Identity, clock: Callable[[], float] = time.time) -> bool:
+    """A token identity whose token's exp has passed (stdio sessions outlive tokens)."""
+    exp = identity.claims.get("exp")
+    return isinstance(exp, (int, float)) and exp < clock()

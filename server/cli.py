@@ -66,24 +66,51 @@ def is_loopback(host: str) -> bool:
 @main.command()
 @config_option
 @click.option("--http", "listen", metavar="HOST:PORT", default=None,
-              help="Serve streamable HTTP on HOST:PORT instead of stdio (loopback only until OIDC is configured).")
+              help="Serve streamable HTTP on HOST:PORT instead of stdio (loopback only unless [auth] is configured).")
 def serve(config_path: str | None, listen: str | None) -> None:
     """Run the MCP server (stdio by default).
+
+    On stdio, calls run as the config's [identity], or as the identity behind an OIDC access token
+    in $BASTION_TOKEN (checked like an HTTP bearer token; needs [auth]). Over HTTP with [auth],
+    every request needs a bearer token and any address may be bound; without it, loopback only.
 
     Example: bastion serve --config examples/bastion.toml --http 127.0.0.1:8765
     """
     from server.app import create_server
+    from server.http import serve_http
 
     config = _load(config_path)
-    server = create_server(config)
     if listen is None:
-        server.run("stdio")
+        create_server(config, stdio_identity=_stdio_identity(config)).run("stdio")
         return
     host, port = _parse_listen(listen)
-    if not is_loopback(host):
-        raise click.ClickException(f"refusing to serve HTTP on {host}: without OIDC authentication Bastion binds "
-                                   "loopback addresses only (127.0.0.1, ::1, localhost)")
-    server.run("streamable-http", host=host, port=port)
+    if config.auth is None and not is_loopback(host):
+        raise click.ClickException(f"refusing to serve HTTP on {host}: without OIDC authentication ([auth] in the "
+                                   "config) Bastion binds loopback addresses only (127.0.0.1, ::1, localhost)")
+    serve_http(create_server(config), config, host, port)
+
+
+def _stdio_identity(config: config_mod.Config) -> Identity | None:
+    """The identity behind $BASTION_TOKEN, or None; a refused token is recorded and stops the start."""
+    import anyio
+
+    from server.auth import TokenRefused, identity_for_token
+
+    token = os.environ.get("BASTION_TOKEN")
+    if not token:
+        return None
+    if config.auth is None:
+        raise click.ClickException("BASTION_TOKEN is set but the config has no [auth] section to check it against")
+    try:
+        return anyio.run(identity_for_token, config.auth.token_rules(), token.strip())
+    except TokenRefused as refused:
+        store = SqliteAuditStore(config.path(config.audit.path))
+        try:
+            store.append({"type": "auth.refused", "client": {"address": "stdio"},
+                          "error": {"code": "auth_refused", "message": refused.reason, **refused.details}})
+        finally:
+            store.close()
+        raise click.ClickException(f"BASTION_TOKEN was refused: {refused.reason}") from None
 
 
 # -- check --------------------------------------------------------------------------------------

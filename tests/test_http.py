@@ -39,8 +39,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(config: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
+def serving(config: Path, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = port or free_port()
     log = config.parent / f"serve-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config), "--http", f"127.0.0.1:{port}"],

@@ -48,6 +48,11 @@ class Gateway:
             log.warning("marked %d calls left open by a previous run as interrupted", len(interrupted))
         return interrupted
 
+    async def record_auth_refused(self, reason: str, client: dict[str, Any] | None, details: dict[str, Any]) -> None:
+        """A presented token was refused (401): why and from where, never the token."""
+        await self.guard.recorder.append({"type": "auth.refused", "client": client or None,
+                                          "error": {"code": "auth_refused", "message": reason, **details}})
+
     async def close(self) -> None:
         for connection in self.connections.values():
             try:

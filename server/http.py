@@ -1,0 +1,55 @@
+"""The HTTP app: the MCP endpoint (streamable HTTP), OAuth protected-resource metadata, health.
+
+Without [auth], it serves loopback only (the CLI enforces it) with DNS-rebinding protection for
+loopback hosts. With [auth], every MCP request needs a bearer token and the Host header must be one
+the config allows.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.config import Config
+
+# The address of the HTTP client behind the current request, for `auth.refused` events.
+client_address: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("client_address", default=None)
+
+
+class ClientAddress:
+    """ASGI middleware: note the peer address for this request (the token verifier runs inside it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("client"):
+            host, port = scope["client"]
+            token = client_address.set({"address": host, "port": port})
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                client_address.reset(token)
+            return
+        await self.app(scope, receive, send)
+
+
+def security(config: Config, host: str) -> TransportSecuritySettings | None:
+    if config.auth is not None:
+        return TransportSecuritySettings(allowed_hosts=config.auth.hosts(), allowed_origins=[])
+    return None  # the SDK protects loopback hosts by default
+
+
+def http_app(server: MCPServer, config: Config, host: str = "127.0.0.1") -> ASGIApp:
+    app = server.streamable_http_app(transport_security=security(config, host), host=host)
+    return ClientAddress(app)
+
+
+def serve_http(server: MCPServer, config: Config, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(http_app(server, config, host), host=host, port=port, log_level="info", lifespan="on")
