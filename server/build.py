@@ -73,7 +73,8 @@ def build_gateway(config: Config) -> Gateway:
             connections[name] = Connection(name, conn.kind, policies[name], build_executor(config, name, conn),
                                            conn.description, conn.sandbox, scopings[name])
         else:
-            per_user = {u.user: build_shell_executor(config, name, conn, u.user, u.key_file) for u in conn.users}
+            per_user = {entry: build_shell_executor(config, name, conn, entry.target, entry.key)
+                        for entry in scopings[name].entries}
             connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
                                                 build_shell_executor(config, name, conn), conn.description,
                                                 scopings[name], per_user)

@@ -50,8 +50,8 @@ class ShellConnection:
     executor: ShellExecutor
     description: str = ""
     scoping: Scoping = Scoping()  # groups → OS user (local) or remote user (ssh)
-    # One executor per mapped user (built from config), beside the gateway's own ``executor``.
-    executors: dict[str, ShellExecutor] = field(default_factory=dict)
+    # One executor per mapping entry (user and key), beside the gateway's own ``executor``.
+    executors: dict[RunAs, ShellExecutor] = field(default_factory=dict)
 
     def visible_to(self, identity: Identity) -> bool:
         return self.scoping.admits(identity) and bool(self.policy.rules_for(identity))
@@ -60,7 +60,7 @@ class ShellConnection:
         return self.scoping.run_as(identity)
 
     def executor_for(self, run_as: RunAs | None) -> ShellExecutor:
-        return self.executors[run_as.target] if run_as is not None else self.executor
+        return self.executors[run_as] if run_as is not None else self.executor
 
     async def close(self) -> None:
         for executor in (self.executor, *self.executors.values()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -45,7 +46,12 @@ class LocalShellExecutor:
             raise TargetUnavailable(f"connection `{self.name}` is unavailable: its mapped OS user `{self.run_as}` does not exist",
                                     hint="Ask the gateway's operator to create the user or fix the mapping.") from None
         who = {"HOME": home, "USER": self.run_as, "LOGNAME": self.run_as}
-        switch = ["runuser", "-u", self.run_as, "--"] if os.geteuid() == 0 else ["sudo", "-n", "-u", self.run_as, "--"]
+        tool = "runuser" if os.geteuid() == 0 else "sudo"
+        path = shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if path is None:
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable: `{tool}` is needed to run as `{self.run_as}`",
+                                    hint=f"Ask the gateway's operator to install {tool}.")
+        switch = [path, "-u", self.run_as, "--"] if tool == "runuser" else [path, "-n", "-u", self.run_as, "--"]
         return switch + bash, who
 
     async def run(self, request: ShellRunRequest) -> ShellResult:
