@@ -44,7 +44,8 @@ def test_every_option_is_in_the_cli_reference() -> None:
 def test_every_config_key_is_documented() -> None:
     text = (DOCS / "configuration.md").read_text()
     models = [config.IdentityConfig, config.AuditConfig, config.ConnectionConfig, config.RuleConfig,
-              config.ShellConnectionConfig, config.ShellRuleConfig, config.AlertConfig]
+              config.ShellConnectionConfig, config.ShellRuleConfig, config.AlertConfig, config.AuthConfig,
+              config.RoleConfig, config.UserConfig]
     missing = [f"{m.__name__}.{key}" for m in models for key in m.model_fields if f"`{key}`" not in text]
     assert not missing, f"undocumented config keys: {missing}"
 
