@@ -5,18 +5,14 @@ where configured, a webhook (delivered in the background with retries; delivery 
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from policy import Decision, Identity
 from store.sqlite_store import SqliteAuditStore
+from tools.webhooks import WebhookSender
 
-log = logging.getLogger(__name__)
 Kind = Literal["denials", "large-result", "egress"]
 
 
@@ -42,7 +38,23 @@ class Alerts:
                  backoff_s: float = 0.5) -> None:
         self.rules = rules
         self.store = store
-        self.retries, self.backoff_s = retries, backoff_s
+        self.webhooks = WebhookSender(store, retries=retries, backoff_s=backoff_s)
+
+    @property
+    def retries(self) -> int:
+        return self.webhooks.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self.webhooks.retries = value
+
+    @property
+    def backoff_s(self) -> float:
+        return self.webhooks.backoff_s
+
+    @backoff_s.setter
+    def backoff_s(self, value: float) -> None:
+        self.webhooks.backoff_s = value
 
     # -- before a call runs ----------------------------------------------------------------------
 
@@ -79,7 +91,9 @@ class Alerts:
                 "reason": details.pop("message"), "result": {"rule": rule.id, **details}})
             fired.append(event)
             if rule.webhook:
-                threading.Thread(target=self._deliver, args=(rule, event), daemon=True).start()
+                # In the background, retried with backoff; `alert.webhook.delivered` or `.failed` follows.
+                self.webhooks.send(rule.webhook, payload(rule, event), event_type="alert.webhook",
+                                   call_id=event.get("call_id"), record={"rule": rule.id, "alert_seq": event.get("seq")})
         return fired
 
     def _check(self, rule: AlertRule, subject: str, terminal: dict[str, Any]) -> dict[str, Any] | None:
@@ -120,33 +134,6 @@ class Alerts:
             "SELECT 1 FROM events WHERE type = ? AND time >= ? AND json_extract(result, '$.rule') = ? "
             "AND json_extract(identity, '$.subject') = ? LIMIT 1",
             (f"alert.{rule.kind}", _ago(rule.window_s), rule.id, subject)) != []
-
-    # -- webhooks --------------------------------------------------------------------------------
-
-    def _deliver(self, rule: AlertRule, event: dict[str, Any]) -> None:
-        """POST the alert, retrying with backoff; record the outcome. Never raises."""
-        body = payload(rule, event)
-        error = ""
-        for attempt in range(1, self.retries + 1):
-            try:
-                request = urllib.request.Request(rule.webhook or "", data=json.dumps(body).encode(),
-                                                 headers={"Content-Type": "application/json"}, method="POST")
-                with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (configured URL)
-                    status = response.status
-                self._record_delivery(rule, event, "delivered", attempt, f"HTTP {status}")
-                return
-            except Exception as failure:  # a failing webhook never blocks or loses the alert
-                error = type(failure).__name__ + ": " + str(failure)[:200]
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-        self._record_delivery(rule, event, "failed", self.retries, error)
-
-    def _record_delivery(self, rule: AlertRule, event: dict[str, Any], outcome: str, attempts: int, detail: str) -> None:
-        try:
-            self.store.append({"type": f"alert.webhook.{outcome}", "call_id": event.get("call_id"),
-                               "result": {"rule": rule.id, "alert_seq": event.get("seq"), "attempts": attempts,
-                                          "detail": detail}})
-        except Exception:
-            log.exception("recording a webhook delivery")
 
 
 def payload(rule: AlertRule, event: dict[str, Any]) -> dict[str, Any]:
