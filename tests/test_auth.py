@@ -205,3 +205,26 @@ async def test_a_host_header_outside_the_allow_list_is_refused(config: Path, oid
     async with bastion(config, oidc_provider.token(user, RESOURCE)) as http:
         response = await http.post("/mcp", json=PING, headers={**MCP_HEADERS, "Host": "evil.example.com"})
     assert response.status_code in (400, 421)
+
+
+@requirement("auth:token-checks")
+async def test_stdio_runs_as_the_identity_behind_bastion_token(config: Path, oidc_provider: OidcProvider, user: str) -> None:
+    import subprocess
+    import sys
+
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    bastion_bin = str(Path(sys.executable).parent / "bastion")
+    params = StdioServerParameters(command=bastion_bin, args=["serve", "--config", str(config)], cwd=str(config.parent),
+                                   env={"BASTION_TOKEN": oidc_provider.token(user, RESOURCE)})
+    async with Client(stdio_client(params)) as client:
+        rows = await client.call_tool("sql_query", {"connection": "demo", "sql": "SELECT count(*) FROM products"})
+    assert rows.structured_content["rows"] == [[10]]
+    events = list(SqliteAuditStore(config.parent / "bastion-audit.db").iter_all())
+    assert {e["identity"]["subject"] for e in events if e["type"] == "call.requested"} == {user}
+
+    expired = oidc_provider.token(user, RESOURCE, expires_in=-120)
+    result = subprocess.run([bastion_bin, "serve", "--config", str(config)], env={"BASTION_TOKEN": expired, "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0 and "BASTION_TOKEN was refused: expired" in result.stderr
+    assert refusals(config)[-1]["client"] == {"address": "stdio"} and expired not in json.dumps(refusals(config))
