@@ -148,6 +148,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         finally:
             await gw.close()
             gw.store.checkpoint()  # a signed end of the chain: a cut tail shows at the next verify
+            gw.approvals.close()
             gw.store.close()
 
     mcp = MCPServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan,

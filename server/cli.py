@@ -87,7 +87,7 @@ def serve(config_path: str | None, listen: str | None) -> None:
     if config.auth is None and not is_loopback(host):
         raise click.ClickException(f"refusing to serve HTTP on {host}: without OIDC authentication ([auth] in the "
                                    "config) Bastion binds loopback addresses only (127.0.0.1, ::1, localhost)")
-    serve_http(create_server(config), config, host, port)
+    serve_http(config, host, port)
 
 
 def _stdio_identity(config: config_mod.Config) -> Identity | None:

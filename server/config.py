@@ -17,6 +17,7 @@ from policy.errors import ConfigError
 from policy.identity import Identity
 from policy.presets import PRESETS
 from policy.rules import ConnectionPolicy, SqlRule
+from policy.approvals import ApprovalPolicy
 from policy.scoping import RunAs, Scoping
 from policy.shell.presets import SHELL_PRESETS
 from policy.shell.rules import ShellPolicy, ShellRule
@@ -50,6 +51,9 @@ class RuleConfig(_Model):
     max_rows: Annotated[int, Field(gt=0, le=1_000_000)] = 1000
     max_bytes: Annotated[int, Field(gt=0, le=1_000_000_000)] = 4_000_000
     timeout: Annotated[float, Field(gt=0, le=3600, description="seconds")] = 30.0
+    approvers: list[str] | None = Field(None, description="groups that may approve what this rule holds (default: [approvals] approvers)")
+    min_approvals: Annotated[int, Field(ge=1, le=10)] | None = None
+    self_confirm: bool = Field(False, description="the requester may confirm what this rule holds (MCP elicitation)")
 
     def to_rule(self, index: int) -> SqlRule:
         base = PRESETS[self.preset] if self.preset else SqlRule(id="", read_tables=("*",))
@@ -168,6 +172,9 @@ class ShellRuleConfig(_Model):
     allow_assignments: bool | None = None
     timeout: Annotated[float, Field(gt=0, le=3600, description="seconds")] = 30.0
     max_output_bytes: Annotated[int, Field(gt=0, le=100_000_000)] = 1_000_000
+    approvers: list[str] | None = Field(None, description="groups that may approve what this rule holds (default: [approvals] approvers)")
+    min_approvals: Annotated[int, Field(ge=1, le=10)] | None = None
+    self_confirm: bool = Field(False, description="the requester may confirm what this rule holds (MCP elicitation)")
 
     def to_rule(self, index: int) -> ShellRule:
         base = SHELL_PRESETS[self.preset] if self.preset else ShellRule(id="")
@@ -337,9 +344,46 @@ class AuthConfig(_Model):
         return list(dict.fromkeys(hosts))
 
 
+class WebhookConfig(_Model):
+    url: str
+    format: Literal["generic", "slack"] = "generic"
+
+
+class ApprovalsConfig(_Model):
+    """Held calls: how long a tool call waits, how long a hold lives, who approves by default, who is told."""
+
+    wait: str | float = Field("60s", description="how long a held tool call waits for a decision before answering pending_approval")
+    ttl: str | float = Field("1h", description="how long a hold (and an unused approval) lives")
+    approvers: list[str] = Field(["approvers"], description="groups that may approve, where a rule names none")
+    min_approvals: Annotated[int, Field(ge=1, le=10)] = 1
+    base_url: str | None = Field(None, description="where the approvals page is, for links (default: from [auth] resource)")
+    webhooks: list[WebhookConfig] = []
+    web_client_id: str | None = Field(None, description="OIDC client id of the approvals page's browser login")
+    web_client_secret_env: str | None = None
+    web_client_secret_file: str | None = None
+    session_secret_env: str | None = Field(None, description="environment variable with the key signing the page's session cookie")
+
+    @model_validator(mode="after")
+    def _durations(self) -> ApprovalsConfig:
+        if _seconds(self.wait) <= 0 or _seconds(self.ttl) <= 0:
+            raise ValueError("`wait` and `ttl` must be positive durations")
+        if _seconds(self.wait) > 600:
+            raise ValueError("`wait` over 10m outlasts every client's request timeout; a pending call is re-issued instead")
+        return self
+
+    @property
+    def wait_s(self) -> float:
+        return _seconds(self.wait)
+
+    @property
+    def ttl_s(self) -> float:
+        return _seconds(self.ttl)
+
+
 class Config(_Model):
     identity: IdentityConfig = IdentityConfig()
     auth: AuthConfig | None = None
+    approvals: ApprovalsConfig = ApprovalsConfig()
     audit: AuditConfig = AuditConfig()
     connections: dict[str, Annotated[ConnectionConfig | ShellConnectionConfig, Field(discriminator="kind")]] = {}
     alerts: list[AlertConfig] = []
@@ -377,6 +421,21 @@ class Config(_Model):
         """The shell connections' policies."""
         return {name: ShellPolicy(name, c.rule_list(), self.shell_cwd(c))
                 for name, c in self.connections.items() if isinstance(c, ShellConnectionConfig)}
+
+    def approval_policies(self) -> dict[str, dict[str, tuple[ApprovalPolicy, bool]]]:
+        """Per connection, per rule id: who approves what the rule holds, and whether the requester
+        may confirm it themself. A rule without its own keys takes [approvals]' defaults."""
+        defaults = self.approvals
+        out: dict[str, dict[str, tuple[ApprovalPolicy, bool]]] = {}
+        for name, conn in self.connections.items():
+            rules = conn.rules or []
+            ids = [r.id for r in conn.rule_list()]
+            out[name] = {
+                rule_id: (ApprovalPolicy(frozenset(r.approvers or defaults.approvers),
+                                         r.min_approvals or defaults.min_approvals, defaults.ttl_s), r.self_confirm)
+                for rule_id, r in zip(ids, rules)}
+            out[name][""] = (ApprovalPolicy(frozenset(defaults.approvers), defaults.min_approvals, defaults.ttl_s), False)
+        return out
 
     def scopings(self) -> dict[str, Scoping]:
         """Each connection's run-as mapping (empty: calls run as the gateway's own login)."""

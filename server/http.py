@@ -12,9 +12,11 @@ from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.config import Config
+from tools.gateway import Gateway
 
 # The address of the HTTP client behind the current request, for `auth.refused` events.
 client_address: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("client_address", default=None)
@@ -44,12 +46,23 @@ def security(config: Config, host: str) -> TransportSecuritySettings | None:
     return None  # the SDK protects loopback hosts by default
 
 
-def http_app(server: MCPServer, config: Config, host: str = "127.0.0.1") -> ASGIApp:
+def http_app(server: MCPServer, config: Config, gateway: Gateway | None = None, host: str = "127.0.0.1") -> ClientAddress:
+    """The MCP endpoint at /mcp and, given the ``gateway`` the server runs on, the approvals API
+    and page under /approvals."""
     app = server.streamable_http_app(transport_security=security(config, host), host=host)
+    if gateway is not None:
+        from server.approvals_web import approvals_app
+
+        app.router.routes.append(Mount("/approvals", app=approvals_app(config, gateway, server)))
     return ClientAddress(app)
 
 
-def serve_http(server: MCPServer, config: Config, host: str, port: int) -> None:
+def serve_http(config: Config, host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(http_app(server, config, host), host=host, port=port, log_level="info", lifespan="on")
+    from server.app import create_server
+    from server.build import build_gateway
+
+    gateway = build_gateway(config)
+    app = http_app(create_server(config, gateway=gateway), config, gateway, host)
+    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on")

@@ -12,6 +12,7 @@ from typing import Any
 from policy.errors import BastionError, InvalidInput, UnknownConnection
 from policy.patterns import matches
 from policy.presets import SENSITIVE_CATALOG_PATTERNS
+from store.approvals import ApprovalStore
 from store.sqlite_store import SqliteAuditStore
 from tools import shell, sql
 from tools.alerts import AlertRule, Alerts
@@ -39,6 +40,7 @@ class Gateway:
                  alerts: tuple[AlertRule, ...] = ()) -> None:
         self.connections = connections
         self.store = store
+        self.approvals = ApprovalStore(store)
         self.guard = Guard(Recorder(store), Alerts(alerts, store) if alerts else None)
 
     async def start(self) -> list[str]:
