@@ -1,0 +1,530 @@
+"""The approvals page under /approvals/: held calls in a browser, for approvers who sign in with OIDC.
+
+    GET  /approvals/                      held calls waiting for you (and your own, waiting for others)
+    GET  /approvals/{hold_id}             one held call in full, with its votes
+    POST /approvals/{hold_id}/approve     form fields: csrf, reason (optional)
+    POST /approvals/{hold_id}/deny        form fields: csrf, reason (required)
+    GET  /approvals/login?next=...        starts the sign-in
+    GET  /approvals/callback              the redirect URI registered at the identity provider
+    GET  /approvals/logout                a page with the sign-out button; POST signs out
+    GET  /approvals/static/approvals.css  the one style sheet
+
+Sign-in is the OIDC authorization-code flow with PKCE (S256) through authlib's Starlette client,
+as the confidential client [approvals] web_client_id (its secret by reference). The approver is
+the identity in the id_token's claims (`identity_from_claims`: [auth] groups_claim applies),
+checked by authlib against the issuer's keys, this client id and the nonce.
+
+The session is a cookie signed with itsdangerous (Starlette's SessionMiddleware): HttpOnly,
+SameSite=Lax, Secure when the base URL is https, path /approvals, ending `SESSION_LIFETIME_S`
+after sign-in. It holds the approver's subject, groups, e-mail and name, the CSRF token, and during
+sign-in authlib's state, nonce and PKCE verifier; never a token.
+
+Every POST must carry the session's CSRF token in the hidden field ``csrf`` (compared with
+`hmac.compare_digest`) and come from this origin (Origin, else Referer, equal to the base URL's);
+otherwise it is answered 403 and nothing is decided. The page runs no script at all: the CSP
+(server/approvals_web.py) forbids every script, inline style and foreign form target, and every
+value shown is escaped with `html.escape`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from datetime import datetime
+from html import escape as e
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from authlib.integrations.starlette_client import OAuth, OAuthError
+from joserfc.errors import JoseError
+from starlette.applications import Starlette
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from policy.approvals import refusal
+from policy.errors import BastionError, ConfigError, SelfApproval
+from policy.identity import Identity
+from server.approvals_web import (MAX_REASON, STORE_UNAVAILABLE, base_url, decide_as, effective_status, http_status,
+                                  list_visible, load_visible, origin)
+from server.auth import identity_from_claims
+from server.config import Config
+from store.approvals import Held, HoldStatus
+from store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "bastion_approvals"
+SESSION_LIFETIME_S = 3600  # then sign in again (group changes at the identity provider apply then)
+SCOPE = "openid profile email"
+
+
+# -- configuration (secrets by reference) ---------------------------------------------------------
+
+def client_secret(config: Config) -> str | None:
+    """The page's OIDC client secret from [approvals] web_client_secret_env or _file; None: a public client."""
+    approvals = config.approvals
+    if approvals.web_client_secret_env:
+        value = os.environ.get(approvals.web_client_secret_env)
+        if not value:
+            raise ConfigError(f"{config.source}: approvals.web_client_secret_env: the environment variable "
+                              f"`{approvals.web_client_secret_env}` is not set")
+        return value
+    if approvals.web_client_secret_file:
+        try:
+            return config.path(approvals.web_client_secret_file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"{config.source}: approvals.web_client_secret_file: cannot read "
+                              f"`{approvals.web_client_secret_file}` ({error.strerror})") from None
+    return None
+
+
+def session_key(config: Config) -> str:
+    """The key signing session cookies, from [approvals] session_secret_env; unset: a random key of
+    this process (sign-ins end at a restart and are not shared between replicas), with a warning."""
+    name = config.approvals.session_secret_env
+    if name is None:
+        log.warning("approvals.session_secret_env is not set: the approvals page signs its session cookies with a "
+                    "random key of this process, so sign-ins end when it restarts and do not carry over to other "
+                    "gateway processes")
+        return secrets.token_urlsafe(32)
+    value = os.environ.get(name, "")
+    if len(value) < 32:
+        raise ConfigError(f"{config.source}: approvals.session_secret_env: the environment variable `{name}` is "
+                          + ("not set" if not value else "shorter than 32 characters"),
+                          hint="Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return value
+
+
+def oauth_client(config: Config) -> Any:
+    """authlib's Starlette client for the page's sign-in, or None when web_client_id is not set."""
+    approvals, auth = config.approvals, config.auth
+    if approvals.web_client_id is None or auth is None:
+        return None
+    secret = client_secret(config)
+    oauth = OAuth()
+    return oauth.register(
+        name="bastion", client_id=approvals.web_client_id, client_secret=secret,
+        server_metadata_url=auth.issuer.rstrip("/") + "/.well-known/openid-configuration",
+        client_kwargs={"scope": SCOPE, "code_challenge_method": "S256",
+                       "token_endpoint_auth_method": "client_secret_basic" if secret else "none"})
+
+
+# -- the page --------------------------------------------------------------------------------------
+
+class Page:
+    def __init__(self, config: Config, gateway: Any) -> None:
+        assert config.auth is not None
+        self.config = config
+        self.gateway = gateway
+        self.store = gateway.approvals
+        self.base = base_url(config)
+        self.origin = origin(self.base)
+        self.root = urlsplit(self.base).path.rstrip("/") + "/approvals"  # our paths as the browser sees them
+        self.rules = config.auth.token_rules()
+        self.client = oauth_client(config)
+        self.redirect_uri = f"{self.base}/approvals/callback"
+
+    # -- who is signed in ---------------------------------------------------------------------------
+
+    def user(self, request: Request) -> Identity | None:
+        user = request.session.get("user")
+        if not isinstance(user, dict) or not isinstance(user.get("at"), (int, float)):
+            return None
+        if time.time() - user["at"] > SESSION_LIFETIME_S:
+            return None
+        return Identity(str(user["subject"]), frozenset(user.get("groups") or ()), user.get("email"), user.get("name"),
+                        source="oidc")
+
+    def csrf(self, request: Request) -> str:
+        return str(request.session.get("csrf", ""))
+
+    def forged(self, request: Request, form: FormData) -> str | None:
+        """Why a POST cannot be trusted to come from this page, or None when it can."""
+        sent_origin = request.headers.get("origin")
+        if sent_origin is not None:
+            if sent_origin.lower() != self.origin:
+                return f"it came from another origin (`{sent_origin}`)"
+        else:
+            referer = request.headers.get("referer")
+            if not referer or origin(referer) != self.origin:
+                return "it names no origin (neither Origin nor Referer is this site)"
+        expected, sent = request.session.get("csrf"), form.get("csrf")
+        if not isinstance(expected, str) or not expected or not isinstance(sent, str) \
+                or not hmac.compare_digest(sent.encode(), expected.encode()):
+            return "its form token is missing or wrong"
+        return None
+
+    def safe_next(self, value: Any) -> str:
+        """Where to go after sign-in: a path of this page only (never another site)."""
+        if isinstance(value, str) and value.startswith(self.root + "/") and "//" not in value and "\\" not in value:
+            return value
+        return self.root + "/"
+
+    def hold_url(self, hold_id: str) -> str:
+        return f"{self.root}/{quote(hold_id, safe='')}"
+
+    # -- pages --------------------------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        identity = self.user(request)
+        if identity is None:
+            return self.sign_in_first(self.root + "/")
+        holds = await list_visible(self.store, identity, {str(HoldStatus.PENDING)})
+        now = self.store.clock()
+        mine = [h for h in holds if isinstance(refusal(identity, h), SelfApproval)]
+        theirs = [h for h in holds if h not in mine]
+        csrf = self.csrf(request)
+        body = flash_html(request.session.pop("flash", None)) + "<h1>Held calls waiting for you</h1>"
+        body += "".join(hold_html(h, identity, now, self.root, csrf) for h in theirs) or \
+            '<p class="empty" id="nothing-waiting">Nothing is waiting for your decision.</p>'
+        if mine:
+            body += "<h2>Your own held calls</h2>" + "".join(hold_html(h, identity, now, self.root, csrf) for h in mine)
+        return self.layout("Held calls", body, identity, csrf)
+
+    async def detail(self, request: Request) -> Response:
+        hold_id = request.path_params["hold_id"]
+        identity = self.user(request)
+        if identity is None:
+            return self.sign_in_first(self.hold_url(hold_id))
+        try:
+            held = await load_visible(self.store, identity, hold_id)
+        except BastionError as error:
+            return self.failed(request, error, identity)
+        csrf = self.csrf(request)
+        body = flash_html(request.session.pop("flash", None))
+        body += hold_html(held, identity, self.store.clock(), self.root, csrf, full=True)
+        return self.layout(f"Held call {hold_id}", body, identity, csrf)
+
+    async def vote(self, request: Request, approve: bool) -> Response:
+        hold_id = request.path_params["hold_id"]
+        form = await request.form(max_files=0, max_fields=10)
+        identity = self.user(request)
+        why = self.forged(request, form)
+        if why is not None:
+            log.warning("approvals page: refused a POST to %s: %s", request.url.path, why)
+            return self.message(request, 403, "Refused: this form did not come from this page",
+                                f"Bastion refused the request: {why}. Nothing was decided.",
+                                "Open the page again and use its buttons.", identity, code="csrf")
+        if identity is None:
+            return self.message(request, 403, "Your sign-in has ended", "Nothing was decided.",
+                                "Sign in again, then decide.", None, code="signed_out")
+        reason = form.get("reason")
+        try:
+            held = await decide_as(self.store, identity, hold_id, approve, reason if isinstance(reason, str) else None)
+        except BastionError as error:
+            return self.failed(request, error, identity)
+        verb = "approved" if approve else "denied"
+        request.session["flash"] = f"You {verb} held call {hold_id}: it is now {held.status}."
+        return RedirectResponse(self.hold_url(hold_id), status_code=303)
+
+    async def approve(self, request: Request) -> Response:
+        return await self.vote(request, True)
+
+    async def deny(self, request: Request) -> Response:
+        return await self.vote(request, False)
+
+    # -- sign-in ------------------------------------------------------------------------------------
+
+    def sign_in_first(self, next_path: str) -> Response:
+        if self.client is None:
+            return self.not_configured()
+        return RedirectResponse(f"{self.root}/login?next={quote(next_path, safe='')}", status_code=303)
+
+    async def login(self, request: Request) -> Response:
+        if self.client is None:
+            return self.not_configured()
+        request.session["next"] = self.safe_next(request.query_params.get("next"))
+        try:
+            response: Response = await self.client.authorize_redirect(request, self.redirect_uri)
+        except (httpx.HTTPError, ValueError, KeyError, RuntimeError) as error:
+            log.warning("approvals page: the identity provider's discovery failed: %s", error)
+            return self.message(request, 502, "The identity provider could not be reached",
+                                f"Bastion could not read {self.config.auth.issuer}'s OIDC discovery document.",  # type: ignore[union-attr]
+                                "Try again in a moment.", None, code="provider_unreachable")
+        return response
+
+    async def callback(self, request: Request) -> Response:
+        if self.client is None:
+            return self.not_configured()
+        try:
+            token = await self.client.authorize_access_token(request)
+        except (OAuthError, JoseError) as error:
+            what = getattr(error, "error", None) or type(error).__name__
+            return await self.sign_in_failed(request, f"browser sign-in failed ({what})")
+        except (httpx.HTTPError, ValueError) as error:
+            log.warning("approvals page: exchanging the code failed: %s", error)
+            return await self.sign_in_failed(request, "browser sign-in failed (the identity provider did not answer)")
+        claims = dict(token.get("userinfo") or {})
+        if claims.get("iss") != self.config.auth.issuer or not claims.get("sub"):  # type: ignore[union-attr]
+            return await self.sign_in_failed(request, "browser sign-in failed (no id_token from the configured issuer)")
+        identity = identity_from_claims(claims, self.rules)
+        next_path = self.safe_next(request.session.get("next"))
+        request.session.clear()  # nothing from before the sign-in survives it
+        request.session.update({
+            "user": {"subject": identity.subject, "groups": sorted(identity.groups), "email": identity.email,
+                     "name": identity.name, "at": time.time()},
+            "csrf": secrets.token_urlsafe(32),
+        })
+        log.info("approvals page: %s signed in", identity.subject)
+        return RedirectResponse(next_path, status_code=303)
+
+    async def sign_in_failed(self, request: Request, reason: str) -> Response:
+        from server.http import client_address
+
+        await self.gateway.record_auth_refused(reason, client_address.get(), {"channel": "approvals page"})
+        return self.message(request, 400, "Sign-in did not complete", reason[0].upper() + reason[1:] + ".",
+                            "Try again.", None, code="sign_in_failed", link=(f"{self.root}/login", "Sign in again"))
+
+    async def logout_form(self, request: Request) -> Response:
+        identity = self.user(request)
+        if identity is None:
+            return self.signed_out()
+        body = ('<h1>Sign out</h1><form id="logout-form" method="post" action="' + e(self.root) + '/logout">'
+                + csrf_field(self.csrf(request)) + '<button type="submit" id="confirm-sign-out">Sign out</button></form>')
+        return self.layout("Sign out", body, identity, self.csrf(request))
+
+    async def logout(self, request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=10)
+        if request.session.get("user") is not None:
+            why = self.forged(request, form)
+            if why is not None:
+                return self.message(request, 403, "Refused: this form did not come from this page",
+                                    f"Bastion refused the request: {why}.", "Use the page's Sign out button.",
+                                    self.user(request), code="csrf")
+        request.session.clear()
+        return self.signed_out()
+
+    def signed_out(self) -> Response:
+        body = ('<h1>Signed out</h1><p id="signed-out">You are signed out of the approvals page.</p>'
+                f'<p><a id="sign-in" href="{e(self.root)}/login">Sign in again</a></p>')
+        return self.layout("Signed out", body, None, "")
+
+    # -- responses ----------------------------------------------------------------------------------
+
+    def not_configured(self) -> Response:
+        body = ('<h1>Browser sign-in is not configured</h1><p id="not-configured">The approvals page needs an OIDC '
+                'client for its sign-in: set <code>web_client_id</code> (and its secret, by '
+                '<code>web_client_secret_env</code> or <code>web_client_secret_file</code>) in [approvals].</p>'
+                f'<p>Meanwhile approvers can use the JSON API at <code>{e(self.root)}/api/holds</code> with a bearer '
+                'token, or <code>bastion approvals</code> on the gateway\'s host.</p>')
+        return self.layout("Sign-in not configured", body, None, "", status=404)
+
+    def failed(self, request: Request, error: BastionError, identity: Identity | None) -> Response:
+        return self.message(request, http_status(error), TITLES.get(error.code, "That did not work"),
+                            error.message[0].upper() + error.message[1:] + ".", error.hint, identity, code=error.code)
+
+    def message(self, request: Request, status: int, title: str, text: str, hint: str | None,
+                identity: Identity | None, *, code: str, link: tuple[str, str] | None = None) -> Response:
+        target, label = link or (self.root + "/", "Back to the held calls")
+        body = (f'<h1>{e(title)}</h1><p class="error" id="error" data-code="{e(code)}">{e(text)}</p>'
+                + (f'<p class="hint">{e(hint)}</p>' if hint else "") + f'<p><a href="{e(target)}">{e(label)}</a></p>')
+        return self.layout(title, body, identity, self.csrf(request) if identity else "", status=status)
+
+    def layout(self, title: str, body: str, identity: Identity | None, csrf: str, status: int = 200) -> HTMLResponse:
+        who = ""
+        if identity is not None:
+            who = (f'<div class="who"><span id="who">{e(person(identity.as_record()))}</span>'
+                   f'<form id="logout" method="post" action="{e(self.root)}/logout">{csrf_field(csrf)}'
+                   '<button type="submit" id="sign-out">Sign out</button></form></div>')
+        return HTMLResponse(
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{e(title)} · Bastion</title><link rel="stylesheet" href="{e(self.root)}/static/approvals.css">'
+            f'</head><body><header class="bar"><a class="home" href="{e(self.root)}/">Bastion approvals</a>{who}'
+            f'</header><main>{body}</main></body></html>', status_code=status)
+
+    async def stylesheet(self, request: Request) -> Response:
+        return Response(CSS, media_type="text/css", headers={"cache-control": "public, max-age=3600"})
+
+    async def store_error(self, request: Request, exc: Exception) -> Response:
+        log.error("approvals page: %s", exc)
+        code, text, hint = STORE_UNAVAILABLE
+        return self.message(request, 503, "The approvals store is unavailable", text[0].upper() + text[1:] + ".",
+                            hint, self.user(request), code=code)
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        title = {404: "Not found", 405: "Not allowed"}.get(exc.status_code, "That did not work")
+        return self.message(request, exc.status_code, title, f"{exc.detail}.", None, self.user(request),
+                            code="not_found" if exc.status_code == 404 else "http_error")
+
+
+def page_app(config: Config, gateway: Any) -> Starlette:
+    page = Page(config, gateway)
+    return Starlette(
+        routes=[
+            Route("/", page.index, methods=["GET"]),
+            Route("/login", page.login, methods=["GET"]),
+            Route("/callback", page.callback, methods=["GET"]),
+            Route("/logout", page.logout_form, methods=["GET"]),
+            Route("/logout", page.logout, methods=["POST"]),
+            Route("/static/approvals.css", page.stylesheet, methods=["GET"]),
+            Route("/{hold_id}", page.detail, methods=["GET"]),
+            Route("/{hold_id}/approve", page.approve, methods=["POST"]),
+            Route("/{hold_id}/deny", page.deny, methods=["POST"]),
+        ],
+        middleware=[Middleware(SessionMiddleware, secret_key=session_key(config), session_cookie=SESSION_COOKIE,
+                               max_age=SESSION_LIFETIME_S, path=page.root, same_site="lax",
+                               https_only=page.base.startswith("https://"))],
+        exception_handlers={StoreError: page.store_error, HTTPException: page.http_error},
+    )
+
+
+# -- rendering (every value through e()) ----------------------------------------------------------
+
+TITLES = {
+    "hold_not_found": "No such held call",
+    "hold_closed": "This held call can no longer be decided",
+    "self_approval": "You cannot decide your own held call",
+    "not_an_approver": "You are not an approver of this held call",
+    "already_voted": "You have already voted on this held call",
+    "reason_required": "A denial needs a reason",
+    "invalid_input": "That did not work",
+}
+
+
+def csrf_field(csrf: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+
+
+def person(record: dict[str, Any]) -> str:
+    """``Name <email> (subject)``, with whatever parts there are."""
+    subject, name, email = record.get("subject"), record.get("name"), record.get("email")
+    text = str(name or email or subject)
+    if email and name:
+        text += f" <{email}>"
+    return text if text == subject else f"{text} ({subject})"
+
+
+def flash_html(text: Any) -> str:
+    return f'<p class="flash" id="flash" role="status">{e(text)}</p>' if isinstance(text, str) else ""
+
+
+def relative(iso: str, now: datetime) -> str:
+    seconds = int((datetime.fromisoformat(iso) - now).total_seconds())
+    span = abs(seconds)
+    amount = f"{span} s" if span < 120 else f"{span // 60} min" if span < 7200 else f"{span // 3600} h"
+    return f"in {amount}" if seconds >= 0 else f"{amount} ago"
+
+
+def hold_html(held: Held, identity: Identity, now: datetime, root: str, csrf: str, *, full: bool = False) -> str:
+    hold_id = held.hold_id
+    status = effective_status(held, now)
+    url = f"{root}/{quote(hold_id, safe='')}"
+    where = f" on {held.connection}" if held.connection else ""
+    title = (f'{e(held.tool)}{e(where)}' if full else f'<a href="{e(url)}">{e(held.tool)}{e(where)}</a>')
+    facts = [
+        ("Held call", f"<code>{e(hold_id)}</code>", "hold-id"),
+        ("Requested by", e(person({**held.requester, "subject": held.requester_subject})), "requester"),
+        ("Reason", e(held.reason) if held.reason else '<span class="none">none given</span>', "reason"),
+        ("Rule", f"<code>{e(held.rule or '')}</code>", "rule"),
+        ("Connection", e(held.connection or "none"), "connection"),
+        ("Approvers", e(", ".join(held.approver_groups)) + f" · {held.approvals} of {held.min_approvals} "
+                      f"approval{'s' if held.min_approvals != 1 else ''}", "approvers"),
+        ("Expires" if status in (HoldStatus.PENDING, HoldStatus.APPROVED) else "Expiry",
+         f'<time datetime="{e(held.expires_at)}">{e(held.expires_at)}</time> ({e(relative(held.expires_at, now))})',
+         "expires"),
+    ]
+    if held.decided_at:
+        facts.append(("Decided", f'<time datetime="{e(held.decided_at)}">{e(held.decided_at)}</time>', "decided"))
+    if held.consumed_by_call:
+        facts.append(("Used by call", f"<code>{e(held.consumed_by_call)}</code>", "consumed"))
+    rows = "".join(f'<dt>{label}</dt><dd class="{cls}">{value}</dd>' for label, value, cls in facts)
+    return (f'<article class="hold" id="{e(hold_id)}" data-hold="{e(hold_id)}" data-status="{e(status)}">'
+            f'<header><h{2 if full else 3} class="title">{title}</h{2 if full else 3}>'
+            f'<span class="status status-{e(status)}">{e(status)}</span></header>'
+            f'<pre class="text">{e(held.text)}</pre><dl class="facts">{rows}</dl>'
+            + preview_html(held.preview) + (votes_html(held) if full or held.votes else "")
+            + actions_html(held, identity, status, url, csrf) + "</article>")
+
+
+def preview_html(preview: dict[str, Any] | None) -> str:
+    if not preview:
+        return ""
+    rows = []
+    for key, value in preview.items():
+        if isinstance(value, str) and "\n" not in value and len(value) <= 200:
+            shown = e(value)
+        elif isinstance(value, (int, float, bool)) or value is None:
+            shown = e(json.dumps(value))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=str)
+            shown = f"<pre>{e(text)}</pre>"
+        rows.append(f"<dt>{e(str(key).replace('_', ' '))}</dt><dd>{shown}</dd>")
+    return f'<section class="preview"><h4>Impact preview</h4><dl>{"".join(rows)}</dl></section>'
+
+
+def votes_html(held: Held) -> str:
+    if not held.votes:
+        return '<section class="votes"><h4>Votes</h4><p class="none">No votes yet.</p></section>'
+    items = []
+    for vote in held.votes:
+        who = person({**(vote.identity or {}), "subject": vote.approver})
+        said = f': <q class="vote-reason">{e(vote.reason)}</q>' if vote.reason else ""
+        items.append(f'<li class="vote {"approve" if vote.approve else "deny"}"><strong>{e(who)}</strong> '
+                     f'{"approved" if vote.approve else "denied"} at <time datetime="{e(vote.at)}">{e(vote.at)}</time>'
+                     f'{said}</li>')
+    return f'<section class="votes"><h4>Votes</h4><ul>{"".join(items)}</ul></section>'
+
+
+def actions_html(held: Held, identity: Identity, status: str, url: str, csrf: str) -> str:
+    if status != HoldStatus.PENDING:
+        return ""
+    refused = refusal(identity, held)
+    if refused is not None:
+        return f'<p class="cannot-decide">{e(refused.message)}. {e(refused.hint or "")}</p>'
+    hold_id, token = e(held.hold_id), csrf_field(csrf)
+    return (
+        '<div class="actions">'
+        f'<form class="approve" data-hold="{hold_id}" method="post" action="{e(url)}/approve">{token}'
+        f'<label>Note <input type="text" name="reason" maxlength="{MAX_REASON}" placeholder="optional"></label>'
+        '<button type="submit">Approve</button></form>'
+        f'<form class="deny" data-hold="{hold_id}" method="post" action="{e(url)}/deny">{token}'
+        f'<label>Reason <input type="text" name="reason" maxlength="{MAX_REASON}" required '
+        'placeholder="required: why not, and what would pass"></label>'
+        '<button type="submit">Deny</button></form></div>')
+
+
+CSS = """\
+:root { color-scheme: light dark; --line: #8884; --muted: #777; --ok: #1a7f37; --no: #cf222e; --wait: #9a6700; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.45 system-ui, sans-serif; }
+header.bar { display: flex; justify-content: space-between; align-items: center; gap: 1rem;
+             padding: .6rem 1.2rem; border-bottom: 1px solid var(--line); }
+header.bar .home { font-weight: 600; text-decoration: none; color: inherit; }
+.who { display: flex; align-items: center; gap: .6rem; color: var(--muted); }
+.who form { margin: 0; }
+main { max-width: 60rem; margin: 0 auto; padding: 1rem 1.2rem 3rem; }
+h1 { font-size: 1.4rem; }
+article.hold { border: 1px solid var(--line); border-radius: 8px; padding: .8rem 1rem; margin: 1rem 0; }
+article.hold > header { display: flex; justify-content: space-between; align-items: baseline; gap: 1rem; }
+article.hold h2, article.hold h3 { margin: 0; font-size: 1.1rem; }
+.status { font-size: .85rem; padding: .1rem .5rem; border-radius: 999px; border: 1px solid currentColor; }
+.status-pending { color: var(--wait); } .status-approved, .status-consumed { color: var(--ok); }
+.status-denied, .status-expired { color: var(--no); }
+pre { white-space: pre-wrap; word-break: break-word; background: #8881; padding: .6rem .8rem; border-radius: 6px; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; margin: .6rem 0; }
+dt { color: var(--muted); } dd { margin: 0; }
+.none { color: var(--muted); font-style: italic; }
+h4 { margin: .8rem 0 .2rem; font-size: .95rem; }
+.actions { display: flex; flex-wrap: wrap; gap: 1rem; margin-top: .8rem; }
+.actions form { display: flex; gap: .5rem; align-items: center; flex: 1 1 20rem; }
+.actions label { flex: 1; display: flex; gap: .4rem; align-items: center; }
+.actions input[type=text] { flex: 1; padding: .3rem .4rem; }
+button { padding: .35rem .9rem; border-radius: 6px; border: 1px solid var(--line); cursor: pointer; }
+form.approve button { background: var(--ok); color: #fff; }
+form.deny button { background: var(--no); color: #fff; }
+.flash { border-left: 4px solid var(--ok); padding: .4rem .8rem; background: #1a7f3714; }
+.error { border-left: 4px solid var(--no); padding: .4rem .8rem; background: #cf222e14; }
+.cannot-decide { color: var(--muted); }
+"""
