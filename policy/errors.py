@@ -95,6 +95,18 @@ class QueryRejected(ExecutionError, code="rejected_by_database"):
     pass
 
 
+class PendingApproval(BastionError, code="pending_approval"):
+    """A held call still waiting for approvers when the tool call's wait ended; the hold lives on."""
+
+
+class ApprovalDenied(BastionError, code="approval_denied"):
+    """An approver denied the held call (the message carries their reason)."""
+
+
+class HoldExpired(BastionError, code="hold_expired"):
+    """A held call's hold expired before anyone decided it (or its approval went unused)."""
+
+
 class ApprovalError(BastionError, code="approval_error"):
     """Deciding on or using a held call was refused (policy/approvals.py, store/approvals.py)."""
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import anyio
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Callable
+from typing import Annotated, Any, AsyncIterator, Callable, Literal
 
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -79,6 +80,10 @@ class CheckOutcome(BaseModel):
     facts: dict[str, Any] = Field(description="what the guard found in the text")
 
 
+class Holds(BaseModel):
+    holds: list[dict[str, Any]]
+
+
 class ShellOutput(BaseModel):
     exit_code: int | None = Field(description="null when the command was killed (timeout)")
     stdout: str
@@ -90,6 +95,19 @@ class ShellOutput(BaseModel):
 
 
 IdentityResolver = Callable[[Context], Identity]
+APPROVER_TOOLS = frozenset({"approvals_list", "approval_decide"})
+
+
+class BastionServer(MCPServer):
+    """MCPServer whose tool list depends on the caller: approvers' tools are listed to approvers only."""
+
+    tool_visible: Callable[[Context, str], bool] = staticmethod(lambda ctx, name: True)  # type: ignore[assignment]
+
+    async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:  # the SDK's list handler, filtered
+        result = await super()._handle_list_tools(ctx, params)
+        context = Context(request_context=ctx, mcp_server=self)
+        result.tools = [tool for tool in result.tools if self.tool_visible(context, tool.name)]
+        return result
 
 
 async def record_refusal(gateway: Gateway, refused: TokenRefused) -> None:
@@ -144,15 +162,20 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         if verifier is not None:
             verifier.on_refused = lambda refused: record_refusal(gw, refused)
         try:
-            yield gw
+            async with anyio.create_task_group() as background:
+                background.start_soon(gw.expire_holds)
+                yield gw
+                background.cancel_scope.cancel()
         finally:
             await gw.close()
             gw.store.checkpoint()  # a signed end of the chain: a cut tail shows at the next verify
             gw.approvals.close()
             gw.store.close()
 
-    mcp = MCPServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan,
-                    token_verifier=verifier, auth=auth_settings(config))
+    approver_groups = config.approver_groups()
+    mcp = BastionServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan,
+                        token_verifier=verifier, auth=auth_settings(config))
+    mcp.tool_visible = lambda ctx, name: name not in APPROVER_TOOLS or resolve(ctx).in_any(approver_groups)
 
     def context(ctx: Context) -> tuple[Gateway, Caller]:
         headers = ctx.headers or {}
@@ -162,7 +185,11 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         meta = ctx.request_context.meta or {}
         chosen = meta.get(SESSION_META_KEY) if isinstance(meta, dict) else None
         session = (str(chosen)[:200] if chosen else None) or headers.get("mcp-session-id") or f"process:{gateway.store.instance}"
-        return gateway, Caller(resolve(ctx), client_of(ctx), session)
+
+        async def progress(elapsed: float, message: str) -> None:
+            await ctx.report_progress(elapsed, None, message)  # a no-op unless the client asked for progress
+
+        return gateway, Caller(resolve(ctx), client_of(ctx), session, progress)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def list_connections(ctx: Context) -> Connections:
@@ -238,5 +265,27 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         text = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr else "")
         text += f"\n({status}{'; output truncated' if r.truncated else ''}; {out.duration_ms:g} ms; call_id {done.call_id})"
         return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out.model_dump(mode="json"))
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    async def approvals_list(ctx: Context, status: Annotated[Literal["pending", "approved", "denied", "expired", "consumed"] | None,
+                                                             Field(description="only holds with this status; null for all")] = "pending",
+                             ) -> Holds:
+        """Held calls you may decide (approvers) or asked for: text, requester, reason, rule, impact preview."""
+        gw, caller = context(ctx)
+        try:
+            return Holds(holds=await gw.approvals_list(caller, status))
+        except BastionError as error:
+            raise ToolError(error.for_agent()) from error
+
+    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+                                          open_world_hint=False))
+    async def approval_decide(hold_id: str, approve: bool, ctx: Context,
+                              reason: Annotated[str | None, Field(description="why; required to deny")] = None) -> dict[str, Any]:
+        """Approve or deny a held call (you must be one of its approvers, and not its requester)."""
+        gw, caller = context(ctx)
+        try:
+            return await gw.approval_decide(caller, hold_id, approve, reason)
+        except BastionError as error:
+            raise ToolError(error.for_agent()) from error
 
     return mcp

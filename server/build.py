@@ -16,6 +16,7 @@ from tools.executors.shell_base import ShellExecutor
 from tools.executors.postgres import PostgresExecutor
 from tools.executors.sqlite import SqliteExecutor
 from tools.gateway import Gateway
+from tools.notify import ApprovalNotifier, ApprovalWebhook
 
 
 def _env(config: Config, name: str, key: str, variable: str) -> str:
@@ -83,7 +84,33 @@ def build_gateway(config: Config) -> Gateway:
                                  checkpoint_every=config.audit.checkpoint_every)
     except StoreError as error:
         raise ConfigError(f"{config.source}: audit.path: {error}") from None
-    return Gateway(connections, store, tuple(a.to_rule() for a in config.alerts))
+    gateway = Gateway(connections, store, tuple(a.to_rule() for a in config.alerts),
+                      approval_policies=config.approval_policies(), wait_s=config.approvals.wait_s)
+    notifier = approval_notifier(config, store)
+    if notifier is not None:
+        gateway.approvals.subscribe(notifier.on_change)
+        gateway.notifier = notifier
+    return gateway
+
+
+def approvals_base_url(config: Config) -> str:
+    """Where the approvals page is, for links: configured, else the origin of [auth] resource."""
+    from urllib.parse import urlsplit
+
+    if config.approvals.base_url:
+        return config.approvals.base_url.rstrip("/")
+    if config.auth is not None:
+        url = urlsplit(config.auth.resource)
+        return f"{url.scheme}://{url.netloc}"
+    return "http://127.0.0.1:8765"
+
+
+def approval_notifier(config: Config, store: SqliteAuditStore) -> ApprovalNotifier | None:
+    """Webhooks told about held, approved, denied and expired calls; None when none are configured."""
+    if not config.approvals.webhooks:
+        return None
+    hooks = [ApprovalWebhook(w.url, w.format, name=f"webhook-{i + 1}") for i, w in enumerate(config.approvals.webhooks)]
+    return ApprovalNotifier(hooks, approvals_base_url(config), store)
 
 
 def audit_path(config: Config) -> Path:

@@ -361,6 +361,97 @@ def show(call_id: str, config_path: str | None, as_json: bool) -> None:
 # -- config -------------------------------------------------------------------------------------
 
 
+@main.group()
+def approvals() -> None:
+    """Held calls: list them, show one, approve or deny (as the config's [identity], or $BASTION_TOKEN's).
+
+    Example: bastion approvals approve hold-3f9c0a1b2c3d4e5f --config bastion.toml
+    """
+
+
+def _approver(config: config_mod.Config) -> tuple[Any, Identity]:
+    from server.build import build_gateway
+
+    identity = _stdio_identity(config) or config.identity.to_identity()
+    return build_gateway(config), identity
+
+
+def _run_approvals(config_path: str | None, work: Any) -> Any:
+    """Run ``work(gateway, caller)`` on a gateway built from the config, recorded like any call."""
+    import anyio
+
+    from tools.calls import Caller
+
+    config = _load(config_path)
+    gateway, identity = _approver(config)
+
+    async def main_() -> Any:
+        try:
+            return await work(gateway, Caller(identity, {"name": "bastion-cli"}, f"cli:{os.getpid()}"))
+        finally:
+            await gateway.close()  # flushes webhook notices before the process ends
+            gateway.approvals.close()
+            gateway.store.close()
+
+    try:
+        return anyio.run(main_)
+    except BastionError as error:
+        raise click.ClickException(error.for_agent()) from None
+
+
+def _hold_line(hold: dict[str, Any]) -> str:
+    text = " ".join(hold["text"].split())
+    return (f"{hold['hold_id']}  {hold['status']:<8} {hold['requester']['subject']} on {hold['connection']} "
+            f"(rule {hold['rule']}; {hold['approvals']}/{hold['min_approvals']}; until {hold['expires_at'][:19]}Z)\n"
+            f"    {text[:160]}{'…' if len(text) > 160 else ''}")
+
+
+@approvals.command(name="list")
+@config_option
+@click.option("--status", type=click.Choice(["pending", "approved", "denied", "expired", "consumed", "all"]),
+              default="pending", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def approvals_list(config_path: str | None, status: str, as_json: bool) -> None:
+    """Held calls you may decide or asked for, newest first."""
+    holds = _run_approvals(config_path, lambda gw, caller: gw.approvals_list(caller, None if status == "all" else status))
+    for hold in holds:
+        click.echo(json.dumps(hold, ensure_ascii=False) if as_json else _hold_line(hold))
+    if not holds and not as_json:
+        click.echo(f"no {'' if status == 'all' else status + ' '}held calls for you")
+
+
+@approvals.command(name="show")
+@click.argument("hold_id")
+@config_option
+def approvals_show(hold_id: str, config_path: str | None) -> None:
+    """One held call in full: text, reason, rule, votes, impact preview."""
+    holds = _run_approvals(config_path, lambda gw, caller: gw.approvals_list(caller, None))
+    found = next((h for h in holds if h["hold_id"] == hold_id), None)
+    if found is None:
+        raise click.ClickException(f"no held call `{hold_id}` you may see (bastion approvals list --status all)")
+    click.echo(json.dumps(found, ensure_ascii=False, indent=2))
+
+
+@approvals.command(name="approve")
+@click.argument("hold_id")
+@click.option("--reason", default=None, help="Why (recorded).")
+@config_option
+def approvals_approve(hold_id: str, reason: str | None, config_path: str | None) -> None:
+    """Approve a held call: the waiting (or next identical) call runs once."""
+    hold = _run_approvals(config_path, lambda gw, caller: gw.approval_decide(caller, hold_id, True, reason))
+    click.echo(f"{hold_id}: {hold['status']} ({hold['approvals']} of {hold['min_approvals']} approvals)")
+
+
+@approvals.command(name="deny")
+@click.argument("hold_id")
+@click.option("--reason", required=True, help="Why: the requester is told.")
+@config_option
+def approvals_deny(hold_id: str, reason: str, config_path: str | None) -> None:
+    """Deny a held call, with the reason the requester is told."""
+    hold = _run_approvals(config_path, lambda gw, caller: gw.approval_decide(caller, hold_id, False, reason))
+    click.echo(f"{hold_id}: {hold['status']}")
+
+
 @main.group(name="config")
 def config_group() -> None:
     """Work with the config file."""

@@ -437,6 +437,11 @@ class Config(_Model):
             out[name][""] = (ApprovalPolicy(frozenset(defaults.approvers), defaults.min_approvals, defaults.ttl_s), False)
         return out
 
+    def approver_groups(self) -> frozenset[str]:
+        """Every group that may approve something on this gateway (they see the approvers' tools)."""
+        return frozenset(g for rules in self.approval_policies().values() for policy, _ in rules.values()
+                         for g in policy.approver_groups)
+
     def scopings(self) -> dict[str, Scoping]:
         """Each connection's run-as mapping (empty: calls run as the gateway's own login)."""
         return {name: _scoping(c.roles if isinstance(c, ConnectionConfig) else c.users)

@@ -45,7 +45,7 @@ def test_every_config_key_is_documented() -> None:
     text = (DOCS / "configuration.md").read_text()
     models = [config.IdentityConfig, config.AuditConfig, config.ConnectionConfig, config.RuleConfig,
               config.ShellConnectionConfig, config.ShellRuleConfig, config.AlertConfig, config.AuthConfig,
-              config.RoleConfig, config.UserConfig]
+              config.RoleConfig, config.UserConfig, config.ApprovalsConfig, config.WebhookConfig]
     missing = [f"{m.__name__}.{key}" for m in models for key in m.model_fields if f"`{key}`" not in text]
     assert not missing, f"undocumented config keys: {missing}"
 

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from policy import ConnectionPolicy, Identity
-from policy.errors import AuditUnavailable, Denied, InvalidInput
+from policy.errors import BastionError, AuditUnavailable, Denied, InvalidInput
 from policy.presets import READ_ONLY, READ_WRITE
 from store import SqliteAuditStore, StoreError
 from store import events as ev
@@ -99,11 +99,15 @@ async def test_a_denied_call_never_reaches_the_executor(tmp_path: Path) -> None:
     assert executor.requests == []
 
 
-async def test_review_answers_as_a_denial_that_says_approval_is_needed(tmp_path: Path) -> None:
-    gw = gateway(tmp_path, FakeExecutor(), READ_WRITE)
-    with pytest.raises(Denied) as caught:
+async def test_review_holds_the_call_and_answers_pending_when_nobody_decides_in_time(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    gw = gateway(tmp_path, executor, READ_WRITE)
+    assert gw.guard.holds is not None
+    gw.guard.holds.wait_s = 0.2
+    with pytest.raises(BastionError) as caught:
         await gw.sql_query(CALLER, "db", "TRUNCATE orders", None)
-    assert caught.value.code == "approval_required" and "needs approval" in caught.value.for_agent()
+    assert caught.value.code == "pending_approval" and "call sql_query again with exactly the same text" in caught.value.for_agent().lower()
+    assert executor.requests == [] and gw.store.tail(1)[0]["type"] == ev.PENDING
 
 
 @requirement("inv:terminal-event")

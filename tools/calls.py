@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from policy import Identity
+
+# (seconds elapsed, message): a progress notification to the MCP client, where it asked for them.
+Progress = Callable[[float, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -13,3 +17,4 @@ class Caller:
     # MCP client name and version, where the client said them.
     client: dict[str, str] = field(default_factory=dict)
     session: str | None = None
+    progress: Progress | None = field(default=None, compare=False)

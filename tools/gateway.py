@@ -6,15 +6,19 @@ server/ calls these with a Caller; each returns plain data (server/ renders it f
 from __future__ import annotations
 
 import logging
+import anyio
 from dataclasses import dataclass
 from typing import Any
 
 from policy.errors import BastionError, InvalidInput, UnknownConnection
 from policy.patterns import matches
 from policy.presets import SENSITIVE_CATALOG_PATTERNS
+from policy import Decision
+from policy.approvals import ApprovalPolicy
 from store.approvals import ApprovalStore
+from tools.holds import Holds, held_rule
 from store.sqlite_store import SqliteAuditStore
-from tools import shell, sql
+from tools import approvals, shell, sql
 from tools.alerts import AlertRule, Alerts
 from tools.calls import Caller
 from tools.connections import AnyConnection, Connection, ShellConnection
@@ -37,11 +41,31 @@ class CheckResult:
 
 class Gateway:
     def __init__(self, connections: dict[str, AnyConnection], store: SqliteAuditStore,
-                 alerts: tuple[AlertRule, ...] = ()) -> None:
+                 alerts: tuple[AlertRule, ...] = (), *,
+                 approval_policies: dict[str, dict[str, tuple[ApprovalPolicy, bool]]] | None = None,
+                 wait_s: float = 60.0) -> None:
         self.connections = connections
         self.store = store
         self.approvals = ApprovalStore(store)
+        self.approval_policies = approval_policies or {}
         self.guard = Guard(Recorder(store), Alerts(alerts, store) if alerts else None)
+        self.guard.holds = Holds(self.approvals, self.approval_policy, wait_s, self.guard._record)
+        self.notifier: Any = None  # tools.notify.ApprovalNotifier, where webhooks are configured
+
+    async def expire_holds(self, every_s: float = 15.0) -> None:
+        """Run for the gateway's life: holds nobody touches still expire (and their webhooks fire)."""
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self.approvals.expire_due)
+            except Exception:  # a busy or failing store: try again next round
+                log.exception("expiring holds failed")
+            await anyio.sleep(every_s)
+
+    def approval_policy(self, connection: str, decision: Decision) -> ApprovalPolicy:
+        """Who decides what ``decision`` held on ``connection``: the holding rule's approvers, else the defaults."""
+        policies = self.approval_policies.get(connection, {})
+        found = policies.get(held_rule(decision) or "") or policies.get("")
+        return found[0] if found else ApprovalPolicy(frozenset({"approvers"}))
 
     async def start(self) -> list[str]:
         """Close calls a previous run left open (crash, kill): they end as `call.interrupted`."""
@@ -56,6 +80,8 @@ class Gateway:
                                           "error": {"code": "auth_refused", "message": reason, **details}})
 
     async def close(self) -> None:
+        if self.notifier is not None:
+            await anyio.to_thread.run_sync(self.notifier.flush, 10.0)
         for connection in self.connections.values():
             try:
                 await connection.close()
@@ -100,7 +126,8 @@ class Gateway:
         target: Connection = await self._resolve(caller, "sql_query", connection, text, Connection, reason)
         return await self.guard.run(caller, "sql_query", connection, text, reason, what="SQL text",
                                     vet=lambda: sql.vet_sql(target, caller, text),
-                                    execute=sql.runner(target, caller), result_record=sql.result_record)
+                                    execute=sql.runner(target, caller), result_record=sql.result_record,
+                                    preview=sql.previewer(target, caller))
 
     async def shell_run(self, caller: Caller, connection: str, command: str, reason: str | None,
                         cwd: str | None = None) -> Guarded[ShellResult]:
@@ -132,6 +159,20 @@ class Gateway:
             return CheckResult(d.verdict.value, list(d.rules), d.reason, d.hint, vetted.facts or {}), {"verdict": d.verdict.value}
 
         return await self.guard.record_call(caller, "check", connection, text, work, decision=d, facts=vetted.facts)
+
+    async def approvals_list(self, caller: Caller, status: str | None = "pending") -> list[dict[str, Any]]:
+        async def work() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            holds = [approvals.summary(h) for h in await approvals.visible(self.approvals, caller.identity, status)]
+            return holds, {"holds": [h["hold_id"] for h in holds]}
+
+        return await self.guard.record_call(caller, "approvals_list", "", status or "", work)
+
+    async def approval_decide(self, caller: Caller, hold_id: str, approve: bool, reason: str | None) -> dict[str, Any]:
+        async def work() -> tuple[dict[str, Any], dict[str, Any]]:
+            held = await approvals.decide(self.approvals, caller.identity, hold_id, approve, reason)
+            return approvals.summary(held), {"hold_id": hold_id, "approve": approve, "status": str(held.status)}
+
+        return await self.guard.record_call(caller, "approval_decide", "", f"{'approve' if approve else 'deny'} {hold_id}", work)
 
     async def describe(self, caller: Caller, connection: str, table: str | None) -> list[TableInfo]:
         target: Connection = await self._resolve(caller, "describe", connection, table or "", Connection)

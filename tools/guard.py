@@ -20,6 +20,7 @@ from policy.errors import ApprovalRequired, AuditUnavailable, BastionError, Deni
 from store import events as ev
 from tools.alerts import Alerts
 from tools.calls import Caller
+from tools.holds import Holds
 from tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class Guard:
     def __init__(self, recorder: Recorder, alerts: Alerts | None = None) -> None:
         self.recorder = recorder
         self.alerts = alerts
+        self.holds: Holds | None = None  # set by the gateway: review verdicts are held for approvers
         self._vet_limiter = anyio.CapacityLimiter(2)
 
     def _base(self, call_id: str, caller: Caller, tool: str, connection: str, text: str, reason: str | None) -> dict[str, Any]:
@@ -154,8 +156,10 @@ class Guard:
 
     async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None, *,
                   what: str, vet: Callable[[], Vetted], execute: Callable[[Vetted], Awaitable[R]],
-                  result_record: Callable[[R], dict[str, Any]], max_bytes: int = MAX_TEXT_BYTES) -> Guarded[R]:
-        """① vet (analyse + decide) ③ record ④ deny or ⑤ run ⑦ record. ``what`` names the text in errors."""
+                  result_record: Callable[[R], dict[str, Any]], max_bytes: int = MAX_TEXT_BYTES,
+                  preview: Callable[[Vetted], Awaitable[dict[str, Any]]] | None = None) -> Guarded[R]:
+        """① vet (analyse + decide) ③ record ④ deny, or hold until approved, or ⑤ run ⑦ record.
+        ``what`` names the text in errors; ``preview`` shows approvers a held call's impact."""
         try:
             validate_text(text, what=what, max_bytes=max_bytes)
         except InvalidInput as error:
@@ -171,11 +175,18 @@ class Guard:
         call_id = new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, reason)
         requested["facts"], requested["decision"] = vetted.facts, decision.as_record()
-        if vetted.run_as and decision.allowed:
+        if vetted.run_as and decision.verdict is not Verdict.DENY:
             requested["decision"]["run_as"] = vetted.run_as
         # ③ Durable before anything runs: if this raises, nothing ran.
         await self._record(requested)
-        if not decision.allowed or vetted.plan is None:
+        held = decision.verdict is Verdict.REVIEW and vetted.plan is not None and self.holds is not None
+        if held:
+            assert self.holds is not None
+            # Returns only once approved (and the approval is used by this call); otherwise it
+            # records this call's terminal event and raises what the agent is told.
+            await self.holds.settle(call_id, caller, tool, connection, text, reason, decision, vetted.facts,
+                                    (lambda: preview(vetted)) if preview else None)
+        elif not decision.allowed or vetted.plan is None:
             denied = denial_for(decision)
             terminal = {"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
                         "error": error_record(denied)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from policy.combine import combine
-from policy.decision import Decision
+from policy.decision import Decision, Verdict
 from policy.identity import Identity
 from policy.shell.evaluate import evaluate_shell
 from policy.shell.analyze import analyse_shell
@@ -36,11 +36,11 @@ def decide_shell(identity: Identity, policy: ShellPolicy, analysis: ShellAnalysi
 
 
 def vet_shell_text(identity: Identity, policy: ShellPolicy, text: str) -> tuple[ShellAnalysis, Decision, str | None]:
-    """Analyse, decide, and for an allowed command rebuild what will run (None otherwise). A command
-    that cannot be rebuilt to the same structure is denied (`guard:rebuild`)."""
+    """Analyse, decide, and for an allowed or held command rebuild what will run (None otherwise).
+    A command that cannot be rebuilt to the same structure is denied (`guard:rebuild`)."""
     analysis = analyse_shell(text)
     decision = decide_shell(identity, policy, analysis)
-    if not decision.allowed:
+    if decision.verdict is Verdict.DENY:
         return analysis, decision, None
     try:
         return analysis, decision, rebuild(analysis)

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from policy import Identity, Limits, Statement
+from policy import Identity, Kind, Limits, Statement
 
 
 @dataclass
@@ -53,10 +53,30 @@ class RunRequest:
     role: str | None = None
 
 
+# Impact previews of held statements (approvers see them). A dry run happens inside a transaction
+# that is always rolled back, so only statements whose effects stay inside it get one: not INSERT
+# (sequence values it draws are gone for good), not DDL (locks, and some DDL cannot roll back).
+EXPLAINED = frozenset({Kind.SELECT, Kind.INSERT, Kind.UPDATE, Kind.DELETE, Kind.MERGE})
+DRY_RUN = frozenset({Kind.UPDATE, Kind.DELETE, Kind.MERGE})
+NO_DRY_RUN = {
+    Kind.INSERT: "not dry-run: sequence values an INSERT draws are not given back by a rollback",
+}
+PREVIEW_TIMEOUT_S = 10.0
+
+
+def no_dry_run_reason(kind: Kind) -> str:
+    return NO_DRY_RUN.get(kind, f"not dry-run: the effects of {kind.value.upper()} may escape a rolled-back transaction")
+
+
 class SqlExecutor(Protocol):
     dialect: str
 
     async def run(self, request: RunRequest) -> QueryResult: ...
+
+    async def preview(self, request: RunRequest) -> dict[str, Any]:
+        """EXPLAIN each statement, and dry-run those in DRY_RUN inside a rolled-back transaction:
+        ``{"statements": [{"kind", "plan", "rows"} | {"kind", "plan", "dry_run"}]}``."""
+        ...
 
     async def catalog(self) -> list[TableInfo]: ...
 

@@ -8,6 +8,7 @@ refuses a second statement); reads stream through a server-side cursor up to the
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -18,7 +19,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from policy import Kind
 from policy.errors import ExecutionError, QueryRejected, QueryTimeout, TargetUnavailable
-from tools.executors.base import ColumnInfo, QueryResult, RowBudget, RunRequest, TableInfo
+from tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
+                                  TableInfo, no_dry_run_reason)
 
 log = logging.getLogger(__name__)
 _FETCH_BATCH = 500
@@ -83,23 +85,55 @@ class PostgresExecutor:
         except psycopg.Error as error:
             raise translate(error, self.name) from error
 
-    async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
+    def _setup(self, request: RunRequest) -> sql.Composed:
+        """Bastion's own statements for one transaction, sent in one round trip, values quoted by
+        psycopg (sql.Literal). standard_conforming_strings: both parsers read 'a\'' as PostgreSQL
+        does with it on; a role or database that turns it off would parse strings differently."""
         identity, limits = request.identity, request.limits
         settings = (f"{int(limits.timeout_s * 1000)}ms", f"pg_catalog, {self.search_path}, pg_temp",
                     f"bastion:{identity.subject}"[:63], identity.subject, ",".join(sorted(identity.groups)))
+        setup = _SETTINGS.format(*map(sql.Literal, settings))
+        if request.role is not None:
+            setup = setup + _ROLE.format(sql.Literal(request.role))
+        return _READ_ONLY + setup if request.read_only else setup
+
+    async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
         async with conn.transaction():
-            # One round trip: Bastion's own statements, values quoted by psycopg (sql.Literal).
-            # standard_conforming_strings: both parsers read 'a\'' as PostgreSQL does with it on;
-            # a role or database that turns it off would parse strings, and so statements, differently.
-            setup = _SETTINGS.format(*map(sql.Literal, settings))
-            if request.role is not None:
-                setup = setup + _ROLE.format(sql.Literal(request.role))
-            await conn.execute(_READ_ONLY + setup if request.read_only else setup)
+            await conn.execute(self._setup(request))
             result = QueryResult(columns=[], rows=[], row_count=0)
             for statement in request.statements:
                 result = await self._run_one(conn, statement, request)
             result.statements = len(request.statements)
             return result
+
+    async def preview(self, request: RunRequest) -> dict[str, Any]:
+        pool = await self._pool()
+        limits = replace(request.limits, timeout_s=min(request.limits.timeout_s, PREVIEW_TIMEOUT_S))
+        request = replace(request, limits=limits, read_only=False)
+        items: list[dict[str, Any]] = []
+        try:
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                # force_rollback: whatever happens, nothing of the dry run is committed.
+                async with conn.transaction(force_rollback=True):
+                    await conn.execute(self._setup(request))
+                    for statement in request.statements:
+                        item: dict[str, Any] = {"kind": statement.kind.value}
+                        if statement.kind in EXPLAINED:
+                            cur = await conn.execute(sql.SQL("EXPLAIN ") + sql.SQL(statement.text), prepare=True)
+                            item["plan"] = "\n".join(row[0] for row in await cur.fetchall())
+                        if statement.kind in DRY_RUN:
+                            cur = await conn.execute(statement.text, prepare=True)
+                            item["rows"] = max(cur.rowcount, 0)
+                        else:
+                            item["dry_run"] = no_dry_run_reason(statement.kind)
+                        items.append(item)
+        except PoolTimeout as error:
+            raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=str(error)) from error
+        except pgerr.QueryCanceled as error:
+            raise QueryTimeout(f"the dry run ran longer than {limits.timeout_s:g} s and was cancelled", detail=str(error)) from error
+        except psycopg.Error as error:
+            raise translate(error, self.name) from error
+        return {"statements": items, "rolled_back": True}
 
     async def _run_one(self, conn: psycopg.AsyncConnection[Any], statement: Any, request: RunRequest) -> QueryResult:
         # Plain SELECTs stream through a server-side cursor: memory stays flat however big the table.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import anyio
 
 from policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
 from policy.sql import dangerous_functions
-from tools.executors.base import ColumnInfo, QueryResult, RowBudget, RunRequest, TableInfo
+from tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
+                                  TableInfo, no_dry_run_reason)
 
 _WRITE_ACTIONS = {
     getattr(sqlite3, name)
@@ -57,9 +60,9 @@ class SqliteExecutor:
                 pass  # the worker finished and closed it first
             raise
 
-    def _run_sync(self, conn: sqlite3.Connection, request: RunRequest) -> QueryResult:
-        limits = request.limits
-        deadline = time.monotonic() + limits.timeout_s
+    def _guard(self, conn: sqlite3.Connection, request: RunRequest, timeout_s: float) -> Callable[[], bool]:
+        """The authorizer for what was vetted, and a deadline; returns whether the deadline fired."""
+        deadline = time.monotonic() + timeout_s
         timed_out = False
 
         def progress() -> int:
@@ -75,6 +78,39 @@ class SqliteExecutor:
         readable = writable.union(*(names(s.reads) | {c.lower() for c in s.cte_names} for s in statements))
         conn.set_authorizer(_authorizer(request.read_only, readable, writable))
         conn.set_progress_handler(progress, 10_000)
+        return lambda: timed_out
+
+    async def preview(self, request: RunRequest) -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(self._preview_sync, self._connect(False), request)
+
+    def _preview_sync(self, conn: sqlite3.Connection, request: RunRequest) -> dict[str, Any]:
+        timeout_s = min(request.limits.timeout_s, PREVIEW_TIMEOUT_S)
+        timed_out = self._guard(conn, replace(request, read_only=False), timeout_s)
+        items: list[dict[str, Any]] = []
+        try:
+            conn.execute("BEGIN")
+            for statement in request.statements:
+                item: dict[str, Any] = {"kind": statement.kind.value}
+                if statement.kind in EXPLAINED:
+                    rows = conn.execute("EXPLAIN QUERY PLAN " + statement.text).fetchall()
+                    item["plan"] = "\n".join(str(row[-1]) for row in rows)
+                if statement.kind in DRY_RUN:
+                    item["rows"] = max(conn.execute(statement.text).rowcount, 0)
+                else:
+                    item["dry_run"] = no_dry_run_reason(statement.kind)
+                items.append(item)
+        except sqlite3.Error as error:
+            if timed_out():
+                raise QueryTimeout(f"the dry run ran longer than {timeout_s:g} s and was stopped") from error
+            raise QueryRejected(f"SQLite error: {error}", detail=str(error)) from error
+        finally:
+            _rollback(conn)  # always: a dry run never commits
+            conn.close()
+        return {"statements": items, "rolled_back": True}
+
+    def _run_sync(self, conn: sqlite3.Connection, request: RunRequest) -> QueryResult:
+        limits = request.limits
+        timed_out = self._guard(conn, request, limits.timeout_s)
         try:
             conn.execute("BEGIN")
             result = QueryResult([], [], 0)
@@ -93,7 +129,7 @@ class SqliteExecutor:
             return result
         except sqlite3.OperationalError as error:
             _rollback(conn)
-            if timed_out:
+            if timed_out():
                 raise QueryTimeout(f"the query ran longer than the {limits.timeout_s:g} s limit and was stopped",
                                    hint="Narrow the query (WHERE, LIMIT).") from error
             raise QueryRejected(f"SQLite error: {error}", detail=str(error)) from error
