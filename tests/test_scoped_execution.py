@@ -216,3 +216,24 @@ user = "{sshd.user}"
             await gateway.shell_run(Caller(Identity("ivan", frozenset({"interns"}))), "remote", "whoami", None)
     finally:
         await gateway.close()
+
+
+async def test_the_impact_preview_on_postgresql_counts_rows_as_the_role_and_changes_nothing(
+        scoped_config: Path, people: dict[str, str], pg_server: PgServer) -> None:
+    from policy.errors import PendingApproval
+
+    gateway = build_gateway(load(scoped_config))
+    gateway.guard.holds.wait_s = 0.2  # type: ignore[union-attr]
+    bob = Caller(Identity(people["bob"], frozenset({"sales"})))
+    before = pg_server.execute("SELECT id, body FROM notes.notes ORDER BY id")
+    try:
+        with pytest.raises(PendingApproval):  # no WHERE: read-write holds it
+            await gateway.sql_query(bob, "notes", "UPDATE notes SET body = 'x'", None)
+        (hold,) = gateway.approvals.list()
+    finally:
+        await gateway.close()
+    (statement,) = hold.preview["statements"]  # type: ignore[index]
+    # Run as notes_writer under RLS: bob's three rows, not all five; and nothing changed.
+    assert statement["rows"] == 3 and "Update on notes" in statement["plan"]
+    assert hold.preview["rolled_back"] is True  # type: ignore[index]
+    assert pg_server.execute("SELECT id, body FROM notes.notes ORDER BY id") == before
