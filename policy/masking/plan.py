@@ -1,0 +1,242 @@
+"""The mask plan of one call: which result column gets which masker and why, and whether the
+statements may run at all given how they use sensitive columns.
+
+    plan(statements, catalog, rules) → MaskPlan
+
+- Each output column of the last statement (the one whose rows come back) gets the strongest masker
+  of the sensitive columns it derives from, citing their rules.
+- Fail closed: an output whose lineage is unresolved is masked (``redact``, or ``null`` when a
+  column it may touch is ``null``) whenever the statement reads a relation holding sensitive
+  columns, or one the catalog does not know that a pattern could cover. When even the number of
+  outputs is unknown, every column of the result is masked that way. A statement that reads no
+  such relation is not analysed further: nothing in it can derive from a sensitive column.
+- The verdict (``decision``) covers inference channels (predicates.py) and writes that would copy a
+  sensitive value somewhere it is masked less (``INSERT INTO notes SELECT email ...``, ``UPDATE t
+  SET name = email``, ``CREATE TABLE AS``): a copy can be read back unmasked. A statement on
+  sensitive relations that cannot be analysed at all is denied (``mask:unanalysable``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlglot.errors import SqlglotError
+
+from policy.decision import Decision, Verdict
+from policy.masking import predicates
+from policy.masking.catalog import Catalog
+from policy.masking.lineage import Output, Sources, projections, lineage, view_lineage
+from policy.masking.maskers import STRENGTH, at_least, strongest
+from policy.masking.qualified import Prepared, prepare
+from policy.masking.rules import MaskRules
+from policy.sql.facts import Kind, Statement
+
+UNRESOLVED_RULE = "mask:unresolved"
+UNANALYSABLE_RULE = "mask:unanalysable"
+WRITE_RULE_HINT = ("Write masked values only into columns masked at least as strongly, or ask an administrator "
+                   "to mask the target column too.")
+# Statement kinds that move rows and that the plan cannot follow: on sensitive relations, denied.
+_UNFOLLOWED = frozenset({Kind.MERGE})
+
+
+@dataclass(frozen=True)
+class ColumnMask:
+    """How one output column is masked, and why: the rules of the sensitive columns it derives from,
+    or (``note`` set) because its lineage could not be resolved."""
+
+    masker: str
+    rules: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+    output: str = ""
+    note: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"masker": self.masker, "rules": list(self.rules)}
+        if self.sources:
+            out["from"] = list(self.sources)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    # Per output column (None: not masked). Meaningful when ``known``.
+    columns: tuple[ColumnMask | None, ...] = ()
+    known: bool = True
+    # The mask for every column when the outputs are unknown or the result does not have the
+    # columns the plan expected (a catalog older than the table); None when nothing read is sensitive.
+    fallback: ColumnMask | None = None
+    decision: Decision | None = None
+    uses: tuple[dict[str, str], ...] = ()
+    detectors: frozenset[str] = frozenset()
+
+    def for_result(self, width: int) -> tuple[ColumnMask | None, ...]:
+        """The mask of each column of a result ``width`` columns wide."""
+        if self.known and len(self.columns) == width:
+            return self.columns
+        return (self.fallback,) * width
+
+    @property
+    def masks_columns(self) -> bool:
+        return self.fallback is not None or any(self.columns)
+
+    def summary(self) -> dict[str, Any]:
+        """What `check` shows and the audit log keeps: masked outputs, channels, detectors (no values)."""
+        out: dict[str, Any] = {}
+        if self.known:
+            masked = [{"index": i, "column": m.output, **m.as_record()} for i, m in enumerate(self.columns) if m]
+            if masked:
+                out["columns"] = masked
+        elif self.fallback is not None:
+            out["all_columns"] = self.fallback.as_record()
+        if self.uses:
+            out["predicates"] = list(self.uses)
+        if self.decision is not None:
+            out["verdict"] = self.decision.as_record()
+        if self.detectors:
+            out["detectors"] = sorted(self.detectors)
+        return out
+
+
+def plan(statements: Sequence[Statement], catalog: Catalog, rules: MaskRules) -> MaskPlan:
+    """The plan for a call's statements (outputs are the last statement's)."""
+    if not rules.columns:
+        return MaskPlan(detectors=rules.detectors)
+    parts = [statement_plan(s, catalog, rules) for s in statements]
+    decisions = [p.decision for p in parts if p.decision is not None]
+    # A denied use denies the call; else a held one holds it.
+    decision = next((d for d in decisions if d.verdict is Verdict.DENY), decisions[0] if decisions else None)
+    last = parts[-1] if parts else MaskPlan()
+    uses = tuple(dict(t) for t in dict.fromkeys(tuple(u.items()) for p in parts for u in p.uses))
+    return MaskPlan(last.columns, last.known, last.fallback, decision, uses, rules.detectors)
+
+
+def statement_plan(statement: Statement, catalog: Catalog, rules: MaskRules) -> MaskPlan:
+    return _statement_plan(statement.text, statement.kind, statement.explained is not None, statement.explain_analyze,
+                           statement.explained.text if statement.explained else "", catalog, rules,
+                           statement.effective.reads | statement.effective.writes)
+
+
+@lru_cache(maxsize=2048)
+def _statement_plan(text: str, kind: Kind, explain: bool, analyze: bool, inner: str, catalog: Catalog,
+                    rules: MaskRules, relations: frozenset[str]) -> MaskPlan:
+    sensitive = sensitive_relations(relations, catalog, rules)
+    if not sensitive:
+        return MaskPlan()  # nothing read or written can derive from a sensitive column
+    fail = ColumnMask(_fail_masker(sensitive, catalog, rules), (UNRESOLVED_RULE,),
+                      note="masked because its lineage could not be resolved")
+    if explain:
+        # EXPLAIN returns a plan, not rows; EXPLAIN ANALYZE also runs the statement (its row counts
+        # and timings answer a predicate as well as rows would), so that statement's channels count.
+        if not analyze:
+            return MaskPlan()
+        inner_plan = _analyse(inner, catalog, rules, fail)
+        return MaskPlan(decision=inner_plan.decision, uses=inner_plan.uses)
+    if kind in _UNFOLLOWED:
+        return MaskPlan(known=False, fallback=fail, decision=Decision.deny(
+            UNANALYSABLE_RULE, f"{kind.value.upper()} on relations with masked columns cannot be checked for masking",
+            hint="Use INSERT, UPDATE or DELETE instead."))
+    return _analyse(text, catalog, rules, fail)
+
+
+def _analyse(text: str, catalog: Catalog, rules: MaskRules, fail: ColumnMask) -> MaskPlan:
+    try:
+        parts = prepare(text, catalog)
+        uses = tuple(u for part in parts for u in predicates.predicate_uses(part, catalog))
+        decision = predicates.judge(uses, rules) or _writes_decision(parts, catalog, rules)
+        columns: tuple[ColumnMask | None, ...] = ()
+        known = True
+        if parts and parts[-1].outputs:
+            found = lineage(parts[-1], catalog)
+            known = found.outputs is not None
+            columns = tuple(_column_mask(o, rules, fail) for o in found.outputs or ())
+    except (SqlglotError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as error:
+        # Anything the analysis cannot follow: mask every column and refuse to run it.
+        return MaskPlan(known=False, fallback=fail, decision=Decision.deny(
+            UNANALYSABLE_RULE, f"the statement reads masked columns and its masking could not be worked out ({type(error).__name__})",
+            hint="Write it more plainly: name the columns, avoid unusual constructs."))
+    return MaskPlan(columns, known, fail, decision, tuple(predicates.sensitive_uses(uses, rules)))
+
+
+def _column_mask(output: Output, rules: MaskRules, fail: ColumnMask) -> ColumnMask | None:
+    found = [c for c in (rules.column(s) for s in sorted(output.sources)) if c is not None]
+    if not output.resolved:
+        masker = at_least(strongest(c.masker for c in found) or fail.masker, fail.masker)
+        return ColumnMask(masker, tuple(dict.fromkeys([*(c.rule for c in found), UNRESOLVED_RULE])),
+                          tuple(sorted({s for s in output.sources if rules.column(s)})), output.name,
+                          f"masked because its lineage could not be resolved: {output.why}")
+    if not found:
+        return None
+    masker = strongest(c.masker for c in found)
+    assert masker is not None
+    return ColumnMask(masker, tuple(dict.fromkeys(c.rule for c in found)),
+                      tuple(sorted({s for s in output.sources if rules.column(s)})), output.name)
+
+
+def _writes_decision(parts: list[Prepared], catalog: Catalog, rules: MaskRules) -> Decision | None:
+    """A value written from a sensitive column into a column masked less strongly (or not at all)."""
+    for part in parts:
+        if not part.writes:
+            continue
+        width = len(part.tree.selects) - part.outputs
+        outputs = projections(part, catalog, range(part.outputs, part.outputs + max(width, len(part.writes))))
+        for i, output in enumerate(outputs):
+            target = part.writes[i] if i < len(part.writes) else "?"
+            found = [c for c in (rules.column(s) for s in sorted(output.sources)) if c is not None]
+            source = max(found, key=lambda c: STRENGTH[c.masker]) if found else None
+            kept = rules.column(target) if target != "?" else None
+            if not output.resolved:
+                return Decision.deny(UNRESOLVED_RULE, f"a value written to `{target}` may derive from a masked column "
+                                     f"and its lineage could not be resolved ({output.why})", hint=WRITE_RULE_HINT)
+            if source is not None and (kept is None or STRENGTH[kept.masker] < STRENGTH[source.masker]):
+                where = f"`{target}`, which is not masked" if kept is None else f"`{target}`, masked only by {kept.masker}"
+                return Decision.deny(source.rule, f"the statement writes a value derived from `{source.pattern}` "
+                                     f"(masked: {source.masker}) into {where}: reading it back would bypass the mask",
+                                     hint=WRITE_RULE_HINT)
+    return None
+
+
+def sensitive_relations(relations: frozenset[str], catalog: Catalog, rules: MaskRules) -> frozenset[str]:
+    """Relations (and the tables behind views) holding a sensitive column, or unknown to the catalog
+    and named by a pattern."""
+    found = set()
+    for relation in relations:
+        if _relation_sensitive(relation, catalog, rules):
+            found.add(relation)
+    return frozenset(found)
+
+
+def _relation_sensitive(relation: str, catalog: Catalog, rules: MaskRules) -> bool:
+    key = ("sensitive", rules, relation)
+    if key not in catalog.memo:
+        columns = catalog.columns(relation)
+        if columns is None:
+            result = rules.covering(relation) is not None
+        elif catalog.is_view(relation):
+            # A view is as sensitive as what it reads; one whose definition cannot be followed, fail closed.
+            found = view_lineage(catalog, relation)
+            result = (found.why is not None or any(rules.column(f"{relation}.{c}") for c in columns)
+                      or any(_relation_sensitive(r, catalog, rules) for r in found.relations - {relation}))
+        else:
+            result = any(rules.column(f"{relation}.{c}") for c in columns)
+        catalog.memo[key] = result
+    return bool(catalog.memo[key])
+
+
+def _fail_masker(sensitive: frozenset[str], catalog: Catalog, rules: MaskRules) -> str:
+    maskers = []
+    for relation in sensitive:
+        columns = catalog.columns(relation)
+        if columns is None:
+            covering = rules.covering(relation)
+            maskers += [covering.masker] if covering else []
+        else:
+            maskers += [c.masker for c in (rules.column(f"{relation}.{col}") for col in columns) if c]
+    return at_least(strongest(maskers) or "redact", "redact")
+
+
+__all__ = ["ColumnMask", "MaskPlan", "Sources", "plan", "statement_plan", "sensitive_relations"]
