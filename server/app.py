@@ -10,7 +10,7 @@ from typing import Annotated, Any, AsyncIterator, Callable, Literal
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import Context
+from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
@@ -78,6 +78,38 @@ class CheckOutcome(BaseModel):
     reason: str
     hint: str | None = None
     facts: dict[str, Any] = Field(description="what the guard found in the text")
+
+
+class Confirmation(BaseModel):
+    """What the requester answers when a rule lets them confirm a held call themself."""
+
+    confirm: bool = Field(description="Run it")
+
+
+def confirmed(answer: Any) -> bool:
+    """The requester's answer: accepted with confirm ticked. Declined or cancelled is no."""
+    if isinstance(answer, AcceptedElicitation):
+        answer = answer.data
+    return isinstance(answer, Confirmation) and answer.confirm
+
+
+async def _ask(ctx: Context, connection: str, text: str, cwd: str | None = None) -> Confirmation | Elicit[Confirmation]:
+    """Ask the requester to confirm a call a self_confirm rule would hold; where the client cannot
+    be asked (no elicitation capability) the call goes to approvers as usual."""
+    capabilities = ctx.client_capabilities
+    if capabilities is None or capabilities.elicitation is None:
+        return Confirmation(confirm=False)
+    gw, caller = ctx.mcp_server.bastion_context(ctx)  # type: ignore[attr-defined]
+    question = await gw.confirmation_for(caller, connection, text, cwd)
+    return Elicit(question, Confirmation) if question else Confirmation(confirm=False)
+
+
+async def ask_sql(connection: str, sql: str, ctx: Context) -> Confirmation | Elicit[Confirmation]:
+    return await _ask(ctx, connection, sql)
+
+
+async def ask_shell(connection: str, command: str, ctx: Context, cwd: str | None = None) -> Confirmation | Elicit[Confirmation]:
+    return await _ask(ctx, connection, command, cwd)
 
 
 class Holds(BaseModel):
@@ -191,6 +223,8 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
 
         return gateway, Caller(resolve(ctx), client_of(ctx), session, progress)
 
+    mcp.bastion_context = context  # type: ignore[attr-defined]  # for the confirmation resolvers
+
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def list_connections(ctx: Context) -> Connections:
         """List the databases you may use, their kind, and what their rules allow."""
@@ -228,11 +262,12 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
                                           open_world_hint=False))
     async def sql_query(connection: str, sql: str, ctx: Context,
                         reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
+                        confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_sql)] = None,  # type: ignore[assignment]
                         ) -> Annotated[CallToolResult, SqlResult]:
         """Run SQL on a connection under its policy; returns rows (capped) and a call_id."""
         gw, caller = context(ctx)
         try:
-            done = await gw.sql_query(caller, connection, sql, reason)
+            done = await gw.sql_query(caller, connection, sql, reason, confirmed=confirmed(confirmation))
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
         r = done.result
@@ -251,11 +286,12 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
     async def shell_run(connection: str, command: str, ctx: Context,
                         reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
                         cwd: Annotated[str | None, Field(description="directory inside the connection's own")] = None,
+                        confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_shell)] = None,  # type: ignore[assignment]
                         ) -> Annotated[CallToolResult, ShellOutput]:
         """Run a shell command on a connection under its policy; returns exit code and output."""
         gw, caller = context(ctx)
         try:
-            done = await gw.shell_run(caller, connection, command, reason, cwd)
+            done = await gw.shell_run(caller, connection, command, reason, cwd, confirmed=confirmed(confirmation))
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
         r = done.result

@@ -276,3 +276,51 @@ async def test_approver_errors_are_bastion_errors_with_codes(config: Path) -> No
     with pytest.raises(BastionError) as caught:
         await gw.approval_decide(Caller(DBA), "hold-missing", True, None)
     assert caught.value.code == "hold_not_found"
+
+
+def self_confirm_config(tmp_path: Path, demo_db: Path) -> Path:
+    config = write_config(tmp_path, demo_db, wait="0.5s")
+    config.write_text(config.read_text().replace('approvers = ["dba"]', 'approvers = ["dba"]\nself_confirm = true'))
+    return config
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_self_confirm_rule_asks_the_requester_through_elicitation(tmp_path: Path, demo_db: Path, mode: str) -> None:
+    from mcp import types
+
+    config = self_confirm_config(tmp_path, demo_db)
+    asked: list[str] = []
+
+    async def answer(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"confirm": True})
+
+    async with Client(create_server(load(config)), mode=mode, elicitation_callback=answer) as client:
+        ran = await client.call_tool("sql_query", {"connection": "demo", "sql": WRITE})
+        read = await client.call_tool("sql_query", {"connection": "demo", "sql": "SELECT 1"})
+    assert not ran.is_error and ran.structured_content["row_count"] == 10
+    assert not read.is_error and len(asked) == 1 and WRITE in asked[0]  # only the held call is asked about
+    gw_events = [e for e in load_events(config) if e["type"] == ev.REQUESTED and e["text"] == WRITE]
+    assert gw_events[0]["decision"]["confirmed_by"] == "dev"
+
+
+async def test_declined_or_unaskable_confirmation_goes_to_approvers(tmp_path: Path, demo_db: Path) -> None:
+    from mcp import types
+
+    config = self_confirm_config(tmp_path, demo_db)
+
+    async def decline(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
+    async with Client(create_server(load(config)), elicitation_callback=decline) as client:
+        declined = await client.call_tool("sql_query", {"connection": "demo", "sql": WRITE})
+    async with Client(create_server(load(config))) as client:  # declares no elicitation capability
+        unaskable = await client.call_tool("sql_query", {"connection": "demo", "sql": WRITE})
+    for result in (declined, unaskable):
+        assert result.is_error and "[pending_approval]" in result.content[0].text
+
+
+def load_events(config: Path) -> list[dict[str, Any]]:
+    from store import SqliteAuditStore
+
+    return list(SqliteAuditStore(config.parent / "bastion-audit.db").iter_all())

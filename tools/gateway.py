@@ -13,7 +13,7 @@ from typing import Any
 from policy.errors import BastionError, InvalidInput, UnknownConnection
 from policy.patterns import matches
 from policy.presets import SENSITIVE_CATALOG_PATTERNS
-from policy import Decision
+from policy import Decision, Verdict
 from policy.approvals import ApprovalPolicy
 from store.approvals import ApprovalStore
 from tools.holds import Holds, held_rule
@@ -49,7 +49,7 @@ class Gateway:
         self.approvals = ApprovalStore(store)
         self.approval_policies = approval_policies or {}
         self.guard = Guard(Recorder(store), Alerts(alerts, store) if alerts else None)
-        self.guard.holds = Holds(self.approvals, self.approval_policy, wait_s, self.guard._record)
+        self.guard.holds = Holds(self.approvals, self.approval_policy, wait_s, self.guard._record, self.self_confirmable)
         self.notifier: Any = None  # tools.notify.ApprovalNotifier, where webhooks are configured
 
     async def expire_holds(self, every_s: float = 15.0) -> None:
@@ -60,6 +60,30 @@ class Gateway:
             except Exception:  # a busy or failing store: try again next round
                 log.exception("expiring holds failed")
             await anyio.sleep(every_s)
+
+    def self_confirmable(self, connection: str, decision: Decision) -> bool:
+        """Whether the rule that held ``decision`` lets the requester confirm it themself."""
+        found = self.approval_policies.get(connection, {}).get(held_rule(decision) or "")
+        return bool(found and found[1])
+
+    async def confirmation_for(self, caller: Caller, connection: str, text: str, cwd: str | None = None) -> str | None:
+        """What to ask the requester, when ``text`` would be held by a rule that lets them confirm it
+        themself; None otherwise (including when the call would fail anyway: it fails as usual)."""
+        target = self.connections.get(connection)
+        if target is None or not target.visible_to(caller.identity):
+            return None
+        try:
+            if isinstance(target, ShellConnection):
+                vetted = shell.vet_shell(target, caller, text, shell.resolve_cwd(target, cwd))
+            else:
+                validate_text(text)
+                vetted = sql.vet_sql(target, caller, text)
+        except BastionError:
+            return None
+        decision = vetted.decision
+        if decision.verdict is not Verdict.REVIEW or not self.self_confirmable(connection, decision):
+            return None
+        return f"Run this on `{connection}`? {decision.reason}.\n\n{text}"
 
     def approval_policy(self, connection: str, decision: Decision) -> ApprovalPolicy:
         """Who decides what ``decision`` held on ``connection``: the holding rule's approvers, else the defaults."""
@@ -122,15 +146,16 @@ class Gateway:
 
         return await self.guard.record_call(caller, "list_connections", "", "", work)
 
-    async def sql_query(self, caller: Caller, connection: str, text: str, reason: str | None) -> Guarded[QueryResult]:
+    async def sql_query(self, caller: Caller, connection: str, text: str, reason: str | None,
+                        confirmed: bool = False) -> Guarded[QueryResult]:
         target: Connection = await self._resolve(caller, "sql_query", connection, text, Connection, reason)
         return await self.guard.run(caller, "sql_query", connection, text, reason, what="SQL text",
                                     vet=lambda: sql.vet_sql(target, caller, text),
                                     execute=sql.runner(target, caller), result_record=sql.result_record,
-                                    preview=sql.previewer(target, caller))
+                                    preview=sql.previewer(target, caller), confirmed=confirmed)
 
     async def shell_run(self, caller: Caller, connection: str, command: str, reason: str | None,
-                        cwd: str | None = None) -> Guarded[ShellResult]:
+                        cwd: str | None = None, confirmed: bool = False) -> Guarded[ShellResult]:
         target: ShellConnection = await self._resolve(caller, "shell_run", connection, command, ShellConnection, reason)
         try:
             workdir = shell.resolve_cwd(target, cwd)
@@ -140,7 +165,7 @@ class Gateway:
         return await self.guard.run(caller, "shell_run", connection, command, reason, what="command",
                                     vet=lambda: shell.vet_shell(target, caller, command, workdir),
                                     execute=shell.runner(target, caller, workdir), result_record=shell.result_record,
-                                    max_bytes=MAX_COMMAND_BYTES)
+                                    max_bytes=MAX_COMMAND_BYTES, confirmed=confirmed)
 
     async def check(self, caller: Caller, connection: str, text: str) -> CheckResult:
         target = await self._resolve(caller, "check", connection, text, (Connection, ShellConnection))  # type: ignore[arg-type]

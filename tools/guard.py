@@ -157,9 +157,12 @@ class Guard:
     async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None, *,
                   what: str, vet: Callable[[], Vetted], execute: Callable[[Vetted], Awaitable[R]],
                   result_record: Callable[[R], dict[str, Any]], max_bytes: int = MAX_TEXT_BYTES,
-                  preview: Callable[[Vetted], Awaitable[dict[str, Any]]] | None = None) -> Guarded[R]:
+                  preview: Callable[[Vetted], Awaitable[dict[str, Any]]] | None = None,
+                  confirmed: bool = False) -> Guarded[R]:
         """① vet (analyse + decide) ③ record ④ deny, or hold until approved, or ⑤ run ⑦ record.
-        ``what`` names the text in errors; ``preview`` shows approvers a held call's impact."""
+        ``what`` names the text in errors; ``preview`` shows approvers a held call's impact;
+        ``confirmed``: the requester confirmed it themself (MCP elicitation), which a rule with
+        self_confirm accepts instead of approvers."""
         try:
             validate_text(text, what=what, max_bytes=max_bytes)
         except InvalidInput as error:
@@ -177,16 +180,19 @@ class Guard:
         requested["facts"], requested["decision"] = vetted.facts, decision.as_record()
         if vetted.run_as and decision.verdict is not Verdict.DENY:
             requested["decision"]["run_as"] = vetted.run_as
+        reviewable = decision.verdict is Verdict.REVIEW and vetted.plan is not None and self.holds is not None
+        self_confirmed = reviewable and confirmed and self.holds.self_confirm(connection, decision)  # type: ignore[union-attr]
+        if self_confirmed:
+            requested["decision"]["confirmed_by"] = caller.identity.subject
         # ③ Durable before anything runs: if this raises, nothing ran.
         await self._record(requested)
-        held = decision.verdict is Verdict.REVIEW and vetted.plan is not None and self.holds is not None
-        if held:
+        if reviewable and not self_confirmed:
             assert self.holds is not None
             # Returns only once approved (and the approval is used by this call); otherwise it
             # records this call's terminal event and raises what the agent is told.
             await self.holds.settle(call_id, caller, tool, connection, text, reason, decision, vetted.facts,
                                     (lambda: preview(vetted)) if preview else None)
-        elif not decision.allowed or vetted.plan is None:
+        elif not (decision.allowed or self_confirmed) or vetted.plan is None:
             denied = denial_for(decision)
             terminal = {"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
                         "error": error_record(denied)}

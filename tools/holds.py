@@ -25,6 +25,7 @@ from tools.calls import Caller
 
 log = logging.getLogger(__name__)
 PolicyFor = Callable[[str, Decision], ApprovalPolicy]
+SelfConfirm = Callable[[str, Decision], bool]
 Record = Callable[[dict[str, Any]], Awaitable[None]]
 Preview = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -35,11 +36,14 @@ def held_rule(decision: Decision) -> str | None:
 
 
 class Holds:
-    def __init__(self, approvals: ApprovalStore, policy_for: PolicyFor, wait_s: float, record: Record) -> None:
+    def __init__(self, approvals: ApprovalStore, policy_for: PolicyFor, wait_s: float, record: Record,
+                 self_confirm: SelfConfirm = lambda connection, decision: False) -> None:
         self.approvals = approvals
         self.policy_for = policy_for
         self.wait_s = wait_s
         self.record = record
+        # Whether the rule that held a call lets the requester confirm it themself (elicitation).
+        self.self_confirm = self_confirm
 
     async def settle(self, call_id: str, caller: Caller, tool: str, connection: str, text: str, reason: str | None,
                      decision: Decision, facts: Any, preview: Preview | None = None) -> Held:
