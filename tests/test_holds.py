@@ -324,3 +324,42 @@ def load_events(config: Path) -> list[dict[str, Any]]:
     from store import SqliteAuditStore
 
     return list(SqliteAuditStore(config.parent / "bastion-audit.db").iter_all())
+
+
+async def test_approvers_are_told_by_webhook_with_a_link_to_the_page(tmp_path: Path, demo_db: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    config = write_config(tmp_path, demo_db, wait="0.3s")
+    config.write_text(config.read_text().replace('[approvals]\nwait = "0.3s"', f'''[approvals]
+wait = "0.3s"
+base_url = "https://bastion.example.com"
+webhooks = [{{url = "http://127.0.0.1:{hook.server_port}/slack", format = "slack"}}]'''))
+    gw = build_gateway(load(config))
+    try:
+        with pytest.raises(PendingApproval):
+            await gw.sql_query(DEV, "demo", WRITE, "double the prices")
+        (hold,) = gw.approvals.list()
+        await gw.approval_decide(Caller(DBA), hold.hold_id, True, None)
+        await gw.close()  # flushes deliveries
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    texts = [r["text"] for r in received]
+    assert len(texts) == 2 and f"https://bastion.example.com/approvals/{hold.hold_id}" in texts[0]
+    assert "approved" in texts[1].lower()
+    delivered = [e for e in gw.store.iter_all() if e["type"] == "approval.webhook.delivered"]
+    assert len(delivered) == 2 and "127.0.0.1" not in json.dumps(delivered)  # the URL (a secret for Slack) is never logged
