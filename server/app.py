@@ -1,11 +1,13 @@
-"""The MCP app: four tools over the Gateway, identity per call, errors curated for the agent."""
+"""The MCP app: the tools over the Gateway (approvers' tools for approvers), the caller's identity per
+call (OIDC bearer token, BASTION_TOKEN or the configured one), errors curated for the agent."""
 
 from __future__ import annotations
 
 import logging
-import anyio
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator, Callable, Literal
+
+import anyio
 
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token

@@ -6,17 +6,17 @@ server/ calls these with a Caller; each returns plain data (server/ renders it f
 from __future__ import annotations
 
 import logging
-import anyio
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
+from policy import Decision, Verdict
+from policy.approvals import ApprovalPolicy
 from policy.errors import BastionError, InvalidInput, UnknownConnection
 from policy.patterns import matches
 from policy.presets import SENSITIVE_CATALOG_PATTERNS
-from policy import Decision, Verdict
-from policy.approvals import ApprovalPolicy
 from store.approvals import ApprovalStore
-from tools.holds import Holds, held_rule
 from store.sqlite_store import SqliteAuditStore
 from tools import approvals, shell, sql
 from tools.alerts import AlertRule, Alerts
@@ -25,6 +25,7 @@ from tools.connections import AnyConnection, Connection, ShellConnection
 from tools.executors.base import QueryResult, TableInfo
 from tools.executors.shell_base import ShellResult
 from tools.guard import MAX_COMMAND_BYTES, Guard, Guarded, validate_text
+from tools.holds import Holds, held_rule
 from tools.recorder import Recorder
 
 log = logging.getLogger(__name__)

@@ -172,8 +172,9 @@ class Guard:
         if vetted.decision.allowed and self.alerts is not None:
             # Over an egress budget: reads are held or denied as the alert rule says.
             blocked = await anyio.to_thread.run_sync(self.alerts.egress_block, caller.identity)
-            if blocked is not None:
-                vetted = Vetted(vetted.facts, blocked)
+            if blocked is not None:  # a hold keeps the plan: approved, it runs what was vetted
+                vetted = Vetted(vetted.facts, blocked, vetted.plan if blocked.verdict is Verdict.REVIEW else None,
+                                vetted.run_as)
         decision = vetted.decision
         call_id = new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, reason)
