@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -30,7 +34,9 @@ from server.build import build_gateway
 from server.config import load
 from server.http import http_app
 from store import SqliteAuditStore
+from store import events as ev
 from store.approvals import ApprovalStore, Held, HoldStatus
+from tests.conftest import requirement
 from tests.oidc_server import OidcProvider
 from tests.test_http import free_port, serving
 from tools.gateway import Gateway
@@ -63,9 +69,10 @@ kind = "sqlite"
 target = "demo.db"
 
 [[connections.demo.rules]]
-id = "developers-read"
-preset = "read-only"
+id = "dev-write"
+preset = "read-write"
 groups = ["dev"]
+approvers = ["dba"]
 """)
     return config
 
@@ -323,6 +330,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, demo_db: Path, oidc_provider:
     oidc_provider.register_client(client_id, "web-secret", [f"{base}/approvals/callback"])
     config = write_config(root, demo_db, oidc_provider.issuer, base, approvals=f"""
 base_url = "{base}"
+wait = "30s"
 web_client_id = "{client_id}"
 web_client_secret_env = "{WEB_SECRET_ENV}"
 session_secret_env = "{SESSION_KEY_ENV}"
@@ -504,3 +512,64 @@ def test_signing_out_ends_the_session(site: Site, context: Any, people: People) 
     assert not [c for c in context.cookies() if c["name"] == "bastion_approvals" and c["value"] != "null"]
     page.goto(f"{site.base}/approvals/")
     page.wait_for_selector("#sub")  # back at the provider's sign-in form
+
+
+# -- end to end: an agent's held call, approved in the browser ------------------------------------
+
+WRITE = "UPDATE products SET price = price * 2"  # no WHERE: the read-write preset holds it for review
+
+
+def prices(site: Site) -> list[float]:
+    db = sqlite3.connect(site.audit.path.parent / "demo.db")
+    try:
+        return [row[0] for row in db.execute("SELECT price FROM products ORDER BY id")]
+    finally:
+        db.close()
+
+
+def agent_calls(site: Site, token: str, sql: str) -> Any:
+    """The agent's tool call over MCP streamable HTTP, in its own thread and event loop (it waits while held)."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def call() -> Any:
+        async with httpx2.AsyncClient(timeout=60, headers={"Authorization": f"Bearer {token}"}) as http, \
+                Client(streamable_http_client(f"{site.base}/mcp", http_client=http)) as client:
+            return await client.call_tool("sql_query", {"connection": "demo", "sql": sql, "reason": "double the prices"})
+
+    return anyio.run(call)
+
+
+@requirement("approval:runs-once")
+def test_a_held_call_approved_in_the_browser_runs_exactly_once(site: Site, context: Any, oidc_provider: OidcProvider,
+                                                              people: People) -> None:
+    before = prices(site)
+    token = oidc_provider.token(people.requester, f"{site.base}/mcp")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(agent_calls, site, token, WRITE)
+        deadline = time.monotonic() + 20
+        while not (held := [h for h in site.approvals.list("pending") if h.requester_subject == people.requester]):
+            assert not waiting.done(), f"the call was not held: {waiting.result()}"
+            assert time.monotonic() < deadline, "no hold appeared within 20 s"
+            time.sleep(0.1)
+        (hold_of_call,) = held
+        assert prices(site) == before  # held: nothing ran yet
+
+        page = context.new_page()
+        sign_in(page, site, people.approver, start=f"/approvals/{hold_of_call.hold_id}")
+        assert page.locator("pre.text").inner_text() == WRITE
+        page.locator(f'form.approve[data-hold="{hold_of_call.hold_id}"] button').click()
+        page.wait_for_selector("#flash")
+        result = waiting.result(timeout=30)
+
+    assert not result.is_error, result.content
+    assert result.structured_content["row_count"] == len(before)
+    assert prices(site) == [p * 2 for p in before]  # once, not twice
+    used = site.approvals.get(hold_of_call.hold_id)
+    assert used is not None and used.status is HoldStatus.CONSUMED
+    assert used.consumed_by_call == result.structured_content["call_id"]
+    assert [e["type"] for e in site.audit.call(used.consumed_by_call)] == [ev.REQUESTED, ev.HELD, ev.FINISHED]
+    # The page shows it used; the approval cannot be given again.
+    page.reload()
+    assert page.locator(f'article[data-hold="{hold_of_call.hold_id}"]').get_attribute("data-status") == "consumed"
+    assert page.locator("form.approve").count() == 0
