@@ -34,6 +34,7 @@ from policy.errors import (AlreadyVoted, BastionError, HoldClosed, HoldNotFound,
 from policy.identity import Identity
 from server.config import Config
 from store.approvals import ApprovalStore, Held, HoldStatus
+from tools.approvals import concerns
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,11 @@ SECURITY_HEADERS = {
 
 
 def base_url(config: Config) -> str:
-    """Where Bastion is reached, without a trailing slash: [approvals] base_url, else [auth]
-    resource without its `/mcp` (``https://bastion.example.com/mcp`` → ``https://bastion.example.com``)."""
-    if config.approvals.base_url:
-        return config.approvals.base_url.rstrip("/")
-    if config.auth is not None:
-        return config.auth.resource.rstrip("/").removesuffix("/mcp")
-    return "http://127.0.0.1"
+    """Where approvers' browsers reach Bastion, without a trailing slash: [approvals] base_url, else
+    the origin of [auth] resource. The same as the notices' links (server/build.py)."""
+    from server.build import approvals_base_url
+
+    return approvals_base_url(config)
 
 
 def origin(url: str) -> str:
@@ -97,8 +96,9 @@ STORE_UNAVAILABLE = ("store_unavailable", "the approvals store could not be read
 # -- one rule for all channels --------------------------------------------------------------------
 
 def visible(identity: Identity, held: Held) -> bool:
-    """Who may see a hold: its requester, and the members of its approver groups."""
-    return identity.subject == held.requester_subject or identity.in_any(held.approver_groups)
+    """Who may see a hold: its requester, and the members of its approver groups (the rule every
+    channel shares, tools/approvals.py)."""
+    return concerns(held, identity)
 
 
 def effective_status(held: Held, now: datetime) -> str:
