@@ -80,14 +80,17 @@ def serve(config_path: str | None, listen: str | None) -> None:
     from server.http import serve_http
 
     config = _load(config_path)
-    if listen is None:
-        create_server(config, stdio_identity=_stdio_identity(config)).run("stdio")
-        return
-    host, port = _parse_listen(listen)
-    if config.auth is None and not is_loopback(host):
-        raise click.ClickException(f"refusing to serve HTTP on {host}: without OIDC authentication ([auth] in the "
-                                   "config) Bastion binds loopback addresses only (127.0.0.1, ::1, localhost)")
-    serve_http(config, host, port)
+    try:
+        if listen is None:
+            create_server(config, stdio_identity=_stdio_identity(config)).run("stdio")
+            return
+        host, port = _parse_listen(listen)
+        if config.auth is None and not is_loopback(host):
+            raise click.ClickException(f"refusing to serve HTTP on {host}: without OIDC authentication ([auth] in the "
+                                       "config) Bastion binds loopback addresses only (127.0.0.1, ::1, localhost)")
+        serve_http(config, host, port)
+    except ConfigError as error:  # a secret named by reference but missing, and the like: no traceback
+        raise click.ClickException(error.message) from None
 
 
 def _stdio_identity(config: config_mod.Config) -> Identity | None:
