@@ -61,6 +61,7 @@ class Column(BaseModel):
     name: str
     type: str
     nullable: bool
+    masked: str | None = None  # the masker its values come back through
 
 
 class Table(BaseModel):
@@ -247,7 +248,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
             raise ToolError(error.for_agent()) from error
         return Tables(tables=[
             Table(schema=t.schema, name=t.name, kind=t.kind,
-                  columns=[Column(name=c.name, type=c.type, nullable=c.nullable) for c in t.columns])
+                  columns=[Column(name=c.name, type=c.type, nullable=c.nullable, masked=c.masked) for c in t.columns])
             for t in tables])
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=True))
@@ -278,6 +279,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         note = f"{r.row_count} row{'s' if r.row_count != 1 else ''}"
         if r.truncated:
             note += f" (truncated at the limit of {done.decision.limits.max_rows} rows / {done.decision.limits.max_bytes} bytes)"  # type: ignore[union-attr]
+        note += render.masking_note(r.masking)
         footer = f"({note}; {out.duration_ms:g} ms; call_id {done.call_id})"
         text = render.table(r.columns, r.rows, footer=footer)
         return CallToolResult(content=[TextContent(type="text", text=text)],

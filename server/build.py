@@ -72,13 +72,13 @@ def build_gateway(config: Config) -> Gateway:
     for name, conn in config.connections.items():
         if isinstance(conn, ConnectionConfig):
             connections[name] = Connection(name, conn.kind, policies[name], build_executor(config, name, conn),
-                                           conn.description, conn.sandbox, scopings[name])
+                                           conn.description, conn.sandbox, scopings[name], masking=config.masking(name))
         else:
             per_user = {entry: build_shell_executor(config, name, conn, entry.target, entry.key)
                         for entry in scopings[name].entries}
             connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
                                                 build_shell_executor(config, name, conn), conn.description,
-                                                scopings[name], per_user)
+                                                scopings[name], per_user, masking=config.masking(name))
     try:
         store = SqliteAuditStore(config.path(config.audit.path), checkpoint_key=config.checkpoint_key(),
                                  checkpoint_every=config.audit.checkpoint_every)

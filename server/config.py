@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from policy.decision import Limits, Verdict
 from policy.errors import ConfigError
 from policy.identity import Identity
+from policy.masking import DETECTOR_KINDS, MASKERS, PROBING, MaskRules
+from policy.masking import USES as MASK_USES
 from policy.presets import PRESETS
 from policy.rules import ConnectionPolicy, SqlRule
 from policy.approvals import ApprovalPolicy
@@ -23,9 +25,14 @@ from policy.shell.presets import SHELL_PRESETS
 from policy.shell.rules import ShellPolicy, ShellRule
 from policy.sql.facts import Kind
 from tools.alerts import AlertRule
+from tools.masking import Masking
 
 DEFAULT_PATH = "bastion.toml"
 KindName = Literal[tuple(k.value for k in Kind)]  # type: ignore[valid-type]
+MaskerName = Literal[MASKERS]  # type: ignore[valid-type]
+MaskUseName = Literal[tuple(sorted(MASK_USES))]  # type: ignore[valid-type]
+DetectorName = Literal[DETECTOR_KINDS]  # type: ignore[valid-type]
+VerdictName = Literal["allow", "review", "deny"]
 
 
 class _Model(BaseModel):
@@ -124,6 +131,23 @@ class ConnectionConfig(_Model):
     preset: Literal["read-only", "read-write"] | None = Field(None, description="shorthand for one rule for everyone")
     rules: list[RuleConfig] = []
     roles: list[RoleConfig] = Field([], description="groups → database role, first match; unmapped identities do not see the connection")
+    mask: dict[str, MaskerName] = Field({}, description="sensitive columns: `schema.table.column` (globs; `table.column` for the default schema) → masker")
+    mask_predicates: dict[MaskerName, VerdictName | dict[MaskUseName, VerdictName]] = Field(
+        {}, description="per masker: the verdict on probing its columns (equality, like, regex, range, filter), or use → verdict")
+    detectors: list[DetectorName | Literal["all"]] = Field([], description="value detectors over every result")
+    mask_key_env: str | None = Field(None, description="environment variable holding the key of the `hash` masker")
+    mask_key_file: str | None = Field(None, description="file holding the key of the `hash` masker")
+
+    @model_validator(mode="after")
+    def _mask_fields(self) -> ConnectionConfig:
+        for pattern in self.mask:
+            if not 2 <= len(pattern.split(".")) <= 3 or not all(pattern.split(".")):
+                raise ValueError(f"mask: `{pattern}` is not `schema.table.column` or `table.column`")
+        if self.mask_key_env and self.mask_key_file:
+            raise ValueError("give at most one of `mask_key_env` and `mask_key_file`")
+        if "hash" in self.mask.values() and not (self.mask_key_env or self.mask_key_file):
+            raise ValueError("the `hash` masker needs a key: set `mask_key_env` or `mask_key_file` (never the key itself)")
+        return self
 
     @model_validator(mode="after")
     def _target_given(self) -> ConnectionConfig:
@@ -215,6 +239,7 @@ class ShellConnectionConfig(_Model):
     preset: Literal["inspect", "developer"] | None = None
     rules: list[ShellRuleConfig] = []
     users: list[UserConfig] = Field([], description="groups → OS user (local) or remote user and key (ssh), first match")
+    detectors: list[DetectorName | Literal["all"]] = Field([], description="value detectors over stdout and stderr")
 
     @model_validator(mode="after")
     def _ssh_fields(self) -> ShellConnectionConfig:
@@ -411,6 +436,34 @@ class Config(_Model):
                 raise ConfigError(f"{self.source}: audit.checkpoint_key_file: cannot read "
                                   f"`{audit.checkpoint_key_file}` ({error.strerror})") from None
         return None
+
+    def masking(self, name: str) -> Masking | None:
+        """A connection's masking: its masked columns, predicate verdicts and detectors, and the key
+        of the `hash` masker (read by reference); None when it masks nothing."""
+        conn = self.connections[name]
+        kinds = DETECTOR_KINDS if "all" in conn.detectors else tuple(d for d in conn.detectors if d != "all")
+        if isinstance(conn, ShellConnectionConfig):
+            return Masking(MaskRules.build({}, detectors=kinds)) if kinds else None
+        if not conn.mask and not kinds:
+            return None
+        schema = conn.search_path if conn.kind == "postgres" else "main"
+        columns = {p if p.count(".") == 2 else f"{schema}.{p}": m for p, m in conn.mask.items()}
+        verdicts = [(masker, use, Verdict(v)) for masker, spec in conn.mask_predicates.items()
+                    for use, v in (spec.items() if isinstance(spec, dict) else ((u, spec) for u in sorted(PROBING)))]
+        key = None
+        if conn.mask_key_env:
+            value = os.environ.get(conn.mask_key_env)
+            if not value:
+                raise ConfigError(f"{self.source}: connections.{name}.mask_key_env: the environment variable "
+                                  f"`{conn.mask_key_env}` is not set")
+            key = value.encode()
+        elif conn.mask_key_file:
+            try:
+                key = self.path(conn.mask_key_file).read_bytes().strip()
+            except OSError as error:
+                raise ConfigError(f"{self.source}: connections.{name}.mask_key_file: cannot read "
+                                  f"`{conn.mask_key_file}` ({error.strerror})") from None
+        return Masking(MaskRules.build(columns, predicates=verdicts, detectors=kinds), key)
 
     def policies(self) -> dict[str, ConnectionPolicy]:
         """The database connections' policies."""

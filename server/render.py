@@ -21,3 +21,15 @@ def table(columns: list[str], rows: list[list[Any]], *, footer: str) -> str:
     lines += [" | ".join(_cell(v) for v in row) for row in rows]
     lines.append(footer)
     return "\n".join(lines)
+
+
+def masking_note(masking: dict[str, Any] | None) -> str:
+    """``; masked: email (redact), phone (partial); redacted: 2 card`` — or "" when nothing was masked."""
+    if not masking:
+        return ""
+    parts = []
+    if masking.get("columns"):
+        parts.append("masked: " + ", ".join(f"{name} ({m['masker']})" for name, m in masking["columns"].items()))
+    if masking.get("detections"):
+        parts.append("redacted: " + ", ".join(f"{n} {kind}" for kind, n in masking["detections"].items()))
+    return "; " + "; ".join(parts) if parts else ""

@@ -9,6 +9,7 @@ from policy.scoping import RunAs, Scoping
 from policy.shell.rules import ShellPolicy
 from tools.executors.base import SqlExecutor
 from tools.executors.shell_base import ShellExecutor
+from tools.masking import Masking
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Connection:
     description: str = ""
     sandbox: bool = False  # replay may re-run recorded calls here
     scoping: Scoping = Scoping()  # groups → database role
+    masking: Masking | None = None  # sensitive columns, detectors, the hash key, the catalog
 
     @property
     def dialect(self) -> str:
@@ -52,6 +54,7 @@ class ShellConnection:
     scoping: Scoping = Scoping()  # groups → OS user (local) or remote user (ssh)
     # One executor per mapping entry (user and key), beside the gateway's own ``executor``.
     executors: dict[RunAs, ShellExecutor] = field(default_factory=dict)
+    masking: Masking | None = None  # detectors over stdout and stderr
 
     def visible_to(self, identity: Identity) -> bool:
         return self.scoping.admits(identity) and bool(self.policy.rules_for(identity))

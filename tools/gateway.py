@@ -18,7 +18,7 @@ from policy.patterns import matches
 from policy.presets import SENSITIVE_CATALOG_PATTERNS
 from store.approvals import ApprovalStore
 from store.sqlite_store import SqliteAuditStore
-from tools import approvals, shell, sql
+from tools import approvals, masking, shell, sql
 from tools.alerts import AlertRule, Alerts
 from tools.calls import Caller
 from tools.connections import AnyConnection, Connection, ShellConnection
@@ -150,6 +150,7 @@ class Gateway:
     async def sql_query(self, caller: Caller, connection: str, text: str, reason: str | None,
                         confirmed: bool = False) -> Guarded[QueryResult]:
         target: Connection = await self._resolve(caller, "sql_query", connection, text, Connection, reason)
+        await masking.refresh(target, text)  # the catalog lineage reads, current before the text is vetted
         return await self.guard.run(caller, "sql_query", connection, text, reason, what="SQL text",
                                     vet=lambda: sql.vet_sql(target, caller, text),
                                     execute=sql.runner(target, caller), result_record=sql.result_record,
@@ -178,6 +179,7 @@ class Gateway:
         if isinstance(target, ShellConnection):
             vetted = shell.vet_shell(target, caller, text, target.policy.cwd)
         else:
+            await masking.refresh(target, text)
             vetted = sql.vet_sql(target, caller, text)
         d = vetted.decision
 
@@ -217,6 +219,7 @@ class Gateway:
                     raise InvalidInput(f"no table `{table}` you may read on `{connection}`",
                                        hint="Tables: " + ", ".join(t.qualified for t in visible[:30]) + more)
                 visible = found
-            return visible, {"tables": [t.qualified for t in visible]}
+            await masking.refresh(target)
+            return masking.describe(target, visible), {"tables": [t.qualified for t in visible]}
 
         return await self.guard.record_call(caller, "describe", connection, table or "", work)

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from policy.errors import InvalidInput
 from policy.shell.decide import vet_shell_text
+from tools import masking
 from tools.calls import Caller
 from tools.connections import ShellConnection
 from tools.executors.shell_base import ShellResult, ShellRunRequest
@@ -49,13 +50,18 @@ def runner(connection: ShellConnection, caller: Caller, cwd: str):  # type: igno
         limits = vetted.decision.limits
         assert limits is not None
         executor = connection.executor_for(connection.run_as(caller.identity) if vetted.run_as else None)
-        return await executor.run(ShellRunRequest(vetted.plan, cwd, limits.timeout_s, limits.max_bytes,
-                                                             caller.identity))
+        result = await executor.run(ShellRunRequest(vetted.plan, cwd, limits.timeout_s, limits.max_bytes,
+                                                    caller.identity))
+        # ⑥ The detectors run over stdout and stderr before anything records or returns them.
+        return masking.mask_shell(connection, result)
 
     return execute
 
 
 def result_record(result: ShellResult) -> dict[str, Any]:
-    return {"result": {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
-                       "timed_out": result.timed_out},
-            "truncated": result.truncated}
+    record = {"result": {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
+                         "timed_out": result.timed_out},
+              "truncated": result.truncated}
+    if result.masking:  # detections per kind; never a value
+        record["result"]["masking"] = result.masking
+    return record

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from policy import Verdict, analyse, decide
+from tools import masking
 from tools.calls import Caller
 from tools.connections import Connection
 from tools.executors.base import QueryResult, RunRequest
@@ -14,10 +15,13 @@ from tools.guard import Vetted, fail_closed, scoped
 def vet_sql(connection: Connection, caller: Caller, text: str) -> Vetted:
     def vet() -> Vetted:
         analysis = analyse(text, connection.dialect, connection.policy.default_schema)
+        facts = analysis.summary()
         decision = decide(caller.identity, connection.policy, analysis)
+        # How masked columns are used (inference channels, write flows) can deny or hold it too.
+        decision = masking.vet(connection, analysis.statements, facts, decision)
         # Held calls keep their plan too: once approved, they run what was vetted.
         runnable = decision.verdict is not Verdict.DENY
-        return scoped(connection, caller, Vetted(analysis.summary(), decision, analysis.statements if runnable else None))
+        return scoped(connection, caller, Vetted(facts, decision, analysis.statements if runnable else None))
 
     return fail_closed(vet)
 
@@ -27,14 +31,19 @@ def runner(connection: Connection, caller: Caller):  # type: ignore[no-untyped-d
         decision = vetted.decision
         assert decision.limits is not None
         role = vetted.run_as["as"] if vetted.run_as else None
-        return await connection.executor.run(RunRequest(vetted.plan, decision.read_only, decision.limits, caller.identity, role))
+        result = await connection.executor.run(RunRequest(vetted.plan, decision.read_only, decision.limits, caller.identity, role))
+        # ⑥ Masked before anything records or returns it: the agent and the log see the same rows.
+        return masking.mask_query(connection, vetted.plan, result)
 
     return execute
 
 
 def result_record(result: QueryResult) -> dict[str, Any]:
-    return {"result": {"columns": result.columns, "rows": result.rows}, "row_count": result.row_count,
-            "truncated": result.truncated}
+    record = {"result": {"columns": result.columns, "rows": result.rows}, "row_count": result.row_count,
+              "truncated": result.truncated}
+    if result.masking:  # which columns were masked by which rule, detections per kind; never a value
+        record["result"]["masking"] = result.masking
+    return record
 
 
 def previewer(connection: Connection, caller: Caller):  # type: ignore[no-untyped-def]

@@ -20,6 +20,8 @@ class QueryResult:
     row_count: int
     truncated: bool = False
     statements: int = 1
+    # What masking did (columns masked by which rule, detections per kind), never a value.
+    masking: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class ColumnInfo:
     name: str
     type: str
     nullable: bool
+    masked: str | None = None  # the masker that applies to it (describe), where masking is configured
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class TableInfo:
     name: str
     kind: str  # table | view | materialized view | foreign table
     columns: tuple[ColumnInfo, ...] = field(default_factory=tuple)
+    definition: str | None = None  # a view's SQL, which masking follows to the columns it reads
 
     @property
     def qualified(self) -> str:

@@ -39,6 +39,18 @@ JOIN information_schema.tables t USING (table_schema, table_name)
 WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema') AND c.table_schema NOT LIKE 'pg_toast%%'
 ORDER BY c.table_schema, c.table_name, c.ordinal_position
 """
+# Views' definitions (masking follows them to the columns they read) and materialized views, which
+# information_schema does not list. Read with search_path = pg_catalog, so every name in a
+# definition comes back schema-qualified.
+_VIEWS_SQL = """
+SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid),
+       array(SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       array(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       array(SELECT NOT a.attnotnull FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+  AND (c.relkind = 'v' OR has_table_privilege(c.oid, 'SELECT'))
+"""
 
 
 class PostgresExecutor:
@@ -155,6 +167,8 @@ class PostgresExecutor:
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION READ ONLY")
                     rows = await (await conn.execute(_CATALOG_SQL)).fetchall()
+                    await conn.execute("SET LOCAL search_path = pg_catalog")
+                    views = await (await conn.execute(_VIEWS_SQL)).fetchall()
         except PoolTimeout as error:
             raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=str(error)) from error
         except psycopg.Error as error:
@@ -164,6 +178,13 @@ class PostgresExecutor:
             key = (schema, table)
             info = tables.get(key) or TableInfo(schema, table, "view" if ttype == "VIEW" else "table")
             tables[key] = TableInfo(info.schema, info.name, info.kind, info.columns + (ColumnInfo(column, dtype, nullable == "YES"),))
+        for schema, name, relkind, definition, columns, types, nullables in views:
+            known = tables.get((schema, name))
+            if known is not None:
+                tables[(schema, name)] = TableInfo(schema, name, known.kind, known.columns, definition)
+            elif relkind == "m":
+                tables[(schema, name)] = TableInfo(schema, name, "materialized view", tuple(
+                    ColumnInfo(c, t, n) for c, t, n in zip(columns, types, nullables)), definition)
         return list(tables.values())
 
     async def close(self) -> None:

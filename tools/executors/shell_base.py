@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from policy import Identity
 
@@ -15,6 +15,7 @@ class ShellResult:
     stderr: str
     truncated: bool = False  # stdout or stderr was cut at max_output_bytes
     timed_out: bool = False
+    masking: dict[str, Any] = field(default_factory=dict)  # detections per kind, never a value
 
 
 @dataclass(frozen=True)

@@ -146,11 +146,12 @@ class SqliteExecutor:
         conn = self._connect(read_only=True)
         try:
             tables = []
-            for name, kind in conn.execute(
-                "SELECT name, type FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            for name, kind, sql in conn.execute(
+                "SELECT name, type, sql FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name"
             ).fetchall():
                 cols = conn.execute("SELECT name, type, \"notnull\" FROM pragma_table_info(?)", (name,)).fetchall()
-                tables.append(TableInfo("main", name, kind, tuple(ColumnInfo(c, t or "", not nn) for c, t, nn in cols)))
+                tables.append(TableInfo("main", name, kind, tuple(ColumnInfo(c, t or "", not nn) for c, t, nn in cols),
+                                        sql if kind == "view" else None))
             return tables
         finally:
             conn.close()

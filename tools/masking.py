@@ -1,0 +1,199 @@
+"""Masking in the guarded pipeline (step ⑥): per connection, its rules, hash key and catalog.
+
+- Before a SQL text is vetted, ``refresh`` makes sure the connection's catalog is recent: read
+  through the executor (tables, columns, view definitions), kept for ``CATALOG_TTL_S``, read again
+  at once when the text names a relation the catalog does not list (a view created a moment ago)
+  and after a statement that changed the schema. A catalog that cannot be read leaves the last one
+  (or none: then every output of a sensitive relation is masked, fail closed).
+- ``vet`` adds the mask plan to a decision: its verdict on inference channels and write flows
+  (a deny wins, a review holds an allowed call), and its summary in the facts `check` shows.
+- ``mask_query`` masks a result as it comes back from the executor, before anything records or
+  returns it: the agent and the audit log get the same rows, and the record of what was masked.
+- ``mask_shell`` runs the detectors over a shell's stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from policy import Decision, Kind, Statement, Verdict
+from policy.masking import Catalog, MaskPlan, MaskRules, mask_result, mask_text, plan, strongest
+from policy.masking.lineage import view_lineage
+from policy.masking.plan import sensitive_relations
+from policy.sql.facts import DDL_KINDS
+from tools.executors.base import QueryResult, TableInfo
+from tools.executors.shell_base import ShellResult
+
+if TYPE_CHECKING:
+    from tools.connections import Connection
+
+log = logging.getLogger(__name__)
+
+CATALOG_TTL_S = 30.0
+# After a failed read, the catalog is not tried again for this long (the database is likely down).
+RETRY_S = 2.0
+# System relations the catalog never lists: naming them is no reason to read it again.
+_SYSTEM_SCHEMAS = ("pg_catalog.", "information_schema.", "pg_toast.", "temp.")
+_SYSTEM_PREFIXES = ("pg_", "sqlite_")
+
+
+@dataclass
+class Masking:
+    """One connection's masking: rules (sensitive columns, predicate verdicts, detectors), the key of
+    the `hash` masker, and the catalog lineage resolves names against."""
+
+    rules: MaskRules = field(default_factory=MaskRules)
+    key: bytes | None = field(default=None, repr=False)
+    ttl_s: float = CATALOG_TTL_S
+    _catalog: Catalog | None = field(default=None, repr=False)
+    _read_at: float = field(default=float("-inf"), repr=False)
+    _retry_at: float = field(default=float("-inf"), repr=False)
+    _lock: anyio.Lock | None = field(default=None, repr=False)
+
+    @property
+    def columns(self) -> bool:
+        """Whether any column is masked here (else only detectors, if any, run)."""
+        return bool(self.rules.columns)
+
+    def catalog(self, dialect: str, default_schema: str) -> Catalog:
+        """The last catalog read, or an empty one (every relation unknown: fail closed)."""
+        if self._catalog is not None:
+            return self._catalog
+        return Catalog.build(dialect, default_schema, {})
+
+    def forget(self) -> None:
+        """The schema changed: read the catalog again before the next call."""
+        self._read_at = float("-inf")
+
+    async def refresh(self, connection: Connection, text: str | None = None) -> None:
+        """Read the catalog again when it is missing, older than the TTL, or lacks a relation
+        ``text`` names. Never raises: a catalog that cannot be read leaves the last one, and is
+        tried again after a short pause (not on every call while the database is down)."""
+        if not self.columns:
+            return
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        if now - self._read_at < self.ttl_s and not (text and self._names_unknown(connection, text)):
+            return
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            if self._read_at > now:
+                return  # another call read it while this one waited
+            try:
+                tables = await connection.executor.catalog()
+            except Exception:  # this call goes on with the old catalog (or none: fail closed)
+                log.warning("cannot read the catalog of %s for masking", connection.name, exc_info=True)
+                self._retry_at = time.monotonic() + RETRY_S
+                return
+            self._catalog = catalog_of(tables, connection.dialect, connection.policy.default_schema or "main")
+            self._read_at = time.monotonic()
+
+    def _names_unknown(self, connection: Connection, text: str) -> bool:
+        from policy import analyse
+
+        if self._catalog is None:
+            return True
+        analysis = analyse(text, connection.dialect, connection.policy.default_schema)
+        return any(self._catalog.columns(name) is None and not name.startswith(_SYSTEM_SCHEMAS)
+                   and not name.split(".", 1)[-1].startswith(_SYSTEM_PREFIXES)
+                   for s in analysis.statements for name in s.effective.reads | s.effective.writes)
+
+    def plan(self, connection: Connection, statements: tuple[Statement, ...]) -> MaskPlan:
+        return plan(statements, self.catalog(connection.dialect, connection.policy.default_schema or "main"), self.rules)
+
+
+async def refresh(connection: Connection, text: str | None = None) -> None:
+    """Bring the connection's catalog up to date for ``text`` (see Masking.refresh); a no-op
+    where nothing is masked by column."""
+    if connection.masking is not None:
+        await connection.masking.refresh(connection, text)
+
+
+def catalog_of(tables: list[TableInfo], dialect: str, default_schema: str) -> Catalog:
+    """The executor's catalog as plain data for policy.masking."""
+    return Catalog.build(dialect, default_schema,
+                         {t.qualified: tuple(c.name for c in t.columns) for t in tables},
+                         {t.qualified: t.definition for t in tables if t.definition})
+
+
+def vet(connection: Connection, statements: tuple[Statement, ...] | None, facts: dict[str, Any] | None,
+        decision: Decision) -> Decision:
+    """The decision with the mask plan's verdict folded in; the plan's summary goes into ``facts``."""
+    masking = connection.masking
+    if masking is None or not masking.rules.active or statements is None or decision.verdict is Verdict.DENY:
+        return decision
+    found = masking.plan(connection, statements)
+    summary = found.summary()
+    if facts is not None and summary:
+        facts["masking"] = summary
+    verdict = found.decision
+    if verdict is None or verdict.verdict is Verdict.ALLOW:
+        return decision
+    # An inference channel or write flow the rules deny denies the call; one they hold holds an
+    # allowed call (with the allowing rule's limits, so it runs bounded once approved).
+    if verdict.verdict is Verdict.DENY:
+        return verdict
+    if decision.verdict is Verdict.ALLOW:
+        return replace(verdict, limits=decision.limits, read_only=decision.read_only)
+    return decision
+
+
+def mask_query(connection: Connection, statements: tuple[Statement, ...], result: QueryResult) -> QueryResult:
+    """The result as the agent and the log may see it; ``result.masking`` records what was done."""
+    masking = connection.masking
+    if masking is None:
+        return result
+    if masking.columns and any(s.effective.kind in DDL_KINDS or s.effective.kind is Kind.CREATE for s in statements):
+        masking.forget()  # the schema may have changed under the catalog
+    if not masking.rules.active:
+        return result
+    found = masking.plan(connection, statements)
+    rows, record = mask_result(result.columns, result.rows, found, key=masking.key, in_place=True)
+    result.rows = rows
+    result.masking = record
+    return result
+
+
+def mask_shell(connection: Any, result: ShellResult) -> ShellResult:
+    masking = getattr(connection, "masking", None)
+    if masking is None or not masking.rules.detectors:
+        return result
+    stdout, out_counts = mask_text(result.stdout, masking.rules.detectors)
+    stderr, err_counts = mask_text(result.stderr, masking.rules.detectors)
+    result.stdout, result.stderr = stdout, stderr
+    counts = {k: out_counts.get(k, 0) + err_counts.get(k, 0) for k in sorted({*out_counts, *err_counts})}
+    if counts:
+        result.masking = {"detections": counts}
+    return result
+
+
+def describe(connection: Connection, tables: list[TableInfo]) -> list[TableInfo]:
+    """Each column annotated with the masker its values get (for `describe`): a table's column by
+    the patterns, a view's column by what it derives from."""
+    masking = connection.masking
+    if masking is None or not masking.columns:
+        return tables
+    catalog = masking.catalog(connection.dialect, connection.policy.default_schema or "main")
+    out = []
+    for table in tables:
+        views = view_lineage(catalog, table.qualified).outputs if catalog.is_view(table.qualified) else None
+        derived = {o.name: o for o in views or ()}
+        columns = []
+        for column in table.columns:
+            found = masking.rules.column(f"{table.qualified}.{column.name}")
+            maskers = [found.masker] if found else []
+            output = derived.get(column.name)
+            if output is not None:
+                maskers += [c.masker for c in (masking.rules.column(s) for s in output.sources) if c]
+                if not output.resolved and sensitive_relations(frozenset({table.qualified}), catalog, masking.rules):
+                    maskers.append("redact")  # as a query over the view would be: fail closed
+            columns.append(replace(column, masked=strongest(maskers)))
+        out.append(replace(table, columns=tuple(columns)))
+    return out
