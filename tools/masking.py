@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from policy import Decision, Kind, Statement, Verdict
+from policy import Decision, Statement, Verdict
 from policy.masking import Catalog, MaskPlan, MaskRules, mask_result, mask_text, plan, strongest
 from policy.masking.lineage import view_lineage
 from policy.masking.plan import sensitive_relations
@@ -150,7 +150,7 @@ def mask_query(connection: Connection, statements: tuple[Statement, ...], result
     masking = connection.masking
     if masking is None:
         return result
-    if masking.columns and any(s.effective.kind in DDL_KINDS or s.effective.kind is Kind.CREATE for s in statements):
+    if masking.columns and any(s.effective.kind in DDL_KINDS for s in statements):
         masking.forget()  # the schema may have changed under the catalog
     if not masking.rules.active:
         return result

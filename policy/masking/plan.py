@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from sqlglot.errors import SqlglotError
@@ -116,12 +115,21 @@ def plan(statements: Sequence[Statement], catalog: Catalog, rules: MaskRules) ->
 
 
 def statement_plan(statement: Statement, catalog: Catalog, rules: MaskRules) -> MaskPlan:
-    return _statement_plan(statement.text, statement.kind, statement.explained is not None, statement.explain_analyze,
-                           statement.explained.text if statement.explained else "", catalog, rules,
-                           statement.effective.reads | statement.effective.writes)
+    """One statement's plan, kept with the catalog it was worked out against (and gone with it)."""
+    key = ("plan", statement.text, rules)
+    found = catalog.memo.get(key)
+    if found is None:
+        found = _statement_plan(statement.text, statement.kind, statement.explained is not None,
+                                statement.explain_analyze, statement.explained.text if statement.explained else "",
+                                catalog, rules, statement.effective.reads | statement.effective.writes)
+        if len(catalog.memo) < _MEMO_LIMIT:
+            catalog.memo[key] = found
+    return found
 
 
-@lru_cache(maxsize=2048)
+_MEMO_LIMIT = 20_000  # plans and view lineages kept per catalog (a catalog lives until the next read)
+
+
 def _statement_plan(text: str, kind: Kind, explain: bool, analyze: bool, inner: str, catalog: Catalog,
                     rules: MaskRules, relations: frozenset[str]) -> MaskPlan:
     sensitive = sensitive_relations(relations, catalog, rules)
