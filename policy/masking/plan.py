@@ -27,7 +27,7 @@ from sqlglot.errors import SqlglotError
 from policy.decision import Decision, Verdict
 from policy.masking import predicates
 from policy.masking.catalog import Catalog
-from policy.masking.lineage import Output, Sources, projections, lineage, view_lineage
+from policy.masking.lineage import Output, lineage, projections, view_lineage
 from policy.masking.maskers import STRENGTH, at_least, strongest
 from policy.masking.qualified import Prepared, prepare
 from policy.masking.rules import MaskRules
@@ -247,4 +247,4 @@ def _fail_masker(sensitive: frozenset[str], catalog: Catalog, rules: MaskRules) 
     return at_least(strongest(maskers) or "redact", "redact")
 
 
-__all__ = ["ColumnMask", "MaskPlan", "Sources", "plan", "statement_plan", "sensitive_relations"]
+__all__ = ["ColumnMask", "MaskPlan", "plan", "sensitive_relations", "statement_plan"]
