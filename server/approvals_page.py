@@ -73,19 +73,8 @@ SCOPE = "openid profile email"
 def client_secret(config: Config) -> str | None:
     """The page's OIDC client secret from [approvals] web_client_secret_env or _file; None: a public client."""
     approvals = config.approvals
-    if approvals.web_client_secret_env:
-        value = os.environ.get(approvals.web_client_secret_env)
-        if not value:
-            raise ConfigError(f"{config.source}: approvals.web_client_secret_env: the environment variable "
-                              f"`{approvals.web_client_secret_env}` is not set")
-        return value
-    if approvals.web_client_secret_file:
-        try:
-            return config.path(approvals.web_client_secret_file).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ConfigError(f"{config.source}: approvals.web_client_secret_file: cannot read "
-                              f"`{approvals.web_client_secret_file}` ({error.strerror})") from None
-    return None
+    return config.secret("approvals", "web_client_secret_env", approvals.web_client_secret_env,
+                         "web_client_secret_file", approvals.web_client_secret_file)
 
 
 def session_key(config: Config) -> str:

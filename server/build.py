@@ -20,22 +20,13 @@ from tools.notify import ApprovalNotifier, ApprovalWebhook
 
 
 def _env(config: Config, name: str, key: str, variable: str) -> str:
-    value = os.environ.get(variable)
-    if value is None:
-        raise ConfigError(f"{config.source}: connections.{name}.{key}: the environment variable `{variable}` is not set")
+    value = config.secret(f"connections.{name}", key, variable, "", None)
+    assert value is not None
     return value
 
 
 def _secret(config: Config, name: str, conn: ConnectionConfig) -> str | None:
-    if conn.password_env:
-        return _env(config, name, "password_env", conn.password_env)
-    if conn.password_file:
-        try:
-            return config.path(conn.password_file).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ConfigError(f"{config.source}: connections.{name}.password_file: cannot read "
-                              f"`{conn.password_file}` ({error.strerror})") from None
-    return None
+    return config.secret(f"connections.{name}", "password_env", conn.password_env, "password_file", conn.password_file)
 
 
 def _target(config: Config, name: str, conn: ConnectionConfig) -> str:

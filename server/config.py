@@ -420,22 +420,31 @@ class Config(_Model):
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else self.base_dir / p
 
-    def checkpoint_key(self) -> bytes | None:
-        """The audit checkpoint key, by reference (never in the file itself); None when not configured."""
-        audit = self.audit
-        if audit.checkpoint_key_env:
-            value = os.environ.get(audit.checkpoint_key_env)
+    def secret(self, where: str, env_key: str, env: str | None, file_key: str, file: str | None) -> str | None:
+        """A secret given by reference, never in the file itself: the environment variable ``env``,
+        else the file ``file``; None when neither is configured. ``where`` and the keys name the
+        config key in errors (``audit`` + ``checkpoint_key_env`` → `audit.checkpoint_key_env`)."""
+        if env:
+            value = os.environ.get(env)
             if not value:
-                raise ConfigError(f"{self.source}: audit.checkpoint_key_env: the environment variable "
-                                  f"`{audit.checkpoint_key_env}` is not set")
-            return value.encode()
-        if audit.checkpoint_key_file:
+                raise ConfigError(f"{self.source}: {where}.{env_key}: the environment variable `{env}` is not set")
+            return value
+        if file:
             try:
-                return self.path(audit.checkpoint_key_file).read_bytes().strip()
+                return self.path(file).read_text(encoding="utf-8").strip()
             except OSError as error:
-                raise ConfigError(f"{self.source}: audit.checkpoint_key_file: cannot read "
-                                  f"`{audit.checkpoint_key_file}` ({error.strerror})") from None
+                raise ConfigError(f"{self.source}: {where}.{file_key}: cannot read `{file}` ({error.strerror})") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{self.source}: {where}.{file_key}: `{file}` is not UTF-8 text",
+                                  hint="Keep the secret as text, e.g. `openssl rand -hex 32 > FILE`.") from None
         return None
+
+    def checkpoint_key(self) -> bytes | None:
+        """The audit checkpoint key, by reference; None when not configured."""
+        audit = self.audit
+        key = self.secret("audit", "checkpoint_key_env", audit.checkpoint_key_env,
+                          "checkpoint_key_file", audit.checkpoint_key_file)
+        return key.encode() if key is not None else None
 
     def masking(self, name: str) -> Masking | None:
         """A connection's masking: its masked columns, predicate verdicts and detectors, and the key
@@ -450,20 +459,8 @@ class Config(_Model):
         columns = {p if p.count(".") == 2 else f"{schema}.{p}": m for p, m in conn.mask.items()}
         verdicts = [(masker, use, Verdict(v)) for masker, spec in conn.mask_predicates.items()
                     for use, v in (spec.items() if isinstance(spec, dict) else ((u, spec) for u in sorted(PROBING)))]
-        key = None
-        if conn.mask_key_env:
-            value = os.environ.get(conn.mask_key_env)
-            if not value:
-                raise ConfigError(f"{self.source}: connections.{name}.mask_key_env: the environment variable "
-                                  f"`{conn.mask_key_env}` is not set")
-            key = value.encode()
-        elif conn.mask_key_file:
-            try:
-                key = self.path(conn.mask_key_file).read_bytes().strip()
-            except OSError as error:
-                raise ConfigError(f"{self.source}: connections.{name}.mask_key_file: cannot read "
-                                  f"`{conn.mask_key_file}` ({error.strerror})") from None
-        return Masking(MaskRules.build(columns, predicates=verdicts, detectors=kinds), key)
+        key = self.secret(f"connections.{name}", "mask_key_env", conn.mask_key_env, "mask_key_file", conn.mask_key_file)
+        return Masking(MaskRules.build(columns, predicates=verdicts, detectors=kinds), key.encode() if key else None)
 
     def policies(self) -> dict[str, ConnectionPolicy]:
         """The database connections' policies."""
