@@ -21,6 +21,8 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
+from tests.processes import stop
+
 PROVIDER = Path(__file__).resolve().parent / "oidc_provider.py"
 HOW_TO = (f"The test OIDC provider ({PROVIDER}) needs starlette, uvicorn and joserfc in the interpreter "
           f"running the tests ({sys.executable}): install the project with `pip install -e '.[dev]'`. "
@@ -89,17 +91,8 @@ class OidcProvider:
 
 
 def _fail(process: subprocess.Popen[bytes], log: Path, why: str) -> NoReturn:
-    _stop(process)
+    stop(process)
     pytest.fail(f"{why}. {HOW_TO}\n{log.read_text(errors='replace')}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _start(root: Path, issuer_path: str = "/") -> tuple[str, subprocess.Popen[bytes]]:
@@ -138,4 +131,4 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProv
         with httpx.Client(base_url=issuer, timeout=10) as http:
             yield OidcProvider(issuer, process, root / "oidc.log", http)
     finally:
-        _stop(process)
+        stop(process)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop
+
 HOW_TO = ("No OpenSSH sshd found (looked at $BASTION_TEST_SSHD, /usr/sbin/sshd and PATH). "
           "Install it with `apt-get install -y openssh-server` (CI does), or set BASTION_TEST_SSHD to its path.")
 
@@ -88,17 +90,8 @@ def _start(sshd: str, root: Path, port: int) -> subprocess.Popen[bytes] | None:
         if _answers(port):
             return process
         time.sleep(0.05)
-    _stop(process)
+    stop(process)
     pytest.fail(f"sshd did not listen on 127.0.0.1:{port} within 10 s:\n{(root / 'sshd.log').read_text(errors='replace')}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -129,4 +122,4 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         yield SshServer("127.0.0.1", port, getpass.getuser(), root / "user_key", known_hosts, root / "host_key",
                         root / "sshd.log", process)
     finally:
-        _stop(process)
+        stop(process)

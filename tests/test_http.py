@@ -21,6 +21,7 @@ from store import SqliteAuditStore
 from store import events as ev
 from tests.conftest import requirement
 from tests.postgres_server import wait_until
+from tests.processes import stop
 
 RAW_HEADERS = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "sql_query",
                "Accept": "application/json, text/event-stream"}
@@ -57,12 +58,7 @@ def serving(config: Path, port: int | None = None) -> Iterator[tuple[subprocess.
             pytest.fail("bastion serve --http did not start:\n" + log.read_text())
         yield proc, f"http://127.0.0.1:{port}/mcp"
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(proc, timeout=10)
 
 
 @pytest.mark.anyio

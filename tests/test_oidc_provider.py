@@ -16,7 +16,8 @@ from joserfc.errors import BadSignatureError, InvalidKeyIdError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
-from tests.oidc_server import OidcProvider, _start, _stop
+from tests.oidc_server import OidcProvider, _start
+from tests.processes import stop
 
 REDIRECT = "http://127.0.0.1:9/callback"
 
@@ -212,4 +213,4 @@ def test_an_issuer_with_a_path_serves_under_it(tmp_path: Path) -> None:
         assert meta["issuer"] == issuer and meta["jwks_uri"] == f"{issuer}/jwks"
         assert httpx.get(f"{issuer}/jwks").json()["keys"]
     finally:
-        _stop(process)
+        stop(process)

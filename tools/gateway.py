@@ -24,7 +24,7 @@ from tools.calls import Caller
 from tools.connections import AnyConnection, Connection, ShellConnection
 from tools.executors.base import QueryResult, TableInfo
 from tools.executors.shell_base import ShellResult
-from tools.guard import MAX_COMMAND_BYTES, Guard, Guarded, validate_text
+from tools.guard import MAX_COMMAND_BYTES, Guard, Guarded, Vetted, validate_text
 from tools.holds import Holds, held_rule
 from tools.recorder import Recorder
 
@@ -73,12 +73,13 @@ class Gateway:
         target = self.connections.get(connection)
         if target is None or not target.visible_to(caller.identity):
             return None
+        # Most connections let nobody confirm for themself: no second vetting of every call there.
+        if not any(confirm for _, confirm in self.approval_policies.get(connection, {}).values()):
+            return None
         try:
-            if isinstance(target, ShellConnection):
-                vetted = shell.vet_shell(target, caller, text, shell.resolve_cwd(target, cwd))
-            else:
-                validate_text(text)
-                vetted = sql.vet_sql(target, caller, text)
+            validate_text(text, what="text")
+            workdir = shell.resolve_cwd(target, cwd) if isinstance(target, ShellConnection) else None
+            vetted = await self._vet(target, caller, text, workdir)
         except BastionError:
             return None
         decision = vetted.decision
@@ -169,6 +170,13 @@ class Gateway:
                                     execute=shell.runner(target, caller, workdir), result_record=shell.result_record,
                                     max_bytes=MAX_COMMAND_BYTES, confirmed=confirmed)
 
+    async def _vet(self, target: AnyConnection, caller: Caller, text: str, cwd: str | None) -> Vetted:
+        """Analyse and decide a text without running it (shell: in ``cwd``; SQL: with a fresh catalog for masking)."""
+        if isinstance(target, ShellConnection):
+            return shell.vet_shell(target, caller, text, cwd or target.policy.cwd)
+        await masking.refresh(target, text)
+        return sql.vet_sql(target, caller, text)
+
     async def check(self, caller: Caller, connection: str, text: str) -> CheckResult:
         target = await self._resolve(caller, "check", connection, text, (Connection, ShellConnection))  # type: ignore[arg-type]
         try:
@@ -176,11 +184,7 @@ class Gateway:
         except InvalidInput as error:
             await self.guard.refuse(caller, "check", connection, text, None, error)
             raise
-        if isinstance(target, ShellConnection):
-            vetted = shell.vet_shell(target, caller, text, target.policy.cwd)
-        else:
-            await masking.refresh(target, text)
-            vetted = sql.vet_sql(target, caller, text)
+        vetted = await self._vet(target, caller, text, target.policy.cwd if isinstance(target, ShellConnection) else None)
         d = vetted.decision
 
         async def work() -> tuple[CheckResult, dict[str, Any]]:
