@@ -118,7 +118,11 @@ async def test_rows_and_bytes_are_capped_through_a_server_side_cursor(shop: PgSe
         result = await ex.run(run("SELECT * FROM orders", limits=Limits(max_bytes=2_000)))
         assert 0 < result.row_count < 25 and result.truncated
         result = await ex.run(run("SELECT * FROM orders", limits=Limits(max_rows=5000)))
-        assert result.row_count == 2500 and not result.truncated  # RLS: alice's half
+        assert result.row_count == 2500 and not result.truncated  # RLS: alice's half, in two FETCHes
+        result = await ex.run(run("SELECT id FROM orders ORDER BY id", limits=Limits(max_rows=2200)))
+        assert result.row_count == 2200 and result.truncated and result.rows[-1] == [4400]
+        # Each call's transaction ended with it: no cursor or transaction left open on the server.
+        assert shop.execute("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'") == [(0,)]
     finally:
         await ex.close()
 

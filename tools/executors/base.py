@@ -117,6 +117,9 @@ class RowBudget:
         self.bytes += size
         return True
 
+    def result(self, columns: list[str]) -> QueryResult:
+        return QueryResult(columns, self.rows, len(self.rows), self.truncated)
+
 
 def json_value(value: Any) -> Any:
     """A database value as JSON: exact decimals and times as strings, bytes as base64."""

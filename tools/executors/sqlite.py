@@ -123,7 +123,7 @@ class SqliteExecutor:
                 columns = [d[0] for d in cur.description]
                 while budget.take(cur.fetchmany(500)):
                     pass
-                result = QueryResult(columns, budget.rows, len(budget.rows), budget.truncated)
+                result = budget.result(columns)
             conn.execute("COMMIT")
             result.statements = len(request.statements)
             return result
