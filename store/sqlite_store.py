@@ -79,16 +79,20 @@ class SqliteAuditStore:
     # -- writing -------------------------------------------------------------------------------
 
     def append(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Append one event durably; returns it with event_id, time, seq and hash filled in.
+        """Append one event durably; returns it with event_id, time, seq and hash filled in."""
+        return self.append_many([event])[0]
+
+    def append_many(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append ``events`` durably, in order; returns them with event_id, time, seq and hash.
 
         Group commit: concurrent callers queue their events; whichever finds no write in progress
         becomes the writer and writes everything queued, a transaction (one fsync) per batch, until
-        the queue is empty; the others wait for their own event to be written. No call returns
-        before its event is durable.
+        the queue is empty; the others wait for their own events to be written. No call returns
+        before its events are durable.
         """
-        ticket = _Ticket(self._prepare(event))
+        tickets = [_Ticket(self._prepare(event)) for event in events]
         with self._queue_lock:
-            self._queue.append(ticket)
+            self._queue.extend(tickets)
             writer = not self._writing
             self._writing = True
         while writer:
@@ -108,10 +112,11 @@ class SqliteAuditStore:
                 with self._queue_lock:
                     self._writing = False
                 raise
-        ticket.ready.wait()
-        if ticket.error is not None:
-            raise ticket.error
-        return ticket.event
+        for ticket in tickets:
+            ticket.ready.wait()
+            if ticket.error is not None:
+                raise ticket.error
+        return [ticket.event for ticket in tickets]
 
     def append_in(self, conn: sqlite3.Connection, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Append ``events`` inside a write transaction the caller holds on ``conn``, its own

@@ -71,10 +71,10 @@ async def test_nothing_runs_when_the_audit_store_cannot_be_written(tmp_path: Pat
     executor = FakeExecutor()
     gw = gateway(tmp_path, executor)
 
-    def failing_disk(event: dict) -> dict:  # type: ignore[type-arg]
+    def failing_disk(events: list) -> list:  # type: ignore[type-arg]
         raise StoreError("disk I/O error")
 
-    monkeypatch.setattr(gw.store, "append", failing_disk)
+    monkeypatch.setattr(gw.store, "append_many", failing_disk)
     with pytest.raises(AuditUnavailable) as caught:
         await gw.sql_query(CALLER, "db", "SELECT 1", None)
     assert executor.requests == []

@@ -1,29 +1,77 @@
-"""Writes audit events through the store off the event loop; translates store failures."""
+"""Writes audit events through the store from one writer thread; translates store failures.
+
+One thread of its own, not anyio's worker pool: handing an append to it and back costs about a
+third as much (tests/bench), and events that arrive while a write is on disk go to the store
+together, one transaction and one fsync for all of them (group commit).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
 from typing import Any
-
-import anyio
 
 from policy.errors import AuditUnavailable
 from store import StoreError
 from store.sqlite_store import SqliteAuditStore
 
+_BATCH = 256  # events per transaction at most, so one slow batch does not grow without bound
+_Item = tuple[asyncio.AbstractEventLoop, "asyncio.Future[dict[str, Any]]", dict[str, Any]]
+
 
 class Recorder:
     def __init__(self, store: SqliteAuditStore) -> None:
         self.store = store
-        # Its own limiter: audit writes never queue behind executors in anyio's shared thread pool.
-        # Many waiting appends let the store's group commit share one fsync among them.
-        self._limiter = anyio.CapacityLimiter(64)
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     async def append(self, event: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._start()
+        self._queue.put((loop, future, event))
         try:
-            return await anyio.to_thread.run_sync(self.store.append, event, limiter=self._limiter)
+            return await future
         except StoreError as error:
             raise AuditUnavailable(
                 "the audit store cannot be written, so nothing was run",
                 hint="Tell the gateway's operator; retry once the audit store is writable.",
                 detail=str(error),
             ) from error
+
+    def _start(self) -> None:
+        if self._writer is None:
+            with self._start_lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_forever, name="bastion-audit-writer", daemon=True)
+                    self._writer.start()
+
+    def _write_forever(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                written: list[Any] = self.store.append_many([event for _, _, event in batch])
+            except Exception as error:  # every waiter hears of it; the thread goes on
+                failure = error if isinstance(error, StoreError) else StoreError(f"cannot write the audit store: {error}")
+                written = [failure] * len(batch)
+            for (loop, future, _), outcome in zip(batch, written):
+                try:
+                    loop.call_soon_threadsafe(_settle, future, outcome)
+                except RuntimeError:  # that loop has closed: nobody is waiting any more
+                    pass
+
+
+def _settle(future: asyncio.Future[dict[str, Any]], outcome: Any) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -119,27 +119,36 @@ class PostgresExecutor:
 
     async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
         failure: psycopg.Error | None = None
-        async with conn.pipeline() as pipe:
-            try:
-                await conn.execute(_BEGIN[request.read_only])
-                await conn.execute(self._setup(request))
-                sent = [await _Sent.send(conn, n, statement, request.limits) for n, statement in enumerate(request.statements)]
-                whole = all(s.whole for s in sent)
-                if whole:
-                    await conn.execute("COMMIT")
-                await pipe.sync()
-                results = [await s.collect() for s in sent]
-                if not whole:
-                    await conn.execute("COMMIT")
-                    await pipe.sync()
-            except psycopg.Error as error:
-                failure = error  # raised once out of the pipeline, after the rollback
+        try:
+            async with conn.pipeline() as pipe:
+                try:
+                    results = await self._pipelined(conn, pipe, request)
+                except psycopg.Error as error:
+                    failure = error
+        except pgerr.PipelineAborted:  # leaving a pipeline a statement failed in: that failure is the news
+            if failure is None:
+                raise
         if failure is not None:
             await conn.rollback()
             raise failure
         result = results[-1] if results else QueryResult(columns=[], rows=[], row_count=0)
         result.statements = len(request.statements)
         return result
+
+    async def _pipelined(self, conn: psycopg.AsyncConnection[Any], pipe: psycopg.AsyncPipeline,
+                         request: RunRequest) -> list[QueryResult]:
+        await conn.execute(_BEGIN[request.read_only])
+        await conn.execute(self._setup(request))
+        sent = [await _Sent.send(conn, n, statement, request.limits) for n, statement in enumerate(request.statements)]
+        whole = all(s.whole for s in sent)
+        if whole:
+            await conn.execute("COMMIT")
+        await pipe.sync()
+        results = [await s.collect() for s in sent]
+        if not whole:
+            await conn.execute("COMMIT")
+            await pipe.sync()
+        return results
 
     async def preview(self, request: RunRequest) -> dict[str, Any]:
         pool = await self._pool()
