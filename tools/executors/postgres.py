@@ -10,6 +10,7 @@ COMMIT), so the common call costs one round trip to the server, not six.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 from typing import Any
@@ -118,37 +119,25 @@ class PostgresExecutor:
         return setup
 
     async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
-        failure: psycopg.Error | None = None
         try:
-            async with conn.pipeline() as pipe:
-                try:
-                    results = await self._pipelined(conn, pipe, request)
-                except psycopg.Error as error:
-                    failure = error
-        except pgerr.PipelineAborted:  # leaving a pipeline a statement failed in: that failure is the news
-            if failure is None:
-                raise
-        if failure is not None:
-            await conn.rollback()
-            raise failure
+            # Queued, then sent together with one Sync when the pipeline ends: one round trip.
+            async with conn.pipeline():
+                await conn.execute(_BEGIN[request.read_only])
+                await conn.execute(self._setup(request))
+                sent = [await _Sent.send(conn, n, statement, request.limits) for n, statement in enumerate(request.statements)]
+                whole = all(s.whole for s in sent)
+                if whole:
+                    await conn.execute("COMMIT")
+            results = [await s.collect() for s in sent]
+            if not whole:
+                await conn.execute("COMMIT")
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):  # a lost connection: the pool discards it
+                await conn.rollback()
+            raise
         result = results[-1] if results else QueryResult(columns=[], rows=[], row_count=0)
         result.statements = len(request.statements)
         return result
-
-    async def _pipelined(self, conn: psycopg.AsyncConnection[Any], pipe: psycopg.AsyncPipeline,
-                         request: RunRequest) -> list[QueryResult]:
-        await conn.execute(_BEGIN[request.read_only])
-        await conn.execute(self._setup(request))
-        sent = [await _Sent.send(conn, n, statement, request.limits) for n, statement in enumerate(request.statements)]
-        whole = all(s.whole for s in sent)
-        if whole:
-            await conn.execute("COMMIT")
-        await pipe.sync()
-        results = [await s.collect() for s in sent]
-        if not whole:
-            await conn.execute("COMMIT")
-            await pipe.sync()
-        return results
 
     async def preview(self, request: RunRequest) -> dict[str, Any]:
         pool = await self._pool()
