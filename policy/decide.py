@@ -14,7 +14,25 @@ from policy.sql.facts import Analysis, Kind, Statement
 _GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or SQLite would parse it."
 
 
+_MEMO_SIZE = 4096
+
+
 def decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) -> Decision:
+    """The decision is a pure function of its arguments, so it is memoised on the policy. Analyses
+    are cached by text (analyse), so a repeated text from the same identity is a dictionary lookup.
+    The memo keeps the analysis it was keyed by alive, so that ``id`` cannot be reused meanwhile."""
+    key = (identity, id(analysis))
+    hit = policy.decisions.get(key)
+    if hit is not None and hit[0] is analysis:
+        return hit[1]
+    decision = _decide(identity, policy, analysis)
+    if len(policy.decisions) >= _MEMO_SIZE:
+        policy.decisions.clear()  # atomic, unlike evicting one entry while another thread may insert
+    policy.decisions[key] = (analysis, decision)
+    return decision
+
+
+def _decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) -> Decision:
     # The text as a whole could not be understood (parse error, parsers disagree): deny.
     if analysis.error is not None:
         return Decision.deny(analysis.error_rule or "guard:parse-error", analysis.error, hint=_GUARD_HINT)

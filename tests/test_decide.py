@@ -41,6 +41,20 @@ def test_a_second_rule_can_allow_what_the_first_does_not_cover() -> None:
     assert decide(DBA, policy(everyone, dba), text).rules == ("dba",)
 
 
+def test_decisions_are_memoised_per_policy_identity_and_analysis() -> None:
+    everyone = replace(READ_ONLY, id="everyone")
+    dba = replace(READ_WRITE, id="dba", groups=frozenset({"dba"}))
+    rules = policy(everyone, dba)
+    text = analyse("UPDATE orders SET status = 'x' WHERE id = 1", "postgres")
+    first = decide(ALICE, rules, text)
+    assert decide(ALICE, rules, text) is first  # a hit
+    assert decide(DBA, rules, text).allowed and not decide(ALICE, rules, text).allowed  # per identity
+    # An equal analysis that is another object (a text too big for the analysis cache) is decided anew.
+    again = analyse("UPDATE orders SET status = 'x' WHERE id = 1 ", "postgres")
+    assert again is not text and decide(ALICE, rules, again) == first
+    assert decide(DBA, policy(everyone), text).verdict is Verdict.DENY  # per policy
+
+
 def test_an_explicit_deny_beats_every_allow() -> None:
     no_delete = SqlRule("no-delete", deny=frozenset({Kind.DELETE}))
     dba = replace(READ_WRITE, id="dba", groups=frozenset({"dba"}))
@@ -141,7 +155,7 @@ def test_statement_text_is_exactly_what_postgres_splits() -> None:
 
 
 @requirement("sql:dangerous-function")
-def test_the_fast_function_scan_matches_a_full_walk_of_postgres_tree() -> None:
+def test_the_fast_name_scans_match_a_full_walk_of_postgres_tree() -> None:
     import json
     import tomllib
     from pathlib import Path
@@ -151,7 +165,9 @@ def test_the_fast_function_scan_matches_a_full_walk_of_postgres_tree() -> None:
     from policy.sql import postgres_parser
 
     cases = tomllib.loads((Path(__file__).parent / "golden" / "sql_cases.toml").read_text())["case"]
-    texts = [c["text"] for c in cases if c["dialect"] == "postgres"] + ['SELECT "x]"."pg_read_file"(\'a\'), \'"FuncCall":{\'']
+    texts = [c["text"] for c in cases if c["dialect"] == "postgres"] + [
+        'SELECT "x]"."pg_read_file"(\'a\'), \'"FuncCall":{\'', 'SELECT t.*, t."Q""x", s.t."a\\b", u.v FROM t',
+        'SELECT \'"ColumnRef":{"fields":[\' AS x, "We""ird"."Fn"(1) FROM t']
     compared = 0
     for text in texts:
         try:
@@ -161,6 +177,9 @@ def test_the_fast_function_scan_matches_a_full_walk_of_postgres_tree() -> None:
         slow: set[str] = set()
         postgres_parser._functions(json.loads(raw), slow)
         assert postgres_parser._functions_fast(raw) in (slow, None), text
+        slow_attributes: set[str] = set()
+        postgres_parser._attributes(json.loads(raw), slow_attributes)
+        assert postgres_parser._attributes_fast(raw) in (slow_attributes, None), text
         compared += 1
     assert compared > 200
 

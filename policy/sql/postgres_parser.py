@@ -81,27 +81,45 @@ def _kind(node_type: str, body: dict[str, Any]) -> Kind:
     return Kind.OTHER
 
 
-# A FuncCall in libpg_query's JSON: its funcname is a list of String nodes. In JSON every quote
-# inside a string value is escaped, so an unescaped `"FuncCall":` is always structure.
-_FUNC_CALL = re.compile(r'(?<!\\)"FuncCall":\{"funcname":\[((?:\{"String":\{"sval":"(?:[^"\\]|\\.)*"\}\},?)*)\]')
-_FUNC_CALL_KEY = re.compile(r'(?<!\\)"FuncCall":')
-_COLUMN_REF = re.compile(r'(?<!\\)"ColumnRef":\{"fields":\[((?:\{"String":\{"sval":"(?:[^"\\]|\\.)*"\}\},?){2,})\]')
+# Read off libpg_query's JSON text, which is much faster than walking the loaded tree. In that JSON
+# every quote inside a string value is escaped, so an unescaped `"FuncCall":` is always structure.
+_FUNC_CALL = '"FuncCall":{"funcname":['
+_COLUMN_REF = '"ColumnRef":{"fields":['
+# A list of String nodes up to its closing bracket, matched at the start of what follows a key.
+_STRINGS = re.compile(r'(?:\{"String":\{"sval":"(?:[^"\\]|\\.)*"\}\},?)*\]')
 _SVAL = re.compile(r'"sval":"((?:[^"\\]|\\.)*)"')
 
 
+def _last_names(raw: str, key: str, at_least: int, *, strict: bool) -> set[str] | None:
+    """The last name of every String-only list after ``key`` that has ``at_least`` names, decoded
+    and lower-cased. A list that is not String-only is skipped, or if ``strict`` gives None."""
+    out = set()
+    for after in raw.split(key)[1:]:
+        strings = _STRINGS.match(after)
+        if strings is None:
+            if strict:
+                return None
+            continue
+        names = _SVAL.findall(strings.group())
+        if len(names) >= at_least:
+            name = names[-1]
+            out.add((json.loads(f'"{name}"') if "\\" in name else name).lower())
+    return out
+
+
 def _functions_fast(raw: str) -> set[str] | None:
-    """Every called function's name, read off the JSON text (much faster than walking it);
-    None when the text does not have the expected shape (the caller then walks the tree)."""
-    calls = _FUNC_CALL.findall(raw)
-    if len(calls) != len(_FUNC_CALL_KEY.findall(raw)):
+    """Every called function's name; None when the text does not have the expected shape (the
+    caller then walks the tree)."""
+    if raw.count('"FuncCall":') != raw.count(_FUNC_CALL):
         return None
-    return {json.loads(f'"{_SVAL.findall(call)[-1]}"').lower() for call in calls if call}
+    return _last_names(raw, _FUNC_CALL, 1, strict=True)
 
 
 def _attributes_fast(raw: str) -> set[str] | None:
+    """Last names of qualified column references (`t.col`, `s.t.col`); `t.*` has none."""
     if '"A_Indirection"' in raw:
         return None  # (expr).field: walk the tree
-    return {json.loads(f'"{_SVAL.findall(ref)[-1]}"').lower() for ref in _COLUMN_REF.findall(raw)}
+    return _last_names(raw, _COLUMN_REF, 2, strict=False)
 
 
 def _attributes(node: Any, out: set[str]) -> None:
