@@ -159,22 +159,32 @@ class _Nodes:
 def _by_type(tree: exp.Expression) -> _Nodes:
     out = _Nodes()
     for node in tree.walk():
-        if isinstance(node, exp.Table):
-            out.tables.append(node)
-        elif isinstance(node, _DML):
-            out.dml.append(node)
-        elif isinstance(node, exp.Select):
-            out.selects.append(node)
-        elif isinstance(node, exp.CTE):
-            out.ctes.append(node)
-        elif isinstance(node, exp.Command):
-            out.commands.append(node)
-        if isinstance(node, exp.Func) and not isinstance(node, _OPERATORS):
-            out.functions.append(node)
+        kind = type(node)
+        lists = _LISTS.get(kind)
+        if lists is None:
+            lists = _LISTS[kind] = _lists_for(kind)
+        for name in lists:
+            getattr(out, name).append(node)
         # sqlglot hangs FOR UPDATE on whichever node it closes: a SELECT, a parenthesised one, a UNION.
         if node.args.get("locks"):
             out.locking = True
     return out
+
+
+# Which of _Nodes' lists a node class goes to, worked out once per class (isinstance per node is slow).
+_LISTS: dict[type, tuple[str, ...]] = {}
+
+
+def _lists_for(kind: type) -> tuple[str, ...]:
+    names = []
+    for base, name in ((exp.Table, "tables"), (_DML, "dml"), (exp.Select, "selects"), (exp.CTE, "ctes"),
+                       (exp.Command, "commands")):
+        if issubclass(kind, base):
+            names.append(name)
+            break
+    if issubclass(kind, exp.Func) and not issubclass(kind, _OPERATORS):
+        names.append("functions")
+    return tuple(names)
 
 
 def _opaque(text: str, kind: Kind, why: str) -> Statement:
