@@ -47,6 +47,7 @@ def main() -> None:
          [sys.executable, str(HERE / "bench_audit.py"), "--events", "200000" if args.quick else "1000000",
           "--rounds", "3" if args.quick else "5"]),
         ("OIDC bearer token check per request", [sys.executable, str(HERE / "bench_auth.py"), "--rounds", rounds]),
+        ("Masking a 10,000-row result", [sys.executable, str(HERE / "bench_masking.py"), "--rounds", rounds]),
     ]
     command = "python tests/bench/run_all.py" + (" --quick" if args.quick else "")
     sections = []
