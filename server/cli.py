@@ -67,7 +67,8 @@ def is_loopback(host: str) -> bool:
 @config_option
 @click.option("--http", "listen", metavar="HOST:PORT", default=None,
               help="Serve streamable HTTP on HOST:PORT instead of stdio (loopback only unless [auth] is configured).")
-def serve(config_path: str | None, listen: str | None) -> None:
+@click.option("--access-log", is_flag=True, help="Log every HTTP request line (off: the audit log records every call).")
+def serve(config_path: str | None, listen: str | None, access_log: bool) -> None:
     """Run the MCP server (stdio by default).
 
     On stdio, calls run as the config's [identity], or as the identity behind an OIDC access token
@@ -88,7 +89,7 @@ def serve(config_path: str | None, listen: str | None) -> None:
         if config.auth is None and not is_loopback(host):
             raise click.ClickException(f"refusing to serve HTTP on {host}: without OIDC authentication ([auth] in the "
                                        "config) Bastion binds loopback addresses only (127.0.0.1, ::1, localhost)")
-        serve_http(config, host, port)
+        serve_http(config, host, port, access_log=access_log)
     except ConfigError as error:  # a secret named by reference but missing, and the like: no traceback
         raise click.ClickException(error.message) from None
 

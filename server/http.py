@@ -57,7 +57,7 @@ def http_app(server: MCPServer, config: Config, gateway: Gateway | None = None, 
     return ClientAddress(app)
 
 
-def serve_http(config: Config, host: str, port: int) -> None:
+def serve_http(config: Config, host: str, port: int, *, access_log: bool = False) -> None:
     import uvicorn
 
     from server.app import create_server
@@ -65,4 +65,6 @@ def serve_http(config: Config, host: str, port: int) -> None:
 
     gateway = build_gateway(config)
     app = http_app(create_server(config, gateway=gateway), config, gateway, host)
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on")
+    # No access log by default: the audit log records every call, and a line per request costs
+    # about a tenth of the gateway's throughput (tests/bench/bench_postgres.py).
+    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on", access_log=access_log)
