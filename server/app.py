@@ -274,16 +274,17 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
         r = done.result
-        out = SqlResult(columns=r.columns, rows=r.rows, row_count=r.row_count, truncated=r.truncated,
-                        duration_ms=round(done.duration_ms, 3), call_id=done.call_id)
+        # SqlResult's fields as a plain dict: the rows are JSON values already (the executor's
+        # budget made them so), and validating a thousand rows again would cost more than the query.
+        out = {"columns": r.columns, "rows": r.rows, "row_count": r.row_count, "truncated": r.truncated,
+               "duration_ms": round(done.duration_ms, 3), "call_id": done.call_id}
         note = f"{r.row_count} row{'s' if r.row_count != 1 else ''}"
         if r.truncated:
             note += f" (truncated at the limit of {done.decision.limits.max_rows} rows / {done.decision.limits.max_bytes} bytes)"  # type: ignore[union-attr]
         note += render.masking_note(r.masking)
-        footer = f"({note}; {out.duration_ms:g} ms; call_id {done.call_id})"
+        footer = f"({note}; {out['duration_ms']:g} ms; call_id {done.call_id})"
         text = render.table(r.columns, r.rows, footer=footer)
-        return CallToolResult(content=[TextContent(type="text", text=text)],
-                              structured_content=out.model_dump(mode="json"))
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
                                           open_world_hint=False))

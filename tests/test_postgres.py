@@ -66,6 +66,16 @@ async def test_a_select_streams_rows_as_the_scoped_user(shop: PgServer) -> None:
         await ex.close()
 
 
+async def test_percent_signs_and_quotes_reach_the_server_as_written(shop: PgServer) -> None:
+    """Statements go to the server as plain text with no parameters: nothing reads `%s` as a placeholder."""
+    ex = executor(shop)
+    try:
+        result = await ex.run(run("SELECT '5%' AS a, '%s' AS b, 'a%%b' AS c, 'it''s' AS d, $$%(x)s$$ AS e"))
+        assert result.rows == [["5%", "%s", "a%%b", "it's", "%(x)s"]]
+    finally:
+        await ex.close()
+
+
 @requirement("inv:read-only-transaction")
 async def test_the_database_refuses_a_write_in_a_read_only_call(shop: PgServer) -> None:
     ex = executor(shop)

@@ -76,6 +76,7 @@ class PostgresExecutor:
         self.pool = AsyncConnectionPool(dsn, kwargs=kwargs, min_size=0, max_size=max_connections, open=False,
                                         name=f"bastion-{name}")
         self._opened = False
+        self._setups: dict[tuple[Any, ...], bytes] = {}
 
     async def _pool(self) -> AsyncConnectionPool:
         if not self._opened:
@@ -106,24 +107,32 @@ class PostgresExecutor:
         except psycopg.Error as error:
             raise translate(error, self.name) from error
 
-    def _setup(self, request: RunRequest) -> sql.Composed:
-        """Bastion's own statements for one transaction, sent in one round trip, values quoted by
-        psycopg (sql.Literal). standard_conforming_strings: both parsers read 'a\'' as PostgreSQL
-        does with it on; a role or database that turns it off would parse strings differently."""
+    def _setup(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> bytes:
+        """Bastion's own settings for one transaction, values quoted by psycopg (sql.Literal), kept
+        rendered per (limits, identity, role): a repeat caller's are not composed again.
+        standard_conforming_strings: both parsers read 'a\'' as PostgreSQL does with it on; a role
+        or database that turns it off would parse strings differently."""
         identity, limits = request.identity, request.limits
         settings = (f"{int(limits.timeout_s * 1000)}ms", f"pg_catalog, {self.search_path}, pg_temp",
                     f"bastion:{identity.subject}"[:63], identity.subject, ",".join(sorted(identity.groups)))
-        setup = _SETTINGS.format(*map(sql.Literal, settings))
-        if request.role is not None:
-            setup = setup + _ROLE.format(sql.Literal(request.role))
-        return setup
+        key = (settings, request.role)
+        rendered = self._setups.get(key)
+        if rendered is None:
+            setup = _SETTINGS.format(*map(sql.Literal, settings))
+            if request.role is not None:
+                setup = setup + _ROLE.format(sql.Literal(request.role))
+            rendered = setup.as_bytes(conn)
+            if len(self._setups) >= 1024:
+                self._setups.clear()
+            self._setups[key] = rendered
+        return rendered
 
     async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
         try:
             # Queued, then sent together with one Sync when the pipeline ends: one round trip.
             async with conn.pipeline():
                 await conn.execute(_BEGIN[request.read_only])
-                await conn.execute(self._setup(request))
+                await conn.execute(self._setup(conn, request))
                 sent = [await _Sent.send(conn, n, statement, request.limits) for n, statement in enumerate(request.statements)]
                 whole = all(s.whole for s in sent)
                 if whole:
@@ -148,7 +157,7 @@ class PostgresExecutor:
             async with pool.connection(timeout=self.connect_timeout) as conn:
                 # force_rollback: whatever happens, nothing of the dry run is committed.
                 async with conn.transaction(force_rollback=True):
-                    await conn.execute(self._setup(request))
+                    await conn.execute(self._setup(conn, request))
                     for statement in request.statements:
                         item: dict[str, Any] = {"kind": statement.kind.value}
                         if statement.kind in EXPLAINED:
@@ -216,9 +225,9 @@ class _Sent:
         cur = conn.cursor()
         # Plain SELECTs stream through a server-side cursor: memory stays flat however big the table.
         if statement.kind is Kind.SELECT and statement.is_read:
-            name = f"bastion_rows_{n}"
-            await cur.execute(sql.SQL("DECLARE {} NO SCROLL CURSOR FOR ").format(sql.Identifier(name)) + sql.SQL(statement.text))
-            await cur.execute(sql.SQL("FETCH FORWARD {} FROM {}").format(size, sql.Identifier(name)))
+            name = f'"bastion_rows_{n}"'  # plain strings, no parameters: psycopg sends them as they are
+            await cur.execute(f"DECLARE {name} NO SCROLL CURSOR FOR {statement.text}")
+            await cur.execute(f"FETCH FORWARD {size} FROM {name}")
             return cls(cur, budget, size, name)
         # In a pipeline every statement goes through the extended protocol, which refuses two.
         await cur.execute(statement.text)
@@ -236,7 +245,7 @@ class _Sent:
             return self.budget.result(columns)
         batch = await cur.fetchall()
         while self.budget.take(batch) and len(batch) == self.size and not self.whole:
-            await cur.execute(sql.SQL("FETCH FORWARD {} FROM {}").format(self.size, sql.Identifier(self.declared)))
+            await cur.execute(f"FETCH FORWARD {self.size} FROM {self.declared}")
             batch = await cur.fetchall()
         return self.budget.result(columns)
 
