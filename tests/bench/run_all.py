@@ -64,7 +64,8 @@ def main() -> None:
     text = (f"# Performance\n\nMeasured {now} with `{command}` on: {machine()}.\n\n"
             "Every figure is a median over rounds, beside a baseline measured in the same run. The machine\n"
             "is shared, so absolute figures move between runs; the ratios move less. Regenerate this page with\n"
-            f"the command above.\n\n" + "\n".join(sections))
+            f"the command above.\n\n" + "\n".join(sections)
+            + "\n" + (HERE / "FINDINGS.md").read_text())  # kept by hand: what profiles showed
     (ROOT / "docs" / "performance.md").write_text(text)
     print(f"wrote {ROOT / 'docs' / 'performance.md'}")
 
