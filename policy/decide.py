@@ -15,6 +15,7 @@ _GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or
 
 
 _MEMO_SIZE = 4096
+_MEMO_TEXT_LIMIT = 16 * 1024
 
 
 def decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) -> Decision:
@@ -26,9 +27,11 @@ def decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) -> 
     if hit is not None and hit[0] is analysis:
         return hit[1]
     decision = _decide(identity, policy, analysis)
-    if len(policy.decisions) >= _MEMO_SIZE:
-        policy.decisions.clear()  # atomic, unlike evicting one entry while another thread may insert
-    policy.decisions[key] = (analysis, decision)
+    # Big texts are not kept (analyse does not cache them either): the memo would hold them alive.
+    if sum(len(s.text) for s in analysis.statements) <= _MEMO_TEXT_LIMIT:
+        if len(policy.decisions) >= _MEMO_SIZE:
+            policy.decisions.clear()  # atomic, unlike evicting one entry while another thread may insert
+        policy.decisions[key] = (analysis, decision)
     return decision
 
 

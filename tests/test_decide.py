@@ -53,6 +53,9 @@ def test_decisions_are_memoised_per_policy_identity_and_analysis() -> None:
     again = analyse("UPDATE orders SET status = 'x' WHERE id = 1 ", "postgres")
     assert again is not text and decide(ALICE, rules, again) == first
     assert decide(DBA, policy(everyone), text).verdict is Verdict.DENY  # per policy
+    big = analyse("SELECT 1 AS " + "x" * 20_000, "postgres")
+    decide(ALICE, rules, big)
+    assert all(entry[0] is not big for entry in rules.decisions.values())  # big texts are not kept alive
 
 
 def test_an_explicit_deny_beats_every_allow() -> None:

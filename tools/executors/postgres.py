@@ -115,7 +115,8 @@ class PostgresExecutor:
         identity, limits = request.identity, request.limits
         settings = (f"{int(limits.timeout_s * 1000)}ms", f"pg_catalog, {self.search_path}, pg_temp",
                     f"bastion:{identity.subject}"[:63], identity.subject, ",".join(sorted(identity.groups)))
-        key = (settings, request.role)
+        # Quoting depends on the session's standard_conforming_strings, so the rendering does too.
+        key = (settings, request.role, conn.pgconn.parameter_status(b"standard_conforming_strings"))
         rendered = self._setups.get(key)
         if rendered is None:
             setup = _SETTINGS.format(*map(sql.Literal, settings))
