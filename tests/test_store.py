@@ -100,3 +100,29 @@ def test_start_up_leaves_a_live_processs_calls_open_and_closes_a_dead_ones(tmp_p
     dead.db.execute("UPDATE instances SET pid = ? WHERE id = ?", (int(dead_pid), dead.instance))
     assert SqliteAuditStore(tmp_path / "a.db").close_interrupted() == ["left-by-a-crash"]
     assert live.open_calls() == ["running-elsewhere"]
+
+
+@pytest.mark.anyio
+async def test_concurrent_appends_through_the_recorder_share_transactions_and_keep_one_chain(tmp_path: Path) -> None:
+    import anyio
+
+    from store.verify import verify
+    from tools.recorder import Recorder
+
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    recorder = Recorder(store)
+    written: list[dict] = []  # type: ignore[type-arg]
+    commits: list[str] = []
+    store.db.conn.set_trace_callback(lambda statement: commits.append(statement) if statement == "COMMIT" else None)
+
+    async def one(n: int) -> None:
+        written.append(await recorder.append({"type": ev.REQUESTED, "call_id": f"c{n}", "text": f"SELECT {n}"}))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(200):
+            tg.start_soon(one, n)
+    # Every caller got its own event back, durable, with its place in the one chain.
+    assert sorted(e["seq"] for e in written) == list(range(1, 201))
+    assert {e["call_id"] for e in written} == {f"c{n}" for n in range(200)}
+    assert verify(store.db.conn).ok
+    assert 0 < len(commits) < 100  # group commit: many events per transaction (one fsync)

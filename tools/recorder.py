@@ -61,17 +61,22 @@ class Recorder:
             except Exception as error:  # every waiter hears of it; the thread goes on
                 failure = error if isinstance(error, StoreError) else StoreError(f"cannot write the audit store: {error}")
                 written = [failure] * len(batch)
+            # One wake-up per event loop for the whole batch, not one per event.
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[dict[str, Any]], Any]]] = {}
             for (loop, future, _), outcome in zip(batch, written):
+                by_loop.setdefault(loop, []).append((future, outcome))
+            for loop, settled in by_loop.items():
                 try:
-                    loop.call_soon_threadsafe(_settle, future, outcome)
+                    loop.call_soon_threadsafe(_settle, settled)
                 except RuntimeError:  # that loop has closed: nobody is waiting any more
                     pass
 
 
-def _settle(future: asyncio.Future[dict[str, Any]], outcome: Any) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+def _settle(settled: list[tuple[asyncio.Future[dict[str, Any]], Any]]) -> None:
+    for future, outcome in settled:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
