@@ -1,6 +1,6 @@
 """Ablation: what each part of a guarded call costs while the gateway serves streamable HTTP.
 
-    .venv/bin/python tests/bench/bench_ablation.py [--rounds 3] [--seconds 4]
+    .venv/bin/python tests/bench/bench_ablation.py [--rounds 5] [--seconds 4]
 
 Serves `bastion serve --http` as it is, then with the audit append, the PostgreSQL executor, or
 both replaced by stubs that return at once, and measures guarded SELECTs per second beside a no-op
@@ -64,7 +64,7 @@ def main() -> None:
 
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
     database = f"bastion_bench_{uuid.uuid4().hex[:8]}"

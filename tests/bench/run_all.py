@@ -44,7 +44,7 @@ def main() -> None:
         ("PostgreSQL: one call's added cost, HTTP concurrency, large results (items 2, 3, 4)",
          [sys.executable, str(HERE / "bench_postgres.py"), "--rounds", "3" if args.quick else "5"]),
         ("What each part costs under HTTP load: the gateway with parts stubbed (item 3)",
-         [sys.executable, str(HERE / "bench_ablation.py"), "--rounds", "3"]),
+         [sys.executable, str(HERE / "bench_ablation.py"), "--rounds", "3" if args.quick else "5"]),
         ("Audit log: appends, verify, search (item 6)",
          [sys.executable, str(HERE / "bench_audit.py"), "--events", "200000" if args.quick else "1000000",
           "--rounds", "3" if args.quick else "5"]),
