@@ -11,17 +11,12 @@ Not part of the tests: it is how docs/performance.md's "what stands in the way" 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -58,24 +53,15 @@ def rate(port: int, tool: str, clients: int, seconds: float, rounds: int) -> flo
 
 
 def main() -> None:
-    import logging
+    from bench_postgres import NOOP_SERVER, arguments, bench_database, free_port, wait_port
 
-    from bench_postgres import ADMIN, NOOP_SERVER, config, free_port, setup, wait_port
-
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    args = parser.parse_args()
-    database = f"bastion_bench_{uuid.uuid4().hex[:8]}"
-    dsn = setup(database)
+    args = arguments()
     processes: list[subprocess.Popen[bytes]] = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = config(Path(tmp), dsn)
-            noop_port = free_port()
-            processes.append(subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    with bench_database() as (_, path):
+        noop_port = free_port()
+        processes.append(subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        try:
             wait_port(noop_port)
             print(f"guarded SELECT over streamable HTTP with parts stubbed, {args.seconds:g} s per measure, "
                   f"median of {args.rounds} (calls per second, and % of the no-op tool's):")
@@ -94,12 +80,10 @@ def main() -> None:
                         gateway.wait(10)
                     line.append(f"{variant} {guarded:5.0f}/s {guarded / plain:4.0%}")
                 print("   ".join(line))
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(10)
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(10)
 
 
 if __name__ == "__main__":

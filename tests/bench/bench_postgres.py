@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -216,25 +218,35 @@ async def http_rate_once(url: str, text: str) -> None:
         (await http.post(url, json=body, headers=headers)).raise_for_status()
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     import logging
 
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per request otherwise
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[tuple[str, Path]]:
+    """A database of its own for one run (dropped after), and a gateway config for it."""
     database = f"bastion_bench_{uuid.uuid4().hex[:8]}"
     dsn = setup(database)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = config(Path(tmp), dsn)
-            sys.path.insert(0, str(ROOT))
-            asyncio.run(one_call_cost(path, dsn, args.rounds))
-            http_benchmarks(path, args.rounds, args.seconds)
+            yield dsn, config(Path(tmp), dsn)
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def main() -> None:
+    args = arguments()
+    with bench_database() as (dsn, path):
+        sys.path.insert(0, str(ROOT))
+        asyncio.run(one_call_cost(path, dsn, args.rounds))
+        http_benchmarks(path, args.rounds, args.seconds)
 
 
 if __name__ == "__main__":
