@@ -53,13 +53,13 @@ def rate(port: int, tool: str, clients: int, seconds: float, rounds: int) -> flo
 
 
 def main() -> None:
-    from bench_postgres import NOOP_SERVER, arguments, bench_database, free_port, wait_port
+    from bench_postgres import arguments, bench_database, free_port, wait_port
 
     args = arguments()
     processes: list[subprocess.Popen[bytes]] = []
     with bench_database() as (_, path):
         noop_port = free_port()
-        processes.append(subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)],
+        processes.append(subprocess.Popen([sys.executable, str(HERE / "noop_server.py"), str(noop_port)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         try:
             wait_port(noop_port)

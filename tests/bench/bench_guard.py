@@ -106,8 +106,9 @@ def guard_rounds(texts: list[str], rounds: int) -> None:
 
 async def mcp_rounds(rounds: int, calls: int = 200) -> None:
     from mcp import Client
-    from mcp.server import MCPServer
 
+    from measure import ms_per_call
+    from noop_server import noop
     from server.app import create_server
     from server.config import load
 
@@ -121,24 +122,12 @@ async def mcp_rounds(rounds: int, calls: int = 200) -> None:
     module.build(work / "demo.db")
     shutil.copy(sys_path / "bastion.toml", work / "bastion.toml")
 
-    noop = MCPServer("noop")
-
-    @noop.tool()
-    async def ping(connection: str, sql: str) -> dict[str, int]:
-        return {"ok": 1}
-
-    sql = "SELECT id, status FROM orders WHERE id = 7"
+    arguments = {"connection": "demo", "sql": "SELECT id, status FROM orders WHERE id = 7"}
     guarded, baseline = [], []
     async with Client(create_server(load(work / "bastion.toml"))) as bastion, Client(noop) as plain:
         for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                await plain.call_tool("ping", {"connection": "demo", "sql": sql})
-            baseline.append((time.perf_counter() - start) / calls * 1e3)
-            start = time.perf_counter()
-            for _ in range(calls):
-                await bastion.call_tool("sql_query", {"connection": "demo", "sql": sql})
-            guarded.append((time.perf_counter() - start) / calls * 1e3)
+            baseline.append(await ms_per_call(lambda: plain.call_tool("ping", arguments), calls))
+            guarded.append(await ms_per_call(lambda: bastion.call_tool("sql_query", arguments), calls))
     b, g = statistics.median(baseline), statistics.median(guarded)
     print(f"sql_query through the in-memory MCP client, SQLite demo, {calls} calls x {rounds} rounds (ms per call):")
     print(f"  no-op tool                      {b:8.3f}")
@@ -153,22 +142,20 @@ async def shell_rounds(rounds: int, calls: int = 40) -> None:
     from policy.shell.presets import INSPECT
     from policy.shell.rules import ShellPolicy
     from tools.executors.local_shell import LocalShellExecutor
+    from measure import ms_per_call
     from tools.executors.shell_base import ShellRunRequest
 
     policy = ShellPolicy("bench", (INSPECT,), "/tmp")
     who = Identity("bench")
     executor = LocalShellExecutor("bench", "/tmp")
+    async def guarded_echo() -> None:
+        _, decision, rebuilt = vet_shell_text(who, policy, "echo hello")
+        await executor.run(ShellRunRequest(rebuilt, None, 5, 10_000, who))
+
     guarded, raw = [], []
     for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            await anyio.run_process(["bash", "-c", "echo hello"])
-        raw.append((time.perf_counter() - start) / calls * 1e3)
-        start = time.perf_counter()
-        for _ in range(calls):
-            _, decision, rebuilt = vet_shell_text(who, policy, "echo hello")
-            await executor.run(ShellRunRequest(rebuilt, None, 5, 10_000, who))
-        guarded.append((time.perf_counter() - start) / calls * 1e3)
+        raw.append(await ms_per_call(lambda: anyio.run_process(["bash", "-c", "echo hello"]), calls))
+        guarded.append(await ms_per_call(guarded_echo, calls))
     r, g = statistics.median(raw), statistics.median(guarded)
     print(f"5. shell `echo hello`, {calls} runs x {rounds} rounds (ms per run):")
     print(f"  raw bash -c subprocess          {r:8.3f}")

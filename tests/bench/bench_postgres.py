@@ -27,17 +27,9 @@ import httpx2
 import psycopg
 from psycopg import sql
 
-ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 ADMIN = os.environ.get("BASTION_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-NOOP_SERVER = """
-import sys
-from mcp.server import MCPServer
-server = MCPServer("noop")
-@server.tool()
-async def ping(connection: str, sql: str) -> dict[str, int]:
-    return {"ok": 1}
-server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
-"""
 SELECT = "SELECT id, total FROM orders WHERE id = 7"
 
 
@@ -100,18 +92,13 @@ target = "{dsn}"
 
 async def one_call_cost(config_path: Path, dsn: str, rounds: int, calls: int = 200) -> None:
     from mcp import Client
-    from mcp.server import MCPServer
 
+    from measure import ms_per_call
+    from noop_server import noop
     from server.app import create_server
     from server.config import load
     from store import SqliteAuditStore
     from tools.recorder import Recorder
-
-    noop = MCPServer("noop")
-
-    @noop.tool()
-    async def ping(connection: str, sql: str) -> dict[str, int]:
-        return {"ok": 1}
 
     # What one durable audit append costs here (fsync per commit), the floor of record-before-run.
     recorder = Recorder(SqliteAuditStore(config_path.parent / "appends.db"))
@@ -119,24 +106,17 @@ async def one_call_cost(config_path: Path, dsn: str, rounds: int, calls: int = 2
              "tool": "sql_query", "text": SELECT, "decision": {"verdict": "allow", "rules": ["read-only"]}}
     direct, baseline, guarded, appends = [], [], [], []
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    arguments = {"connection": "pg", "sql": SELECT}
+
+    async def direct_query() -> None:
+        await (await conn.execute(SELECT)).fetchall()
+
     async with Client(create_server(load(config_path))) as bastion, Client(noop) as plain:
         for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                await (await conn.execute(SELECT)).fetchall()
-            direct.append((time.perf_counter() - start) / calls * 1e3)
-            start = time.perf_counter()
-            for _ in range(calls):
-                await plain.call_tool("ping", {"connection": "pg", "sql": SELECT})
-            baseline.append((time.perf_counter() - start) / calls * 1e3)
-            start = time.perf_counter()
-            for _ in range(calls):
-                await bastion.call_tool("sql_query", {"connection": "pg", "sql": SELECT})
-            guarded.append((time.perf_counter() - start) / calls * 1e3)
-            start = time.perf_counter()
-            for _ in range(calls):
-                await recorder.append(event)
-            appends.append((time.perf_counter() - start) / calls * 1e3)
+            direct.append(await ms_per_call(direct_query, calls))
+            baseline.append(await ms_per_call(lambda: plain.call_tool("ping", arguments), calls))
+            guarded.append(await ms_per_call(lambda: bastion.call_tool("sql_query", arguments), calls))
+            appends.append(await ms_per_call(lambda: recorder.append(event), calls))
     await conn.close()
     d, b, g, a = (statistics.median(x) for x in (direct, baseline, guarded, appends))
     added = g - b - d
@@ -179,7 +159,7 @@ def http_benchmarks(config_path: Path, rounds: int, seconds: float) -> None:
     bastion_port, noop_port = free_port(), free_port()
     bastion = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config_path), "--http",
                                 f"127.0.0.1:{bastion_port}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    noop = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(noop_port)], stdout=subprocess.DEVNULL,
+    noop = subprocess.Popen([sys.executable, str(HERE / "noop_server.py"), str(noop_port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_port(bastion_port)
