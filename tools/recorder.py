@@ -1,8 +1,8 @@
 """Writes audit events through the store from one writer thread; translates store failures.
 
 One thread of its own, not anyio's worker pool: handing an append to it and back costs about a
-third as much (about 20 µs against anyio's 68, measured alone), and events that arrive while a write is on disk go to the store
-together, one transaction and one fsync for all of them (group commit).
+third as much (about 20 µs against anyio's 68, measured alone), and events that arrive while a
+write is on disk go to the store together, one transaction and one fsync for all of them.
 """
 
 from __future__ import annotations
