@@ -21,8 +21,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from policy.errors import AlreadyVoted, ConfigError, NotAllowedToDecide, SelfApproval
-from policy.identity import Identity
+from bastion.policy.errors import AlreadyVoted, ConfigError, NotAllowedToDecide, SelfApproval
+from bastion.policy.identity import Identity
 
 # Bumped only if the encoding below changes: a binding from another version never matches.
 BINDING_VERSION = "bastion.approval/1"

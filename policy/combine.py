@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policy.decision import Decision, Limits, Verdict
-from policy.outcome import Outcome
+from bastion.policy.decision import Decision, Limits, Verdict
+from bastion.policy.outcome import Outcome
 
 
 def combine(per_rule: Sequence[tuple[Outcome, Limits]]) -> Decision:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from policy.decision import Decision, Limits, Verdict
-from policy.identity import Identity
-from policy.rules import ConnectionPolicy, SqlRule
-from policy.combine import combine
-from policy.outcome import worst
-from policy.sql.evaluate import evaluate
-from policy.sql import dangerous_functions
-from policy.sql.facts import Analysis, Kind, Statement
+from bastion.policy.decision import Decision, Limits, Verdict
+from bastion.policy.identity import Identity
+from bastion.policy.rules import ConnectionPolicy, SqlRule
+from bastion.policy.combine import combine
+from bastion.policy.outcome import worst
+from bastion.policy.sql.evaluate import evaluate
+from bastion.policy.sql import dangerous_functions
+from bastion.policy.sql.facts import Analysis, Kind, Statement
 
 _GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or SQLite would parse it."
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from policy.decision import Verdict
-from policy.rules import SqlRule
-from policy.sql.facts import Kind
+from bastion.policy.decision import Verdict
+from bastion.policy.rules import SqlRule
+from bastion.policy.sql.facts import Kind
 
 # Relations that hold secrets or other sessions' activity: never covered by a preset's patterns.
 SENSITIVE_CATALOG = (

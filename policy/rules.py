@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy.decision import Limits, Verdict
-from policy.identity import Identity
-from policy.sql.facts import Kind
+from bastion.policy.decision import Limits, Verdict
+from bastion.policy.identity import Identity
+from bastion.policy.sql.facts import Kind
 
 
 @dataclass(frozen=True)

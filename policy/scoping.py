@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policy.identity import Identity
-from policy.rules import applies
+from bastion.policy.identity import Identity
+from bastion.policy.rules import applies
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""`python -m server` runs the `bastion` command."""
+"""`python -m bastion.server` runs the `bastion` command."""
 
-from server.cli import main
+from bastion.server.cli import main
 
 main()

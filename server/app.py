@@ -17,14 +17,14 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from policy import Identity
-from policy.errors import BastionError
-from server import render
-from server.auth import OidcVerifier, TokenRefused, expired
-from server.build import build_gateway
-from server.config import Config
-from tools.calls import Caller
-from tools.gateway import Gateway
+from bastion.policy import Identity
+from bastion.policy.errors import BastionError
+from bastion.server import render
+from bastion.server.auth import OidcVerifier, TokenRefused, expired
+from bastion.server.build import build_gateway
+from bastion.server.config import Config
+from bastion.tools.calls import Caller
+from bastion.tools.gateway import Gateway
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -146,7 +146,7 @@ class BastionServer(MCPServer):
 
 
 async def record_refusal(gateway: Gateway, refused: TokenRefused) -> None:
-    from server.http import client_address
+    from bastion.server.http import client_address
 
     await gateway.record_auth_refused(refused.reason, client_address.get(), refused.details)
 

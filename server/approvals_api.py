@@ -32,14 +32,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from policy.errors import BastionError, InvalidInput
-from policy.identity import Identity
-from server.approvals_web import (STORE_UNAVAILABLE, base_url, decide_as, error_body, http_status, list_visible,
+from bastion.policy.errors import BastionError, InvalidInput
+from bastion.policy.identity import Identity
+from bastion.server.approvals_web import (STORE_UNAVAILABLE, base_url, decide_as, error_body, http_status, list_visible,
                                   load_visible, record)
-from server.auth import OidcVerifier
-from server.config import Config
-from store.approvals import HoldStatus
-from store.errors import StoreError
+from bastion.server.auth import OidcVerifier
+from bastion.server.config import Config
+from bastion.store.approvals import HoldStatus
+from bastion.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def verifier_for(config: Config, gateway: Any, server: Any) -> OidcVerifier:
     existing = getattr(server, "_token_verifier", None)
     if isinstance(existing, OidcVerifier):
         return existing
-    from server.app import record_refusal
+    from bastion.server.app import record_refusal
 
     assert config.auth is not None
     verifier = OidcVerifier(config.auth.token_rules())

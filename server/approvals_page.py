@@ -51,15 +51,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from policy.approvals import refusal
-from policy.errors import BastionError, ConfigError, SelfApproval
-from policy.identity import Identity
-from server.approvals_web import (MAX_REASON, STORE_UNAVAILABLE, base_url, decide_as, effective_status, http_status,
+from bastion.policy.approvals import refusal
+from bastion.policy.errors import BastionError, ConfigError, SelfApproval
+from bastion.policy.identity import Identity
+from bastion.server.approvals_web import (MAX_REASON, STORE_UNAVAILABLE, base_url, decide_as, effective_status, http_status,
                                   list_visible, load_visible, origin)
-from server.auth import identity_from_claims
-from server.config import Config
-from store.approvals import Held, HoldStatus
-from store.errors import StoreError
+from bastion.server.auth import identity_from_claims
+from bastion.server.config import Config
+from bastion.store.approvals import Held, HoldStatus
+from bastion.store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class Page:
         return RedirectResponse(next_path, status_code=303)
 
     async def sign_in_failed(self, request: Request, reason: str) -> Response:
-        from server.http import client_address
+        from bastion.server.http import client_address
 
         await self.gateway.record_auth_refused(reason, client_address.get(), {"channel": "approvals page"})
         return self.message(request, 400, "Sign-in did not complete", reason[0].upper() + reason[1:] + ".",

@@ -28,13 +28,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from policy.approvals import refusal
-from policy.errors import (AlreadyVoted, BastionError, HoldClosed, HoldNotFound, InvalidInput, NotAllowedToDecide,
+from bastion.policy.approvals import refusal
+from bastion.policy.errors import (AlreadyVoted, BastionError, HoldClosed, HoldNotFound, InvalidInput, NotAllowedToDecide,
                            ReasonRequired, SelfApproval)
-from policy.identity import Identity
-from server.config import Config
-from store.approvals import ApprovalStore, Held, HoldStatus
-from tools.approvals import concerns
+from bastion.policy.identity import Identity
+from bastion.server.config import Config
+from bastion.store.approvals import ApprovalStore, Held, HoldStatus
+from bastion.tools.approvals import concerns
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ SECURITY_HEADERS = {
 def base_url(config: Config) -> str:
     """Where approvers' browsers reach Bastion, without a trailing slash: [approvals] base_url, else
     the origin of [auth] resource. The same as the notices' links (server/build.py)."""
-    from server.build import approvals_base_url
+    from bastion.server.build import approvals_base_url
 
     return approvals_base_url(config)
 
@@ -217,8 +217,8 @@ def approvals_app(config: Config, gateway: Any, server: Any) -> ASGIApp:
     """The app mounted at /approvals: the JSON API under /api and the page beside it."""
     if config.auth is None:
         return SecurityHeaders(disabled_app())
-    from server.approvals_api import api_app
-    from server.approvals_page import page_app
+    from bastion.server.approvals_api import api_app
+    from bastion.server.approvals_page import page_app
 
     return SecurityHeaders(Starlette(routes=[
         Mount("/api", app=api_app(config, gateway, server)),

@@ -23,7 +23,7 @@ from joserfc.errors import (BadSignatureError, ExpiredTokenError, InvalidClaimEr
 from joserfc.jwk import KeySet
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 
-from policy import Identity
+from bastion.policy import Identity
 
 log = logging.getLogger(__name__)
 ASYMMETRIC = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")

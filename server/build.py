@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from policy.errors import ConfigError
-from server.config import Config, ConnectionConfig, ShellConnectionConfig
-from store.sqlite_store import SqliteAuditStore
-from store.errors import StoreError
-from tools.connections import AnyConnection, Connection, ShellConnection
-from tools.executors.base import SqlExecutor
-from tools.executors.local_shell import LocalShellExecutor
-from tools.executors.shell_base import ShellExecutor
-from tools.executors.postgres import PostgresExecutor
-from tools.executors.sqlite import SqliteExecutor
-from tools.gateway import Gateway
-from tools.notify import ApprovalNotifier, ApprovalWebhook
+from bastion.policy.errors import ConfigError
+from bastion.server.config import Config, ConnectionConfig, ShellConnectionConfig
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.errors import StoreError
+from bastion.tools.connections import AnyConnection, Connection, ShellConnection
+from bastion.tools.executors.base import SqlExecutor
+from bastion.tools.executors.local_shell import LocalShellExecutor
+from bastion.tools.executors.shell_base import ShellExecutor
+from bastion.tools.executors.postgres import PostgresExecutor
+from bastion.tools.executors.sqlite import SqliteExecutor
+from bastion.tools.gateway import Gateway
+from bastion.tools.notify import ApprovalNotifier, ApprovalWebhook
 
 
 def _env(config: Config, name: str, key: str, variable: str) -> str:
@@ -48,7 +48,7 @@ def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig,
     """The connection's executor: as its configured user, or as a mapped ``user`` (with ``key_file`` on SSH)."""
     if conn.kind == "local":
         return LocalShellExecutor(name, config.shell_cwd(conn), run_as=user)
-    from tools.executors.ssh import SshExecutor
+    from bastion.tools.executors.ssh import SshExecutor
 
     assert conn.host and conn.user and conn.key_file
     return SshExecutor(name, host=conn.host, port=conn.port, user=user or conn.user,

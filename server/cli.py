@@ -13,14 +13,14 @@ from typing import Any, TextIO
 
 import click
 
-from policy import ConnectionPolicy, Identity
-from policy.errors import BastionError, ConfigError
-from policy.presets import PRESETS
-from policy.shell.presets import SHELL_PRESETS
-from policy.shell.rules import ShellPolicy
-from server import config as config_mod
-from store.sqlite_store import SqliteAuditStore
-from tools.guard import safe_check
+from bastion.policy import ConnectionPolicy, Identity
+from bastion.policy.errors import BastionError, ConfigError
+from bastion.policy.presets import PRESETS
+from bastion.policy.shell.presets import SHELL_PRESETS
+from bastion.policy.shell.rules import ShellPolicy
+from bastion.server import config as config_mod
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.tools.guard import safe_check
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                              help="Config file (default: $BASTION_CONFIG or ./bastion.toml).")
@@ -77,8 +77,8 @@ def serve(config_path: str | None, listen: str | None, access_log: bool) -> None
 
     Example: bastion serve --config examples/bastion.toml --http 127.0.0.1:8765
     """
-    from server.app import create_server
-    from server.http import serve_http
+    from bastion.server.app import create_server
+    from bastion.server.http import serve_http
 
     config = _load(config_path)
     try:
@@ -98,7 +98,7 @@ def _stdio_identity(config: config_mod.Config) -> Identity | None:
     """The identity behind $BASTION_TOKEN, or None; a refused token is recorded and stops the start."""
     import anyio
 
-    from server.auth import TokenRefused, identity_for_token
+    from bastion.server.auth import TokenRefused, identity_for_token
 
     token = os.environ.get("BASTION_TOKEN")
     if not token:
@@ -266,7 +266,7 @@ def search_command(text: str, config_path: str | None, user: str | None, connect
 
     Example: bastion audit search "drop table" --user alice --since 1h
     """
-    from store.search import search, since
+    from bastion.store.search import search, since
 
     try:
         after, before = (since(since_) if since_ else None), (since(until_) if until_ else None)
@@ -287,7 +287,7 @@ def export_command(config_path: str | None, after_seq: int, output: TextIO) -> N
 
     Example: bastion audit export --after 120000 -o bastion-events.jsonl
     """
-    from store.search import export
+    from bastion.store.search import export
 
     for line in export(_store(config_path), after_seq=after_seq):
         output.write(line + "\n")
@@ -302,7 +302,7 @@ def verify_command(config_path: str | None, key_env: str | None, key_file: str |
 
     Example: BASTION_AUDIT_KEY=... bastion audit verify --key-env BASTION_AUDIT_KEY
     """
-    from store.verify import verify
+    from bastion.store.verify import verify
 
     config = _load(config_path)
     if key_env:
@@ -374,7 +374,7 @@ def approvals() -> None:
 
 
 def _approver(config: config_mod.Config) -> tuple[Any, Identity]:
-    from server.build import build_gateway
+    from bastion.server.build import build_gateway
 
     identity = _stdio_identity(config) or config.identity.to_identity()
     return build_gateway(config), identity
@@ -384,7 +384,7 @@ def _run_approvals(config_path: str | None, work: Any) -> Any:
     """Run ``work(gateway, caller)`` on a gateway built from the config, recorded like any call."""
     import anyio
 
-    from tools.calls import Caller
+    from bastion.tools.calls import Caller
 
     config = _load(config_path)
     gateway, identity = _approver(config)
@@ -494,8 +494,8 @@ def replay(ident: str, config_path: str | None, sandbox: str | None, include_wri
     """
     import anyio
 
-    from server.build import build_gateway
-    from tools.replay import rerun, timeline
+    from bastion.server.build import build_gateway
+    from bastion.tools.replay import rerun, timeline
 
     config = _load(config_path)
     store = _store(config_path)
@@ -545,8 +545,8 @@ def backtest(config_path: str, log_path: str | None, since_: str | None, example
 
     Example: bastion policy backtest --config draft.toml --since 7d
     """
-    from store.search import since
-    from tools.backtest import backtest as run_backtest
+    from bastion.store.search import since
+    from bastion.tools.backtest import backtest as run_backtest
 
     draft = _load(config_path)
     path = Path(log_path) if log_path else draft.path(draft.audit.path)

@@ -12,20 +12,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from policy.decision import Limits, Verdict
-from policy.errors import ConfigError
-from policy.identity import Identity
-from policy.masking import DETECTOR_KINDS, MASKERS, PROBING, MaskRules
-from policy.masking import USES as MASK_USES
-from policy.presets import PRESETS
-from policy.rules import ConnectionPolicy, SqlRule
-from policy.approvals import ApprovalPolicy
-from policy.scoping import RunAs, Scoping
-from policy.shell.presets import SHELL_PRESETS
-from policy.shell.rules import ShellPolicy, ShellRule
-from policy.sql.facts import Kind
-from tools.alerts import AlertRule
-from tools.masking import Masking
+from bastion.policy.decision import Limits, Verdict
+from bastion.policy.errors import ConfigError
+from bastion.policy.identity import Identity
+from bastion.policy.masking import DETECTOR_KINDS, MASKERS, PROBING, MaskRules
+from bastion.policy.masking import USES as MASK_USES
+from bastion.policy.presets import PRESETS
+from bastion.policy.rules import ConnectionPolicy, SqlRule
+from bastion.policy.approvals import ApprovalPolicy
+from bastion.policy.scoping import RunAs, Scoping
+from bastion.policy.shell.presets import SHELL_PRESETS
+from bastion.policy.shell.rules import ShellPolicy, ShellRule
+from bastion.policy.sql.facts import Kind
+from bastion.tools.alerts import AlertRule
+from bastion.tools.masking import Masking
 
 DEFAULT_PATH = "bastion.toml"
 KindName = Literal[tuple(k.value for k in Kind)]  # type: ignore[valid-type]
@@ -351,7 +351,7 @@ class AuthConfig(_Model):
         return value
 
     def token_rules(self):  # type: ignore[no-untyped-def]
-        from server.auth import TokenRules
+        from bastion.server.auth import TokenRules
 
         return TokenRules(self.issuer, self.resource, self.jwks_uri, tuple(self.algorithms), self.leeway, self.jwks_ttl,
                           self.jwks_refetch_interval, tuple(self.required_scopes), self.groups_claim, self.email_claim,

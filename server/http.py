@@ -15,8 +15,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.config import Config
-from tools.gateway import Gateway
+from bastion.server.config import Config
+from bastion.tools.gateway import Gateway
 
 # The address of the HTTP client behind the current request, for `auth.refused` events.
 client_address: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("client_address", default=None)
@@ -51,7 +51,7 @@ def http_app(server: MCPServer, config: Config, gateway: Gateway | None = None, 
     and page under /approvals."""
     app = server.streamable_http_app(transport_security=security(config, host), host=host)
     if gateway is not None:
-        from server.approvals_web import approvals_app
+        from bastion.server.approvals_web import approvals_app
 
         app.router.routes.append(Mount("/approvals", app=approvals_app(config, gateway, server)))
     return ClientAddress(app)
@@ -60,8 +60,8 @@ def http_app(server: MCPServer, config: Config, gateway: Gateway | None = None, 
 def serve_http(config: Config, host: str, port: int, *, access_log: bool = False) -> None:
     import uvicorn
 
-    from server.app import create_server
-    from server.build import build_gateway
+    from bastion.server.app import create_server
+    from bastion.server.build import build_gateway
 
     gateway = build_gateway(config)
     app = http_app(create_server(config, gateway=gateway), config, gateway, host)

@@ -1,6 +1,6 @@
 """The append-only, hash-chained audit log. Decides nothing."""
 
-from store.errors import StoreError
-from store.sqlite_store import SqliteAuditStore
+from bastion.store.errors import StoreError
+from bastion.store.sqlite_store import SqliteAuditStore
 
 __all__ = ["SqliteAuditStore", "StoreError"]

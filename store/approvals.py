@@ -52,12 +52,12 @@ from typing import Any
 
 import anyio
 
-from policy.approvals import ApprovalPolicy, binding_hash, refusal, text_hash
-from policy.errors import HoldClosed, HoldNotFound, ReasonRequired
-from policy.identity import Identity
-from store import events as ev
-from store.errors import StoreError
-from store.sqlite_store import SqliteAuditStore
+from bastion.policy.approvals import ApprovalPolicy, binding_hash, refusal, text_hash
+from bastion.policy.errors import HoldClosed, HoldNotFound, ReasonRequired
+from bastion.policy.identity import Identity
+from bastion.store import events as ev
+from bastion.store.errors import StoreError
+from bastion.store.sqlite_store import SqliteAuditStore
 
 log = logging.getLogger(__name__)
 

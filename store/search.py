@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from store.sqlite_store import SqliteAuditStore
+from bastion.store.sqlite_store import SqliteAuditStore
 
 # Exported lines carry this; it changes only with an incompatible change to the event shape.
 EXPORT_SCHEMA = "bastion.audit.event/1"

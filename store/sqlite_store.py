@@ -19,9 +19,9 @@ from typing import Any, Iterator
 
 import sqlite_utils
 
-from store import events as ev
-from store.errors import StoreError
-from store.migrations import MIGRATIONS
+from bastion.store import events as ev
+from bastion.store.errors import StoreError
+from bastion.store.migrations import MIGRATIONS
 
 
 _INSERT = (f"INSERT INTO events (seq, {', '.join(ev.FIELDS)}, prev_hash, hash) "

@@ -12,7 +12,7 @@ import sqlite3
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from store import events as ev
+from bastion.store import events as ev
 
 _COLUMNS = ["seq", *ev.FIELDS, "prev_hash", "hash"]
 _PARALLEL_FROM = 200_000  # below this, one process is quicker than starting others

@@ -10,7 +10,7 @@ import random
 import string
 from dataclasses import dataclass
 
-from policy.masking.detectors import IBAN_LENGTHS, luhn
+from bastion.policy.masking.detectors import IBAN_LENGTHS, luhn
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from policy.errors import Denied
-from server.build import build_gateway
-from server.config import load
-from tools.calls import Caller
+from bastion.policy.errors import Denied
+from bastion.server.build import build_gateway
+from bastion.server.config import load
+from bastion.tools.calls import Caller
 
 pytestmark = pytest.mark.anyio
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from policy.approvals import ApprovalPolicy
-from policy.identity import Identity
-from store import events as ev
-from store.approvals import ApprovalStore, Held
-from store.sqlite_store import SqliteAuditStore
-from tools.notify import ApprovalNotifier, ApprovalWebhook, message
-from tools.webhooks import post_json
+from bastion.policy.approvals import ApprovalPolicy
+from bastion.policy.identity import Identity
+from bastion.store import events as ev
+from bastion.store.approvals import ApprovalStore, Held
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.tools.notify import ApprovalNotifier, ApprovalWebhook, message
+from bastion.tools.webhooks import post_json
 
 ALICE = Identity("alice", frozenset({"dev"}), email="alice@example.com")
 BOB = Identity("bob", frozenset({"dba"}))
@@ -177,7 +177,7 @@ def test_a_notice_goes_only_to_the_webhooks_that_take_it(audit: SqliteAuditStore
 
 
 def test_the_slack_message_clips_long_texts_and_keeps_code_fences_closed() -> None:
-    from store.approvals import HoldStatus
+    from bastion.store.approvals import HoldStatus
 
     held = Held("hold-1", "b", "c", "t0", "t1", HoldStatus.PENDING, {"subject": "alice"}, "alice", "prod", "sql_execute",
                 "SELECT 1 ```x``` " + "y" * 5000, "h", None, None, "r", ("dba",), 1, None, None, None)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from policy.approvals import ApprovalPolicy, Decidable, binding_hash, can_decide, refusal, text_hash
-from policy.errors import AlreadyVoted, ConfigError, NotAllowedToDecide, SelfApproval
-from policy.identity import Identity
+from bastion.policy.approvals import ApprovalPolicy, Decidable, binding_hash, can_decide, refusal, text_hash
+from bastion.policy.errors import AlreadyVoted, ConfigError, NotAllowedToDecide, SelfApproval
+from bastion.policy.identity import Identity
 
 ALICE = Identity("alice", frozenset({"dev", "dba"}), email="Alice@Example.com")
 BOB = Identity("bob", frozenset({"dba"}))

@@ -14,14 +14,14 @@ from typing import Any
 import anyio
 import pytest
 
-from policy.approvals import ApprovalPolicy, binding_hash
-from policy.errors import AlreadyVoted, HoldClosed, HoldNotFound, NotAllowedToDecide, ReasonRequired, SelfApproval
-from policy.identity import Identity
-from store import events as ev
-from store.approvals import ApprovalStore, Held, HoldStatus
-from store.errors import StoreError
-from store.sqlite_store import SqliteAuditStore
-from store.verify import verify
+from bastion.policy.approvals import ApprovalPolicy, binding_hash
+from bastion.policy.errors import AlreadyVoted, HoldClosed, HoldNotFound, NotAllowedToDecide, ReasonRequired, SelfApproval
+from bastion.policy.identity import Identity
+from bastion.store import events as ev
+from bastion.store.approvals import ApprovalStore, Held, HoldStatus
+from bastion.store.errors import StoreError
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.verify import verify
 
 ALICE = Identity("alice", frozenset({"dev", "dba"}))  # the requester, and herself a dba
 BOB = Identity("bob", frozenset({"dba"}))

@@ -25,21 +25,21 @@ import httpx
 import httpx2
 import pytest
 
-from policy.approvals import ApprovalPolicy
-from policy.errors import ApprovalError, ConfigError
-from policy.identity import Identity
-from server.app import create_server
-from server.approvals_web import HTTP_STATUS
-from server.build import build_gateway
-from server.config import load
-from server.http import http_app
-from store import SqliteAuditStore
-from store import events as ev
-from store.approvals import ApprovalStore, Held, HoldStatus
+from bastion.policy.approvals import ApprovalPolicy
+from bastion.policy.errors import ApprovalError, ConfigError
+from bastion.policy.identity import Identity
+from bastion.server.app import create_server
+from bastion.server.approvals_web import HTTP_STATUS
+from bastion.server.build import build_gateway
+from bastion.server.config import load
+from bastion.server.http import http_app
+from bastion.store import SqliteAuditStore
+from bastion.store import events as ev
+from bastion.store.approvals import ApprovalStore, Held, HoldStatus
 from tests.conftest import requirement
 from tests.oidc_server import OidcProvider
 from tests.test_http import free_port, serving
-from tools.gateway import Gateway
+from bastion.tools.gateway import Gateway
 
 CHROMIUM = os.environ.get("BASTION_TEST_CHROMIUM", "/usr/bin/chromium")
 IN_PROCESS = "http://127.0.0.1:8765"
@@ -285,7 +285,7 @@ def test_every_approval_error_has_its_own_http_status() -> None:
 
 def test_secrets_are_read_by_reference_and_a_missing_one_stops_the_start(
         tmp_path: Path, demo_db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from server.approvals_page import client_secret, session_key
+    from bastion.server.approvals_page import client_secret, session_key
 
     config = load(write_config(tmp_path, demo_db, "http://127.0.0.1:1", approvals=f"""
 web_client_id = "bastion-web"
@@ -306,7 +306,7 @@ session_secret_env = "{SESSION_KEY_ENV}"
     assert (client_secret(config), session_key(config)) == ("s3cret", "k" * 40)
 
     unset = config.model_copy(update={"approvals": config.approvals.model_copy(update={"session_secret_env": None})})
-    with caplog.at_level(logging.WARNING, logger="server.approvals_page"):
+    with caplog.at_level(logging.WARNING, logger="bastion.server.approvals_page"):
         assert session_key(unset) != session_key(unset)  # random, per call (one per process in the app)
     assert "session_secret_env is not set" in caplog.text
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from store import SqliteAuditStore
-from store import events as ev
-from store.verify import verify
+from bastion.store import SqliteAuditStore
+from bastion.store import events as ev
+from bastion.store.verify import verify
 from tests.conftest import ROOT, requirement
 
 KEY = b"kept-outside-the-database"
@@ -139,7 +139,7 @@ def test_kill_9_during_a_burst_leaves_no_partial_event_and_a_chain_that_verifies
 @pytest.mark.parametrize("where", [3, 17])
 def test_a_large_log_is_checked_in_parallel_ranges_that_are_linked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    where: int) -> None:
-    from store import verify as verify_module
+    from bastion.store import verify as verify_module
 
     monkeypatch.setattr(verify_module, "_PARALLEL_FROM", 10)
     _, path = filled(tmp_path, 20)

@@ -18,10 +18,10 @@ from joserfc.jwk import RSAKey
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from server.app import create_server
-from server.config import load
-from server.http import http_app
-from store import SqliteAuditStore
+from bastion.server.app import create_server
+from bastion.server.config import load
+from bastion.server.http import http_app
+from bastion.store import SqliteAuditStore
 from tests.conftest import requirement
 from tests.oidc_server import OidcProvider
 

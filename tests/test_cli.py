@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from server.cli import main
-from server.config import load
-from tools.calls import Caller
-from server.build import build_gateway
+from bastion.server.cli import main
+from bastion.server.config import load
+from bastion.tools.calls import Caller
+from bastion.server.build import build_gateway
 
 
 def run(*args: str, input: str | None = None) -> tuple[int, str]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from policy import Kind, Verdict
-from policy.errors import ConfigError
-from server.build import build_gateway
-from server.config import load
+from bastion.policy import Kind, Verdict
+from bastion.policy.errors import ConfigError
+from bastion.server.build import build_gateway
+from bastion.server.config import load
 from tests.conftest import ROOT, requirement
 
 

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from policy import ConnectionPolicy, Identity, Kind, Limits, SqlRule, Verdict, analyse, decide
-from policy.presets import READ_ONLY, READ_WRITE
-from policy.sql import analyze as analyze_module
+from bastion.policy import ConnectionPolicy, Identity, Kind, Limits, SqlRule, Verdict, analyse, decide
+from bastion.policy.presets import READ_ONLY, READ_WRITE
+from bastion.policy.sql import analyze as analyze_module
 from tests.conftest import requirement
-from tools.guard import safe_check
+from bastion.tools.guard import safe_check
 
 ALICE = Identity("alice", frozenset({"analysts"}))
 DBA = Identity("dora", frozenset({"analysts", "dba"}))
@@ -165,7 +165,7 @@ def test_the_fast_name_scans_match_a_full_walk_of_postgres_tree() -> None:
 
     from pglast import parser
 
-    from policy.sql import postgres_parser
+    from bastion.policy.sql import postgres_parser
 
     cases = tomllib.loads((Path(__file__).parent / "golden" / "sql_cases.toml").read_text())["case"]
     texts = [c["text"] for c in cases if c["dialect"] == "postgres"] + [

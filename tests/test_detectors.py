@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from policy.masking.detectors import KINDS, Detectors, card_issuer, find_spans, luhn, valid_iban, valid_ssn
+from bastion.policy.masking.detectors import KINDS, Detectors, card_issuer, find_spans, luhn, valid_iban, valid_ssn
 from tests.conftest import requirement
 from tests.detector_corpus import Sample, negatives, positives, random_numbers
 

@@ -6,10 +6,10 @@ import re
 
 import click
 
-from policy import errors
-from policy.presets import PRESETS
-from server import config
-from server.cli import main
+from bastion.policy import errors
+from bastion.policy.presets import PRESETS
+from bastion.server import config
+from bastion.server.cli import main
 from tests.conftest import ROOT
 
 DOCS = ROOT / "docs"
@@ -74,7 +74,7 @@ def test_every_error_code_is_documented() -> None:
 
 
 def test_every_check_id_is_documented() -> None:
-    from policy.sql.evaluate import CHECKS
+    from bastion.policy.sql.evaluate import CHECKS
 
     text = (DOCS / "policy.md").read_text()
     for check in CHECKS:
@@ -85,7 +85,7 @@ def test_every_check_id_is_documented() -> None:
 
 
 def test_every_dangerous_function_is_in_the_reference() -> None:
-    from policy.sql import dangerous_functions
+    from bastion.policy.sql import dangerous_functions
 
     text = (DOCS / "dangerous-functions.md").read_text()
     names = set(dangerous_functions.POSTGRES) | set(dangerous_functions.SQLITE)
@@ -94,7 +94,7 @@ def test_every_dangerous_function_is_in_the_reference() -> None:
 
 
 def test_the_shell_presets_are_documented_exactly() -> None:
-    from policy.shell.presets import INSPECT
+    from bastion.policy.shell.presets import INSPECT
 
     text = (DOCS / "policy.md").read_text()
     section = text.split("### `inspect`", 1)[1].split("\n### ", 1)[0]

@@ -7,16 +7,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from policy import ConnectionPolicy, Identity
-from policy.errors import BastionError, AuditUnavailable, Denied, InvalidInput
-from policy.presets import READ_ONLY, READ_WRITE
-from store import SqliteAuditStore, StoreError
-from store import events as ev
+from bastion.policy import ConnectionPolicy, Identity
+from bastion.policy.errors import BastionError, AuditUnavailable, Denied, InvalidInput
+from bastion.policy.presets import READ_ONLY, READ_WRITE
+from bastion.store import SqliteAuditStore, StoreError
+from bastion.store import events as ev
 from tests.conftest import requirement
-from tools.calls import Caller
-from tools.connections import Connection
-from tools.executors.base import QueryResult, RunRequest, TableInfo
-from tools.gateway import Gateway
+from bastion.tools.calls import Caller
+from bastion.tools.connections import Connection
+from bastion.tools.executors.base import QueryResult, RunRequest, TableInfo
+from bastion.tools.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 CALLER = Caller(Identity("alice", frozenset({"analysts"})), {"name": "test-client", "version": "1"})

@@ -17,15 +17,15 @@ import anyio
 import pytest
 from mcp import Client
 
-from policy import Identity
-from policy.errors import ApprovalDenied, BastionError, HoldExpired, PendingApproval, SelfApproval
-from server.app import create_server
-from server.build import build_gateway
-from server.config import load
-from store import events as ev
+from bastion.policy import Identity
+from bastion.policy.errors import ApprovalDenied, BastionError, HoldExpired, PendingApproval, SelfApproval
+from bastion.server.app import create_server
+from bastion.server.build import build_gateway
+from bastion.server.config import load
+from bastion.store import events as ev
 from tests.conftest import requirement
-from tools.calls import Caller
-from tools.gateway import Gateway
+from bastion.tools.calls import Caller
+from bastion.tools.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 DEV = Caller(Identity("dev", frozenset({"developers"})), session="s1")
@@ -321,7 +321,7 @@ async def test_declined_or_unaskable_confirmation_goes_to_approvers(tmp_path: Pa
 
 
 def load_events(config: Path) -> list[dict[str, Any]]:
-    from store import SqliteAuditStore
+    from bastion.store import SqliteAuditStore
 
     return list(SqliteAuditStore(config.parent / "bastion-audit.db").iter_all())
 

@@ -17,8 +17,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from store import SqliteAuditStore
-from store import events as ev
+from bastion.store import SqliteAuditStore
+from bastion.store import events as ev
 from tests.conftest import requirement
 from tests.postgres_server import wait_until
 from tests.processes import stop

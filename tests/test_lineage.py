@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from policy import analyse
-from policy.masking import Catalog, MaskRules, plan
+from bastion.policy import analyse
+from bastion.policy.masking import Catalog, MaskRules, plan
 
 CASES = tomllib.loads((Path(__file__).parent / "golden" / "lineage_cases.toml").read_text())["case"]
 RUNS = [(case, dialect) for case in CASES for dialect in case["dialects"]]

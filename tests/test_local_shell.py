@@ -10,10 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from policy import Identity
+from bastion.policy import Identity
 from tests.conftest import requirement
-from tools.executors.local_shell import LocalShellExecutor
-from tools.executors.shell_base import ShellRunRequest
+from bastion.tools.executors.local_shell import LocalShellExecutor
+from bastion.tools.executors.shell_base import ShellRunRequest
 
 pytestmark = pytest.mark.anyio
 

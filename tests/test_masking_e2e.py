@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from policy.masking import mask
-from server.app import create_server
-from server.config import load
-from store import SqliteAuditStore
-from store import events as ev
+from bastion.policy.masking import mask
+from bastion.server.app import create_server
+from bastion.server.config import load
+from bastion.store import SqliteAuditStore
+from bastion.store import events as ev
 from tests.conftest import requirement
 from tests.postgres_server import PgServer
 
@@ -223,7 +223,7 @@ async def test_returning_is_masked_and_copying_a_masked_value_is_denied(client: 
 
 
 def test_a_hash_mask_without_a_key_is_a_config_error(tmp_path: Path) -> None:
-    from policy.errors import ConfigError
+    from bastion.policy.errors import ConfigError
 
     config = tmp_path / "bastion.toml"
     config.write_text('[connections.demo]\nkind = "sqlite"\ntarget = "demo.db"\npreset = "read-only"\n'

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from policy import Verdict, analyse
-from policy.masking import Catalog, ColumnMask, MaskPlan, MaskRules, mask, mask_result, plan, strongest
-from policy.masking.maskers import MASKERS, STRENGTH
+from bastion.policy import Verdict, analyse
+from bastion.policy.masking import Catalog, ColumnMask, MaskPlan, MaskRules, mask, mask_result, plan, strongest
+from bastion.policy.masking.maskers import MASKERS, STRENGTH
 from tests.conftest import requirement
 from tests.test_lineage import CATALOGS, RULES
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from policy import ConnectionPolicy, Limits, analyse
-from policy.errors import TargetUnavailable
-from policy.masking import MaskRules
-from policy.presets import READ_ONLY
+from bastion.policy import ConnectionPolicy, Limits, analyse
+from bastion.policy.errors import TargetUnavailable
+from bastion.policy.masking import MaskRules
+from bastion.policy.presets import READ_ONLY
 from tests.conftest import requirement
-from tools import masking
-from tools.connections import Connection
-from tools.executors.base import ColumnInfo, QueryResult, RunRequest, TableInfo
+from bastion.tools import masking
+from bastion.tools.connections import Connection
+from bastion.tools.executors.base import ColumnInfo, QueryResult, RunRequest, TableInfo
 
 pytestmark = pytest.mark.anyio
 CUSTOMERS = TableInfo("main", "customers", "table", tuple(ColumnInfo(c, "TEXT", True) for c in ("id", "email")))
@@ -101,6 +101,6 @@ async def test_no_masking_configured_costs_nothing() -> None:
 
 
 def _allow():  # type: ignore[no-untyped-def]
-    from policy import Decision, Verdict
+    from bastion.policy import Decision, Verdict
 
     return Decision(Verdict.ALLOW, ("r",), "ok", limits=Limits())

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from server.app import create_server
-from server.config import load
-from store import SqliteAuditStore
-from store import events as ev
+from bastion.server.app import create_server
+from bastion.server.config import load
+from bastion.store import SqliteAuditStore
+from bastion.store import events as ev
 from tests.conftest import requirement
 
 pytestmark = pytest.mark.anyio

@@ -11,15 +11,15 @@ import psycopg
 import pytest
 from mcp import Client
 
-from policy import Identity, Limits, analyse
-from policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
-from server.app import create_server
-from server.config import load
-from store import SqliteAuditStore
+from bastion.policy import Identity, Limits, analyse
+from bastion.policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
+from bastion.server.app import create_server
+from bastion.server.config import load
+from bastion.store import SqliteAuditStore
 from tests.conftest import requirement
 from tests.postgres_server import PgServer, wait_until
-from tools.executors.base import RunRequest
-from tools.executors.postgres import PostgresExecutor
+from bastion.tools.executors.base import RunRequest
+from bastion.tools.executors.postgres import PostgresExecutor
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 ALICE = Identity("alice@example.com", frozenset({"analysts"}))
@@ -89,8 +89,8 @@ async def test_the_database_refuses_a_write_in_a_read_only_call(shop: PgServer) 
 
 @requirement("sql:explain-analyze", "inv:read-only-transaction")
 async def test_a_plain_explain_of_a_write_plans_it_in_a_read_only_transaction(shop: PgServer) -> None:
-    from policy.presets import READ_ONLY
-    from policy import ConnectionPolicy, decide
+    from bastion.policy.presets import READ_ONLY
+    from bastion.policy import ConnectionPolicy, decide
 
     text = "EXPLAIN DELETE FROM orders WHERE id = 2"
     analysis = analyse(text, "postgres", "shop")
@@ -258,8 +258,8 @@ def test_the_gateway_role_is_not_a_superuser(shop: PgServer) -> None:
 @requirement("inv:read-only-transaction")
 async def test_strings_are_parsed_by_the_server_as_the_guard_parsed_them(shop: PgServer) -> None:
     """With standard_conforming_strings off, 'a\\'' would end elsewhere and hide a read of `secret`."""
-    from policy import ConnectionPolicy, decide
-    from policy.presets import READ_ONLY
+    from bastion.policy import ConnectionPolicy, decide
+    from bastion.policy.presets import READ_ONLY
 
     shop.execute("CREATE TABLE IF NOT EXISTS shop.secret (token text); INSERT INTO shop.secret VALUES ('TOP-SECRET')")
     shop.execute(f'GRANT SELECT ON shop.secret TO "{shop.gateway_role}"')
@@ -284,9 +284,9 @@ def test_replay_against_a_sandbox_copy_on_postgres_diffs_the_results(shop: PgSer
     """Record reads on `shop`, replay them on a sandbox copy, change the copy, replay again."""
     from click.testing import CliRunner
 
-    from server.build import build_gateway
-    from server.cli import main
-    from tools.calls import Caller
+    from bastion.server.build import build_gateway
+    from bastion.server.cli import main
+    from bastion.tools.calls import Caller
 
     role = shop.gateway_role
     shop.execute("DROP SCHEMA IF EXISTS sandbox CASCADE; CREATE SCHEMA sandbox;"

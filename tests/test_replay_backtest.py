@@ -10,10 +10,10 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
-from server.build import build_gateway
-from server.cli import main
-from server.config import load
-from tools.calls import Caller
+from bastion.server.build import build_gateway
+from bastion.server.cli import main
+from bastion.server.config import load
+from bastion.tools.calls import Caller
 
 
 

@@ -15,15 +15,15 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from policy import Identity
-from server.build import build_gateway
-from server.config import load
-from store import SqliteAuditStore
+from bastion.policy import Identity
+from bastion.server.build import build_gateway
+from bastion.server.config import load
+from bastion.store import SqliteAuditStore
 from tests.conftest import requirement
 from tests.oidc_server import OidcProvider
 from tests.postgres_server import PgServer
 from tests.test_http import free_port, serving
-from tools.calls import Caller
+from bastion.tools.calls import Caller
 
 pytestmark = pytest.mark.anyio
 
@@ -220,7 +220,7 @@ user = "{sshd.user}"
 
 async def test_the_impact_preview_on_postgresql_counts_rows_as_the_role_and_changes_nothing(
         scoped_config: Path, people: dict[str, str], pg_server: PgServer) -> None:
-    from policy.errors import PendingApproval
+    from bastion.policy.errors import PendingApproval
 
     gateway = build_gateway(load(scoped_config))
     gateway.guard.holds.wait_s = 0.2  # type: ignore[union-attr]

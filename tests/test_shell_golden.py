@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from policy import Identity
-from policy.shell.decide import vet_shell_text
-from policy.shell.presets import INSPECT
-from policy.shell.rules import ShellPolicy
+from bastion.policy import Identity
+from bastion.policy.shell.decide import vet_shell_text
+from bastion.policy.shell.presets import INSPECT
+from bastion.policy.shell.rules import ShellPolicy
 
 CASES = tomllib.loads((Path(__file__).parent / "golden" / "shell_cases.toml").read_text())["case"]
 POLICY = ShellPolicy("golden", (INSPECT,), "/work/project")

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from policy.shell.analyze import analyse_shell
-from policy.shell.rebuild import RebuildError, rebuild
-from policy.shell.words import words
+from bastion.policy.shell.analyze import analyse_shell
+from bastion.policy.shell.rebuild import RebuildError, rebuild
+from bastion.policy.shell.words import words
 from tests.conftest import requirement
 
 ALPHABET = "abc XYZ019-_./=:,@%+~#!?*[]{}()<>|&;$`'\"\\\t\n é→😀"

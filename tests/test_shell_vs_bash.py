@@ -52,12 +52,12 @@ from pathlib import Path
 
 import pytest
 
-from policy import Identity
-from policy.shell.decide import vet_shell_text
-from policy.shell.facts import Command, Node, ShellAnalysis
-from policy.shell.presets import INSPECT
-from policy.shell.rules import ShellPolicy
-from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, TILDE, Segment, Word
+from bastion.policy import Identity
+from bastion.policy.shell.decide import vet_shell_text
+from bastion.policy.shell.facts import Command, Node, ShellAnalysis
+from bastion.policy.shell.presets import INSPECT
+from bastion.policy.shell.rules import ShellPolicy
+from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, TILDE, Segment, Word
 
 HERE = Path(__file__).resolve().parent
 CORPUS = tomllib.loads((HERE / "golden" / "shell_cases.toml").read_text())["case"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from policy import ConnectionPolicy, Identity
-from policy.presets import PRESETS
-from tools.guard import safe_check
+from bastion.policy import ConnectionPolicy, Identity
+from bastion.policy.presets import PRESETS
+from bastion.tools.guard import safe_check
 
 CASES = tomllib.loads((Path(__file__).parent / "golden" / "sql_cases.toml").read_text())["case"]
 

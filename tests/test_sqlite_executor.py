@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from policy import Identity, Limits, analyse
-from policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
+from bastion.policy import Identity, Limits, analyse
+from bastion.policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
 from tests.conftest import requirement
-from tools.executors.base import RunRequest
-from tools.executors.sqlite import SqliteExecutor
+from bastion.tools.executors.base import RunRequest
+from bastion.tools.executors.sqlite import SqliteExecutor
 
 pytestmark = pytest.mark.anyio
 WHO = Identity("alice")

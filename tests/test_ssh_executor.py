@@ -16,12 +16,12 @@ import anyio
 import asyncssh
 import pytest
 
-from policy import Identity
-from policy.errors import TargetUnavailable
+from bastion.policy import Identity
+from bastion.policy.errors import TargetUnavailable
 from tests.conftest import requirement
 from tests.sshd_server import SshServer
-from tools.executors.shell_base import ShellRunRequest
-from tools.executors.ssh import SshExecutor
+from bastion.tools.executors.shell_base import ShellRunRequest
+from bastion.tools.executors.ssh import SshExecutor
 
 pytestmark = pytest.mark.anyio
 ALICE = Identity("alice@example.com", frozenset({"developers"}))

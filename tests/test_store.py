@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from store import SqliteAuditStore, StoreError
-from store import events as ev
+from bastion.store import SqliteAuditStore, StoreError
+from bastion.store import events as ev
 from tests.conftest import requirement
 
 
@@ -106,8 +106,8 @@ def test_start_up_leaves_a_live_processs_calls_open_and_closes_a_dead_ones(tmp_p
 async def test_concurrent_appends_through_the_recorder_share_transactions_and_keep_one_chain(tmp_path: Path) -> None:
     import anyio
 
-    from store.verify import verify
-    from tools.recorder import Recorder
+    from bastion.store.verify import verify
+    from bastion.tools.recorder import Recorder
 
     store = SqliteAuditStore(tmp_path / "audit.db")
     recorder = Recorder(store)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from policy import Decision, Identity
-from store.sqlite_store import SqliteAuditStore
-from tools.webhooks import WebhookSender
+from bastion.policy import Decision, Identity
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.tools.webhooks import WebhookSender
 
 Kind = Literal["denials", "large-result", "egress"]
 
@@ -69,7 +69,7 @@ class Alerts:
                        f"{rule.window_s:g} s, over the egress budget of rule `{rule.id}`")
                 decision = Decision.deny(f"alert:{rule.id}", why, hint="Wait for the window to pass, or ask for approval.")
                 if rule.action == "review":
-                    from policy import Verdict
+                    from bastion.policy import Verdict
 
                     return Decision(Verdict.REVIEW, decision.rules, why, hint=decision.hint)
                 return decision

@@ -7,8 +7,8 @@ from typing import Any
 
 import anyio
 
-from policy import Identity
-from store.approvals import ApprovalStore, Held
+from bastion.policy import Identity
+from bastion.store.approvals import ApprovalStore, Held
 
 OPEN = ("pending", "approved")
 

@@ -6,11 +6,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy import ConnectionPolicy, Identity
-from policy.decision import Decision
-from policy.shell.rules import ShellPolicy
-from store.sqlite_store import SqliteAuditStore
-from tools.guard import safe_check
+from bastion.policy import ConnectionPolicy, Identity
+from bastion.policy.decision import Decision
+from bastion.policy.shell.rules import ShellPolicy
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.tools.guard import safe_check
 
 GUARDED_TOOLS = ("sql_query", "shell_run", "check")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from policy import Identity
+from bastion.policy import Identity
 
 # (seconds elapsed, message): a progress notification to the MCP client, where it asked for them.
 Progress = Callable[[float, str], Awaitable[None]]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from policy import ConnectionPolicy, Identity
-from policy.scoping import RunAs, Scoping
-from policy.shell.rules import ShellPolicy
-from tools.executors.base import SqlExecutor
-from tools.executors.shell_base import ShellExecutor
-from tools.masking import Masking
+from bastion.policy import ConnectionPolicy, Identity
+from bastion.policy.scoping import RunAs, Scoping
+from bastion.policy.shell.rules import ShellPolicy
+from bastion.tools.executors.base import SqlExecutor
+from bastion.tools.executors.shell_base import ShellExecutor
+from bastion.tools.masking import Masking
 
 
 @dataclass

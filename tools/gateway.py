@@ -11,22 +11,22 @@ from typing import Any
 
 import anyio
 
-from policy import Decision, Verdict
-from policy.approvals import ApprovalPolicy
-from policy.errors import BastionError, InvalidInput, UnknownConnection
-from policy.patterns import matches
-from policy.presets import SENSITIVE_CATALOG_PATTERNS
-from store.approvals import ApprovalStore
-from store.sqlite_store import SqliteAuditStore
-from tools import approvals, masking, shell, sql
-from tools.alerts import AlertRule, Alerts
-from tools.calls import Caller
-from tools.connections import AnyConnection, Connection, ShellConnection
-from tools.executors.base import QueryResult, TableInfo
-from tools.executors.shell_base import ShellResult
-from tools.guard import MAX_COMMAND_BYTES, Guard, Guarded, Vetted, validate_text
-from tools.holds import Holds, held_rule
-from tools.recorder import Recorder
+from bastion.policy import Decision, Verdict
+from bastion.policy.approvals import ApprovalPolicy
+from bastion.policy.errors import BastionError, InvalidInput, UnknownConnection
+from bastion.policy.patterns import matches
+from bastion.policy.presets import SENSITIVE_CATALOG_PATTERNS
+from bastion.store.approvals import ApprovalStore
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.tools import approvals, masking, shell, sql
+from bastion.tools.alerts import AlertRule, Alerts
+from bastion.tools.calls import Caller
+from bastion.tools.connections import AnyConnection, Connection, ShellConnection
+from bastion.tools.executors.base import QueryResult, TableInfo
+from bastion.tools.executors.shell_base import ShellResult
+from bastion.tools.guard import MAX_COMMAND_BYTES, Guard, Guarded, Vetted, validate_text
+from bastion.tools.holds import Holds, held_rule
+from bastion.tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from policy import Decision, Verdict, analyse, decide
-from policy.errors import ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput
-from store import events as ev
-from tools.alerts import Alerts
-from tools.calls import Caller
-from tools.holds import Holds
-from tools.recorder import Recorder
+from bastion.policy import Decision, Verdict, analyse, decide
+from bastion.policy.errors import ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput
+from bastion.store import events as ev
+from bastion.tools.alerts import Alerts
+from bastion.tools.calls import Caller
+from bastion.tools.holds import Holds
+from bastion.tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -260,8 +260,8 @@ class Guard:
 
 def safe_check(policy: Any, identity: Any, text: str) -> Decision:
     """Decide a text against an SQL or shell policy with no gateway (`bastion check`); failures deny."""
-    from policy.shell.decide import vet_shell_text
-    from policy.shell.rules import ShellPolicy
+    from bastion.policy.shell.decide import vet_shell_text
+    from bastion.policy.shell.rules import ShellPolicy
 
     try:
         validate_text(text)

@@ -16,12 +16,12 @@ from typing import Any
 
 import anyio
 
-from policy import Decision
-from policy.approvals import ApprovalPolicy
-from policy.errors import ApprovalDenied, HoldExpired, PendingApproval
-from store import events as ev
-from store.approvals import ApprovalStore, Held, HoldStatus
-from tools.calls import Caller
+from bastion.policy import Decision
+from bastion.policy.approvals import ApprovalPolicy
+from bastion.policy.errors import ApprovalDenied, HoldExpired, PendingApproval
+from bastion.store import events as ev
+from bastion.store.approvals import ApprovalStore, Held, HoldStatus
+from bastion.tools.calls import Caller
 
 log = logging.getLogger(__name__)
 PolicyFor = Callable[[str, Decision], ApprovalPolicy]
@@ -127,7 +127,7 @@ class Holds:
         await self._end(ev.PENDING, call_id, held, error)
 
     async def _end(self, kind: str, call_id: str, held: Held, error: Exception) -> None:
-        from tools.guard import error_record
+        from bastion.tools.guard import error_record
 
         await self.record({"type": kind, "call_id": call_id, "error": error_record(error),
                            "result": {"hold_id": held.hold_id, "status": str(held.status)}})

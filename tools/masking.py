@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from policy import Decision, Statement, Verdict
-from policy.masking import Catalog, MaskPlan, MaskRules, mask_result, mask_text, plan, strongest
-from policy.masking.lineage import view_lineage
-from policy.masking.plan import sensitive_relations
-from policy.sql.facts import DDL_KINDS
-from tools.executors.base import QueryResult, TableInfo
-from tools.executors.shell_base import ShellResult
+from bastion.policy import Decision, Statement, Verdict
+from bastion.policy.masking import Catalog, MaskPlan, MaskRules, mask_result, mask_text, plan, strongest
+from bastion.policy.masking.lineage import view_lineage
+from bastion.policy.masking.plan import sensitive_relations
+from bastion.policy.sql.facts import DDL_KINDS
+from bastion.tools.executors.base import QueryResult, TableInfo
+from bastion.tools.executors.shell_base import ShellResult
 
 if TYPE_CHECKING:
-    from tools.connections import Connection
+    from bastion.tools.connections import Connection
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Masking:
             self._read_at = time.monotonic()
 
     def _names_unknown(self, connection: Connection, text: str) -> bool:
-        from policy import analyse
+        from bastion.policy import analyse
 
         if self._catalog is None:
             return True

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from store import events as ev
-from store.approvals import Held, HoldStatus
-from store.sqlite_store import SqliteAuditStore
-from tools.webhooks import Format, WebhookSender, slack_escape
+from bastion.store import events as ev
+from bastion.store.approvals import Held, HoldStatus
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.tools.webhooks import Format, WebhookSender, slack_escape
 
 Notice = Literal["held", "approved", "denied", "expired"]
 NOTICES: tuple[Notice, ...] = ("held", "approved", "denied", "expired")

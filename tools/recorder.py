@@ -12,9 +12,9 @@ import queue
 import threading
 from typing import Any
 
-from policy.errors import AuditUnavailable
-from store import StoreError
-from store.sqlite_store import SqliteAuditStore
+from bastion.policy.errors import AuditUnavailable
+from bastion.store import StoreError
+from bastion.store.sqlite_store import SqliteAuditStore
 
 _BATCH = 256  # events per transaction at most, so one slow batch does not grow without bound
 _Item = tuple[asyncio.AbstractEventLoop, "asyncio.Future[dict[str, Any]]", dict[str, Any]]

@@ -7,11 +7,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from policy import Identity
-from policy.errors import BastionError, InvalidInput
-from store.sqlite_store import SqliteAuditStore
-from tools.calls import Caller
-from tools.gateway import Gateway
+from bastion.policy import Identity
+from bastion.policy.errors import BastionError, InvalidInput
+from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.tools.calls import Caller
+from bastion.tools.gateway import Gateway
 
 
 @dataclass

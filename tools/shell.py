@@ -8,13 +8,13 @@ from typing import Any
 
 from dataclasses import replace
 
-from policy.errors import InvalidInput
-from policy.shell.decide import vet_shell_text
-from tools import masking
-from tools.calls import Caller
-from tools.connections import ShellConnection
-from tools.executors.shell_base import ShellResult, ShellRunRequest
-from tools.guard import Vetted, fail_closed, scoped
+from bastion.policy.errors import InvalidInput
+from bastion.policy.shell.decide import vet_shell_text
+from bastion.tools import masking
+from bastion.tools.calls import Caller
+from bastion.tools.connections import ShellConnection
+from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest
+from bastion.tools.guard import Vetted, fail_closed, scoped
 
 
 def resolve_cwd(connection: ShellConnection, cwd: str | None) -> str:

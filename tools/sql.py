@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from policy import Verdict, analyse, decide
-from tools import masking
-from tools.calls import Caller
-from tools.connections import Connection
-from tools.executors.base import QueryResult, RunRequest
-from tools.guard import Vetted, fail_closed, scoped
+from bastion.policy import Verdict, analyse, decide
+from bastion.tools import masking
+from bastion.tools.calls import Caller
+from bastion.tools.connections import Connection
+from bastion.tools.executors.base import QueryResult, RunRequest
+from bastion.tools.guard import Vetted, fail_closed, scoped
 
 
 def vet_sql(connection: Connection, caller: Caller, text: str) -> Vetted:

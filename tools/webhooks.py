@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from store.sqlite_store import SqliteAuditStore
+from bastion.store.sqlite_store import SqliteAuditStore
 
 log = logging.getLogger(__name__)
 Format = Literal["generic", "slack"]

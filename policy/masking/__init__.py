@@ -11,15 +11,15 @@
     apply.py       mask_result(columns, rows, plan) → masked rows + a record without values
 """
 
-from policy.masking.apply import mask_result, mask_text
-from policy.masking.catalog import Catalog
-from policy.masking.detectors import KINDS as DETECTOR_KINDS
-from policy.masking.detectors import Detectors
-from policy.masking.lineage import Lineage, Output
-from policy.masking.maskers import MASKERS, STRENGTH, mask, strongest
-from policy.masking.plan import ColumnMask, MaskPlan, plan
-from policy.masking.predicates import PredicateUse
-from policy.masking.rules import PROBING, USES, MaskRules, SensitiveColumn
+from bastion.policy.masking.apply import mask_result, mask_text
+from bastion.policy.masking.catalog import Catalog
+from bastion.policy.masking.detectors import KINDS as DETECTOR_KINDS
+from bastion.policy.masking.detectors import Detectors
+from bastion.policy.masking.lineage import Lineage, Output
+from bastion.policy.masking.maskers import MASKERS, STRENGTH, mask, strongest
+from bastion.policy.masking.plan import ColumnMask, MaskPlan, plan
+from bastion.policy.masking.predicates import PredicateUse
+from bastion.policy.masking.rules import PROBING, USES, MaskRules, SensitiveColumn
 
 __all__ = [
     "Catalog", "ColumnMask", "DETECTOR_KINDS", "Detectors", "Lineage", "MASKERS", "MaskPlan", "MaskRules", "Output",

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from policy.masking.detectors import Detectors
-from policy.masking.maskers import REDACTED, mask
-from policy.masking.plan import ColumnMask, MaskPlan
+from bastion.policy.masking.detectors import Detectors
+from bastion.policy.masking.maskers import REDACTED, mask
+from bastion.policy.masking.plan import ColumnMask, MaskPlan
 
 
 def mask_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], plan: MaskPlan, *,

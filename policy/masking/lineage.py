@@ -29,8 +29,8 @@ from sqlglot.errors import SqlglotError
 from sqlglot.lineage import Node, to_node
 from sqlglot.optimizer.scope import Scope, build_scope, find_all_in_scope
 
-from policy.masking.catalog import Catalog
-from policy.masking.qualified import Prepared, prepare
+from bastion.policy.masking.catalog import Catalog
+from bastion.policy.masking.qualified import Prepared, prepare
 
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 

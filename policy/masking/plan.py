@@ -24,14 +24,14 @@ from typing import Any
 
 from sqlglot.errors import SqlglotError
 
-from policy.decision import Decision, Verdict
-from policy.masking import predicates
-from policy.masking.catalog import Catalog
-from policy.masking.lineage import Output, lineage, projections, view_lineage
-from policy.masking.maskers import STRENGTH, at_least, strongest
-from policy.masking.qualified import Prepared, prepare
-from policy.masking.rules import MaskRules
-from policy.sql.facts import Kind, Statement
+from bastion.policy.decision import Decision, Verdict
+from bastion.policy.masking import predicates
+from bastion.policy.masking.catalog import Catalog
+from bastion.policy.masking.lineage import Output, lineage, projections, view_lineage
+from bastion.policy.masking.maskers import STRENGTH, at_least, strongest
+from bastion.policy.masking.qualified import Prepared, prepare
+from bastion.policy.masking.rules import MaskRules
+from bastion.policy.sql.facts import Kind, Statement
 
 UNRESOLVED_RULE = "mask:unresolved"
 UNANALYSABLE_RULE = "mask:unanalysable"

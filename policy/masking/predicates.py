@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, ScopeType
 
-from policy.decision import Decision, Verdict
-from policy.masking.catalog import Catalog
-from policy.masking.lineage import column_sources, relation_name, whole_rows
-from policy.masking.qualified import Prepared
-from policy.masking.rules import PROBING, MaskRules
+from bastion.policy.decision import Decision, Verdict
+from bastion.policy.masking.catalog import Catalog
+from bastion.policy.masking.lineage import column_sources, relation_name, whole_rows
+from bastion.policy.masking.qualified import Prepared
+from bastion.policy.masking.rules import PROBING, MaskRules
 
 _COMPARISONS: dict[type[exp.Expression], str] = {
     exp.EQ: "equality", exp.NEQ: "equality", exp.NullSafeEQ: "equality", exp.NullSafeNEQ: "equality",

@@ -19,7 +19,7 @@ from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, build_scope
 
-from policy.masking.catalog import Catalog
+from bastion.policy.masking.catalog import Catalog
 
 _QUERIES = (exp.Select, exp.SetOperation, exp.Subquery, exp.Values)
 _ALL = -1

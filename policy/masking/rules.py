@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import cached_property
 
-from policy.decision import Verdict
-from policy.masking.maskers import MASKERS, STRENGTH
+from bastion.policy.decision import Verdict
+from bastion.policy.masking.maskers import MASKERS, STRENGTH
 
 # How a predicate uses a sensitive column. Probing uses compare it with values the caller picks:
 # each answer narrows the value down (`email LIKE 'a%'`, then `'ad%'`, ...), so they reveal it.

@@ -8,8 +8,8 @@ from typing import Any
 
 import bashlex
 
-from policy.shell import words as w
-from policy.shell.facts import Command, Node, Redirect, ShellAnalysis
+from bastion.policy.shell import words as w
+from bastion.policy.shell.facts import Command, Node, Redirect, ShellAnalysis
 
 _SUBSTITUTIONS = {"commandsubstitution": w.CMDSUB, "processsubstitution": w.PROCSUB}
 _COMPOUND = {"for": "for", "while": "while", "until": "until", "if": "if", "function": "function"}

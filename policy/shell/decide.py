@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from policy.combine import combine
-from policy.decision import Decision, Verdict
-from policy.identity import Identity
-from policy.shell.evaluate import evaluate_shell
-from policy.shell.analyze import analyse_shell
-from policy.shell.facts import ShellAnalysis
-from policy.shell.rebuild import RebuildError, rebuild
-from policy.shell.rules import ShellPolicy
+from bastion.policy.combine import combine
+from bastion.policy.decision import Decision, Verdict
+from bastion.policy.identity import Identity
+from bastion.policy.shell.evaluate import evaluate_shell
+from bastion.policy.shell.analyze import analyse_shell
+from bastion.policy.shell.facts import ShellAnalysis
+from bastion.policy.shell.rebuild import RebuildError, rebuild
+from bastion.policy.shell.rules import ShellPolicy
 
 _HINT = "Send plain commands with literal program names, joined by | && || ;."
 

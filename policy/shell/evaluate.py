@@ -8,11 +8,11 @@ import re
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
 
-from policy.outcome import Outcome, first_outcome
-from policy.shell import programs
-from policy.shell.facts import ShellAnalysis
-from policy.shell.rules import ShellRule
-from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PROCSUB, TILDE, Segment, Word
+from bastion.policy.outcome import Outcome, first_outcome
+from bastion.policy.shell import programs
+from bastion.policy.shell.facts import ShellAnalysis
+from bastion.policy.shell.rules import ShellRule
+from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PROCSUB, TILDE, Segment, Word
 
 _WRITE_OPS = (">", ">>", ">|", "&>", "&>>", "<>")
 _HOME = "/~home"  # how a leading ~ is written in paths checked against deny_paths

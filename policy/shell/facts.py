@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policy.shell.words import Word
+from bastion.policy.shell.words import Word
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from policy.shell.rules import ShellRule
+from bastion.policy.shell.rules import ShellRule
 
 INSPECT = ShellRule(
     id="inspect",

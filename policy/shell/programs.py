@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from policy.shell.words import GLOB, TILDE, Segment, Word
+from bastion.policy.shell.words import GLOB, TILDE, Segment, Word
 
 # Programs that run another program (or shell code) named in their arguments or input: never
 # allowed through a rule's program list, because the program they run escapes it.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shlex
 
-from policy.shell.analyze import analyse_shell
-from policy.shell.facts import Command, Node, Redirect, ShellAnalysis
-from policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PROCSUB, TILDE, Word
+from bastion.policy.shell.analyze import analyse_shell
+from bastion.policy.shell.facts import Command, Node, Redirect, ShellAnalysis
+from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PROCSUB, TILDE, Word
 
 
 class RebuildError(ValueError):

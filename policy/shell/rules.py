@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from policy.decision import Limits
-from policy.identity import Identity
-from policy.rules import applies
+from bastion.policy.decision import Limits
+from bastion.policy.identity import Identity
+from bastion.policy.rules import applies
 
 DEFAULT_OPERATORS = frozenset({"|", "&&", "||", ";", "newline"})
 DEFAULT_VARIABLES = frozenset({"HOME", "PWD", "USER", "LOGNAME"})

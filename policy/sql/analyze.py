@@ -15,9 +15,9 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-from policy.sql import postgres_parser
-from policy.sql.facts import Analysis, Kind, Statement
-from policy.sql.sqlglot_facts import statement_facts
+from bastion.policy.sql import postgres_parser
+from bastion.policy.sql.facts import Analysis, Kind, Statement
+from bastion.policy.sql.sqlglot_facts import statement_facts
 
 # sqlglot logs a warning for every Command fallback; Bastion reports those as facts instead.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Callable
 
-from policy.decision import Verdict
-from policy.outcome import Effect, Outcome, first_outcome
-from policy.patterns import matches
-from policy.presets import SENSITIVE_CATALOG_PATTERNS
-from policy.rules import SqlRule
-from policy.sql import dangerous_functions
-from policy.sql.facts import Kind, Statement
+from bastion.policy.decision import Verdict
+from bastion.policy.outcome import Effect, Outcome, first_outcome
+from bastion.policy.patterns import matches
+from bastion.policy.presets import SENSITIVE_CATALOG_PATTERNS
+from bastion.policy.rules import SqlRule
+from bastion.policy.sql import dangerous_functions
+from bastion.policy.sql.facts import Kind, Statement
 
 def _dangerous(dialect: str) -> dict[str, dangerous_functions.FunctionRisk]:
     return dangerous_functions.POSTGRES if dialect == "postgres" else dangerous_functions.SQLITE

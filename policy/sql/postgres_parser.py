@@ -13,7 +13,7 @@ from typing import Any
 
 from pglast import parser as pg
 
-from policy.sql.facts import Kind
+from bastion.policy.sql.facts import Kind
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from policy.sql.facts import Kind, Statement
+from bastion.policy.sql.facts import Kind, Statement
 
 # Top-level node class → kind. Order matters only for subclasses (none overlap here).
 _KIND_OF_NODE: tuple[tuple[type[exp.Expression], Kind], ...] = (

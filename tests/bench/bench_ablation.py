@@ -26,18 +26,18 @@ VARIANTS = ("full", "no-audit", "no-executor", "neither")
 def serve(variant: str, config_path: str, port: int) -> None:
     """The gateway with ``variant``'s stubs in place (runs in its own process)."""
     sys.path.insert(0, str(ROOT))
-    from server.config import load
-    from server.http import serve_http
-    from tools.executors.base import QueryResult
+    from bastion.server.config import load
+    from bastion.server.http import serve_http
+    from bastion.tools.executors.base import QueryResult
 
     if variant in ("no-audit", "neither"):
-        from tools.recorder import Recorder
+        from bastion.tools.recorder import Recorder
 
         async def append(self: Recorder, event: dict) -> dict:  # type: ignore[type-arg]
             return event
         Recorder.append = append  # type: ignore[method-assign]
     if variant in ("no-executor", "neither"):
-        from tools.executors.postgres import PostgresExecutor
+        from bastion.tools.executors.postgres import PostgresExecutor
 
         async def run(self: PostgresExecutor, request: object) -> QueryResult:
             return QueryResult(["id", "total"], [[7, "10.5"]], 1)

@@ -15,10 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from store import SqliteAuditStore
-from store.search import search
-from store.sqlite_store import _Ticket
-from store.verify import verify
+from bastion.store import SqliteAuditStore
+from bastion.store.search import search
+from bastion.store.sqlite_store import _Ticket
+from bastion.store.verify import verify
 
 WORDS = "select insert update delete drop table orders customers products where limit join group by".split()
 

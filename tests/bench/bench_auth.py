@@ -17,7 +17,7 @@ import anyio
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
-from server.auth import OidcVerifier, TokenRules
+from bastion.server.auth import OidcVerifier, TokenRules
 
 ISSUER, RESOURCE = "https://idp.example.com", "https://bastion.example.com/mcp"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import sqlglot
 
-from policy import ConnectionPolicy, Identity, analyse, decide
-from policy.presets import READ_ONLY
-from policy.sql import analyze as analyze_module
+from bastion.policy import ConnectionPolicy, Identity, analyse, decide
+from bastion.policy.presets import READ_ONLY
+from bastion.policy.sql import analyze as analyze_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,8 +109,8 @@ async def mcp_rounds(rounds: int, calls: int = 200) -> None:
 
     from measure import ms_per_call
     from noop_server import noop
-    from server.app import create_server
-    from server.config import load
+    from bastion.server.app import create_server
+    from bastion.server.config import load
 
     sys_path = ROOT / "examples"
     work = Path(tempfile.mkdtemp())
@@ -138,12 +138,12 @@ async def mcp_rounds(rounds: int, calls: int = 200) -> None:
 async def shell_rounds(rounds: int, calls: int = 40) -> None:
     import anyio
 
-    from policy.shell.decide import vet_shell_text
-    from policy.shell.presets import INSPECT
-    from policy.shell.rules import ShellPolicy
-    from tools.executors.local_shell import LocalShellExecutor
+    from bastion.policy.shell.decide import vet_shell_text
+    from bastion.policy.shell.presets import INSPECT
+    from bastion.policy.shell.rules import ShellPolicy
+    from bastion.tools.executors.local_shell import LocalShellExecutor
     from measure import ms_per_call
-    from tools.executors.shell_base import ShellRunRequest
+    from bastion.tools.executors.shell_base import ShellRunRequest
 
     policy = ShellPolicy("bench", (INSPECT,), "/tmp")
     who = Identity("bench")

@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from policy import Identity, Limits, analyse  # noqa: E402
-from policy.masking import DETECTOR_KINDS, Catalog, MaskRules, mask_result, plan  # noqa: E402
-from tools.executors.base import RunRequest  # noqa: E402
-from tools.executors.sqlite import SqliteExecutor  # noqa: E402
+from bastion.policy import Identity, Limits, analyse  # noqa: E402
+from bastion.policy.masking import DETECTOR_KINDS, Catalog, MaskRules, mask_result, plan  # noqa: E402
+from bastion.tools.executors.base import RunRequest  # noqa: E402
+from bastion.tools.executors.sqlite import SqliteExecutor  # noqa: E402
 
 QUERY = ("SELECT c.id, c.name, c.email, c.phone, c.city, c.created_at, o.id AS order_id, o.status, o.ordered_at, "
          "o.card_last4 FROM customers c CROSS JOIN orders o LIMIT 10000")

@@ -95,10 +95,10 @@ async def one_call_cost(config_path: Path, dsn: str, rounds: int, calls: int = 2
 
     from measure import ms_per_call
     from noop_server import noop
-    from server.app import create_server
-    from server.config import load
-    from store import SqliteAuditStore
-    from tools.recorder import Recorder
+    from bastion.server.app import create_server
+    from bastion.server.config import load
+    from bastion.store import SqliteAuditStore
+    from bastion.tools.recorder import Recorder
 
     # What one durable audit append costs here (fsync per commit), the floor of record-before-run.
     recorder = Recorder(SqliteAuditStore(config_path.parent / "appends.db"))

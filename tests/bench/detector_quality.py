@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from policy.masking.detectors import KINDS, card_issuer, find_spans, luhn  # noqa: E402
+from bastion.policy.masking.detectors import KINDS, card_issuer, find_spans, luhn  # noqa: E402
 from tests.detector_corpus import random_numbers, unclaimed  # noqa: E402
 from tests.test_detectors import ALL, corpus, measure  # noqa: E402
 

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from policy import Identity, Kind, Limits, Statement
+from bastion.policy import Identity, Kind, Limits, Statement
 
 
 @dataclass

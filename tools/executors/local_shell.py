@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
-from policy.errors import TargetUnavailable
-from tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
+from bastion.policy.errors import TargetUnavailable
+from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _CHUNK = 65536

@@ -21,9 +21,9 @@ from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from policy import Kind
-from policy.errors import ExecutionError, QueryRejected, QueryTimeout, TargetUnavailable
-from tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
+from bastion.policy import Kind
+from bastion.policy.errors import ExecutionError, QueryRejected, QueryTimeout, TargetUnavailable
+from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
                                   TableInfo, no_dry_run_reason)
 
 log = logging.getLogger(__name__)

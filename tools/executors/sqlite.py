@@ -16,9 +16,9 @@ from typing import Any
 
 import anyio
 
-from policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
-from policy.sql import dangerous_functions
-from tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
+from bastion.policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
+from bastion.policy.sql import dangerous_functions
+from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
                                   TableInfo, no_dry_run_reason)
 
 _WRITE_ACTIONS = {

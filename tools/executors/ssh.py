@@ -25,8 +25,8 @@ import anyio
 import anyio.lowlevel
 import asyncssh
 
-from policy.errors import TargetUnavailable
-from tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
+from bastion.policy.errors import TargetUnavailable
+from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
 
 _CHUNK = 64 * 1024
 _REMOTE_GRACE_S = 2.0  # the remote deadline is a backstop: the local one must win the race
