@@ -19,11 +19,17 @@ from __future__ import annotations
 import os
 import shlex
 import socket
+import warnings
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
-import asyncssh
+
+with warnings.catch_warnings():
+    # asyncssh still names DSA keys; newer cryptography warns on that at import. Bastion never uses DSA.
+    warnings.filterwarnings("ignore", "DSA is deprecated", DeprecationWarning)
+    warnings.filterwarnings("ignore", "DSA is deprecated", UserWarning)
+    import asyncssh
 
 from bastion.policy.errors import TargetUnavailable
 from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
