@@ -12,6 +12,7 @@ from bastion.store.errors import StoreError
 from bastion.tools.connections import AnyConnection, Connection, ShellConnection
 from bastion.tools.executors.base import SqlExecutor
 from bastion.tools.executors.local_shell import LocalShellExecutor
+from bastion.tools.executors.sandbox import DEFAULT_HIDE, Sandbox, SandboxLimits
 from bastion.tools.executors.shell_base import ShellExecutor
 from bastion.tools.executors.postgres import PostgresExecutor
 from bastion.tools.executors.sqlite import SqliteExecutor
@@ -47,7 +48,7 @@ def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig,
                          key_file: str | None = None) -> ShellExecutor:
     """The connection's executor: as its configured user, or as a mapped ``user`` (with ``key_file`` on SSH)."""
     if conn.kind == "local":
-        return LocalShellExecutor(name, config.shell_cwd(conn), run_as=user)
+        return LocalShellExecutor(name, config.shell_cwd(conn), run_as=user, sandbox=build_sandbox(config, conn, user))
     from bastion.tools.executors.ssh import SshExecutor
 
     assert conn.host and conn.user and conn.key_file
@@ -55,6 +56,33 @@ def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig,
                        key_file=config.path(key_file or conn.key_file),
                        known_hosts=config.path(conn.known_hosts) if conn.known_hosts else None,
                        accept_unknown_hosts=conn.accept_unknown_hosts)
+
+
+def build_sandbox(config: Config, conn: ShellConnectionConfig, user: str | None) -> Sandbox | None:
+    """The OS sandbox of a local connection; None only when the config opts out (`isolation = \"none\"`)."""
+    if conn.isolation == "none":
+        return None
+    rules = conn.rule_list()
+    writable = conn.writable if conn.writable is not None else any(
+        r.preset == "developer" or r.redirects == "write" for r in rules)
+    limits = SandboxLimits(conn.cpu_seconds, conn.memory_mb << 20, conn.max_file_mb << 20, conn.max_processes)
+    return Sandbox(config.shell_cwd(conn), writable, tuple(conn.hide) if conn.hide is not None else DEFAULT_HIDE,
+                   limits, run_as=user, protected=gateway_files(config))
+
+
+def gateway_files(config: Config) -> tuple[str, ...]:
+    """The gateway's own files: its config, audit store, keys, secrets and SQLite targets. A sandbox whose
+    workspace holds one of them sees it empty."""
+    names: list[str | None] = [config.audit.path, config.audit.checkpoint_key_file, config.approvals.web_client_secret_file]
+    for conn in config.connections.values():
+        if isinstance(conn, ConnectionConfig):
+            names += [conn.password_file, conn.mask_key_file, conn.target if conn.kind == "sqlite" else None]
+        else:
+            names += [conn.key_file, conn.known_hosts, *(u.key_file for u in conn.users)]
+    paths = [str(config.path(n).resolve()) for n in names if n]
+    if config.source != "<defaults>":
+        paths.append(str(Path(config.source).resolve()))
+    return tuple(dict.fromkeys(paths))
 
 
 def build_gateway(config: Config) -> Gateway:

@@ -240,6 +240,14 @@ class ShellConnectionConfig(_Model):
     rules: list[ShellRuleConfig] = []
     users: list[UserConfig] = Field([], description="groups → OS user (local) or remote user and key (ssh), first match")
     detectors: list[DetectorName | Literal["all"]] = Field([], description="value detectors over stdout and stderr")
+    # Local: the OS sandbox every command runs in (docs/shell.md). Not `sandbox`: that is the replay key.
+    isolation: Literal["bubblewrap", "none"] = Field("bubblewrap", description="`none` runs commands unsandboxed")
+    writable: bool | None = Field(None, description="the workspace is writable inside (default: when a rule may write)")
+    hide: list[str] | None = Field(None, description="names hidden (empty) inside the workspace; default .env*, *.pem, *.key, id_rsa*, ...")
+    cpu_seconds: Annotated[int, Field(gt=0, le=86400)] = 60
+    memory_mb: Annotated[int, Field(gt=0, le=1_048_576)] = 2048
+    max_file_mb: Annotated[int, Field(gt=0, le=1_048_576)] = 1024
+    max_processes: Annotated[int, Field(gt=0, le=65536)] = 512
 
     @model_validator(mode="after")
     def _ssh_fields(self) -> ShellConnectionConfig:
@@ -252,6 +260,9 @@ class ShellConnectionConfig(_Model):
                 raise ValueError(f"an ssh connection needs {', '.join(f'`{k}`' for k in missing)}")
             if self.cwd and not self.cwd.startswith("/"):
                 raise ValueError("`cwd` of an ssh connection must be an absolute path on the remote host")
+            local_only = [k for k in ("writable", "hide") if getattr(self, k) is not None]
+            if local_only or self.isolation != "bubblewrap":
+                raise ValueError("isolation, writable and hide apply to local connections only (docs/shell.md: SSH)")
         elif any(getattr(self, k) is not None for k in ssh_only):
             raise ValueError(f"{', '.join(ssh_only)} apply to ssh connections only")
         if self.preset and self.rules:

@@ -72,6 +72,7 @@ def masked_config(tmp_path: Path, demo_db: Path, monkeypatch: pytest.MonkeyPatch
                                          "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n")
     config = tmp_path / "bastion.toml"
     config.write_text(CONFIG)
+    tmp_path.chmod(0o755)  # the workspace: the sandbox's unprivileged user reads it
     return config
 
 

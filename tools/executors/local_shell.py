@@ -1,5 +1,7 @@
-"""Local shell executor: `bash --noprofile --norc -c` on the rebuilt command, in its own process
-group, with a scrubbed environment, a timeout that kills the group, and capped output."""
+"""Local shell executor: `bash --noprofile --norc -c` on the rebuilt command inside the connection's
+OS sandbox (tools/executors/sandbox.py), in its own process group, with a timeout that kills the
+whole sandbox, and capped output. Without a sandbox (an explicit `isolation = "none"`) it runs as the
+gateway's user or ``run_as`` with a scrubbed environment."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, Process
 
 from bastion.policy.errors import TargetUnavailable
+from bastion.tools.executors.sandbox import Sandbox
 from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -28,13 +31,28 @@ def scrubbed_env(cwd: str, home: str | None = None) -> dict[str, str]:
 
 
 class LocalShellExecutor:
-    """Runs as the gateway's own OS user, or as ``run_as``: through runuser when the gateway is root,
-    else through `sudo -n -u` (which needs a sudoers entry; -n never prompts)."""
+    """Runs every command in ``sandbox``; with none, as the gateway's own OS user, or as ``run_as``:
+    through runuser when the gateway is root, else through `sudo -n -u` (a sudoers entry; -n never prompts)."""
 
-    def __init__(self, name: str, cwd: str | Path, *, run_as: str | None = None) -> None:
+    def __init__(self, name: str, cwd: str | Path, *, run_as: str | None = None, sandbox: Sandbox | None = None) -> None:
         self.name = name
         self.cwd = str(cwd)
         self.run_as = run_as
+        self.sandbox = sandbox
+        self._probed = False
+
+    async def _spawn(self, command: str, cwd: str) -> Process:
+        if self.sandbox is None:
+            argv, who = self._argv(command)
+            return await anyio.open_process(argv, cwd=cwd, env={**scrubbed_env(cwd), **(who or {})},
+                                            start_new_session=True, stdin=subprocess.DEVNULL)
+        sandbox = self.sandbox
+        if not self._probed:  # a host that cannot run the sandbox refuses every call, saying how to fix it
+            await anyio.to_thread.run_sync(sandbox.probe)
+            self._probed = True
+        argv = await anyio.to_thread.run_sync(sandbox.argv, command, cwd)  # walks the workspace for hidden files
+        return await anyio.open_process(argv, cwd="/", env={"PATH": SAFE_PATH}, start_new_session=True,
+                                        stdin=subprocess.DEVNULL)
 
     def _argv(self, command: str) -> tuple[list[str], dict[str, str] | None]:
         bash = ["bash", "--noprofile", "--norc", "-c", command]
@@ -58,9 +76,7 @@ class LocalShellExecutor:
         cwd = request.cwd or self.cwd
         if not Path(cwd).is_dir():
             raise TargetUnavailable(f"connection `{self.name}` is unavailable: its working directory does not exist")
-        argv, who = self._argv(request.command)
-        process = await anyio.open_process(argv, cwd=cwd, env={**scrubbed_env(cwd), **(who or {})},
-                                           start_new_session=True, stdin=subprocess.DEVNULL)
+        process = await self._spawn(request.command, cwd)
         out, err = bytearray(), bytearray()
         timed_out = False
         try:
@@ -82,7 +98,8 @@ class LocalShellExecutor:
         return ShellResult(None if timed_out else process.returncode, stdout, stderr, cut_out or cut_err, timed_out)
 
     async def close(self) -> None:
-        return None
+        if self.sandbox is not None:
+            self.sandbox.close()
 
 
 async def _drain(stream: ByteReceiveStream | None, buffer: bytearray, cap: int) -> None:
