@@ -9,6 +9,7 @@ from bastion.policy.combine import combine
 from bastion.policy.outcome import worst
 from bastion.policy.sql.evaluate import evaluate
 from bastion.policy.sql import dangerous_functions
+from bastion.policy.sql.catalog import FunctionCatalog, changes_state
 from bastion.policy.sql.facts import Analysis, Kind, Statement
 
 _GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or SQLite would parse it."
@@ -18,24 +19,28 @@ _MEMO_SIZE = 4096
 _MEMO_TEXT_LIMIT = 16 * 1024
 
 
-def decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) -> Decision:
+def decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis,
+           functions: FunctionCatalog | None = None) -> Decision:
     """The decision is a pure function of its arguments, so it is memoised on the policy. Analyses
     are cached by text (analyse), so a repeated text from the same identity is a dictionary lookup.
-    The memo keeps the analysis it was keyed by alive, so that ``id`` cannot be reused meanwhile."""
-    key = (identity, id(analysis))
+    The memo keeps the analysis and catalog it was keyed by alive, so that ``id`` cannot be reused
+    meanwhile. ``functions``: the connection's catalog (PostgreSQL); every function reference is
+    judged there (policy.sql.catalog). Without it, names decide (a policy checked offline)."""
+    key = (identity, id(analysis), id(functions))
     hit = policy.decisions.get(key)
-    if hit is not None and hit[0] is analysis:
+    if hit is not None and hit[0][0] is analysis and hit[0][1] is functions:
         return hit[1]
-    decision = _decide(identity, policy, analysis)
+    decision = _decide(identity, policy, analysis, functions)
     # Big texts are not kept (analyse does not cache them either): the memo would hold them alive.
     if sum(len(s.text) for s in analysis.statements) <= _MEMO_TEXT_LIMIT:
         if len(policy.decisions) >= _MEMO_SIZE:
             policy.decisions.clear()  # atomic, unlike evicting one entry while another thread may insert
-        policy.decisions[key] = (analysis, decision)
+        policy.decisions[key] = ((analysis, functions), decision)
     return decision
 
 
-def _decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) -> Decision:
+def _decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis,
+            functions: FunctionCatalog | None) -> Decision:
     # The text as a whole could not be understood (parse error, parsers disagree): deny.
     if analysis.error is not None:
         return Decision.deny(analysis.error_rule or "guard:parse-error", analysis.error, hint=_GUARD_HINT)
@@ -47,18 +52,22 @@ def _decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis) ->
     if not rules:
         return Decision.deny("default-deny", f"no rule on connection `{policy.connection}` applies to `{identity.subject}`",
                              hint="Ask an administrator for access to this connection.")
-    decisions = [_decide_statement(rules, stmt, policy.dialect) for stmt in analysis.statements]
-    return _combine_statements(decisions, analysis, _only_reads(analysis, policy.dialect))
+    decisions = [_decide_statement(rules, stmt, policy.dialect, functions) for stmt in analysis.statements]
+    return _combine_statements(decisions, analysis, _only_reads(analysis, policy.dialect, functions))
 
 
-def _only_reads(analysis: Analysis, dialect: str) -> bool:
+def _only_reads(analysis: Analysis, dialect: str, functions: FunctionCatalog | None = None) -> bool:
     """Whether the call can run in a READ ONLY transaction: reads only, calling no function with side
-    effects (an exempted `nextval` needs a writable transaction)."""
+    effects (an exempted `nextval` needs a writable transaction); with the catalog, no volatile
+    function that is not harmless (only a rule that covers writes lets one through)."""
     risky = dangerous_functions.POSTGRES if dialect == "postgres" else dangerous_functions.SQLITE
-    return analysis.is_read and not any(f in risky for s in analysis.statements for f in s.effective.functions)
+    if not analysis.is_read or any(f in risky for s in analysis.statements for f in s.effective.functions):
+        return False
+    return functions is None or not any(changes_state(s, functions) for s in analysis.statements)
 
 
-def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str) -> Decision:
+def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str,
+                      functions: FunctionCatalog | None = None) -> Decision:
     # A statement the parser could not fully understand: deny, whatever the rules say.
     if stmt.opaque is not None:
         return Decision.deny("guard:opaque", f"`{stmt.kind.value.upper()}` statements cannot be checked: {stmt.opaque}",
@@ -70,7 +79,7 @@ def _decide_statement(rules: tuple[SqlRule, ...], stmt: Statement, dialect: str)
                              hint="Use SELECT to read rows, INSERT to add them.")
     parts = [stmt] + ([stmt.effective] if stmt.explained is not None else [])
     # Each rule's outcome for the statement is the worst over its parts (EXPLAIN and what it explains).
-    return combine([(worst(evaluate(rule, part, dialect) for part in parts), rule.limits) for rule in rules])
+    return combine([(worst(evaluate(rule, part, dialect, functions) for part in parts), rule.limits) for rule in rules])
 
 
 def _combine_statements(decisions: list[Decision], analysis: Analysis, read_only: bool) -> Decision:

@@ -76,8 +76,8 @@ class ConnectionPolicy:
     rules: tuple[SqlRule, ...]
     # Where unqualified table names live (PostgreSQL: the connection's one search-path schema).
     default_schema: str | None = None
-    # decide()'s memo: (identity, id(analysis)) → (analysis, decision). Not part of the policy's value.
-    decisions: dict[tuple[Identity, int], tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
+    # decide()'s memo: (identity, id(analysis), id(catalog)) → ((analysis, catalog), decision). Not part of the policy's value.
+    decisions: dict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def rules_for(self, identity: Identity) -> tuple[SqlRule, ...]:
         return tuple(rule for rule in self.rules if rule.applies_to(identity))

@@ -151,7 +151,7 @@ class Gateway:
     async def sql_query(self, caller: Caller, connection: str, text: str, reason: str | None,
                         confirmed: bool = False) -> Guarded[QueryResult]:
         target: Connection = await self._resolve(caller, "sql_query", connection, text, Connection, reason)
-        await masking.refresh(target, text)  # the catalog lineage reads, current before the text is vetted
+        await sql.prepare(target, text)  # the catalogs lineage and functions read, current before the text is vetted
         return await self.guard.run(caller, "sql_query", connection, text, reason, what="SQL text",
                                     vet=lambda: sql.vet_sql(target, caller, text),
                                     execute=sql.runner(target, caller), result_record=sql.result_record,
@@ -174,7 +174,7 @@ class Gateway:
         """Analyse and decide a text without running it (shell: in ``cwd``; SQL: with a fresh catalog for masking)."""
         if isinstance(target, ShellConnection):
             return shell.vet_shell(target, caller, text, cwd or target.policy.cwd)
-        await masking.refresh(target, text)
+        await sql.prepare(target, text)
         return sql.vet_sql(target, caller, text)
 
     async def check(self, caller: Caller, connection: str, text: str) -> CheckResult:

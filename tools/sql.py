@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bastion.policy import Verdict, analyse, decide
+from bastion.policy import Decision, Verdict, analyse, decide
 from bastion.tools import masking
 from bastion.tools.calls import Caller
 from bastion.tools.connections import Connection
@@ -12,11 +12,42 @@ from bastion.tools.executors.base import QueryResult, RunRequest
 from bastion.tools.guard import Vetted, fail_closed, scoped
 
 
+async def prepare(connection: Connection, text: str | None = None) -> None:
+    """Bring what the guard reads from the database up to date before ``text`` is vetted: the
+    catalog masking follows, and the functions, operators and types every call is judged against."""
+    await masking.refresh(connection, text)
+    executor = connection.executor
+    if not hasattr(executor, "refresh_functions"):
+        return
+    unresolved = False
+    if text is not None and executor.functions is not None and not executor.functions_stale():
+        try:
+            analysis = analyse(text, connection.dialect, connection.policy.default_schema)
+            unresolved = any(executor.functions.resolve(ref) is None for s in analysis.statements for ref in s.calls)
+        except Exception:  # the guard reports it when it vets the text
+            unresolved = False
+    await executor.refresh_functions(unresolved)
+
+
+def _functions(connection: Connection) -> tuple[Any, bool]:
+    """The function catalog to judge by, and whether one is required but missing (fail closed)."""
+    executor = connection.executor
+    if not hasattr(executor, "refresh_functions"):
+        return None, False
+    return executor.functions, executor.functions is None
+
+
 def vet_sql(connection: Connection, caller: Caller, text: str) -> Vetted:
     def vet() -> Vetted:
         analysis = analyse(text, connection.dialect, connection.policy.default_schema)
         facts = analysis.summary()
-        decision = decide(caller.identity, connection.policy, analysis)
+        functions, missing = _functions(connection)
+        if missing:
+            return Vetted(facts, Decision.deny("guard:function-catalog",
+                                               f"the functions of connection `{connection.name}` could not be read from the database, "
+                                               "so no call can be judged",
+                                               hint="Try again shortly; if it persists, tell the gateway's operator (the database may be down)."))
+        decision = decide(caller.identity, connection.policy, analysis, functions)
         # How masked columns are used (inference channels, write flows) can deny or hold it too.
         decision = masking.vet(connection, analysis.statements, facts, decision)
         # Held calls keep their plan too: once approved, they run what was vetted.

@@ -85,6 +85,7 @@ def _analyse_postgres(text: str, default_schema: str) -> Analysis:
         statement = replace(statement,
                             functions=statement.functions | pg_stmt.functions,
                             attributes=pg_stmt.attributes,
+                            calls=pg_stmt.calls,
                             # PostgreSQL's parser reads EXPLAIN's options exactly (ANALYZE false, off, 0).
                             explain_analyze=pg_stmt.explain_analyze)
         statements.append(statement)

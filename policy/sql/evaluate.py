@@ -14,7 +14,9 @@ from bastion.policy.outcome import Effect, Outcome, first_outcome
 from bastion.policy.patterns import matches
 from bastion.policy.presets import SENSITIVE_CATALOG_PATTERNS
 from bastion.policy.rules import SqlRule
+from bastion.policy.sql import catalog as function_catalog
 from bastion.policy.sql import dangerous_functions
+from bastion.policy.sql.catalog import FunctionCatalog
 from bastion.policy.sql.facts import Kind, Statement
 
 def _dangerous(dialect: str) -> dict[str, dangerous_functions.FunctionRisk]:
@@ -25,7 +27,7 @@ def _upper(kinds: object) -> str:
     return ", ".join(sorted(k.value.upper() for k in kinds))  # type: ignore[attr-defined]
 
 
-def check_denied_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+def check_denied_kinds(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``deny = ["drop"]`` → any DROP, even nested, is denied outright."""
     hit = stmt.kinds & rule.deny
     if hit:
@@ -33,7 +35,7 @@ def check_denied_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome 
     return None
 
 
-def check_denied_functions(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+def check_denied_functions(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``deny_functions = ["pg_*"]`` → a call to any matching function is denied outright."""
     names = stmt.functions | stmt.attributes  # `c.f` is f(c) when f takes c's row type
     hit = sorted(f for f in names if any(fnmatchcase(f, p.lower()) for p in rule.deny_functions))
@@ -43,10 +45,24 @@ def check_denied_functions(rule: SqlRule, stmt: Statement, dialect: str) -> Outc
     return None
 
 
-def check_dangerous_functions(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+def check_sql_text_functions(rule: SqlRule, stmt: Statement, dialect: str,
+                             catalog: FunctionCatalog | None = None) -> Outcome | None:
+    """``SELECT * FROM ts_stat('SELECT ...')`` → denied, whatever the rule names: a function that runs
+    SQL text (or reads a table named in a string) reads what no table rule can see."""
+    if dialect != "postgres":
+        return None
+    hit = sorted(f for f in stmt.functions | stmt.attributes if function_catalog.runs_sql_text(f))
+    if hit:
+        return function_catalog.sql_text_outcome(rule, f"{hit[0]}()")
+    return None
+
+
+def check_dangerous_functions(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``SELECT pg_read_file('/etc/passwd')`` → not covered unless the rule exempts pg_read_file."""
     risky = _dangerous(dialect)
-    hit = sorted(f for f in stmt.functions if f in risky and f not in rule.allow_functions)
+    # Without the server's catalog, `x.f` may be f(x) (attribute notation): judged by name too.
+    names = stmt.functions if catalog is not None else stmt.functions | stmt.attributes
+    hit = sorted(f for f in names if f in risky and f not in rule.allow_functions)
     if hit:
         why = risky[hit[0]].why
         return Outcome("none", f"{rule.id}:function", f"`{hit[0]}()` {why}; it is denied by default",
@@ -54,7 +70,17 @@ def check_dangerous_functions(rule: SqlRule, stmt: Statement, dialect: str) -> O
     return None
 
 
-def check_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+def check_catalog_functions(rule: SqlRule, stmt: Statement, dialect: str,
+                            catalog: FunctionCatalog | None = None) -> Outcome | None:
+    """``SELECT ('/etc/hostname'::text).pg_read_file`` → not covered: every function reference (call,
+    attribute notation, operator, cast) is resolved in the server's catalog and judged there
+    (policy.sql.catalog). Without a catalog (a policy checked offline) the name lists above decide."""
+    if catalog is None or dialect != "postgres":
+        return None
+    return function_catalog.judge(rule, stmt, catalog)
+
+
+def check_kinds(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``DROP TABLE t`` under read-only → not covered: the rule allows SELECT, EXPLAIN."""
     missing = stmt.kinds - rule.allow - rule.review
     if missing:
@@ -65,7 +91,7 @@ def check_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
     return None
 
 
-def check_locking(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+def check_locking(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``SELECT ... FOR UPDATE`` → not covered unless the rule allows locking clauses."""
     if stmt.locking and not rule.allow_locking:
         return Outcome("none", f"{rule.id}:locking", f"locking clauses (FOR UPDATE/SHARE) are not allowed by rule `{rule.id}`",
@@ -73,7 +99,7 @@ def check_locking(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | Non
     return None
 
 
-def check_tables(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+def check_tables(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``SELECT * FROM pg_authid`` → not covered: the table is outside the rule's read patterns."""
     for table in sorted(stmt.writes):
         if not matches(rule.write_tables, table):
@@ -89,7 +115,7 @@ def check_tables(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None
     return None
 
 
-def check_unfiltered(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+def check_unfiltered(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``DELETE FROM t`` (no WHERE) → the rule's ``unfiltered_writes`` verdict (review by default)."""
     if stmt.unfiltered and rule.unfiltered_writes is not Verdict.ALLOW:
         effect: Effect = "deny" if rule.unfiltered_writes is Verdict.DENY else "review"
@@ -98,7 +124,7 @@ def check_unfiltered(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | 
     return None
 
 
-def check_review_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome | None:
+def check_review_kinds(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``TRUNCATE t`` under read-write → held for review."""
     held = stmt.kinds & rule.review - rule.allow
     if held:
@@ -106,13 +132,15 @@ def check_review_kinds(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome 
     return None
 
 
-Check = Callable[[SqlRule, Statement, str], "Outcome | None"]
+Check = Callable[[SqlRule, Statement, str, "FunctionCatalog | None"], "Outcome | None"]
 
 # Order: prohibitions first, then coverage (none), then what holds a call for review.
 CHECKS: tuple[Check, ...] = (
     check_denied_kinds,
     check_denied_functions,
+    check_sql_text_functions,
     check_dangerous_functions,
+    check_catalog_functions,
     check_kinds,
     check_locking,
     check_tables,
@@ -121,6 +149,6 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-def evaluate(rule: SqlRule, stmt: Statement, dialect: str) -> Outcome:
+def evaluate(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome:
     """The first prohibition or gap wins; otherwise review if any check holds, else allow."""
-    return first_outcome(rule.id, (check(rule, stmt, dialect) for check in CHECKS))
+    return first_outcome(rule.id, (check(rule, stmt, dialect, catalog) for check in CHECKS))

@@ -42,6 +42,37 @@ DDL_KINDS = frozenset({Kind.CREATE, Kind.ALTER, Kind.DROP, Kind.COMMENT})
 
 
 @dataclass(frozen=True)
+class FunctionRef:
+    """One place the text may call a function, as PostgreSQL's parser wrote it.
+
+    ``how`` says which syntax: ``call`` (``f(x)``, also in FROM, ROWS FROM, LATERAL and CALL),
+    ``attribute`` (``(x).f`` or ``t.f``: f(x) when no column f exists), ``operator`` (the function
+    behind ``a + b``; ``name`` is the operator and ``nargs`` 1 or 2) or ``cast`` (``x::t``,
+    ``t 'literal'``: the type's input function and the cast functions into ``t``; ``name`` is the type).
+    ``schema`` is None when the name is unqualified: PostgreSQL then looks along the search_path.
+
+    >>> FunctionRef("call", None, "pg_read_file", 1).label
+    'pg_read_file()'
+    """
+
+    how: str
+    schema: str | None
+    name: str
+    nargs: int
+
+    @property
+    def label(self) -> str:
+        qualified = f"{self.schema}.{self.name}" if self.schema else self.name
+        if self.how == "operator":
+            return f"operator {qualified}"
+        if self.how == "cast":
+            return f"cast to {qualified}"
+        if self.how == "attribute":
+            return f"(…).{qualified}"
+        return f"{qualified}()"
+
+
+@dataclass(frozen=True)
 class Statement:
     """One statement, as both parsers understood it.
 
@@ -58,6 +89,9 @@ class Statement:
     functions: frozenset[str] = frozenset()
     # Names that may call a function by attribute notation (`c.f`); deny lists check them too.
     attributes: frozenset[str] = frozenset()
+    # Every function reference with its syntax, schema and argument count (PostgreSQL's parser), for
+    # judging against the server's own catalog (policy.sql.catalog).
+    calls: frozenset[FunctionRef] = frozenset()
     # Names the statement defines with WITH (an executor's own checks must not mistake them for tables).
     cte_names: frozenset[str] = frozenset()
     # Kinds of UPDATE/DELETE in this statement that have no WHERE (or only a constant one).

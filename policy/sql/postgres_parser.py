@@ -13,7 +13,7 @@ from typing import Any
 
 from pglast import parser as pg
 
-from bastion.policy.sql.facts import Kind
+from bastion.policy.sql.facts import FunctionRef, Kind
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class PgStatement:
     attributes: frozenset[str]
     explain_analyze: bool
     explained_kind: Kind | None
+    # Every function reference, in every syntax, with schema and argument count (see FunctionRef).
+    calls: frozenset[FunctionRef] = frozenset()
 
 
 class PgParseError(ValueError):
@@ -153,6 +155,72 @@ def _functions(node: Any, out: set[str]) -> None:
             _functions(value, out)
 
 
+def _strings(items: Any) -> list[str] | None:
+    """The names of a list of String nodes as the server decoded them (quoted case kept); None when
+    an item is something else (``t.*``)."""
+    if not isinstance(items, list):
+        return None
+    out = []
+    for item in items:
+        if not (isinstance(item, dict) and "String" in item):
+            return None
+        out.append(item["String"].get("sval", ""))
+    return out
+
+
+def _ref(how: str, names: list[str] | None, nargs: int, out: set[FunctionRef]) -> None:
+    if names:
+        out.add(FunctionRef(how, names[-2] if len(names) >= 2 else None, names[-1], nargs))
+
+
+# BETWEEN is spelt as a keyword in the tree; PostgreSQL runs it with >= and <=.
+_BETWEEN_OPERATORS = (">=", "<=")
+
+
+def _calls(node: Any, out: set[FunctionRef]) -> None:
+    """Every function reference under ``node``: calls (also in FROM, ROWS FROM, LATERAL, CALL),
+    attribute notation, operators (A_Expr, ORDER BY USING, ANY/ALL over a subquery) and casts."""
+    if isinstance(node, list):
+        for value in node:
+            _calls(value, out)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, body in node.items():
+        if not isinstance(body, dict):
+            _calls(body, out)
+            continue
+        if key == "FuncCall":
+            nargs = len(body.get("args") or [])
+            if body.get("agg_within_group"):  # percentile_cont(0.5) WITHIN GROUP (ORDER BY x): 2 arguments
+                nargs += len(body.get("agg_order") or [])
+            _ref("call", _strings(body.get("funcname")), nargs, out)
+        elif key == "ColumnRef":
+            fields = body.get("fields") or []
+            if len(fields) >= 2 and isinstance(fields[-1], dict) and "String" in fields[-1]:
+                _ref("attribute", [fields[-1]["String"].get("sval", "")], 1, out)
+        elif key == "A_Indirection":
+            for item in body.get("indirection") or []:
+                if isinstance(item, dict) and "String" in item:
+                    _ref("attribute", [item["String"].get("sval", "")], 1, out)
+        elif key == "A_Expr":
+            names = _strings(body.get("name"))
+            nargs = 2 if body.get("lexpr") is not None else 1
+            if str(body.get("kind", "")).startswith("AEXPR_BETWEEN") or str(body.get("kind", "")).startswith("AEXPR_NOT_BETWEEN"):
+                for op in _BETWEEN_OPERATORS:
+                    _ref("operator", [op], 2, out)
+            else:
+                _ref("operator", names, nargs, out)
+        elif key == "SortBy" and body.get("useOp"):
+            _ref("operator", _strings(body.get("useOp")), 2, out)
+        elif key == "SubLink" and body.get("operName"):
+            _ref("operator", _strings(body.get("operName")), 2, out)
+        elif key == "TypeCast":
+            type_name = body.get("typeName") or {}
+            _ref("cast", _strings(type_name.get("names")), 1, out)
+        _calls(body, out)
+
+
 def _option_on(option: dict[str, Any], name: str) -> bool:
     """An EXPLAIN option as the server reads it: ``ANALYZE``, ``ANALYZE true|on|1`` are on."""
     if option.get("defname") != name:
@@ -208,6 +276,8 @@ def parse(text: str) -> list[PgStatement]:
             (inner_type, inner_body), = body["query"].items()
             explained_kind = _kind(inner_type, inner_body)
             analyze = any(_option_on(opt.get("DefElem", {}), "analyze") for opt in body.get("options", []))
+        calls: set[FunctionRef] = set()
+        _calls(body, calls)
         statements.append(PgStatement(piece, _kind(node_type, body), frozenset(functions), frozenset(attributes),
-                                      analyze, explained_kind))
+                                      analyze, explained_kind, frozenset(calls)))
     return statements

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +23,9 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bastion.policy import Kind
+from bastion.policy.sql import catalog as function_catalog
+from bastion.policy.sql.catalog import FunctionCatalog
+from bastion.policy.sql.facts import DDL_KINDS
 from bastion.policy.errors import ExecutionError, QueryRejected, QueryTimeout, TargetUnavailable
 from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
                                   TableInfo, no_dry_run_reason)
@@ -59,6 +63,12 @@ WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_s
 """
 
 
+# The function catalog is read again after this long, after DDL ran through Bastion, and when a
+# text names a function it does not hold (created meanwhile) once the last read is this old.
+FUNCTIONS_TTL_S = 60.0
+FUNCTIONS_MISS_S = 1.0
+
+
 class PostgresExecutor:
     dialect = "postgres"
 
@@ -77,6 +87,10 @@ class PostgresExecutor:
                                         name=f"bastion-{name}")
         self._opened = False
         self._setups: dict[tuple[Any, ...], bytes] = {}
+        # The server's functions, operators and types, read by refresh_functions (policy.sql.catalog).
+        self.functions: FunctionCatalog | None = None
+        self._functions_read_at = float("-inf")
+        self._functions_lock: anyio.Lock | None = None
 
     async def _pool(self) -> AsyncConnectionPool:
         if not self._opened:
@@ -84,7 +98,48 @@ class PostgresExecutor:
             self._opened = True
         return self.pool
 
+    @property
+    def search_path_schemas(self) -> tuple[str, ...]:
+        """The search_path every call runs with, as the catalog resolves names along it."""
+        return ("pg_catalog", *(s.strip().strip('"') for s in self.search_path.split(",") if s.strip()))
+
+    def functions_stale(self, unresolved: bool = False) -> bool:
+        age = time.monotonic() - self._functions_read_at
+        return self.functions is None or age > FUNCTIONS_TTL_S or (unresolved and age > FUNCTIONS_MISS_S)
+
+    def forget_functions(self) -> None:
+        """DDL ran: read the function catalog again before the next call is judged."""
+        self._functions_read_at = float("-inf")
+
+    async def refresh_functions(self, unresolved: bool = False) -> FunctionCatalog | None:
+        """Read pg_proc, pg_operator, pg_type and pg_cast (all readable by every role) when the copy
+        held is missing, old, or (``unresolved``) lacks something a text names. A failed read keeps
+        the copy held; with none, the guard denies (fail closed)."""
+        if not self.functions_stale(unresolved):
+            return self.functions
+        if self._functions_lock is None:
+            self._functions_lock = anyio.Lock()
+        async with self._functions_lock:
+            if not self.functions_stale(unresolved):
+                return self.functions  # another call read it while this one waited
+            pool = await self._pool()
+            try:
+                async with pool.connection(timeout=self.connect_timeout) as conn:
+                    async with conn.transaction():
+                        await conn.execute("SET TRANSACTION READ ONLY")
+                        procs = await (await conn.execute(function_catalog.PROCS_SQL)).fetchall()
+                        operators = await (await conn.execute(function_catalog.OPERATORS_SQL)).fetchall()
+                        types = await (await conn.execute(function_catalog.TYPES_SQL)).fetchall()
+            except (psycopg.Error, PoolTimeout):
+                log.warning("cannot read the function catalog of %s", self.name, exc_info=True)
+                return self.functions
+            self.functions = FunctionCatalog.build(procs, operators, types, self.search_path_schemas)
+            self._functions_read_at = time.monotonic()
+            return self.functions
+
     async def run(self, request: RunRequest) -> QueryResult:
+        if any(s.kinds & DDL_KINDS for s in request.statements):
+            self.forget_functions()  # CREATE FUNCTION, DROP TYPE, ...: judge the next call afresh
         pool = await self._pool()
         limits = request.limits
         try:

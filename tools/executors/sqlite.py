@@ -2,7 +2,8 @@
 
 Defence in depth: the file is opened read-only (``mode=ro``) when every statement only reads, and
 an authorizer refuses, inside SQLite itself, what the guard did not decide to allow: ATTACH,
-dangerous functions, writes in a read-only call, and any table the parsed facts did not name.
+dangerous functions, any function SQLite did not build in (an application- or extension-defined
+one, which can do anything), writes in a read-only call, and any table the parsed facts did not name.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ class SqliteExecutor:
     def __init__(self, name: str, path: str | Path) -> None:
         self.name = name
         self.path = Path(path)
+        self._builtin: frozenset[str] | None = None
+
+    def _builtin_functions(self, conn: sqlite3.Connection) -> frozenset[str]:
+        """SQLite's own functions (pragma_function_list's ``builtin``), read before the authorizer
+        that denies PRAGMA is installed; the same for every connection of this process."""
+        if self._builtin is None:
+            rows = conn.execute("SELECT name FROM pragma_function_list WHERE builtin").fetchall()
+            self._builtin = frozenset(name.lower() for name, in rows)
+        return self._builtin
 
     def _connect(self, read_only: bool) -> sqlite3.Connection:
         if not self.path.exists():
@@ -76,7 +86,7 @@ class SqliteExecutor:
         statements = [s.effective for s in request.statements]
         writable = set().union(*(names(s.writes) for s in statements))
         readable = writable.union(*(names(s.reads) | {c.lower() for c in s.cte_names} for s in statements))
-        conn.set_authorizer(_authorizer(request.read_only, readable, writable))
+        conn.set_authorizer(_authorizer(request.read_only, readable, writable, self._builtin_functions(conn)))
         conn.set_progress_handler(progress, 10_000)
         return lambda: timed_out
 
@@ -168,12 +178,15 @@ def _rollback(conn: sqlite3.Connection) -> None:
         pass
 
 
-def _authorizer(read_only: bool, readable: set[str], writable: set[str]) -> Any:
+def _authorizer(read_only: bool, readable: set[str], writable: set[str], builtin: frozenset[str] = frozenset()) -> Any:
     def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, source: str | None) -> int:
         if action in _ALWAYS_DENIED:
             return sqlite3.SQLITE_DENY
-        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in dangerous_functions.SQLITE:
-            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_FUNCTION:
+            name = (arg2 or "").lower()
+            # Only SQLite's own functions, minus the dangerous ones: what else is defined could do anything.
+            if name in dangerous_functions.SQLITE or name not in builtin:
+                return sqlite3.SQLITE_DENY
         if action == sqlite3.SQLITE_PRAGMA:
             return sqlite3.SQLITE_DENY
         if read_only and action in _WRITE_ACTIONS:

@@ -1,0 +1,252 @@
+"""Functions judged from PostgreSQL's own catalog: pure data in, an Outcome out.
+
+tools/ reads ``pg_proc``, ``pg_operator``, ``pg_type`` and ``pg_cast`` once per connection (and again
+after DDL) and hands them here as a ``FunctionCatalog``; nothing in this module does I/O.
+
+Every function reference the parser found (``FunctionRef``: a call, attribute notation, an operator
+or a cast) is resolved as PostgreSQL would — by name, argument count and search_path — to the
+functions it *may* call. Without argument types the resolution over-approximates: every candidate
+with a fitting argument count in any schema of the path is judged, and all of them must pass.
+
+A function passes a rule when (checked in this order):
+
+1. it is not one of ``SQL_TEXT``: functions that run SQL text or read a table named in a string
+   (ts_stat, query_to_xml, table_to_xml, crosstab, dblink, ...): denied whatever the rule says;
+2. the rule names it in ``allow_functions`` (``name`` or ``schema.name``);
+3. it is built in (``BUILTIN_SQL``: in pg_catalog, owned by the bootstrap superuser, created by
+   initdb), not on Bastion's list of dangerous functions, and not one of ``REVEALING``;
+4. it is immutable or stable, or one of ``HARMLESS_VOLATILE``; any other volatile function counts
+   as a write, which only a rule allowing INSERT, UPDATE, DELETE or MERGE covers.
+
+A reference that resolves to nothing is denied: what Bastion cannot name, it does not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from bastion.policy.outcome import Outcome
+from bastion.policy.rules import SqlRule
+from bastion.policy.sql import dangerous_functions
+from bastion.policy.sql.facts import WRITE_KINDS, FunctionRef, Statement
+
+# What tools/ runs to read the catalog. A function is built in when PostgreSQL's initdb made it:
+# in pg_catalog, owned by the bootstrap superuser (OID 10), with an OID below FirstNormalObjectId.
+BUILTIN_SQL = "(p.oid < 16384 AND n.nspname = 'pg_catalog' AND p.proowner = 10)"
+PROCS_SQL = f"""
+SELECT p.oid::int8, n.nspname, p.proname, p.pronargs, p.pronargdefaults, p.provariadic <> 0, p.provolatile::text,
+       {BUILTIN_SQL}
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+"""
+OPERATORS_SQL = """
+SELECT n.nspname, o.oprname, CASE WHEN o.oprleft = 0 THEN 1 ELSE 2 END, o.oprcode::oid::int8
+FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+"""
+# A cast to a type runs the type's input function (from a literal) or a cast function into it.
+TYPES_SQL = """
+SELECT n.nspname, t.typname,
+       array_remove(array[t.typinput::oid::int8] || array(SELECT c.castfunc::int8 FROM pg_catalog.pg_cast c
+                                                          WHERE c.casttarget = t.oid AND c.castfunc <> 0), 0)
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+"""
+
+# Functions that run SQL given as text, or read whole tables named in a string: the table rules
+# cannot see what they read, so no rule may allow them.
+SQL_TEXT: frozenset[str] = frozenset(
+    name for name, risk in dangerous_functions.POSTGRES.items()
+    if risk.category == "dynamic-sql" or name.startswith("dblink"))
+_SQL_TEXT_PREFIXES = ("crosstab", "dblink", "query_to_xml", "cursor_to_xml", "table_to_xml", "schema_to_xml",
+                      "database_to_xml")
+
+# Built-in, stable or immutable, and yet they show other sessions or the server's own state.
+REVEALING: dict[str, str] = {
+    **{name: "shows other sessions' activity" for name in (
+        "pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_stat_get_backend_activity_start",
+        "pg_stat_get_backend_client_addr", "pg_stat_get_backend_client_port", "pg_stat_get_backend_dbid",
+        "pg_stat_get_backend_idset", "pg_stat_get_backend_pid", "pg_stat_get_backend_start",
+        "pg_stat_get_backend_userid", "pg_stat_get_backend_wait_event", "pg_stat_get_backend_wait_event_type",
+        "pg_stat_get_backend_xact_start", "pg_stat_get_progress_info", "pg_current_snapshot",
+        "txid_current_snapshot")},
+    **{name: "shows replication and WAL state" for name in (
+        "pg_stat_get_wal_senders", "pg_stat_get_wal_receiver", "pg_stat_get_subscription",
+        "pg_stat_get_replication_slot", "pg_get_replication_slots", "pg_stat_get_archiver")},
+    **{name: "shows the server's address, paths or start-up" for name in (
+        "inet_server_addr", "inet_server_port", "pg_tablespace_location", "pg_postmaster_start_time",
+        "pg_conf_load_time")},
+}
+
+# Built-in volatile functions that change nothing: they read a clock, a random source or sizes.
+HARMLESS_VOLATILE: frozenset[str] = frozenset({
+    "random", "clock_timestamp", "timeofday", "gen_random_uuid", "currval", "lastval",
+    "pg_relation_size", "pg_table_size", "pg_indexes_size", "pg_total_relation_size", "pg_database_size",
+    "pg_tablespace_size", "pg_is_in_recovery", "pg_jit_available", "pg_partition_tree", "pg_partition_ancestors",
+})
+
+
+@dataclass(frozen=True)
+class Proc:
+    """One row of pg_proc, as much as the judgement needs."""
+
+    oid: int
+    schema: str
+    name: str
+    nargs: int
+    ndefaults: int = 0
+    variadic: bool = False
+    volatility: str = "i"  # i(mmutable) | s(table) | v(olatile)
+    builtin: bool = True
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def takes(self, nargs: int) -> bool:
+        """Whether a call with ``nargs`` arguments can reach this function (defaults, VARIADIC)."""
+        if self.variadic:
+            return nargs >= self.nargs - 1 - self.ndefaults
+        return self.nargs - self.ndefaults <= nargs <= self.nargs
+
+
+@dataclass(frozen=True, eq=False)
+class FunctionCatalog:
+    """One connection's functions, operators and types, and the search_path its calls run with."""
+
+    procs: Mapping[str, tuple[Proc, ...]]  # by name
+    operators: Mapping[tuple[str, int], tuple[tuple[str, Proc], ...]]  # (name, 1|2) → (schema, function)
+    types: Mapping[str, tuple[tuple[str, tuple[Proc, ...]], ...]]  # type name → (schema, functions a cast runs)
+    search_path: tuple[str, ...] = ("pg_catalog", "public")
+    _by_oid: dict[int, Proc] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, procs: Iterable[tuple], operators: Iterable[tuple], types: Iterable[tuple],  # type: ignore[type-arg]
+              search_path: Iterable[str]) -> FunctionCatalog:
+        """From the rows of PROCS_SQL, OPERATORS_SQL and TYPES_SQL."""
+        by_oid = {int(r[0]): Proc(int(r[0]), r[1], r[2], int(r[3]), int(r[4]), bool(r[5]), str(r[6]), bool(r[7]))
+                  for r in procs}
+        by_name: dict[str, list[Proc]] = {}
+        for proc in by_oid.values():
+            by_name.setdefault(proc.name, []).append(proc)
+        ops: dict[tuple[str, int], list[tuple[str, Proc]]] = {}
+        for schema, name, arity, code in operators:
+            # An operator whose function is missing is judged as an unknown one: denied.
+            proc = by_oid.get(int(code)) or Proc(int(code), schema, f"(function of operator {name})", 0, builtin=False,
+                                                  volatility="v")
+            ops.setdefault((name, int(arity)), []).append((schema, proc))
+        typ: dict[str, list[tuple[str, tuple[Proc, ...]]]] = {}
+        for schema, name, oids in types:
+            run = tuple(by_oid.get(int(o)) or Proc(int(o), schema, f"(cast function into {name})", 1, builtin=False,
+                                                    volatility="v") for o in oids or ())
+            typ.setdefault(name, []).append((schema, run))
+        path = tuple(dict.fromkeys(["pg_catalog", *(s.strip() for s in search_path if s.strip())]))
+        return cls({k: tuple(v) for k, v in by_name.items()}, {k: tuple(v) for k, v in ops.items()},
+                   {k: tuple(v) for k, v in typ.items()}, path, by_oid)
+
+    def _in_scope(self, schema: str | None, candidate: str, *, types: bool = False) -> bool:
+        if schema is not None:
+            return candidate == schema
+        # Unqualified functions and operators are never looked up in pg_temp; types are.
+        return candidate in self.search_path or (types and candidate.startswith("pg_temp"))
+
+    def resolve(self, ref: FunctionRef) -> tuple[Proc, ...] | None:
+        """The functions ``ref`` may run; None when PostgreSQL could resolve it to nothing Bastion
+        knows. An attribute that names no one-argument function is a column: ``()``."""
+        if ref.how == "operator":
+            found = tuple(p for s, p in self.operators.get((ref.name, ref.nargs), ()) if self._in_scope(ref.schema, s))
+            return found or None
+        if ref.how == "cast":
+            hits = [run for s, run in self.types.get(ref.name, ()) if self._in_scope(ref.schema, s, types=True)]
+            return tuple(p for run in hits for p in run) if hits else None
+        found = tuple(p for p in self.procs.get(ref.name, ()) if self._in_scope(ref.schema, p.schema) and p.takes(ref.nargs))
+        if ref.how == "attribute":
+            return found
+        if not found and ref.nargs == 1:
+            # A function-style cast: `int4(x)` with no such function is a cast to the type int4.
+            hits = [run for s, run in self.types.get(ref.name, ()) if self._in_scope(ref.schema, s, types=True)]
+            if hits:
+                return tuple(p for run in hits for p in run)
+        return found or None
+
+
+def writes(rule: SqlRule) -> bool:
+    """Whether the rule covers writes at all (allows or holds INSERT, UPDATE, DELETE or MERGE)."""
+    return bool((rule.allow | rule.review) & WRITE_KINDS)
+
+
+def _named(rule: SqlRule, proc: Proc) -> bool:
+    return proc.name.lower() in rule.allow_functions or proc.qualified.lower() in rule.allow_functions
+
+
+def runs_sql_text(name: str) -> bool:
+    return name in SQL_TEXT or name.startswith(_SQL_TEXT_PREFIXES)
+
+
+def judge(rule: SqlRule, stmt: Statement, catalog: FunctionCatalog) -> Outcome | None:
+    """The first reference in ``stmt`` that ``rule`` does not cover, as an Outcome; None if all pass.
+
+    >>> cat = FunctionCatalog.build([(1, "pg_catalog", "lower", 1, 0, False, "i", True)], [], [], ["public"])
+    >>> from bastion.policy.presets import READ_ONLY
+    >>> from bastion.policy import analyse
+    >>> judge(READ_ONLY, analyse("SELECT lower('A')", "postgres").statements[0], cat) is None
+    True
+    """
+    for ref in sorted(stmt.calls, key=lambda r: (r.how, r.schema or "", r.name, r.nargs)):
+        if ref.how in ("call", "attribute") and runs_sql_text(ref.name):
+            return sql_text_outcome(rule, ref.label)
+        procs = catalog.resolve(ref)
+        if procs is None:
+            return Outcome("none", f"{rule.id}:function",
+                           f"`{ref.label}` with {ref.nargs} argument(s) is not something PostgreSQL can resolve on this "
+                           f"connection's search path ({', '.join(catalog.search_path)}); what Bastion cannot resolve, it does not run",
+                           hint="Check the name and the number of arguments, or qualify it with its schema.")
+        for proc in procs:
+            outcome = judge_function(rule, proc, ref)
+            if outcome is not None:
+                return outcome
+    return None
+
+
+def sql_text_outcome(rule: SqlRule, label: str) -> Outcome:
+    return Outcome("deny", f"{rule.id}:sql-text-function",
+                   f"`{label}` runs SQL given as text or reads a table named in a string, which no table rule can see; "
+                   "Bastion never runs it",
+                   hint="Write the query itself as plain SQL instead.")
+
+
+def judge_function(rule: SqlRule, proc: Proc, ref: FunctionRef) -> Outcome | None:
+    """One function ``ref`` may run, against one rule (see the module docstring for the order)."""
+    via = {"call": "", "attribute": f" (reached as `{ref.label}`, attribute notation)"}.get(ref.how, f" (run by the {ref.label})")
+    if runs_sql_text(proc.name):
+        return sql_text_outcome(rule, proc.qualified + "()")
+    if _named(rule, proc):
+        return None
+    allow_hint = f'Rewrite the query without it, or ask the operator to add `allow_functions = ["{proc.qualified}"]` to rule `{rule.id}`.'
+    if not proc.builtin:
+        return Outcome("none", f"{rule.id}:function",
+                       f"`{proc.qualified}()`{via} is defined in this database, not built into PostgreSQL, so Bastion "
+                       "cannot tell what it does; it is denied unless a rule names it", hint=allow_hint)
+    risk = dangerous_functions.POSTGRES.get(proc.name)
+    if risk is not None:
+        return Outcome("none", f"{rule.id}:function", f"`{proc.name}()`{via} {risk.why}; it is denied by default",
+                       hint=f"Rewrite the query without `{proc.name}()`.")
+    if proc.name in REVEALING:
+        return Outcome("none", f"{rule.id}:function", f"`{proc.name}()`{via} {REVEALING[proc.name]}; it is denied by default",
+                       hint=f"Rewrite the query without `{proc.name}()`.")
+    if proc.volatility == "v" and proc.name not in HARMLESS_VOLATILE and not writes(rule):
+        return Outcome("none", f"{rule.id}:function",
+                       f"`{proc.name}()`{via} is volatile: it can change the database or the session, so it counts as a "
+                       f"write, and rule `{rule.id}` allows only reads",
+                       hint=f"Rewrite the query without `{proc.name}()`; immutable and stable built-in functions pass.")
+    return None
+
+
+def changes_state(stmt: Statement, catalog: FunctionCatalog) -> bool:
+    """Whether a reference in ``stmt`` may run a volatile function that is not harmless (or one
+    Bastion cannot resolve): such a call cannot run in a READ ONLY transaction."""
+    for ref in stmt.calls:
+        procs = catalog.resolve(ref)
+        if procs is None:
+            return True
+        if any(p.volatility == "v" and not (p.builtin and p.name in HARMLESS_VOLATILE) for p in procs):
+            return True
+    return False
