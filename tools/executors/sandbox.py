@@ -30,6 +30,7 @@ from bastion.policy.errors import TargetUnavailable
 INSTALL_HINT = ("Install bubblewrap on the gateway's host (`apt-get install bubblewrap`, `dnf install bubblewrap`), "
                 "and allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 where it exists), "
                 "or opt out in the config with `isolation = \"none\"` on this connection.")
+BWRAP_DIRS = "/usr/bin:/bin:/usr/local/bin"  # where the gateway looks for bwrap (never the agent's PATH)
 SANDBOX_UID = 64055  # a dedicated id, used when no OS user is mapped: never root, never the gateway's own
 SANDBOX_HOME = "/home/agent"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -102,7 +103,7 @@ class Sandbox:
         only root may enter) without a user namespace, and the command drops to the sandbox's uid with
         setpriv before anything of the agent's runs: on the host it is that unprivileged uid. An
         unprivileged gateway uses a user namespace and stays its own uid (nothing of it is inside)."""
-        bwrap = shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+        bwrap = shutil.which("bwrap", path=BWRAP_DIRS)
         if bwrap is None:
             raise TargetUnavailable("the shell sandbox (bubblewrap) is not installed on the gateway's host",
                                     hint=INSTALL_HINT)

@@ -1,0 +1,243 @@
+"""The shell sandbox judged by its effect: commands the parser never vetted run straight through the
+executor, with canary secrets around the workspace and marker programs that must not run.
+
+These are the attack classes the red team used against the lexical guard (symlinks, /proc by
+another path, recursive grep, the gateway's own files, repository git config, the network, host
+sockets); here nothing stands between the command and the kernel but the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bastion.policy import Identity
+from bastion.policy.errors import TargetUnavailable
+from bastion.tools.executors import sandbox as sandbox_module
+from bastion.tools.executors.local_shell import LocalShellExecutor
+from bastion.tools.executors.sandbox import SANDBOX_UID, Sandbox, SandboxLimits
+from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest
+from tests.conftest import requirement
+
+pytestmark = pytest.mark.anyio
+CANARY = "CANARY-" + secrets.token_hex(8)
+
+
+def _need_bwrap() -> None:
+    if shutil.which("bwrap") is None:
+        pytest.fail("the shell sandbox tests need bubblewrap: `apt-get install -y bubblewrap` (CI's .ci/run does)")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A workspace with secrets in and around it, as a gateway host would have them."""
+    _need_bwrap()
+    monkeypatch.setenv("BASTION_GATEWAY_SECRET", CANARY)
+    outside = tmp_path / "home" / "ops"
+    (outside / ".ssh").mkdir(parents=True)
+    (outside / ".ssh" / "id_rsa").write_text(f"-----BEGIN KEY----- {CANARY}\n")
+    (outside / ".pgpass").write_text(f"*:*:*:*:{CANARY}\n")
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "app.py").write_text("print('hello')\n")
+    (ws / "README.md").write_text("# demo\n")
+    (ws / ".env").write_text(f"DB_PASSWORD={CANARY}\n")
+    (ws / ".env.production").write_text(f"TOKEN={CANARY}\n")
+    (ws / "certs").mkdir()
+    (ws / "certs" / "server.key").write_text(f"{CANARY}\n")
+    (ws / "bastion.toml").write_text(f"# the gateway's config {CANARY}\n")
+    (ws / "audit.db").write_text(f"other calls' results {CANARY}\n")
+    (ws / "link-to-key").symlink_to(outside / ".ssh" / "id_rsa")
+    (ws / "link-to-home").symlink_to(outside)
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return tmp_path
+
+
+def executor(site: Path, *, writable: bool = False, limits: SandboxLimits | None = None) -> LocalShellExecutor:
+    ws = site / "ws"
+    sandbox = Sandbox(str(ws), writable, limits=limits or SandboxLimits(),
+                      protected=(str(ws / "bastion.toml"), str(ws / "audit.db")))
+    return LocalShellExecutor("box", ws, sandbox=sandbox)
+
+
+async def run(box: LocalShellExecutor, command: str, *, timeout: float = 20) -> ShellResult:
+    try:
+        return await box.run(ShellRunRequest(command, None, timeout, 1_000_000, Identity("mallory")))
+    finally:
+        await box.close()
+
+
+ESCAPES = [
+    "cat link-to-key; cat link-to-home/.pgpass",
+    "cat .env .env.production certs/server.key bastion.toml audit.db",
+    "cat ../home/ops/.ssh/id_rsa; cat $HOME/../../{site}/home/ops/.pgpass",
+    "cat {site}/home/ops/.ssh/id_rsa",
+    "grep -r CANARY- / --exclude-dir=usr --exclude-dir=proc --exclude-dir=sys 2>/dev/null",
+    "grep -R -a CANARY- . 2>/dev/null; grep --dir=recurse CANARY- . 2>/dev/null",
+    "for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; done | tr '\\0' '\\n'",
+    "cat /proc/1/root/{site}/home/ops/.pgpass /proc/self/root/{site}/home/ops/.pgpass 2>&1",
+    "env; cat /proc/self/environ",
+    "find / -xdev \\( -name '*.key' -o -name id_rsa -o -name .pgpass \\) -exec cat {{}} + 2>/dev/null",
+    "git diff --no-index . {site}/home/ops 2>&1; tar -cf - {site}/home 2>&1 | head -c 4000",
+]
+
+
+@requirement("shell:sandbox-filesystem", "inv:no-credential-leak")
+@pytest.mark.parametrize("attack", ESCAPES)
+async def test_no_canary_leaves_the_host_whatever_the_command(site: Path, attack: str) -> None:
+    result = await run(executor(site), attack.format(site=site))
+    assert CANARY not in result.stdout + result.stderr
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_the_workspace_reads_and_the_hidden_files_read_empty(site: Path) -> None:
+    result = await run(executor(site), "cat src/app.py README.md; wc -c .env certs/server.key bastion.toml; ls -a")
+    assert "print('hello')" in result.stdout and "# demo" in result.stdout
+    assert "0 .env" in result.stdout and "0 certs/server.key" in result.stdout and "0 bastion.toml" in result.stdout
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_nothing_of_the_host_is_visible_but_system_folders(site: Path) -> None:
+    top = (await run(executor(site), "ls /")).stdout.split()
+    assert set(top) <= {"bin", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr",
+                        str(site).split("/")[1]}
+    result = await run(executor(site), "ls -A /home /tmp; ls /root /var /run /srv /opt /etc/ssh 2>&1; "
+                                       "cat /etc/shadow /etc/shadow- /etc/ssl/private/* 2>&1; ls /proc | head -50")
+    assert result.stdout.startswith("/home:\nagent\n\n/tmp:\n"), "an empty HOME and a private /tmp"
+    assert result.stdout.count("No such file or directory") == 9
+    pids = [line for line in result.stdout.splitlines() if line.isdigit()]
+    assert pids and all(int(pid) < 50 for pid in pids), "the sandbox sees only its own processes"
+
+
+@requirement("shell:sandbox-user")
+async def test_commands_run_unprivileged_with_no_capabilities(site: Path) -> None:
+    result = await run(executor(site), "id -u; grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status; grep NoNewPrivs /proc/self/status")
+    lines = result.stdout.split()
+    assert int(lines[0]) not in (0, os.getuid()) if os.getuid() == 0 else int(lines[0]) != 0
+    assert result.stdout.count("0000000000000000") == 3 and "NoNewPrivs:\t1" in result.stdout
+
+
+@requirement("shell:sandbox-network")
+async def test_no_network_and_no_host_socket(site: Path) -> None:
+    # The machine's PostgreSQL trusts local connections: neither its TCP port nor its socket is reachable.
+    result = await run(executor(site), "echo > /dev/tcp/127.0.0.1/5432 && echo TCP-OPEN; "
+                                       "ls /var/run/postgresql /run/postgresql /tmp/.s.PGSQL.5432 2>&1; "
+                                       "cat /proc/net/tcp | wc -l")
+    assert "TCP-OPEN" not in result.stdout
+    assert result.stdout.count("No such file or directory") == 3
+    assert result.stdout.split()[-1] == "1", "only the header: no sockets of the host in this namespace"
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_read_only_workspace_and_system_folders_cannot_change(site: Path) -> None:
+    before = (site / "ws" / "README.md").read_text()
+    result = await run(executor(site), "echo x > README.md; echo x > new; touch /usr/x /etc/x /x; rm -f src/app.py; echo done")
+    assert "done" in result.stdout and result.stderr.count("Read-only file system") >= 4
+    assert (site / "ws" / "README.md").read_text() == before and (site / "ws" / "src" / "app.py").exists()
+    assert not (site / "ws" / "new").exists()
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_a_writable_workspace_is_the_only_place_a_command_can_write(site: Path) -> None:
+    ws = site / "ws"
+    os.chown(ws, SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    snapshot = sorted(str(p) for p in site.rglob("*"))
+    result = await run(executor(site, writable=True),
+                       "echo built > out.txt; echo x > /tmp/t && cat /tmp/t; echo x > ../escape; echo x > .env; "
+                       "ln -s ../home/ops/.pgpass pg; cat pg; echo end")
+    assert (ws / "out.txt").read_text() == "built\n"
+    assert not (site / "escape").exists() and CANARY not in result.stdout
+    assert (ws / ".env").read_text() == f"DB_PASSWORD={CANARY}\n", "a hidden file cannot be overwritten either"
+    created = sorted(set(str(p) for p in site.rglob("*")) - set(snapshot))
+    assert created == [str(ws / "out.txt"), str(ws / "pg")]
+
+
+@requirement("shell:sandbox-git")
+async def test_repository_config_cannot_launch_programs(site: Path) -> None:
+    ws = site / "ws"
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    subprocess.run(["git", "-C", str(ws), "-c", "user.email=a@b", "-c", "user.name=a", "add", "src"], check=True)
+    subprocess.run(["git", "-C", str(ws), "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "one"], check=True)
+    (ws / "src" / "app.py").write_text("print('changed')\n")
+    marker = "touch {ws}/RAN-{name}"
+    hostile = {"core.fsmonitor": "fsmonitor", "diff.external": "external", "core.pager": "pager",
+               "diff.py.textconv": "textconv", "filter.x.clean": "clean", "filter.x.smudge": "smudge",
+               "gpg.program": "gpg", "core.hooksPath": None, "remote.origin.url": None, "alias.st": "alias"}
+    for key, name in hostile.items():
+        value = marker.format(ws=ws, name=name) if name else ("hooks" if key == "core.hooksPath" else "https://example.org/x")
+        subprocess.run(["git", "-C", str(ws), "config", key, value], check=True)
+    (ws / ".gitattributes").write_text("*.py diff=py filter=x\n")
+    (ws / "hooks").mkdir()
+    (ws / "hooks" / "post-checkout").write_text(f"#!/bin/sh\ntouch {ws}/RAN-hook\n")
+    for path in [ws, *ws.rglob("*")]:
+        if not path.is_symlink():
+            os.chown(path, SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    result = await run(executor(site, writable=True),
+                       "git status; git diff; git log -p --show-signature | cat; git show HEAD; git -p log -1; "
+                       "git remote -v; git checkout -q -b other; git add -A; git diff --cached --stat; echo end")
+    assert "end" in result.stdout and "https://example.org/x" in result.stdout, result.stderr
+    assert "changed" in result.stdout, "git diff works, with Bastion's settings instead of the repository's"
+    ran = sorted(p.name for p in ws.glob("RAN-*"))
+    assert ran == [], f"repository config ran programs: {ran}"
+
+
+@requirement("shell:sandbox-limits")
+async def test_the_timeout_kills_the_whole_sandbox(site: Path) -> None:
+    token = secrets.token_hex(4)
+    result = await run(executor(site), f"(setsid sleep 3{token[:2]}.5 &); nohup sleep 4{token[:2]}.5 & sleep 60", timeout=1)
+    assert result.timed_out
+    left = subprocess.run(["pgrep", "-f", f"sleep [34]{token[:2]}.5"], capture_output=True, text=True).stdout
+    assert left == "", "a process of the sandbox outlived the call"
+
+
+@requirement("shell:sandbox-limits")
+async def test_resource_limits_hold(site: Path) -> None:
+    limits = SandboxLimits(cpu_seconds=2, memory_bytes=256 << 20, file_size_bytes=1 << 20, processes=64)
+    os.chown(site / "ws", SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    result = await run(executor(site, writable=True, limits=limits),
+                       "head -c 3000000 /dev/zero > big; echo size=$(stat -c %s big); "
+                       "python3 -c 'x = bytearray(1 << 30)' 2>&1 | tail -1; ulimit -t; ulimit -u")
+    lines = result.stdout.splitlines()
+    assert "size=1048576" in lines
+    assert "MemoryError" in result.stdout
+    assert lines[-2:] == ["2", "64"]
+
+
+@requirement("shell:sandbox-missing")
+async def test_a_host_without_bubblewrap_refuses_saying_how_to_install_it(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox_module, "BWRAP_DIRS", str(site / "nowhere"))
+    with pytest.raises(TargetUnavailable) as raised:
+        await run(executor(site), "ls")
+    assert "bubblewrap" in str(raised.value) and "apt-get install bubblewrap" in (raised.value.hint or "")
+
+
+@requirement("shell:sandbox-missing")
+async def test_a_workspace_the_sandbox_user_cannot_read_is_refused_clearly(site: Path) -> None:
+    if os.getuid() != 0:
+        pytest.fail("this test needs the suite to run as root (CI does): the gateway drops to the sandbox's uid")
+    (site / "ws").chmod(0o700)
+    with pytest.raises(TargetUnavailable, match="cannot read the workspace"):
+        await run(executor(site), "ls")
+
+
+def test_a_repository_config_keeps_only_keys_that_run_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text('[core]\n\tbare = false\n\tfsmonitor = "touch x"\n[remote "o\\"rigin"]\n\turl = https://e/x\n'
+                      '[include]\n\tpath = /etc/other\n[diff]\n\texternal = evil\n[user]\n\tname = A \\"B\\"\n')
+    safe = sandbox_module.safe_git_config(str(config))
+    assert "fsmonitor" not in safe and "external" not in safe and "include" not in safe
+    listed = subprocess.run(["git", "config", "--file", "-", "--list"], input=safe, capture_output=True, text=True).stdout
+    assert listed.splitlines() == ["core.bare=false", 'remote.o"rigin.url=https://e/x', 'user.name=A "B"']
+
+
+def test_limits_are_given_to_the_sandbox() -> None:
+    argv = replace(Sandbox("/srv/ws"), limits=SandboxLimits(7, 1 << 20, 2 << 20, 9)).argv("true", "/srv/ws")
+    assert "--cpu=7" in argv and "--as=1048576" in argv and "--fsize=2097152" in argv and "--nproc=9" in argv
