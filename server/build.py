@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from bastion.tools.executors.postgres import PostgresExecutor
 from bastion.tools.executors.sqlite import SqliteExecutor
 from bastion.tools.gateway import Gateway
 from bastion.tools.notify import ApprovalNotifier, ApprovalWebhook
+
+log = logging.getLogger(__name__)
+UNSANDBOXED = ("UNSANDBOXED: commands run on the gateway's host without an OS sandbox "
+               "(isolation = \"none\"); only the parser's policy stands between them and the host")
 
 
 def _env(config: Config, name: str, key: str, variable: str) -> str:
@@ -95,8 +100,12 @@ def build_gateway(config: Config) -> Gateway:
         else:
             per_user = {entry: build_shell_executor(config, name, conn, entry.target, entry.key)
                         for entry in scopings[name].entries}
+            description = conn.description
+            if conn.kind == "local" and conn.isolation == "none":
+                log.warning("connection `%s` is %s", name, UNSANDBOXED)
+                description = f"{description} ({UNSANDBOXED})".lstrip()
             connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
-                                                build_shell_executor(config, name, conn), conn.description,
+                                                build_shell_executor(config, name, conn), description,
                                                 scopings[name], per_user, masking=config.masking(name))
     try:
         store = SqliteAuditStore(config.path(config.audit.path), checkpoint_key=config.checkpoint_key(),

@@ -241,3 +241,40 @@ def test_a_repository_config_keeps_only_keys_that_run_nothing(tmp_path: Path) ->
 def test_limits_are_given_to_the_sandbox() -> None:
     argv = replace(Sandbox("/srv/ws"), limits=SandboxLimits(7, 1 << 20, 2 << 20, 9)).argv("true", "/srv/ws")
     assert "--cpu=7" in argv and "--as=1048576" in argv and "--fsize=2097152" in argv and "--nproc=9" in argv
+
+
+CONFIG = """
+[identity]
+subject = "dev"
+groups = ["developers"]
+
+[audit]
+path = "audit.db"
+
+[connections.box]
+kind = "local"
+cwd = "ws"
+preset = "inspect"
+{extra}
+"""
+
+
+@requirement("shell:sandbox-filesystem", "shell:sandbox-missing")
+async def test_the_gateway_sandboxes_by_default_and_says_so_when_a_config_opts_out(
+        site: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from bastion.server.build import build_gateway
+    from bastion.server.config import load
+    from bastion.tools.gateway import Caller
+
+    for extra, sandboxed in (("", True), ('isolation = "none"', False)):
+        (site / "bastion.toml").write_text(CONFIG.format(extra=extra))
+        gateway = build_gateway(load(site / "bastion.toml"))
+        try:
+            caller = Caller(Identity("dev", frozenset({"developers"})))
+            done = await gateway.shell_run(caller, "box", "cat .env", None)
+            assert (CANARY in done.result.stdout) is not sandboxed
+            listed = await gateway.list_connections(caller)
+            assert ("UNSANDBOXED" in listed[0]["description"]) is not sandboxed
+            assert ("UNSANDBOXED" in caplog.text) is not sandboxed
+        finally:
+            await gateway.close()
