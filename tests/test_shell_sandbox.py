@@ -240,7 +240,7 @@ def test_a_repository_config_keeps_only_keys_that_run_nothing(tmp_path: Path) ->
 
 def test_limits_are_given_to_the_sandbox() -> None:
     argv = replace(Sandbox("/srv/ws"), limits=SandboxLimits(7, 1 << 20, 2 << 20, 9)).argv("true", "/srv/ws")
-    assert "--cpu=7" in argv and "--as=1048576" in argv and "--fsize=2097152" in argv and "--nproc=9" in argv
+    assert argv[-1].startswith("ulimit -t 7 -v 1024 -f 2048 -u 9 -c 0 || exit 125\ntrue")
 
 
 CONFIG = """

@@ -81,6 +81,7 @@ class Sandbox:
     protected: tuple[str, ...] = ()
     _runtime: Path | None = None
     _git_cache: dict[tuple[str, float, int], Path] = field(default_factory=dict)
+    _walked: tuple[list[tuple[str, bool]], dict[str, int]] | None = None
 
     def user(self) -> tuple[int, int]:
         """The uid and gid the sandbox runs as."""
@@ -119,15 +120,10 @@ class Sandbox:
                 args += ["--symlink", os.readlink(host), f"/{top}"]
             elif host.is_dir():
                 args += ["--ro-bind", str(host), f"/{top}"]
+        args += ["--ro-bind", str(runtime / "etc"), "/etc",
+                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home", "--dir", SANDBOX_HOME]
         # Folders bubblewrap makes on the way to a bind copy the host's modes (a 0700 parent of the
         # workspace); inside they are plain 0755 folders holding nothing else.
-        args += ["--perms", "0755", "--dir", "/etc", "--perms", "0755", "--dir", "/etc/ssl"]
-        for entry in ETC_ENTRIES:
-            if os.path.lexists(f"/etc/{entry}"):
-                args += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
-        args += ["--ro-bind", str(runtime / "passwd"), "/etc/passwd", "--ro-bind", str(runtime / "group"), "/etc/group",
-                 "--ro-bind", str(runtime / "gitconfig"), "/etc/gitconfig",
-                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home", "--dir", SANDBOX_HOME]
         for folder in reversed(Path(self.workspace).parents):
             if str(folder) != "/":
                 args += ["--perms", "0755", "--dir", str(folder)]
@@ -144,9 +140,10 @@ class Sandbox:
         limits = self.limits
         drop = (["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
                  "--bounding-set=-all", "--no-new-privs"] if root else [])
-        args += ["--", *drop, "/usr/bin/prlimit", f"--cpu={limits.cpu_seconds}", f"--as={limits.memory_bytes}",
-                 f"--fsize={limits.file_size_bytes}", f"--nproc={limits.processes}", "--core=0",
-                 "/bin/bash", "--noprofile", "--norc", "-c", command]
+        # bash sets the limits (soft and hard; -v and -f in KiB) before the command: one program start fewer than prlimit.
+        ulimit = (f"ulimit -t {limits.cpu_seconds} -v {limits.memory_bytes >> 10} -f {limits.file_size_bytes >> 10} "
+                  f"-u {limits.processes} -c 0 || exit 125\n")
+        args += ["--", *drop, "/bin/bash", "--noprofile", "--norc", "-c", ulimit + command]
         return args
 
     def probe(self) -> None:
@@ -180,7 +177,7 @@ class Sandbox:
             for variant in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
                 if variant.startswith(inside) and os.path.isfile(variant):
                     args += ["--ro-bind", str(runtime / "empty-file"), variant]
-        for path, is_dir in self._walk():
+        for path, is_dir in self._hidden():
             if path.endswith("/.git/config") or re.search(r"/\.git/modules/.+/config$", path):
                 args += ["--ro-bind", str(self._safe_git_config(path, runtime)), path]
             elif path.endswith("/config.worktree"):
@@ -189,14 +186,31 @@ class Sandbox:
                 args += ["--ro-bind", str(runtime / ("empty" if is_dir else "empty-file")), path]
         return args
 
-    def _walk(self) -> list[tuple[str, bool]]:
-        """Paths under the workspace to bind over: matches of the hide patterns, and git configs."""
+    def _hidden(self) -> list[tuple[str, bool]]:
+        """The last walk's answer while no folder of the workspace changed (a name added, removed or
+        renamed changes its folder's mtime); else a new walk."""
+        if self._walked is not None:
+            found, folders = self._walked
+            try:
+                if all(os.stat(folder).st_mtime_ns == mtime for folder, mtime in folders.items()):
+                    return found
+            except OSError:
+                pass
+        self._walked = self._walk()
+        return self._walked[0]
+
+    def _walk(self) -> tuple[list[tuple[str, bool]], dict[str, int]]:
+        """Paths under the workspace to bind over (matches of the hide patterns, git configs), and the
+        mtime of every folder looked in."""
         found: list[tuple[str, bool]] = []
+        folders: dict[str, int] = {}
+        hidden = re.compile("|".join(fnmatch.translate(pattern) for pattern in self.hide) or "(?!)")
         seen = 0
         stack = [self.workspace]
         while stack:
             folder = stack.pop()
             try:
+                folders[folder] = os.stat(folder).st_mtime_ns
                 entries = list(os.scandir(folder))
             except OSError:
                 continue
@@ -209,13 +223,13 @@ class Sandbox:
                 if entry.is_symlink():
                     continue  # a link's target is either outside (invisible) or inside (judged there)
                 is_dir = entry.is_dir()
-                if any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in self.hide):
+                if hidden.match(entry.name):
                     found.append((entry.path, is_dir))
                 elif in_git and not is_dir and entry.name in ("config", "config.worktree"):
                     found.append((entry.path, False))
                 elif is_dir and not (in_git and entry.name in ("objects", "refs", "logs", "hooks", "lfs")):
                     stack.append(entry.path)
-        return found
+        return found, folders
 
     def _safe_git_config(self, path: str, runtime: Path) -> Path:
         stat = os.stat(path)
@@ -234,14 +248,25 @@ class Sandbox:
             runtime.chmod(0o755)
             uid, gid = self.user()
             name = self.run_as or "agent"
-            (runtime / "passwd").write_text(f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-                                            f"{name}:x:{uid}:{gid}:{name}:{SANDBOX_HOME}:/bin/bash\n")
-            (runtime / "group").write_text(f"root:x:0:\n{name}:x:{gid}:\n")
-            (runtime / "gitconfig").write_text(SYSTEM_GITCONFIG)
+            etc = runtime / "etc"
+            (etc / "ssl").mkdir(parents=True)
+            for entry in ETC_ENTRIES:  # a copy made at start: one bind instead of one per entry
+                source = Path("/etc") / entry
+                if source.is_symlink():
+                    (etc / entry).symlink_to(os.readlink(source))
+                elif source.is_dir():
+                    shutil.copytree(source, etc / entry, symlinks=True)
+                elif source.is_file():
+                    shutil.copyfile(source, etc / entry)
+            (etc / "passwd").write_text(f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                                        f"{name}:x:{uid}:{gid}:{name}:{SANDBOX_HOME}:/bin/bash\n")
+            (etc / "group").write_text(f"root:x:0:\n{name}:x:{gid}:\n")
+            (etc / "gitconfig").write_text(SYSTEM_GITCONFIG)
             (runtime / "empty").mkdir()
             (runtime / "empty-file").touch()
-            for child in runtime.iterdir():
-                child.chmod(0o755 if child.is_dir() else 0o644)
+            for child in [runtime, *runtime.rglob("*")]:
+                if not child.is_symlink():
+                    child.chmod(0o755 if child.is_dir() else 0o644)
             self._runtime = runtime
         return self._runtime
 
