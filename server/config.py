@@ -102,6 +102,11 @@ class RoleConfig(_Who):
     """PostgreSQL: identities in these groups (or with these subjects) run as ``role``."""
 
     role: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")]
+    # Log in as the role itself (a pool of its own) instead of SET ROLE from the gateway's login:
+    # a role escape then fails in the server (docs/identity.md). Its password by reference, if any.
+    login: bool = False
+    password_env: str | None = None
+    password_file: str | None = None
 
 
 class UserConfig(_Who):
