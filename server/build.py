@@ -13,7 +13,7 @@ from bastion.store.errors import StoreError
 from bastion.tools.connections import AnyConnection, Connection, ShellConnection
 from bastion.tools.executors.base import SqlExecutor
 from bastion.tools.executors.local_shell import LocalShellExecutor
-from bastion.tools.executors.sandbox import DEFAULT_HIDE, Sandbox, SandboxLimits
+from bastion.tools.executors.sandbox import DEFAULT_HIDE, Sandbox, SandboxLimits, remote_bwrap
 from bastion.tools.executors.shell_base import ShellExecutor
 from bastion.tools.executors.postgres import PostgresExecutor
 from bastion.tools.executors.sqlite import SqliteExecutor
@@ -56,23 +56,28 @@ def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig,
         return LocalShellExecutor(name, config.shell_cwd(conn), run_as=user, sandbox=build_sandbox(config, conn, user))
     from bastion.tools.executors.ssh import SshExecutor
 
-    assert conn.host and conn.user and conn.key_file
+    assert conn.host and conn.user and conn.key_file and conn.cwd
     return SshExecutor(name, host=conn.host, port=conn.port, user=user or conn.user,
                        key_file=config.path(key_file or conn.key_file),
                        known_hosts=config.path(conn.known_hosts) if conn.known_hosts else None,
-                       accept_unknown_hosts=conn.accept_unknown_hosts)
+                       accept_unknown_hosts=conn.accept_unknown_hosts,
+                       sandbox=remote_bwrap(conn.cwd, writes(conn)) if conn.remote_isolation == "bubblewrap" else None)
 
 
 def build_sandbox(config: Config, conn: ShellConnectionConfig, user: str | None) -> Sandbox | None:
     """The OS sandbox of a local connection; None only when the config opts out (`isolation = \"none\"`)."""
     if conn.isolation == "none":
         return None
-    rules = conn.rule_list()
-    writable = conn.writable if conn.writable is not None else any(
-        r.preset == "developer" or r.redirects == "write" for r in rules)
     limits = SandboxLimits(conn.cpu_seconds, conn.memory_mb << 20, conn.max_file_mb << 20, conn.max_processes)
-    return Sandbox(config.shell_cwd(conn), writable, tuple(conn.hide) if conn.hide is not None else DEFAULT_HIDE,
+    return Sandbox(config.shell_cwd(conn), writes(conn), tuple(conn.hide) if conn.hide is not None else DEFAULT_HIDE,
                    limits, run_as=user, protected=gateway_files(config))
+
+
+def writes(conn: ShellConnectionConfig) -> bool:
+    """Whether the workspace is writable inside the sandbox: as configured, else when a rule may write."""
+    if conn.writable is not None:
+        return conn.writable
+    return any(r.preset == "developer" or r.redirects == "write" for r in conn.rule_list())
 
 
 def gateway_files(config: Config) -> tuple[str, ...]:

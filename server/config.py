@@ -253,6 +253,8 @@ class ShellConnectionConfig(_Model):
     memory_mb: Annotated[int, Field(gt=0, le=1_048_576)] = 2048
     max_file_mb: Annotated[int, Field(gt=0, le=1_048_576)] = 1024
     max_processes: Annotated[int, Field(gt=0, le=65536)] = 512
+    # SSH: the remote account is the boundary; this also wraps each command in the host's own bubblewrap.
+    remote_isolation: Literal["none", "bubblewrap"] = Field("none", description="ssh: run each command in bwrap on the host")
 
     @model_validator(mode="after")
     def _ssh_fields(self) -> ShellConnectionConfig:
@@ -265,9 +267,11 @@ class ShellConnectionConfig(_Model):
                 raise ValueError(f"an ssh connection needs {', '.join(f'`{k}`' for k in missing)}")
             if self.cwd and not self.cwd.startswith("/"):
                 raise ValueError("`cwd` of an ssh connection must be an absolute path on the remote host")
-            local_only = [k for k in ("writable", "hide") if getattr(self, k) is not None]
-            if local_only or self.isolation != "bubblewrap":
-                raise ValueError("isolation, writable and hide apply to local connections only (docs/shell.md: SSH)")
+            if self.hide is not None or self.isolation != "bubblewrap":
+                raise ValueError("`isolation` and `hide` apply to local connections; on ssh see `remote_isolation` "
+                                 "(docs/shell.md)")
+        elif self.remote_isolation != "none":
+            raise ValueError("`remote_isolation` applies to ssh connections; a local one is always sandboxed")
         elif any(getattr(self, k) is not None for k in ssh_only):
             raise ValueError(f"{', '.join(ssh_only)} apply to ssh connections only")
         if self.preset and self.rules:

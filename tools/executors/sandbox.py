@@ -293,3 +293,16 @@ def safe_git_config(path: str) -> str:
 
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+
+
+def remote_bwrap(workspace: str, writable: bool) -> list[str]:
+    """bubblewrap's command line on an SSH host that has it (`remote_isolation = "bubblewrap"`): the
+    remote account stays the boundary, and each command also sees only the workspace, the system
+    folders and /etc, a private /tmp, no /home or /root, its own /proc, and no network. The host's
+    own layout is not known here, so every folder is bound if it exists."""
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+    for top in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"):
+        args += ["--ro-bind-try", f"/{top}", f"/{top}"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home", "--tmpfs", "/root",
+             "--bind" if writable else "--ro-bind", workspace, workspace, "--chdir", workspace, "--setenv", "HOME", "/tmp"]
+    return [*args, "--"]

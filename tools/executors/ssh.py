@@ -32,6 +32,7 @@ with warnings.catch_warnings():
     import asyncssh
 
 from bastion.policy.errors import TargetUnavailable
+from bastion.tools.executors.sandbox import remote_bwrap
 from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
 
 _CHUNK = 64 * 1024
@@ -43,8 +44,9 @@ _MAX_SESSIONS = 10  # OpenSSH's default MaxSessions: channels open at once on on
 class SshExecutor:
     def __init__(self, name: str, *, host: str, port: int = 22, user: str, key_file: str | Path,
                  known_hosts: str | Path | None, accept_unknown_hosts: bool = False,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, sandbox: list[str] | None = None) -> None:
         self.name = name
+        self.sandbox = sandbox  # remote_bwrap(...) when the host wraps each command in bubblewrap
         self.host, self.port, self.user = host, port, user
         self._key_file = Path(key_file)
         # Like OpenSSH, no file named means the gateway user's own known_hosts (never "no checking").
@@ -57,7 +59,7 @@ class SshExecutor:
 
     async def run(self, request: ShellRunRequest) -> ShellResult:
         async with self._sessions:
-            process = await self._start(_remote_command(request))
+            process = await self._start(_remote_command(request, self.sandbox))
             out, err = _Capped(request.max_output_bytes), _Capped(request.max_output_bytes)
             try:
                 with anyio.move_on_after(request.timeout_s) as deadline:
@@ -251,11 +253,12 @@ exit "$status"
 """
 
 
-def _remote_command(request: ShellRunRequest) -> str:
+def _remote_command(request: ShellRunRequest, sandbox: list[str] | None = None) -> str:
     script = request.command
     if request.cwd is not None:
         # `|| exit`, not `&&`: with `&&` a list such as `a || b` would still run `b` elsewhere.
         script = f"cd -- {shlex.quote(request.cwd)} || exit 1\n{script}"
     limit = request.timeout_s + _REMOTE_GRACE_S
+    wrap = "".join(f"{shlex.quote(arg)} " for arg in sandbox or ())
     return (f"exec timeout --kill-after={_KILL_AFTER} {limit:.3f}s "
-            f"bash --noprofile --norc -c {shlex.quote(_WRAPPER)} bastion {shlex.quote(script)}")
+            f"{wrap}bash --noprofile --norc -c {shlex.quote(_WRAPPER)} bastion {shlex.quote(script)}")
