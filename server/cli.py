@@ -30,7 +30,12 @@ def _load(config_path: str | None) -> config_mod.Config:
     try:
         return config_mod.load(config_path)
     except ConfigError as error:
-        raise click.ClickException(error.message) from None
+        raise click.ClickException(_config_message(error)) from None
+
+
+def _config_message(error: ConfigError) -> str:
+    """What was wrong, and how to fix it where the error knows."""
+    return f"{error.message}\n  {error.hint}" if error.hint else error.message
 
 
 @click.group()
@@ -75,23 +80,84 @@ def serve(config_path: str | None, listen: str | None, access_log: bool) -> None
     in $BASTION_TOKEN (checked like an HTTP bearer token; needs [auth]). Over HTTP with [auth],
     every request needs a bearer token and any address may be bound; without it, loopback only.
 
-    Example: bastion serve --config examples/bastion.toml --http 127.0.0.1:8765
+    Example: bastion serve --config examples/postgres.toml --http 127.0.0.1:8765
     """
+    _serve(_load(config_path), listen, access_log)
+
+
+def _serve(config: config_mod.Config, listen: str | None, access_log: bool) -> None:
+    """Serve ``config`` on stdio or HTTP. Everything that can fail at start-up (a secret named by
+    reference but missing, an unreadable audit log) fails here, before the transport starts, as one
+    line on stderr: a stdio client then shows that line instead of "connection closed"."""
     from bastion.server.app import create_server
+    from bastion.server.build import build_gateway
     from bastion.server.http import serve_http
 
-    config = _load(config_path)
     try:
         if listen is None:
-            create_server(config, stdio_identity=_stdio_identity(config)).run("stdio")
+            stdio_identity = _stdio_identity(config)
+            gateway = build_gateway(config)
+            create_server(config, stdio_identity=stdio_identity, gateway=gateway).run("stdio")
             return
         host, port = _parse_listen(listen)
         if config.auth is None and not is_loopback(host):
             raise click.ClickException(f"refusing to serve HTTP on {host}: without OIDC authentication ([auth] in the "
                                        "config) Bastion binds loopback addresses only (127.0.0.1, ::1, localhost)")
         serve_http(config, host, port, access_log=access_log)
-    except ConfigError as error:  # a secret named by reference but missing, and the like: no traceback
-        raise click.ClickException(error.message) from None
+    except BastionError as error:  # a secret named by reference but missing, and the like: no traceback
+        raise click.ClickException(_config_message(error) if isinstance(error, ConfigError) else error.for_agent()) from None
+    except BaseExceptionGroup as group:  # raised from inside the server's task groups
+        found = _bastion_error_in(group)
+        if found is None:
+            raise
+        raise click.ClickException(found.message) from None
+
+
+def _bastion_error_in(group: BaseExceptionGroup) -> BastionError | None:  # type: ignore[type-arg]
+    for error in group.exceptions:
+        if isinstance(error, BastionError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            inner = _bastion_error_in(error)
+            if inner is not None:
+                return inner
+    return None
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Data directory for the demo (default: $XDG_DATA_HOME/bastion/demo or ~/.local/share/bastion/demo).")
+@click.option("--http", "listen", metavar="HOST:PORT", default=None, help="Serve streamable HTTP on HOST:PORT instead of stdio.")
+@click.option("--as", "persona", type=click.Choice(["agent", "approver", "maintainer"]), default="agent", show_default=True,
+              help="Who the calls run as: demo-agent (developers), demo-approver (approvers) or demo-maintainer (maintainers).")
+@click.option("--access-log", is_flag=True, help="With --http: log every HTTP request line.")
+def demo(directory: str | None, listen: str | None, persona: str, access_log: bool) -> None:
+    """Run the embedded demo: a shop database, a shell workspace and an audit log, nothing else needed.
+
+    The first run writes demo.db, an ordinary bastion.toml and a workspace/ folder into the data
+    directory (printed on start, on stderr); every other command works on it with
+    --config DIR/bastion.toml. To try an approval alone: the agent's UPDATE of an order is held;
+    answer it from a second client running `bastion demo --as approver`.
+
+    Example: bastion demo --http 127.0.0.1:8765
+    """
+    from bastion.server import demo as demo_mod
+
+    where = Path(directory) if directory else demo_mod.default_dir()
+    try:
+        config_path, written = demo_mod.write(where)
+    except OSError as error:
+        raise click.ClickException(f"cannot write the demo into {where}: {error.strerror}") from None
+    config = _load(str(config_path))
+    subject, groups = demo_mod.PERSONAS[persona]
+    if persona != "agent":
+        config = config.model_copy(update={"identity": config_mod.IdentityConfig(subject=subject, groups=list(groups))})
+    note = f"wrote {', '.join(written)}" if written else "existing files kept"
+    click.echo(f"bastion demo: data in {where} ({note})\n"
+               f"  config: {config_path}  (every command takes it: bastion audit tail --config {config_path})\n"
+               f"  calls run as {config.identity.subject} (groups: {', '.join(config.identity.groups)}); "
+               + ("serving stdio" if listen is None else f"serving http://{listen}/mcp"), err=True)
+    _serve(config, listen, access_log)
 
 
 def _stdio_identity(config: config_mod.Config) -> Identity | None:
@@ -121,20 +187,30 @@ def _stdio_identity(config: config_mod.Config) -> Identity | None:
 
 
 def _policy_for(config_path: str | None, connection: str | None, preset: str | None, dialect: str,
-                shell: bool) -> ConnectionPolicy | ShellPolicy:
+                shell: bool) -> tuple[ConnectionPolicy | ShellPolicy, config_mod.Config | None]:
     if preset:
         if shell != (preset in SHELL_PRESETS):
             raise click.UsageError(f"preset `{preset}` is for {'shell commands (add --shell)' if preset in SHELL_PRESETS else 'SQL'}")
         if shell:
-            return ShellPolicy(f"preset:{preset}", (SHELL_PRESETS[preset],), os.getcwd())
-        return ConnectionPolicy(f"preset:{preset}", dialect, (PRESETS[preset],))
+            return ShellPolicy(f"preset:{preset}", (SHELL_PRESETS[preset],), os.getcwd()), None
+        return ConnectionPolicy(f"preset:{preset}", dialect, (PRESETS[preset],)), None
     if not connection:
         raise click.UsageError("give --preset, or --config with --connection")
     config = _load(config_path)
     policies: dict[str, ConnectionPolicy | ShellPolicy] = {**config.policies(), **config.shell_policies()}
     if connection not in policies:
         raise click.UsageError(f"no connection `{connection}` in {config.source}; known: {', '.join(policies) or 'none'}")
-    return policies[connection]
+    return policies[connection], config
+
+
+def _check_identity(config: config_mod.Config | None, subject: str | None, groups: tuple[str, ...]) -> Identity:
+    """Who the check decides for: the config's [identity] unless --user or --group say otherwise
+    (--group alone keeps the config's subject); with a preset, `cli` unless --user says otherwise."""
+    if config is None:
+        return Identity(subject or "cli", frozenset(groups), source="cli")
+    if subject is None and not groups:
+        return config.identity.to_identity()
+    return Identity(subject or config.identity.subject, frozenset(groups), source="cli")
 
 
 def _check_line(policy: ConnectionPolicy | ShellPolicy, identity: Identity, text: str) -> dict[str, Any]:
@@ -147,15 +223,16 @@ def _check_line(policy: ConnectionPolicy | ShellPolicy, identity: Identity, text
 @click.argument("text", required=False)
 @config_option
 @click.option("--connection", help="Connection whose rules decide (with --config).")
-@click.option("--user", "subject", default="cli", show_default=True, help="Subject to decide for.")
-@click.option("--group", "groups", multiple=True, help="Group of that subject (repeatable).")
+@click.option("--user", "subject", default=None,
+              help="Subject to decide for (default: the config's [identity], or `cli` with --preset).")
+@click.option("--group", "groups", multiple=True, help="Group of that subject (repeatable; replaces the config's groups).")
 @click.option("--preset", type=click.Choice(sorted(PRESETS) + sorted(SHELL_PRESETS)),
               help="Decide against a built-in preset, no config needed.")
 @click.option("--shell", "shell", is_flag=True, help="The text is a shell command (with a shell --preset).")
 @click.option("--dialect", type=click.Choice(["postgres", "sqlite"]), default="postgres", show_default=True,
               help="SQL dialect with --preset.")
 @click.option("--jsonl", is_flag=True, help='Read {"id", "text"} lines on stdin; write {"id", "verdict", "rules", "reason"} lines.')
-def check(text: str | None, config_path: str | None, connection: str | None, subject: str, groups: tuple[str, ...],
+def check(text: str | None, config_path: str | None, connection: str | None, subject: str | None, groups: tuple[str, ...],
           preset: str | None, shell: bool, dialect: str, jsonl: bool) -> None:
     """Decide SQL text or a shell command without running it. Exit status 0 when allowed, 1 otherwise.
 
@@ -163,8 +240,8 @@ def check(text: str | None, config_path: str | None, connection: str | None, sub
 
     Example: bastion check --preset inspect --shell "find . -exec rm {} +"
     """
-    policy = _policy_for(config_path, connection, preset, dialect, shell)
-    identity = Identity(subject, frozenset(groups), source="cli")
+    policy, config = _policy_for(config_path, connection, preset, dialect, shell)
+    identity = _check_identity(config, subject, groups)
     if jsonl:
         _check_jsonl(policy, identity, sys.stdin, sys.stdout)
         return
@@ -463,13 +540,23 @@ def config_group() -> None:
 
 @config_group.command()
 @config_option
-def validate(config_path: str | None) -> None:
-    """Validate a config file and summarise it.
+@click.option("--connect", is_flag=True, help="Also ask every target to answer, and check each PostgreSQL login.")
+def validate(config_path: str | None, connect: bool) -> None:
+    """Validate a config file and summarise it; exit status 1 on any problem.
 
-    Example: bastion config validate --config examples/bastion.toml
+    Checks the file (every error with its line), the secrets it names by reference (variables set,
+    files readable) and the files and folders it needs (a SQLite database, a shell's cwd); with
+    --connect, that every target answers and that a PostgreSQL login is what the rules assume.
+
+    Example: bastion config validate --config bastion.toml --connect
     """
+    import anyio
+
+    from bastion.server import validate as checks
+
     config = _load(config_path)
-    click.echo(f"{config.source}: ok")
+    text = checks.source_text(config)
+    click.echo(f"{config.source}: the file is valid")
     for name, policy in config.policies().items():
         click.echo(f"  {name} ({policy.dialect}): " + (" | ".join(r.summary() for r in policy.rules) or "no rules (everything denied)"))
     for name, shell_policy in config.shell_policies().items():
@@ -477,6 +564,21 @@ def validate(config_path: str | None) -> None:
         click.echo(f"  {name} ({kind} shell in {shell_policy.cwd}): "
                    + (" | ".join(r.summary() for r in shell_policy.rules) or "no rules (everything denied)"))
     click.echo(f"  audit log: {config.path(config.audit.path)}")
+    found = checks.references(config)
+    if connect and not found:  # a missing secret would only fail the connection again
+        try:
+            said, probed = anyio.run(checks.connect, config)
+        except BastionError as error:
+            raise click.ClickException(error.message) from None
+        click.echo("connections:")
+        for line in said:
+            click.echo(line)
+        found += probed
+    for finding in found:
+        click.echo(finding.line(config, text), err=True)
+    if found:
+        raise click.ClickException(f"{len(found)} problem{'s' if len(found) != 1 else ''} (above)")
+    click.echo("ok" if connect else "ok (the targets were not contacted: add --connect)")
 
 
 # -- replay and policy ------------------------------------------------------------------------------

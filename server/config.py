@@ -25,6 +25,7 @@ from bastion.policy.shell.presets import SHELL_PRESETS
 from bastion.policy.shell.rules import ShellPolicy, ShellRule
 from bastion.policy.sql.facts import Kind
 from bastion.tools.alerts import AlertRule
+from bastion.server import config_errors
 from bastion.tools.masking import Masking
 
 DEFAULT_PATH = "bastion.toml"
@@ -36,7 +37,8 @@ VerdictName = Literal["allow", "review", "deny"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a value of the wrong type is an error, never coerced ("5" is not 5, 1 is not true).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class RuleConfig(_Model):
@@ -447,7 +449,9 @@ class Config(_Model):
         if env:
             value = os.environ.get(env)
             if not value:
-                raise ConfigError(f"{self.source}: {where}.{env_key}: the environment variable `{env}` is not set")
+                raise ConfigError(f"{self.source}: {where}.{env_key}: the environment variable `{env}` is not set",
+                                  hint=f"Set `{env}` where Bastion starts (for an MCP client: the server entry's `env`)"
+                                       + (f", or name a file with `{file_key}` instead." if file_key else "."))
             return value
         if file:
             try:
@@ -541,42 +545,32 @@ def _has_inline_password(dsn: str) -> bool:
 
 
 def load(path: str | Path | None = None) -> Config:
-    """Load and validate a config file; every problem is a ConfigError naming file and key."""
+    """Load and validate a config file; every problem is a ConfigError naming file, line and key."""
     file = Path(path or os.environ.get("BASTION_CONFIG", DEFAULT_PATH))
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such config file",
-                          hint="Pass --config PATH, or start from examples/bastion.toml.") from None
+                          hint="Pass --config PATH; `bastion demo` writes a working bastion.toml to start from.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: is a folder, not a config file", hint="Pass --config FOLDER/bastion.toml.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{file}: not valid TOML: {error}") from None
-    return parse(data, source=str(file), base_dir=file.resolve().parent)
+        raise ConfigError(config_errors.toml_error(str(file), text, error)) from None
+    return parse(data, source=str(file), base_dir=file.resolve().parent, text=text)
 
 
-def parse(data: dict[str, Any], *, source: str, base_dir: Path) -> Config:
+def parse(data: dict[str, Any], *, source: str, base_dir: Path, text: str | None = None) -> Config:
+    """Validate parsed TOML; ``text``, the file's own text, lets errors name their line."""
     try:
         config = Config.model_validate({**data, "base_dir": base_dir, "source": source})
         config.policies()  # rule-level checks (duplicate ids) surface now, not at the first call
         config.shell_policies()
         return config
     except ValidationError as error:
-        raise ConfigError(_explain(source, error)) from None
+        raise ConfigError(config_errors.explain(source, text, error, Config)) from None
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None
-
-
-def _explain(source: str, error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        path = ""
-        for part in item["loc"]:
-            if isinstance(part, int):
-                path += f"[{part}]"
-            elif part in ("postgres", "sqlite", "local", "ssh") and path.count(".") == 1:
-                continue  # the tag pydantic adds for the connection's kind
-            elif part not in ("function-after",) and not str(part).startswith(("literal[", "list[", "function-")):
-                path += f".{part}" if path else str(part)
-        found = item.get("input")
-        shown = "" if isinstance(found, dict) else f"; found {found!r}"
-        lines.append(f"{source}: {path or '(top level)'}: {item['msg']}{shown}")
-    return "\n".join(lines)

@@ -19,21 +19,20 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo database, built once by the example script."""
-    import importlib.util
+    """The demo database, built once by the demo's own builder (bastion.server.demo)."""
+    from bastion.server.demo import build_database
 
-    spec = importlib.util.spec_from_file_location("make_demo_db", ROOT / "examples" / "make_demo_db.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.build(tmp_path_factory.mktemp("demo") / "demo.db")
+    return build_database(tmp_path_factory.mktemp("demo") / "demo.db")
 
 
 @pytest.fixture
 def demo_config(tmp_path: Path, demo_db: Path) -> Path:
-    """examples/bastion.toml with its demo database copied beside it (tests may write to it)."""
-    shutil.copy(demo_db, tmp_path / "demo.db")
-    config = tmp_path / "bastion.toml"
-    config.write_text((ROOT / "examples" / "bastion.toml").read_text())
+    """The embedded demo as `bastion demo` writes it (bastion.toml, demo.db, workspace/) in a
+    fresh folder; tests may write to it."""
+    from bastion.server import demo
+
+    shutil.copy(demo_db, tmp_path / demo.DATABASE)
+    config, _ = demo.write(tmp_path)
     return config
 
 

@@ -4,6 +4,7 @@ this checkout, starts a real Bastion that the SDK's stdio client can initialise 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ def test_each_client_file_has_a_stdio_and_an_http_entry(name: str) -> None:
         assert inputs["bastion-token"]["password"] is True and "${input:bastion-token}" in http["headers"]["Authorization"]
     if name.startswith(("claude-code", "vscode")):
         assert stdio["type"] == "stdio" and http["type"] == "http"
+
+
+def test_the_readme_shows_the_client_files_paths() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", readme, re.S)]
+    shown = [b["mcpServers"]["bastion"] for b in blocks if "bastion" in b.get("mcpServers", {})]
+    assert shown and all(entry == servers("cursor/.cursor/mcp.json")["bastion"] for entry in shown)
+    for name in FILES:  # the same command and config path everywhere
+        assert servers(name)["bastion"]["command"] == PLACEHOLDER_BIN and PLACEHOLDER_BIN in readme
+        assert "/opt/bastion/bastion.toml" in servers(name)["bastion"]["args"]
+    assert "/opt/bastion" in (CLIENTS / "README.md").read_text() and "/path/to" not in readme
 
 
 @pytest.mark.anyio

@@ -112,15 +112,10 @@ async def mcp_rounds(rounds: int, calls: int = 200) -> None:
     from bastion.server.app import create_server
     from bastion.server.config import load
 
-    sys_path = ROOT / "examples"
-    work = Path(tempfile.mkdtemp())
-    import importlib.util
+    from bastion.server import demo
 
-    spec = importlib.util.spec_from_file_location("make_demo_db", sys_path / "make_demo_db.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    module.build(work / "demo.db")
-    shutil.copy(sys_path / "bastion.toml", work / "bastion.toml")
+    work = Path(tempfile.mkdtemp())
+    demo.write(work)
 
     arguments = {"connection": "demo", "sql": "SELECT id, status FROM orders WHERE id = 7"}
     guarded, baseline = [], []

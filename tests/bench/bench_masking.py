@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import importlib.util
 import shutil
 import sqlite3
 import statistics
@@ -43,10 +42,9 @@ KEY = b"bench-key"
 
 
 def build_demo(work: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("make_demo_db", ROOT / "examples" / "make_demo_db.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.build(work / "demo.db")
+    from bastion.server.demo import build_database
+
+    return build_database(work / "demo.db")
 
 
 def catalog_of(path: Path) -> Catalog:
