@@ -46,7 +46,12 @@ def build_executor(config: Config, name: str, conn: ConnectionConfig) -> SqlExec
     target = _target(config, name, conn)
     if conn.kind == "sqlite":
         return SqliteExecutor(name, config.path(target))
-    return PostgresExecutor(name, target, password=_secret(config, name, conn), search_path=conn.search_path)
+    # Mapped roles with a login of their own: calls as them log in as them (a role escape fails).
+    logins = {entry.role: config.secret(f"connections.{name}.roles", "password_env", entry.password_env,
+                                        "password_file", entry.password_file)
+              for entry in conn.roles if entry.login}
+    return PostgresExecutor(name, target, password=_secret(config, name, conn), search_path=conn.search_path,
+                            role_logins=logins)
 
 
 def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig, user: str | None = None,

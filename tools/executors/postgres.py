@@ -4,6 +4,13 @@ Defence in depth: the transaction is READ ONLY when every statement only reads; 
 and search_path are set LOCAL; each statement is sent alone through the extended protocol (which
 refuses a second statement); reads stream through a server-side cursor up to the row and byte caps.
 
+Identity: a mapped role with a login of its own (``role_logins``) gets a pool that logs in as that
+role, so SET ROLE, set_config('role', ...), RESET ROLE and SET SESSION AUTHORIZATION cannot reach
+any other role: the server refuses them. A mapped role without one is entered with SET LOCAL ROLE
+from the gateway's login, which a statement that got past the guard could undo (docs/identity.md).
+Every connection is reset with DISCARD ALL when it goes back to its pool, so the next caller starts
+clean: no settings, advisory locks, temporary tables, prepared statements or LISTENs of another.
+
 Speed: a call is one pipeline (BEGIN, Bastion's settings, each statement, a read's first FETCH,
 COMMIT), so the common call costs one round trip to the server, not six.
 """
@@ -14,6 +21,7 @@ import contextlib
 import logging
 import time
 from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -73,18 +81,26 @@ class PostgresExecutor:
     dialect = "postgres"
 
     def __init__(self, name: str, dsn: str, *, password: str | None = None, search_path: str = "public",
-                 max_connections: int = 8, connect_timeout: float = 5.0) -> None:
+                 max_connections: int = 8, connect_timeout: float = 5.0,
+                 role_logins: Mapping[str, str | None] | None = None) -> None:
+        """``role_logins``: mapped roles that log in themselves → their password (None: the server
+        needs none from the gateway, e.g. a client certificate or .pgpass); the DSN is the gateway's
+        with the role as its user."""
         self.name = name
         self.search_path = search_path
         self.connect_timeout = connect_timeout
+        self.dsn = dsn
+        self.max_connections = max_connections
         kwargs: dict[str, Any] = {"application_name": "bastion", "connect_timeout": max(1, int(connect_timeout))}
         if password is not None:
             kwargs["password"] = password
         # autocommit: Bastion writes BEGIN itself, so it goes out in the same pipeline as the rest
         # (psycopg's implicit BEGIN is a round trip of its own there).
         kwargs["autocommit"] = True
-        self.pool = AsyncConnectionPool(dsn, kwargs=kwargs, min_size=0, max_size=max_connections, open=False,
-                                        name=f"bastion-{name}")
+        self._kwargs = kwargs
+        self.pool = self._new_pool(kwargs, name)
+        self.role_logins: dict[str, str | None] = dict(role_logins or {})
+        self._role_pools: dict[str, AsyncConnectionPool] = {}
         self._opened = False
         self._setups: dict[tuple[Any, ...], bytes] = {}
         # The server's functions, operators and types, read by refresh_functions (policy.sql.catalog).
@@ -92,11 +108,30 @@ class PostgresExecutor:
         self._functions_read_at = float("-inf")
         self._functions_lock: anyio.Lock | None = None
 
-    async def _pool(self) -> AsyncConnectionPool:
+    def _new_pool(self, kwargs: dict[str, Any], name: str) -> AsyncConnectionPool:
+        return AsyncConnectionPool(self.dsn, kwargs=kwargs, min_size=0, max_size=self.max_connections, open=False,
+                                   name=f"bastion-{name}", reset=_reset_session)
+
+    async def _pool(self, role: str | None = None) -> AsyncConnectionPool:
+        """The gateway's pool, or with ``role`` that logs in itself, that role's own pool."""
+        if role is not None and role in self.role_logins:
+            pool = self._role_pools.get(role)
+            if pool is None:
+                kwargs = {**self._kwargs, "user": role}
+                kwargs.pop("password", None)
+                if self.role_logins[role] is not None:
+                    kwargs["password"] = self.role_logins[role]
+                pool = self._role_pools[role] = self._new_pool(kwargs, f"{self.name}-{role}")
+                await pool.open(wait=False)
+            return pool
         if not self._opened:
             await self.pool.open(wait=False)
             self._opened = True
         return self.pool
+
+    def logs_in_as(self, role: str | None) -> bool:
+        """Whether calls as ``role`` run on a login of that role (the server holds the identity)."""
+        return role is not None and role in self.role_logins
 
     @property
     def search_path_schemas(self) -> tuple[str, ...]:
@@ -140,7 +175,7 @@ class PostgresExecutor:
     async def run(self, request: RunRequest) -> QueryResult:
         if any(s.kinds & DDL_KINDS for s in request.statements):
             self.forget_functions()  # CREATE FUNCTION, DROP TYPE, ...: judge the next call afresh
-        pool = await self._pool()
+        pool = await self._pool(request.role)
         limits = request.limits
         try:
             async with pool.connection(timeout=self.connect_timeout) as conn:
@@ -171,12 +206,14 @@ class PostgresExecutor:
         settings = (f"{int(limits.timeout_s * 1000)}ms", f"pg_catalog, {self.search_path}, pg_temp",
                     f"bastion:{identity.subject}"[:63], identity.subject, ",".join(sorted(identity.groups)))
         # Quoting depends on the session's standard_conforming_strings, so the rendering does too.
-        key = (settings, request.role, conn.pgconn.parameter_status(b"standard_conforming_strings"))
+        # A role that logs in itself needs no SET ROLE: its connection is that role already.
+        role = None if self.logs_in_as(request.role) else request.role
+        key = (settings, role, conn.pgconn.parameter_status(b"standard_conforming_strings"))
         rendered = self._setups.get(key)
         if rendered is None:
             setup = _SETTINGS.format(*map(sql.Literal, settings))
-            if request.role is not None:
-                setup = setup + _ROLE.format(sql.Literal(request.role))
+            if role is not None:
+                setup = setup + _ROLE.format(sql.Literal(role))
             rendered = setup.as_bytes(conn)
             if len(self._setups) >= 1024:
                 self._setups.clear()
@@ -205,7 +242,7 @@ class PostgresExecutor:
         return result
 
     async def preview(self, request: RunRequest) -> dict[str, Any]:
-        pool = await self._pool()
+        pool = await self._pool(request.role)
         limits = replace(request.limits, timeout_s=min(request.limits.timeout_s, PREVIEW_TIMEOUT_S))
         request = replace(request, limits=limits, read_only=False)
         items: list[dict[str, Any]] = []
@@ -263,6 +300,8 @@ class PostgresExecutor:
     async def close(self) -> None:
         if self._opened:
             await self.pool.close()
+        for pool in self._role_pools.values():
+            await pool.close()
 
 
 class _Sent:
@@ -304,6 +343,13 @@ class _Sent:
             await cur.execute(f"FETCH FORWARD {self.size} FROM {self.declared}")
             batch = await cur.fetchall()
         return self.budget.result(columns)
+
+
+async def _reset_session(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Back in the pool, a connection forgets its caller: settings (also ones set for the session,
+    not the transaction), role, advisory locks, temporary tables, prepared statements, cursors and
+    LISTENs. Should it fail, the pool closes the connection instead."""
+    await conn.execute("DISCARD ALL")
 
 
 def _cancel_quietly(canceller: Any) -> None:
