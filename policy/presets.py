@@ -32,6 +32,14 @@ SENSITIVE_CATALOG = (
 # The same relations as plain patterns: evaluate.py applies them under every rule, preset or not.
 SENSITIVE_CATALOG_PATTERNS = tuple(p[1:] for p in SENSITIVE_CATALOG)
 
+# Planner statistics: sample values (most common values, histogram bounds) of every column the
+# login may read, whatever table it is in. Denied under a rule that does not read every table, and
+# on a connection that masks columns (tools/masking.py).
+STATS_CATALOG = frozenset({
+    "pg_catalog.pg_stats", "pg_catalog.pg_stats_ext", "pg_catalog.pg_stats_ext_exprs",
+    "pg_catalog.pg_statistic", "pg_catalog.pg_statistic_ext_data",
+})
+
 READ_ONLY = SqlRule(
     id="read-only",
     preset="read-only",

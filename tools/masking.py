@@ -10,11 +10,15 @@
 - ``mask_query`` masks a result as it comes back from the executor, before anything records or
   returns it: the agent and the audit log get the same rows, and the record of what was masked.
 - ``mask_shell`` runs the detectors over a shell's stdout and stderr.
+- ``mask_error`` does the same for a database error before the agent or the log sees it: on a
+  connection that masks columns, every quoted value in the server's message is withheld (a cast
+  error quotes the value it could not cast, a constraint error the key).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -22,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from bastion.policy import Decision, Statement, Verdict
+from bastion.policy.errors import BastionError
+from bastion.policy.presets import STATS_CATALOG
 from bastion.policy.masking import Catalog, MaskPlan, MaskRules, mask_result, mask_text, plan, strongest
 from bastion.policy.masking.lineage import view_lineage
 from bastion.policy.masking.plan import sensitive_relations
@@ -129,6 +135,11 @@ def vet(connection: Connection, statements: tuple[Statement, ...] | None, facts:
     masking = connection.masking
     if masking is None or not masking.rules.active or statements is None or decision.verdict is Verdict.DENY:
         return decision
+    stats = sorted(t for s in statements for t in s.effective.reads if t in STATS_CATALOG)
+    if masking.columns and stats:
+        return Decision.deny("masking:stats-catalog", f"`{stats[0]}` holds sample values of every column, masked ones "
+                             "included, and this connection masks columns",
+                             hint="Query the tables themselves; masked columns come back masked.")
     found = masking.plan(connection, statements)
     summary = found.summary()
     if facts is not None and summary:
@@ -159,6 +170,50 @@ def mask_query(connection: Connection, statements: tuple[Statement, ...], result
     result.rows = rows
     result.masking = record
     return result
+
+
+# SQLSTATE classes whose messages quote data: data exceptions (a failed cast quotes its input),
+# integrity violations (the key), PL/pgSQL RAISE, and internal errors.
+_VALUE_CLASSES = ("22", "23", "P0", "XX", "38", "39")
+_SQLSTATE = re.compile(r"PostgreSQL error (\w{5})")
+# A quoted value ("...", '...'), and the values of a DETAIL such as `Key (id)=(42) already exists`.
+_QUOTED = re.compile(r'"(?:[^"]|"")*"|\'(?:[^\']|\'\')*\'|=\((?:[^()]|\([^()]*\))*\)')
+
+
+def _withheld(match: re.Match[str]) -> str:
+    text = match.group()
+    return "=(…)" if text.startswith("=") else text[0] + "…" + text[0]
+
+
+def mask_error(connection: Connection, error: BastionError) -> BastionError:
+    """A database error as the agent and the audit log may see it. On a connection that masks
+    columns, any error that can quote data (SQLite: every error) has its quoted values withheld,
+    so `secret::int` cannot spell out a masked value; the detectors then run over what is left."""
+    masking = connection.masking
+    if masking is None or not (masking.columns or masking.rules.detectors):
+        return error
+    texts = [error.message, error.hint, error.detail]
+    if masking.columns:
+        state = _SQLSTATE.search(error.message)
+        if state is None or state.group(1).startswith(_VALUE_CLASSES):
+            texts = [_QUOTED.sub(_withheld, t) if t else t for t in texts]
+    counts: dict[str, int] = {}
+    if masking.rules.detectors:
+        scanned = []
+        for text in texts:
+            if text:
+                text, found = mask_text(text, masking.rules.detectors)
+                for kind, n in found.items():
+                    counts[kind] = counts.get(kind, 0) + n
+            scanned.append(text)
+        texts = scanned
+    message, hint, detail = texts
+    if message == error.message and hint == error.hint and detail == error.detail:
+        return error
+    note = "Quoted values in the database's message are withheld on this connection, which masks data."
+    masked = type(error).__new__(type(error))
+    BastionError.__init__(masked, message or "", detail=detail, hint=f"{hint} {note}" if hint else note)
+    return masked
 
 
 def mask_shell(connection: Any, result: ShellResult) -> ShellResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bastion.policy import Decision, Verdict, analyse, decide
+from bastion.policy.errors import ExecutionError
 from bastion.tools import masking
 from bastion.tools.calls import Caller
 from bastion.tools.connections import Connection
@@ -62,7 +63,11 @@ def runner(connection: Connection, caller: Caller):  # type: ignore[no-untyped-d
         decision = vetted.decision
         assert decision.limits is not None
         role = vetted.run_as["as"] if vetted.run_as else None
-        result = await connection.executor.run(RunRequest(vetted.plan, decision.read_only, decision.limits, caller.identity, role))
+        try:
+            result = await connection.executor.run(RunRequest(vetted.plan, decision.read_only, decision.limits, caller.identity, role))
+        except ExecutionError as error:
+            # A database error can quote a masked value: masked before the agent or the log sees it.
+            raise masking.mask_error(connection, error) from error
         # ⑥ Masked before anything records or returns it: the agent and the log see the same rows.
         return masking.mask_query(connection, vetted.plan, result)
 
@@ -84,6 +89,9 @@ def previewer(connection: Connection, caller: Caller):  # type: ignore[no-untype
         decision = vetted.decision
         assert decision.limits is not None
         role = vetted.run_as["as"] if vetted.run_as else None
-        return await connection.executor.preview(RunRequest(vetted.plan, False, decision.limits, caller.identity, role))
+        try:
+            return await connection.executor.preview(RunRequest(vetted.plan, False, decision.limits, caller.identity, role))
+        except ExecutionError as error:
+            raise masking.mask_error(connection, error) from error
 
     return preview

@@ -12,7 +12,7 @@ from typing import Callable
 from bastion.policy.decision import Verdict
 from bastion.policy.outcome import Effect, Outcome, first_outcome
 from bastion.policy.patterns import matches
-from bastion.policy.presets import SENSITIVE_CATALOG_PATTERNS
+from bastion.policy.presets import SENSITIVE_CATALOG, SENSITIVE_CATALOG_PATTERNS, STATS_CATALOG
 from bastion.policy.rules import SqlRule
 from bastion.policy.sql import catalog as function_catalog
 from bastion.policy.sql import dangerous_functions
@@ -106,6 +106,10 @@ def check_tables(rule: SqlRule, stmt: Statement, dialect: str, catalog: Function
             return Outcome("none", f"{rule.id}:table", f"rule `{rule.id}` does not allow writing `{table}`",
                            hint=f"Writable tables: {', '.join(rule.write_tables) or 'none'}.")
     for table in sorted(stmt.reads):
+        if table in STATS_CATALOG and not reads_every_table(rule):
+            return Outcome("none", f"{rule.id}:table", f"`{table}` shows sample values of columns in every table the login "
+                           f"can read, and rule `{rule.id}` does not let you read every table",
+                           hint="Query the tables themselves (e.g. SELECT col, count(*) ... GROUP BY col).")
         if matches(SENSITIVE_CATALOG_PATTERNS, table):
             return Outcome("none", f"{rule.id}:table", f"`{table}` holds secrets or other sessions' activity; "
                            "no rule can read it through Bastion")
@@ -113,6 +117,12 @@ def check_tables(rule: SqlRule, stmt: Statement, dialect: str, catalog: Function
             return Outcome("none", f"{rule.id}:table", f"rule `{rule.id}` does not allow reading `{table}`",
                            hint=f"Readable tables: {', '.join(rule.read_tables)}.")
     return None
+
+
+def reads_every_table(rule: SqlRule) -> bool:
+    """Whether a rule's patterns read every table (``*``, excluding at most the sensitive catalog)."""
+    patterns = set(rule.read_tables) | set(rule.write_tables)
+    return "*" in patterns and all(not p.startswith("!") or p in SENSITIVE_CATALOG for p in patterns)
 
 
 def check_unfiltered(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:

@@ -50,12 +50,18 @@ _SETTINGS = sql.SQL(
 # set_config('role', ..., true) is SET LOCAL ROLE: the server checks membership, and the role ends with the transaction.
 _ROLE = sql.SQL(", set_config('role', {}, true)")
 
+# Every table's columns, from pg_catalog itself: every role may read it, so the list does not depend
+# on the privileges of the login that reads it (information_schema shows a NOINHERIT gateway login
+# nothing, which left masking without lineage and describe empty).
 _CATALOG_SQL = """
-SELECT c.table_schema, c.table_name, t.table_type, c.column_name, c.data_type, c.is_nullable
-FROM information_schema.columns c
-JOIN information_schema.tables t USING (table_schema, table_name)
-WHERE c.table_schema NOT IN ('pg_catalog', 'information_schema') AND c.table_schema NOT LIKE 'pg_toast%%'
-ORDER BY c.table_schema, c.table_name, c.ordinal_position
+SELECT n.nspname, c.relname, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'f' THEN 'FOREIGN' ELSE 'BASE TABLE' END,
+       a.attname, format_type(a.atttypid, a.atttypmod), CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p', 'v', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+ORDER BY n.nspname, c.relname, a.attnum
 """
 # Views' definitions (masking follows them to the columns they read) and materialized views, which
 # information_schema does not list. Read with search_path = pg_catalog, so every name in a
@@ -67,7 +73,6 @@ SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid),
        array(SELECT NOT a.attnotnull FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
-  AND (c.relkind = 'v' OR has_table_privilege(c.oid, 'SELECT'))
 """
 
 
@@ -286,7 +291,7 @@ class PostgresExecutor:
         tables: dict[tuple[str, str], TableInfo] = {}
         for schema, table, ttype, column, dtype, nullable in rows:
             key = (schema, table)
-            info = tables.get(key) or TableInfo(schema, table, "view" if ttype == "VIEW" else "table")
+            info = tables.get(key) or TableInfo(schema, table, {"VIEW": "view", "FOREIGN": "foreign table"}.get(ttype, "table"))
             tables[key] = TableInfo(info.schema, info.name, info.kind, info.columns + (ColumnInfo(column, dtype, nullable == "YES"),))
         for schema, name, relkind, definition, columns, types, nullables in views:
             known = tables.get((schema, name))
