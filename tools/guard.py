@@ -121,6 +121,10 @@ def denial_for(decision: Decision) -> Denied:
 class Guard:
     # Large texts take long to parse: they are vetted off the event loop so other calls go on.
     OFFLOAD_BYTES = 16 * 1024
+    # Tools whose every text is vetted off the event loop: a shell text's cost is not bounded by its
+    # size (a 31-byte brace expansion; the analysis has budgets, policy.shell.words.Budget, but a
+    # budget's worth of work must not hold other callers either).
+    OFFLOAD_TOOLS = frozenset({"shell_run"})
 
     def __init__(self, recorder: Recorder, alerts: Alerts | None = None) -> None:
         self.recorder = recorder
@@ -149,8 +153,8 @@ class Guard:
             await self.recorder.append(self._base(call_id, caller, tool, connection, text, reason))
             await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "error": error_record(error)})
 
-    async def _vet(self, vet: Callable[[], Vetted], text: str) -> Vetted:
-        if len(text) <= self.OFFLOAD_BYTES:
+    async def _vet(self, vet: Callable[[], Vetted], text: str, tool: str = "") -> Vetted:
+        if len(text) <= self.OFFLOAD_BYTES and tool not in self.OFFLOAD_TOOLS:
             return fail_closed(vet)
         return await anyio.to_thread.run_sync(fail_closed, vet, limiter=self._vet_limiter)
 
@@ -168,7 +172,7 @@ class Guard:
         except InvalidInput as error:
             await self.refuse(caller, tool, connection, text, reason, error)
             raise
-        vetted = await self._vet(vet, text)
+        vetted = await self._vet(vet, text, tool)
         if vetted.decision.allowed and self.alerts is not None:
             # Over an egress budget: reads are held or denied as the alert rule says.
             blocked = await anyio.to_thread.run_sync(self.alerts.egress_block, caller.identity)
