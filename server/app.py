@@ -37,50 +37,29 @@ INSTRUCTIONS = (
 )
 
 
-class SqlResult(BaseModel):
-    columns: list[str]
-    rows: list[list[Any]]
-    row_count: int = Field(description="rows returned, or rows changed by a write")
-    truncated: bool = Field(description="true when max_rows or max_bytes cut the result")
-    duration_ms: float
-    call_id: str
+# The agent's tools declare no output schema: a schema for every field was over half of the whole
+# tool listing a model reads on every turn (tests/test_tool_listing.py measures it). They return
+# structured content all the same (a CallToolResult carries it), with its fields named in each
+# tool's description, and a compact text rendering (server/render.py) for the model to read.
+DESCRIBE_PAGE_TABLES = 100  # at most this many tables per describe answer...
+DESCRIBE_PAGE_CHARS = 12_000  # ...and about this much text; the rest comes with `offset`
 
 
-class ConnectionInfo(BaseModel):
-    name: str
-    kind: str
-    description: str
-    rules: str
+def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
 
-class Connections(BaseModel):
-    connections: list[ConnectionInfo]
-
-
-class Column(BaseModel):
-    name: str
-    type: str
-    nullable: bool
-    masked: str | None = None  # the masker its values come back through
-
-
-class Table(BaseModel):
-    schema_: str = Field(alias="schema")
-    name: str
-    kind: str
-    columns: list[Column]
-
-
-class Tables(BaseModel):
-    tables: list[Table]
-
-
-class CheckOutcome(BaseModel):
-    verdict: str = Field(description="allow | review | deny")
-    rules: list[str]
-    reason: str
-    hint: str | None = None
-    facts: dict[str, Any] = Field(description="what the guard found in the text")
+def _page(tables: list[dict[str, Any]], offset: int) -> tuple[list[dict[str, Any]], int | None]:
+    """The tables from ``offset`` that fit one answer, and the offset of the next page (None: last)."""
+    page: list[dict[str, Any]] = []
+    size = 0
+    for table in tables[offset:]:
+        line = len(render.tables([table], total=1, offset=0, next_offset=None))
+        if page and (len(page) >= DESCRIBE_PAGE_TABLES or size + line > DESCRIBE_PAGE_CHARS):
+            return page, offset + len(page)
+        page.append(table)
+        size += line
+    return page, None
 
 
 class Confirmation(BaseModel):
@@ -117,16 +96,6 @@ async def ask_shell(connection: str, command: str, ctx: Context, cwd: str | None
 
 class Holds(BaseModel):
     holds: list[dict[str, Any]]
-
-
-class ShellOutput(BaseModel):
-    exit_code: int | None = Field(description="null when the command was killed (timeout)")
-    stdout: str
-    stderr: str
-    truncated: bool = Field(description="true when output was cut at the size limit")
-    timed_out: bool
-    duration_ms: float
-    call_id: str
 
 
 IdentityResolver = Callable[[Context], Identity]
@@ -229,53 +198,59 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
     mcp.bastion_context = context  # type: ignore[attr-defined]  # for the confirmation resolvers
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
-    async def list_connections(ctx: Context) -> Connections:
-        """List the databases you may use, their kind, and what their rules allow."""
+    async def list_connections(ctx: Context) -> CallToolResult:
+        """Connections you may use, their kind and what their rules allow. Structured: {connections: [{name, kind, description, rules}]}."""
         gw, caller = context(ctx)
         try:
             items = await gw.list_connections(caller)
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
-        return Connections(connections=[ConnectionInfo(**item) for item in items])
+        found = [{k: item[k] for k in ("name", "kind", "description", "rules")} for item in items]
+        return _result(render.connections(found), {"connections": found})
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
-    async def describe(connection: str, ctx: Context, table: str | None = None) -> Tables:
-        """Tables and columns you may read on a connection; give `table` for one table."""
+    async def describe(connection: str, ctx: Context, table: str | None = None,
+                       offset: Annotated[int, Field(ge=0)] = 0) -> CallToolResult:
+        """Tables you may read, one line each: columns, types, masked ones marked; `table` for one. Long lists come in pages: the answer names the next `offset`."""
         gw, caller = context(ctx)
         try:
             tables = await gw.describe(caller, connection, table)
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
-        return Tables(tables=[
-            Table(schema=t.schema, name=t.name, kind=t.kind,
-                  columns=[Column(name=c.name, type=c.type, nullable=c.nullable, masked=c.masked) for c in t.columns])
-            for t in tables])
+        every = [{"schema": t.schema, "name": t.name, "kind": t.kind,
+                  "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable, **({"masked": c.masked} if c.masked else {})}
+                              for c in t.columns]} for t in tables]
+        page, next_offset = _page(every, offset)
+        text = render.tables(page, total=len(every), offset=offset, next_offset=next_offset)
+        return _result(text, {"tables": page, "total": len(every), "next_offset": next_offset})
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=True))
-    async def check(connection: str, text: str, ctx: Context) -> CheckOutcome:
-        """Ask whether SQL or a shell command would be allowed, held or denied, and why, without running it."""
+    async def check(connection: str, text: str, ctx: Context) -> CallToolResult:
+        """Would SQL or a shell command be allowed, held or denied, and why, without running it. Structured: {verdict, rules, reason, hint, facts}."""
         gw, caller = context(ctx)
         try:
             outcome = await gw.check(caller, connection, text)
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
-        return CheckOutcome(**outcome.__dict__)
+        found = {"verdict": outcome.verdict, "rules": list(outcome.rules), "reason": outcome.reason, "hint": outcome.hint,
+                 "facts": outcome.facts}
+        return _result(render.check(found), found)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
                                           open_world_hint=False))
     async def sql_query(connection: str, sql: str, ctx: Context,
                         reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
                         confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_sql)] = None,  # type: ignore[assignment]
-                        ) -> Annotated[CallToolResult, SqlResult]:
-        """Run SQL on a connection under its policy; returns rows (capped) and a call_id."""
+                        ) -> CallToolResult:
+        """Run SQL under the connection's policy. Structured: {columns, rows, row_count, truncated, duration_ms, call_id}."""
         gw, caller = context(ctx)
         try:
             done = await gw.sql_query(caller, connection, sql, reason, confirmed=confirmed(confirmation))
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
         r = done.result
-        # SqlResult's fields as a plain dict: the rows are JSON values already (the executor's
-        # budget made them so), and validating a thousand rows again would cost more than the query.
+        # A plain dict: the rows are JSON values already (the executor's budget made them so), and
+        # validating a thousand rows again would cost more than the query.
         out = {"columns": r.columns, "rows": r.rows, "row_count": r.row_count, "truncated": r.truncated,
                "duration_ms": round(done.duration_ms, 3), "call_id": done.call_id}
         note = f"{r.row_count} row{'s' if r.row_count != 1 else ''}"
@@ -283,8 +258,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
             note += f" (truncated at the limit of {done.decision.limits.max_rows} rows / {done.decision.limits.max_bytes} bytes)"  # type: ignore[union-attr]
         note += render.masking_note(r.masking)
         footer = f"({note}; {out['duration_ms']:g} ms; call_id {done.call_id})"
-        text = render.table(r.columns, r.rows, footer=footer)
-        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out)
+        return _result(render.table(r.columns, r.rows, footer=footer), out)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
                                           open_world_hint=False))
@@ -292,20 +266,20 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
                         reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
                         cwd: Annotated[str | None, Field(description="directory inside the connection's own")] = None,
                         confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_shell)] = None,  # type: ignore[assignment]
-                        ) -> Annotated[CallToolResult, ShellOutput]:
-        """Run a shell command on a connection under its policy; returns exit code and output."""
+                        ) -> CallToolResult:
+        """Run a shell command under the connection's policy. Structured: {exit_code, stdout, stderr, truncated, timed_out, duration_ms, call_id}."""
         gw, caller = context(ctx)
         try:
             done = await gw.shell_run(caller, connection, command, reason, cwd, confirmed=confirmed(confirmation))
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
         r = done.result
-        out = ShellOutput(exit_code=r.exit_code, stdout=r.stdout, stderr=r.stderr, truncated=r.truncated,
-                          timed_out=r.timed_out, duration_ms=round(done.duration_ms, 3), call_id=done.call_id)
+        out = {"exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr, "truncated": r.truncated,
+               "timed_out": r.timed_out, "duration_ms": round(done.duration_ms, 3), "call_id": done.call_id}
         status = "killed at the time limit" if r.timed_out else f"exit {r.exit_code}"
         text = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr else "")
-        text += f"\n({status}{'; output truncated' if r.truncated else ''}; {out.duration_ms:g} ms; call_id {done.call_id})"
-        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out.model_dump(mode="json"))
+        text += f"\n({status}{'; output truncated' if r.truncated else ''}; {out['duration_ms']:g} ms; call_id {done.call_id})"
+        return _result(text, out)
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def approvals_list(ctx: Context, status: Annotated[Literal["pending", "approved", "denied", "expired", "consumed"] | None,

@@ -33,3 +33,50 @@ def masking_note(masking: dict[str, Any] | None) -> str:
     if masking.get("detections"):
         parts.append("redacted: " + ", ".join(f"{n} {kind}" for kind, n in masking["detections"].items()))
     return "; " + "; ".join(parts) if parts else ""
+
+
+def connections(items: list[dict[str, Any]]) -> str:
+    """One line per connection: `demo (sqlite): description. Rules: ...`."""
+    if not items:
+        return "No connections you may use."
+    lines = []
+    for item in items:
+        about = f" {item['description'].rstrip('.')}." if item.get("description") else ""
+        lines.append(f"{item['name']} ({item['kind']}):{about} Rules: {item['rules']}")
+    return "\n".join(lines)
+
+
+def column(col: dict[str, Any]) -> str:
+    """`email text masked:redact` — a column as describe shows it."""
+    text = f"{col['name']} {col['type'] or '?'}"
+    if not col.get("nullable", True):
+        text += " not null"
+    if col.get("masked"):
+        text += f" masked:{col['masked']}"
+    return text
+
+
+def _kind(kind: str) -> str:
+    return "" if kind == "table" else f" ({kind})"
+
+
+def tables(items: list[dict[str, Any]], *, total: int, offset: int, next_offset: int | None) -> str:
+    """One line per table: `main.customers (table): id integer not null, email text masked:redact, ...`."""
+    lines = [f"{t['schema']}.{t['name']}{_kind(t['kind'])}: " + ", ".join(column(c) for c in t["columns"]) for t in items]
+    if not items:
+        lines.append("No tables you may read here." if total == 0 else f"No tables from offset {offset} (there are {total}).")
+    shown = f"tables {offset + 1}-{offset + len(items)} of {total}" if (offset or next_offset is not None) else f"{total} tables"
+    footer = f"({shown}; masked:<masker> = values come back masked"
+    footer += f"; more: describe with offset={next_offset})" if next_offset is not None else ")"
+    lines.append(footer)
+    return "\n".join(lines)
+
+
+def check(outcome: dict[str, Any]) -> str:
+    """`deny [rule:check] reason` / `hint: ...` / `facts: {...}`: the same facts as the structured result."""
+    lines = [f"{outcome['verdict']} [{', '.join(outcome['rules'])}] {outcome['reason']}"]
+    if outcome.get("hint"):
+        lines.append(f"hint: {outcome['hint']}")
+    if outcome.get("facts"):
+        lines.append("facts: " + json.dumps(outcome["facts"], ensure_ascii=False, separators=(",", ":")))
+    return "\n".join(lines)

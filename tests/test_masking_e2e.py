@@ -166,7 +166,7 @@ async def test_check_says_which_columns_are_masked(client: Client) -> None:
 @requirement("mask:views")
 async def test_describe_says_which_columns_are_masked(client: Client) -> None:
     tables = {t["name"]: t for t in (await client.call_tool("describe", {"connection": "demo"})).structured_content["tables"]}
-    masked = {t: {c["name"]: c["masked"] for c in tables[t]["columns"] if c["masked"]} for t in tables}
+    masked = {t: {c["name"]: c["masked"] for c in tables[t]["columns"] if c.get("masked")} for t in tables}
     assert masked["customers"] == {"email": "redact", "phone": "partial"}
     assert masked["orders"] == {"card_last4": "hash"}
     assert masked["customer_contacts"] == {"contact": "redact"}
@@ -292,7 +292,7 @@ async def test_postgres_masks_columns_views_and_materialized_views(crm_config: P
         probe = await client.call_tool("sql_query", {"connection": "crm", "sql": "SELECT id FROM contacts WHERE address LIKE 'person1%'"})
         assert probe.is_error and "mask:crm.customers.email" in probe.content[0].text
         described = (await client.call_tool("describe", {"connection": "crm"})).structured_content["tables"]
-        masked = {(t["name"], c["name"]): c["masked"] for t in described for c in t["columns"] if c["masked"]}
+        masked = {(t["name"], c["name"]): c["masked"] for t in described for c in t["columns"] if c.get("masked")}
         assert masked == {("customers", "email"): "redact", ("customers", "phone"): "hash",
                           ("contacts", "address"): "redact", ("domains", "domain"): "redact"}
     log = audit_text(crm_config)
