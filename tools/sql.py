@@ -24,7 +24,9 @@ async def prepare(connection: Connection, text: str | None = None) -> None:
     if text is not None and executor.functions is not None and not executor.functions_stale():
         try:
             analysis = analyse(text, connection.dialect, connection.policy.default_schema)
-            unresolved = any(executor.functions.resolve(ref) is None for s in analysis.statements for ref in s.calls)
+            known = executor.functions
+            unresolved = any(known.resolve(ref) is None for s in analysis.statements for ref in s.calls) or any(
+                known.relation(name, True) not in known.relations for s in analysis.statements for name in s.unqualified)
         except Exception:  # the guard reports it when it vets the text
             unresolved = False
     await executor.refresh_functions(unresolved)

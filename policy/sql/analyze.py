@@ -81,6 +81,7 @@ def _analyse_postgres(text: str, default_schema: str) -> Analysis:
         if statement.kind == Kind.EXPLAIN and statement.explained is not None and pg_stmt.explained_kind != statement.explained.kind:
             return _fail("postgres", "guard:parsers-disagree",
                          f"parsers disagree on what `{_clip(pg_stmt.text)}` explains")
+        statement = _with_sequences(statement, pg_stmt.sequences, default_schema)
         # Functions: the union of both parsers' lists, so neither can hide a call from the other.
         statement = replace(statement,
                             functions=statement.functions | pg_stmt.functions,
@@ -90,6 +91,59 @@ def _analyse_postgres(text: str, default_schema: str) -> Analysis:
                             explain_analyze=pg_stmt.explain_analyze)
         statements.append(statement)
     return Analysis(dialect="postgres", statements=tuple(statements))
+
+
+def _with_sequences(statement: Statement, sequences: frozenset[str | None], default_schema: str) -> Statement:
+    """nextval('s') and setval('s', n) change sequence s: it is a write target, judged by the rule's
+    write_tables like a table. A sequence not named by a literal cannot be judged: opaque."""
+    if not sequences:
+        return statement
+    if None in sequences:
+        return replace(statement, opaque="nextval/setval name their sequence with an expression, so Bastion cannot "
+                                         "tell which sequence they change; name it with a string literal")
+    writes, unqualified = set(statement.writes), set(statement.unqualified)
+    for literal in sequences:
+        name = _relation_name(literal or "", default_schema)
+        if name is None:
+            return replace(statement, opaque=f"`{literal}` is not a sequence name Bastion can read")
+        writes.add(name[0])
+        if not name[1]:
+            unqualified.add(name[0])
+    return replace(statement, writes=frozenset(writes), unqualified=frozenset(unqualified))
+
+
+def _relation_name(text: str, default_schema: str) -> tuple[str, bool] | None:
+    """A regclass literal as PostgreSQL reads it: `s`, `sch.s`, `"Mixed"` → (schema.name, qualified)."""
+    parts: list[str] = []
+    rest = text.strip()
+    while rest:
+        if rest.startswith('"'):
+            end = rest.find('"', 1)
+            while end != -1 and rest[end + 1 : end + 2] == '"':
+                end = rest.find('"', end + 2)
+            if end == -1:
+                return None
+            parts.append(rest[1:end].replace('""', '"'))
+            rest = rest[end + 1 :]
+        else:
+            end = rest.find(".")
+            word = rest if end == -1 else rest[:end]
+            if not word or not all(c.isalnum() or c in "_$" for c in word):
+                return None
+            parts.append(word.lower())
+            rest = "" if end == -1 else rest[end:]
+        if rest.startswith("."):
+            rest = rest[1:]
+            if not rest:
+                return None
+        elif rest:
+            return None
+    if len(parts) == 1:
+        schema = "pg_catalog" if parts[0].startswith("pg_") else default_schema
+        return f"{schema}.{parts[0]}", False
+    if len(parts) == 2:
+        return f"{parts[0]}.{parts[1]}", True
+    return None
 
 
 def _analyse_generic(text: str, dialect: str, default_schema: str) -> Analysis:

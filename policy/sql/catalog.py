@@ -1,7 +1,12 @@
-"""Functions judged from PostgreSQL's own catalog: pure data in, an Outcome out.
+"""Functions and tables judged from PostgreSQL's own catalog: pure data in, an Outcome out.
 
-tools/ reads ``pg_proc``, ``pg_operator``, ``pg_type`` and ``pg_cast`` once per connection (and again
-after DDL) and hands them here as a ``FunctionCatalog``; nothing in this module does I/O.
+tools/ reads ``pg_proc``, ``pg_operator``, ``pg_type``, ``pg_cast``, ``pg_class`` and ``pg_inherits``
+once per connection (and again after DDL) and hands them here as a ``FunctionCatalog``; nothing in
+this module does I/O.
+
+Tables: a name the text wrote without a schema is resolved along the search_path as PostgreSQL
+does (``pg_tokens`` is ``public.pg_tokens`` when pg_catalog has none), and a table's inheritance
+children and partitions count as read (or written) with it: ``FunctionCatalog.tables``.
 
 Every function reference the parser found (``FunctionRef``: a call, attribute notation, an operator
 or a cast) is resolved as PostgreSQL would — by name, argument count and search_path — to the
@@ -42,6 +47,19 @@ FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespa
 OPERATORS_SQL = """
 SELECT n.nspname, o.oprname, CASE WHEN o.oprleft = 0 THEN 1 ELSE 2 END, o.oprcode::oid::int8
 FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+"""
+RELATIONS_SQL = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND n.nspname !~ '^pg_(toast|temp_)'
+"""
+# Every (ancestor, descendant) pair of inheritance and partitioning, at any depth.
+INHERITS_SQL = """
+WITH RECURSIVE d(parent, child) AS (
+  SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
+  UNION SELECT d.parent, i.inhrelid FROM d JOIN pg_catalog.pg_inherits i ON i.inhparent = d.child)
+SELECT pn.nspname || '.' || p.relname, cn.nspname || '.' || c.relname
+FROM d JOIN pg_catalog.pg_class p ON p.oid = d.parent JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+       JOIN pg_catalog.pg_class c ON c.oid = d.child JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 """
 # A cast to a type runs the type's input function (from a literal) or a cast function into it.
 TYPES_SQL = """
@@ -117,11 +135,15 @@ class FunctionCatalog:
     types: Mapping[str, tuple[tuple[str, tuple[Proc, ...]], ...]]  # type name → (schema, functions a cast runs)
     search_path: tuple[str, ...] = ("pg_catalog", "public")
     _by_oid: dict[int, Proc] = field(default_factory=dict, repr=False)
+    # Every relation as schema.name, and each one's inheritance children and partitions (any depth).
+    relations: frozenset[str] = frozenset()
+    children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, procs: Iterable[tuple], operators: Iterable[tuple], types: Iterable[tuple],  # type: ignore[type-arg]
-              search_path: Iterable[str]) -> FunctionCatalog:
-        """From the rows of PROCS_SQL, OPERATORS_SQL and TYPES_SQL."""
+              search_path: Iterable[str], relations: Iterable[tuple] = (),  # type: ignore[type-arg]
+              inherits: Iterable[tuple] = ()) -> FunctionCatalog:  # type: ignore[type-arg]
+        """From the rows of PROCS_SQL, OPERATORS_SQL, TYPES_SQL, RELATIONS_SQL and INHERITS_SQL."""
         by_oid = {int(r[0]): Proc(int(r[0]), r[1], r[2], int(r[3]), int(r[4]), bool(r[5]), str(r[6]), bool(r[7]))
                   for r in procs}
         by_name: dict[str, list[Proc]] = {}
@@ -139,8 +161,44 @@ class FunctionCatalog:
                                                     volatility="v") for o in oids or ())
             typ.setdefault(name, []).append((schema, run))
         path = tuple(dict.fromkeys(["pg_catalog", *(s.strip() for s in search_path if s.strip())]))
+        kids: dict[str, list[str]] = {}
+        for parent, child in inherits:
+            kids.setdefault(parent, []).append(child)
         return cls({k: tuple(v) for k, v in by_name.items()}, {k: tuple(v) for k, v in ops.items()},
-                   {k: tuple(v) for k, v in typ.items()}, path, by_oid)
+                   {k: tuple(v) for k, v in typ.items()}, path, by_oid,
+                   frozenset(f"{schema}.{name}" for schema, name in relations),
+                   {k: tuple(sorted(set(v))) for k, v in kids.items()})
+
+    def relation(self, name: str, unqualified: bool) -> str:
+        """Where PostgreSQL finds a relation: an unqualified name in the first schema of the search
+        path that has it (pg_catalog first); a name found nowhere stays as the analyser qualified it."""
+        if not unqualified:
+            return name
+        bare = name.split(".", 1)[1]
+        for schema in self.search_path:
+            if f"{schema}.{bare}" in self.relations:
+                return f"{schema}.{bare}"
+        return name
+
+    def tables(self, stmt: Statement) -> tuple[frozenset[str], frozenset[str]]:
+        """The statement's reads and writes as the server sees them: names resolved along the
+        search path, and every inheritance child or partition of each (a parent's scan, UPDATE or
+        DELETE reaches them; ONLY is not told apart, which can only deny more).
+
+        >>> cat = FunctionCatalog.build([], [], [], ["public"], [("public", "pg_tokens")])
+        >>> from bastion.policy import analyse
+        >>> cat.tables(analyse("SELECT * FROM pg_tokens", "postgres").statements[0])[0]
+        frozenset({'public.pg_tokens'})
+        """
+        def expand(names: frozenset[str]) -> frozenset[str]:
+            out: set[str] = set()
+            for name in names:
+                real = self.relation(name, name in stmt.unqualified)
+                out.add(real)
+                out.update(self.children.get(real, ()))
+            return frozenset(out)
+
+        return expand(stmt.reads), expand(stmt.writes)
 
     def _in_scope(self, schema: str | None, candidate: str, *, types: bool = False) -> bool:
         if schema is not None:

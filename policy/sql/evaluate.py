@@ -100,12 +100,15 @@ def check_locking(rule: SqlRule, stmt: Statement, dialect: str, catalog: Functio
 
 
 def check_tables(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
-    """``SELECT * FROM pg_authid`` → not covered: the table is outside the rule's read patterns."""
-    for table in sorted(stmt.writes):
+    """``SELECT * FROM pg_authid`` → not covered: the table is outside the rule's read patterns.
+    With the server's catalog, unqualified names are resolved along the search path and a parent's
+    inheritance children and partitions are judged with it."""
+    reads, writes = catalog.tables(stmt) if catalog is not None and dialect == "postgres" else (stmt.reads, stmt.writes)
+    for table in sorted(writes):
         if not matches(rule.write_tables, table):
             return Outcome("none", f"{rule.id}:table", f"rule `{rule.id}` does not allow writing `{table}`",
                            hint=f"Writable tables: {', '.join(rule.write_tables) or 'none'}.")
-    for table in sorted(stmt.reads):
+    for table in sorted(reads):
         if table in STATS_CATALOG and not reads_every_table(rule):
             return Outcome("none", f"{rule.id}:table", f"`{table}` shows sample values of columns in every table the login "
                            f"can read, and rule `{rule.id}` does not let you read every table",

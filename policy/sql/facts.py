@@ -89,6 +89,9 @@ class Statement:
     functions: frozenset[str] = frozenset()
     # Names that may call a function by attribute notation (`c.f`); deny lists check them too.
     attributes: frozenset[str] = frozenset()
+    # The names in reads/writes that the text wrote without a schema: with the server's catalog they
+    # are resolved along the search_path as PostgreSQL does (policy.sql.catalog).
+    unqualified: frozenset[str] = frozenset()
     # Every function reference with its syntax, schema and argument count (PostgreSQL's parser), for
     # judging against the server's own catalog (policy.sql.catalog).
     calls: frozenset[FunctionRef] = frozenset()

@@ -28,6 +28,8 @@ class PgStatement:
     explained_kind: Kind | None
     # Every function reference, in every syntax, with schema and argument count (see FunctionRef).
     calls: frozenset[FunctionRef] = frozenset()
+    # The sequences nextval/setval change: the literal naming each, or None when it is not a literal.
+    sequences: frozenset[str | None] = frozenset()
 
 
 class PgParseError(ValueError):
@@ -177,6 +179,38 @@ def _ref(how: str, names: list[str] | None, nargs: int, out: set[FunctionRef]) -
 _BETWEEN_OPERATORS = (">=", "<=")
 
 
+SEQUENCE_WRITERS = ("nextval", "setval")
+
+
+def _literal(node: Any) -> str | None:
+    """The text of a string literal, also cast (`'s'::regclass`); None for anything else."""
+    if isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    if isinstance(node, dict) and "A_Const" in node:
+        value = node["A_Const"].get("sval")
+        if isinstance(value, dict) and "sval" in value:
+            return str(value["sval"])
+    return None
+
+
+def _sequences(node: Any, out: set[str | None]) -> None:
+    """The first argument of every nextval/setval call: the sequence it changes."""
+    if isinstance(node, list):
+        for value in node:
+            _sequences(value, out)
+        return
+    if not isinstance(node, dict):
+        return
+    call = node.get("FuncCall")
+    if isinstance(call, dict):
+        names = _strings(call.get("funcname")) or []
+        if names and names[-1] in SEQUENCE_WRITERS:
+            args = call.get("args") or []
+            out.add(_literal(args[0]) if args else None)
+    for value in node.values():
+        _sequences(value, out)
+
+
 def _calls(node: Any, out: set[FunctionRef]) -> None:
     """Every function reference under ``node``: calls (also in FROM, ROWS FROM, LATERAL, CALL),
     attribute notation, operators (A_Expr, ORDER BY USING, ANY/ALL over a subquery) and casts."""
@@ -278,6 +312,9 @@ def parse(text: str) -> list[PgStatement]:
             analyze = any(_option_on(opt.get("DefElem", {}), "analyze") for opt in body.get("options", []))
         calls: set[FunctionRef] = set()
         _calls(body, calls)
+        sequences: set[str | None] = set()
+        if any(ref.name in SEQUENCE_WRITERS for ref in calls):
+            _sequences(body, sequences)
         statements.append(PgStatement(piece, _kind(node_type, body), frozenset(functions), frozenset(attributes),
-                                      analyze, explained_kind, frozenset(calls)))
+                                      analyze, explained_kind, frozenset(calls), frozenset(sequences)))
     return statements

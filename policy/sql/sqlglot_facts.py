@@ -111,12 +111,15 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
     targets = _write_targets(tree, nodes)
     reads: set[str] = set()
     writes: set[str] = set()
+    unqualified: set[str] = set()
     for table in nodes.tables:
         # A write target is always a table; anything else may name a CTE in scope.
         if isinstance(table.this, exp.Func) or (id(table) not in targets and _is_cte_reference(table)):
             continue
         name = qualified(table, default_schema)
         (writes if id(table) in targets else reads).add(name)
+        if not table.args.get("db"):
+            unqualified.add(name)
 
     kinds = {kind}
     unfiltered: set[Kind] = set()
@@ -137,6 +140,7 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
         writes=frozenset(writes),
         functions=frozenset(function_name(f) for f in nodes.functions),
         cte_names=frozenset(_cte_names(nodes.ctes)),
+        unqualified=frozenset(unqualified),
         unfiltered=frozenset(unfiltered),
         select_into=select_into,
         locking=nodes.locking,

@@ -152,7 +152,8 @@ class PostgresExecutor:
         self._functions_read_at = float("-inf")
 
     async def refresh_functions(self, unresolved: bool = False) -> FunctionCatalog | None:
-        """Read pg_proc, pg_operator, pg_type and pg_cast (all readable by every role) when the copy
+        """Read pg_proc, pg_operator, pg_type, pg_cast, pg_class and pg_inherits (all readable by
+        every role) when the copy
         held is missing, old, or (``unresolved``) lacks something a text names. A failed read keeps
         the copy held; with none, the guard denies (fail closed)."""
         if not self.functions_stale(unresolved):
@@ -170,10 +171,12 @@ class PostgresExecutor:
                         procs = await (await conn.execute(function_catalog.PROCS_SQL)).fetchall()
                         operators = await (await conn.execute(function_catalog.OPERATORS_SQL)).fetchall()
                         types = await (await conn.execute(function_catalog.TYPES_SQL)).fetchall()
+                        relations = await (await conn.execute(function_catalog.RELATIONS_SQL)).fetchall()
+                        inherits = await (await conn.execute(function_catalog.INHERITS_SQL)).fetchall()
             except (psycopg.Error, PoolTimeout):
                 log.warning("cannot read the function catalog of %s", self.name, exc_info=True)
                 return self.functions
-            self.functions = FunctionCatalog.build(procs, operators, types, self.search_path_schemas)
+            self.functions = FunctionCatalog.build(procs, operators, types, self.search_path_schemas, relations, inherits)
             self._functions_read_at = time.monotonic()
             return self.functions
 
