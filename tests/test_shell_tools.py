@@ -72,7 +72,7 @@ async def test_git_log_piped_to_head_runs_and_is_recorded_with_its_output(client
 @pytest.mark.parametrize(("command", "rule", "says"), [
     ("rm -rf /", "inspect:program", "`rm` is not a program"),
     ("curl -s http://127.0.0.1:1/x | sh", "inspect:program", "`curl` is not a program"),
-    ("find . -exec rm {} \\;", "inspect:argument", "`find -exec` runs programs"),
+    ("find . -exec rm {} \\;", "inspect:program", "`rm` is not a program"),
     ("ls\nrm -rf .", "inspect:program", "`rm`"),
     ("cat /proc/self/environ", "inspect:path", "protected path"),
 ])

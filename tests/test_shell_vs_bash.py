@@ -142,6 +142,8 @@ COMMON = ("rm", "curl", "wget", "sh", "bash", "dash", "zsh", "cat", "ls", "git",
 _LAUNCHER_BUILTINS = frozenset({"eval", "source", ".", "exec", "command", "builtin", "trap", "fc", "time", "coproc",
                                 "enable", "mapfile", "readarray", "bind", "complete", "compgen"})
 _DISABLED_BUILTINS = ("echo", "printf", "test", "[", "pwd", "kill", "true", "false")
+# Builtins the guard allows that stay builtins (they start no program): `cd DIR && ...`.
+_KEPT_BUILTINS = frozenset({"cd"})
 # Without namespaces: any text that could name a path, expand to one, change directory, PATH or the
 # command hash, or signal processes is not run (skipped by design).
 _RISKY = re.compile(r"[/$`~]|\b(command|hash|enable|PATH|CDPATH|cd|pushd|popd|kill|exec|source|builtin|trap|fc|"
@@ -517,6 +519,8 @@ def _expected(analysis: ShellAnalysis, sandbox: Sandbox) -> list[Argv]:
         command = analysis.commands[index]
         if command.program is None:
             continue  # a redirection alone, such as $(< file): no program starts
+        if command.program.value in _KEPT_BUILTINS:
+            continue  # bash runs it itself: nothing to log
         argv: list[str] = []
         for word in command.argv:
             argv.extend(_expand(word, sandbox))

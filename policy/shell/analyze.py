@@ -38,6 +38,8 @@ def _analyse_cached(text: str) -> ShellAnalysis:
     walker = _Walker(text)
     try:
         items = tuple(walker.node(tree, "top") for tree in trees)
+    except w.BudgetError as error:
+        return ShellAnalysis(text, error=str(error), error_rule="guard:budget")
     except (_Unsupported, w.WordError) as error:
         return ShellAnalysis(text, error=str(error), error_rule="guard:unsupported")
     except RecursionError:
@@ -61,6 +63,7 @@ class _Walker:
         self.constructs: set[str] = set()
         self.substitutions: dict[int, Node] = {}
         self.base = 0  # offset of the text bashlex is walking inside self.text (substitutions)
+        self.budget = w.Budget()  # brace expansion and time: a bomb is refused, not expanded
 
     def inner(self, start: int, end: int, kind: str) -> Node:
         """A substitution's own text, parsed on its own: bashlex's nested parse can stop early (at a
@@ -143,7 +146,7 @@ class _Walker:
             elif part.kind not in ("parameter", "tilde"):
                 raise _Unsupported(f"bash construct `{part.kind}` inside a word is not accepted")
         start, end = self.base + node.pos[0], self.base + node.pos[1]
-        return w.words(self.text[start:end], start, subs)
+        return w.words(self.text[start:end], start, subs, self.budget)
 
     def command(self, node: Any, context: str) -> Node:
         argv: list[w.Word] = []

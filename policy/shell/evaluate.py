@@ -10,14 +10,18 @@ from fnmatch import fnmatchcase
 
 from bastion.policy.outcome import Outcome, first_outcome
 from bastion.policy.shell import programs
-from bastion.policy.shell.facts import ShellAnalysis
+from bastion.policy.shell.facts import Command, Node, ShellAnalysis
 from bastion.policy.shell.rules import ShellRule
 from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PROCSUB, TILDE, Segment, Word
 
 _WRITE_OPS = (">", ">>", ">|", "&>", "&>>", "<>")
 _HOME = "/~home"  # how a leading ~ is written in paths checked against deny_paths
-# Programs that neither open files nor take options from a command substitution's output.
-_SUBSTITUTION_SINKS = frozenset({"echo"})
+# Programs with no option that runs a program or writes a file: a command substitution's output
+# (of a command that passes on its own) may become their arguments, options included.
+_SUBSTITUTION_SINKS = frozenset({"echo", "cat", "ls", "grep", "egrep", "fgrep", "head", "tail", "wc", "file", "stat",
+                                 "du", "basename", "dirname", "realpath", "readlink", "nl", "cut", "cd"})
+# Programs that write the files they name: their operands must lie in the workspace or /tmp.
+_WRITERS = frozenset({"cp", "mv", "rm", "rmdir", "mkdir", "touch", "tee", "ln", "patch"})
 
 
 def program_name(word: Word, rule: ShellRule) -> tuple[str | None, str | None]:
@@ -31,6 +35,34 @@ def program_name(word: Word, rule: ShellRule) -> tuple[str | None, str | None]:
     if directory not in rule.program_dirs:
         return None, f"`{path}` is outside the allowed program directories ({', '.join(rule.program_dirs)})"
     return name, None
+
+
+def named_command(command: Command, rule: ShellRule) -> str | None:
+    """The command prefix the rule names that this command starts with (`python -m pytest`), if any:
+    such a command is allowed as the administrator wrote it, interpreter options included."""
+    argv = [w.value for w in command.argv]
+    if not all(w.literal for w in command.argv[:4]):
+        return None
+    for entry in rule.programs:
+        words = entry.split()
+        if len(words) > 1 and argv[: len(words)] == words:
+            return entry
+    return None
+
+
+def all_commands(analysis: ShellAnalysis) -> Iterator[Command]:
+    """Every command that can run: those written, and those find -exec/-execdir and xargs run
+    (checked like any other; their `{}` and appended arguments are the only unknowns)."""
+    pending = list(analysis.commands)
+    depth = 0
+    while pending and depth < 1000:
+        command = pending.pop(0)
+        depth += 1
+        yield command
+        name = command.program.value.rsplit("/", 1)[-1] if command.program is not None else ""
+        if name in ("find", "gfind", "xargs"):
+            inner, _ = programs.embedded(name, command.args)
+            pending.extend(Command(argv, context=f"{name}-command") for argv in inner if argv)
 
 
 def check_operators(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
@@ -52,39 +84,154 @@ def check_constructs(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
 
 
 def check_programs(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
-    """``rm -rf /`` → not covered: `rm` is not in the rule's programs; ``xargs rm`` → denied outright."""
-    for command in analysis.commands:
+    """``rm -rf /`` → not covered: `rm` is not in the rule's programs; ``env rm`` → denied outright."""
+    for command in all_commands(analysis):
         if command.program is None:
+            continue
+        if not command.program.literal or command.program.ansi_c:
+            yield Outcome("none", f"{rule.id}:program", f"the program name `{command.program.value}` is computed at run time",
+                          hint="Write the program's name literally.")
             continue
         name, why = program_name(command.program, rule)
         if name is None:
-            yield Outcome("none", f"{rule.id}:program", why or "", hint=_programs_hint(rule))
+            yield Outcome("none", f"{rule.id}:program", why or "", hint=f"Use the program's bare name. {_programs_hint(rule)}")
             continue
         if name in programs.LAUNCHERS:
-            yield Outcome("deny", f"{rule.id}:launcher", f"`{name}` {programs.LAUNCHERS[name]}; it is never allowed")
+            yield Outcome("deny", f"{rule.id}:launcher", f"`{name}` {programs.LAUNCHERS[name]}; it is never allowed",
+                          hint=_LAUNCHER_HINTS.get(name, "Run the program it would start directly."))
         elif name in rule.deny_programs:
             yield Outcome("deny", f"{rule.id}:deny-program", f"`{name}` is denied by rule `{rule.id}`")
         elif name in rule.review_programs:
             yield Outcome("review", f"{rule.id}:review-program", f"`{name}` needs approval under rule `{rule.id}`")
-        elif name not in rule.programs:
+        elif name not in rule.programs and named_command(command, rule) is None:
             yield Outcome("none", f"{rule.id}:program", f"`{name}` is not a program rule `{rule.id}` allows",
-                          hint=_programs_hint(rule))
+                          hint=_program_hint(name, rule))
+
+
+_LAUNCHER_HINTS = {"less": "Read with `head -n 100 FILE`, `sed -n '100,200p' FILE` or `cat FILE`.",
+                   "more": "Read with `head -n 100 FILE` or `cat FILE`.",
+                   "vi": "Read with `cat FILE`; edits are not run by Bastion.", "vim": "Read with `cat FILE`.",
+                   "man": "Try `PROGRAM --help`.", "env": "Drop `env` and run the program directly.",
+                   "timeout": "Drop `timeout`: every call has a time limit already.",
+                   "time": "Drop `time`: every result says how long the call took.",
+                   "nohup": "Drop `nohup`; background jobs are not run."}
+# What to use instead of programs agents reach for, under a read-only rule.
+_INSTEAD = {"python": "Interpreters run only where the connection names them (e.g. `python -m pytest`).",
+            "bash": "Send the commands themselves, joined by | && || ; (no `bash -c`).",
+            "sh": "Send the commands themselves, joined by | && || ; (no `sh -c`).",
+            "less": "Read with `head -n 100 FILE` or `sed -n '100,200p' FILE`.",
+            "rm": "This connection is read-only.", "mv": "This connection is read-only.",
+            "cp": "This connection is read-only.", "touch": "This connection is read-only.",
+            "tee": "This connection is read-only; drop `| tee FILE`.",
+            "curl": "There is no network inside the sandbox.", "wget": "There is no network inside the sandbox."}
+
+
+def _program_hint(name: str, rule: ShellRule) -> str:
+    if name in ("python3", "python2") or name in programs.INTERPRETERS and name not in _INSTEAD:
+        name = "python"
+    head = _INSTEAD.get(name, "")
+    return (head + " " if head else "") + _programs_hint(rule)
 
 
 def _programs_hint(rule: ShellRule) -> str:
     return f"Programs allowed here: {', '.join(sorted(rule.programs)) or 'none'}."
 
 
-def check_arguments(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
-    """``find . -delete`` → not covered: that option changes files; ``git push`` → not an allowed subcommand."""
+def check_cd(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
+    """``cd src && grep -n x *.py`` → covered: `cd` to a literal directory inside the workspace, as an
+    item of a list (never alone, in a pipeline or in a substitution); ``cd ~``, ``cd /etc`` → not covered."""
+    if "cd" not in rule.programs:
+        return
+    listed = set(_list_items(analysis.structure)) if analysis.structure is not None else set()
+    for index, command in enumerate(analysis.commands):
+        if command.program is None or command.program.value != "cd":
+            continue
+        args = [w for w in command.args if w.value != "--"]
+        if len(args) != 1 or not args[0].literal or args[0].value.startswith("-"):
+            yield Outcome("none", f"{rule.id}:cd", "`cd` takes one literal directory inside the workspace here",
+                          hint=f"Write `cd DIR && ...` with DIR inside `{cwd}`, or pass the directory as `cwd`.")
+            continue
+        target = _cd_target(args[0].value, cwd)
+        if not _inside(target, cwd):
+            yield Outcome("none", f"{rule.id}:cd", f"`cd {args[0].value}` leaves the workspace `{cwd}`",
+                          hint=f"Stay inside `{cwd}`: use relative paths or the `cwd` argument.")
+        elif index not in listed:
+            yield Outcome("none", f"{rule.id}:cd", "`cd` does something only before another command (`cd DIR && ls`)",
+                          hint=f"Pass the directory as `cwd` (`{args[0].value}`), or write `cd {args[0].value} && COMMAND`.")
+
+
+def _list_items(node: Node) -> Iterator[int]:
+    """Commands that are direct items of a list (cd there changes the directory for what follows)."""
+    if node.kind == "list":
+        for item in node.items:
+            if item.kind == "command":
+                yield item.index
+            else:
+                yield from _list_items(item)
+    elif node.kind in ("subshell", "group"):
+        yield from _list_items(node.items[0])
+
+
+def _cd_target(path: str, cwd: str) -> str:
+    return posixpath.normpath(posixpath.join(cwd, path))
+
+
+def _inside(path: str, root: str) -> bool:
+    root = root.rstrip("/") or "/"
+    return path == root or path.startswith(root + "/") or root == "/"
+
+
+def _directories(analysis: ShellAnalysis, cwd: str) -> list[str]:
+    """The working directories commands of this text may run in: ``cwd`` and every `cd` target."""
+    out = [cwd]
     for command in analysis.commands:
-        if command.program is None:
+        if command.program is not None and command.program.value == "cd":
+            args = [w for w in command.args if w.value != "--"]
+            if len(args) == 1 and args[0].literal:
+                out.append(_cd_target(args[0].value, cwd))
+    return out
+
+
+def check_arguments(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
+    """``find . -delete`` → not covered: that option changes files; ``git push`` → not an allowed subcommand;
+    ``sed -n '1,50p' f`` → covered, ``sed '1e id' f`` → not covered."""
+    writes = rule.redirects == "write"
+    for command in all_commands(analysis):
+        if command.program is None or named_command(command, rule) is not None:
             continue
         name, _ = program_name(command.program, rule)
-        check = programs.git(rule.git_subcommands) if name == "git" else programs.CHECKS.get(name or "")
+        if name == "git":
+            check = programs.git(rule.git_subcommands)
+        elif name in ("sed", "gsed") and writes:
+            check = programs.sed(write=True)
+        else:
+            check = programs.CHECKS.get(name or "")
         why = check(command.args) if check else None
         if why:
-            yield Outcome("none", f"{rule.id}:argument", why, hint="Drop that option or subcommand.")
+            yield Outcome("none", f"{rule.id}:argument", why, hint=_argument_hint(name or "", why, rule))
+
+
+def _argument_hint(name: str, why: str, rule: ShellRule) -> str:
+    """What would pass instead, concretely."""
+    if name in ("sed", "gsed"):
+        if "-i" in why:
+            return "This rule is read-only: print the lines instead, e.g. `sed -n '1,50p' FILE` or `head -n 50 FILE`."
+        return ("Print-only sed scripts pass: `sed -n '1,50p' FILE` (or `head -n 50 FILE`), `sed -n '/re/p' FILE`, "
+                "`sed 's/a/b/g' FILE`; no e, w, W, r, R commands or s///e, s///w flags.")
+    if name in ("awk", "gawk", "mawk", "nawk"):
+        return ("awk programs that compute and print pass, e.g. `awk '/re/ {print NR\": \"$0}' FILE`; "
+                "no system(), pipes, `print > file`, command getline or @indirect calls.")
+    if name in ("find", "gfind"):
+        return ("`find DIR -name '*.py' -exec grep -l PATTERN {} +` passes when the -exec command passes on its own; "
+                "-delete, -ok and -fprint do not.")
+    if name == "xargs":
+        return "`xargs grep -l PATTERN` passes (options -0 -n -I -L -r -t -d); the command must pass on its own."
+    if name == "git":
+        return (f"Read-only git passes: {', '.join('git ' + s for s in sorted(rule.git_subcommands))}; "
+                "not --output, --ext-diff, --textconv, --no-index, -c.")
+    if name in programs.INTERPRETERS:
+        return "Run a script file (`python3 script.py`), or ask for the exact command to be named on the connection."
+    return "Drop that option or subcommand."
 
 
 def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
@@ -104,6 +251,9 @@ def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
                                   f"the output of a {segment.kind.replace('-', ' ')} cannot be checked as an argument of `{name}`",
                                   hint="Run the inner command on its own first, then use its result literally.")
         for word in command.args:
+            if word.glob_option:
+                yield Outcome("none", f"{rule.id}:expansion", f"`{word.value}` could match a file named like an option",
+                              hint=f"Start the pattern with `./` (`./{word.value}`).")
             if word.ansi_c and word.value.startswith("-"):
                 yield Outcome("none", f"{rule.id}:expansion", f"the option `{word.value}` is spelled with $'...' quoting",
                               hint="Write options plainly.")
@@ -114,8 +264,14 @@ def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
 def check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
     """``cat /proc/1/environ`` or ``cat ~/.ssh/id_rsa`` → denied outright, however it is spelled
     (``//proc``, ``/dev/fd/../..``, ``/etc/shado?``, ``-f/proc/..``); ``grep -r x /`` or ``grep -r x ~``
-    too, because the search would read what is protected."""
-    for command in analysis.commands:
+    too, because the search would read what is protected. Relative paths are judged from the working
+    directory and from every `cd` target in the text."""
+    for directory in _directories(analysis, cwd):
+        yield from _check_paths(rule, analysis, directory)
+
+
+def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
+    for command in all_commands(analysis):
         words = list(command.args) + [r.target for r in command.redirects if r.target]
         name = command.program.value.rsplit("/", 1)[-1] if command.program else ""
         recursive = programs.reads_recursively(name, command.args)
@@ -205,25 +361,52 @@ def _path_forms(word: Word, cwd: str) -> Iterator[str | None]:
 
 
 def check_redirects(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
-    """``echo x > file`` → not covered unless `file` is in write_paths; ``< file`` needs redirects = read."""
+    """``echo x > file`` → not covered unless `file` is in write_paths (a relative pattern is relative
+    to the workspace: `*` is anything in it); ``< file`` needs redirects = read."""
+    for directory in _directories(analysis, cwd):
+        yield from _check_redirects(rule, analysis, directory, cwd)
+
+
+def _writable(rule: ShellRule, path: str, workspace: str) -> bool:
+    return any(fnmatchcase(path, p if p.startswith("/") else posixpath.join(workspace, p)) for p in rule.write_paths)
+
+
+def _check_redirects(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
     for command in analysis.commands:
         for redirect in command.redirects:
             if redirect.is_dup or redirect.op in ("<<", "<<-", "<<<"):
                 continue  # 2>&1; here-docs and here-strings are constructs
             target = redirect.target
             if target is None or any(s.kind not in (LIT, TILDE) for s in target.segments):
-                yield Outcome("none", f"{rule.id}:redirect", "a redirection target must be a plain file name")
+                yield Outcome("none", f"{rule.id}:redirect", "a redirection target must be a plain file name",
+                              hint="Write the file name literally.")
                 continue
             path = posixpath.normpath(posixpath.join(cwd, target.value))
             if redirect.op in _WRITE_OPS or redirect.writes:
-                if not any(fnmatchcase(path, p) for p in rule.write_paths):
+                if not _writable(rule, path, workspace):
                     yield Outcome("none", f"{rule.id}:redirect", f"writing to `{target.value}` is not allowed",
-                                  hint=f"Writable paths: {', '.join(rule.write_paths) or 'none'}.")
+                                  hint=f"Writable paths: {', '.join(rule.write_paths) or 'none'}"
+                                       + (" (relative to the workspace)" if any(not p.startswith("/") for p in rule.write_paths) else "")
+                                       + "; drop the redirection to get the output back.")
             elif rule.redirects == "none":
-                yield Outcome("none", f"{rule.id}:redirect", "input redirection is not allowed by this rule")
+                yield Outcome("none", f"{rule.id}:redirect", "input redirection is not allowed by this rule",
+                              hint="Name the file as an argument instead (`cat FILE`).")
+    if rule.redirects != "write":
+        return
+    for command in all_commands(analysis):
+        name = command.program.value.rsplit("/", 1)[-1] if command.program is not None else ""
+        if name not in _WRITERS:
+            continue
+        for word in command.args:
+            if word.value.startswith("-") or not word.literal and GLOB not in word.expansions:
+                continue
+            path = posixpath.normpath(posixpath.join(cwd, word.value))
+            if not _writable(rule, path, workspace):
+                yield Outcome("none", f"{rule.id}:write-path", f"`{name} {word.value}` writes outside the workspace",
+                              hint=f"Write inside `{workspace}` or /tmp.")
 
 
-CHECKS = (check_operators, check_constructs, check_programs, check_arguments, check_expansions, check_paths,
+CHECKS = (check_operators, check_constructs, check_programs, check_cd, check_arguments, check_expansions, check_paths,
           check_redirects)
 
 

@@ -1,4 +1,8 @@
-"""Built-in shell presets, documented exactly in docs/policy.md."""
+"""Built-in shell presets, documented exactly in docs/policy.md (tests/test_docs.py keeps them in step).
+
+Measured on real agent traffic by tests/bench/bench_shell_presets.py. The kernel sandbox
+(tools/executors/sandbox.py) is the boundary; these say what agents may intend.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,37 @@ from dataclasses import replace
 
 from bastion.policy.shell.rules import ShellRule
 
+# Read-only inspection: reading, searching and summarising files and the repository's history.
+INSPECT_PROGRAMS = frozenset({
+    "cd", "pwd", "ls", "cat", "head", "tail", "grep", "egrep", "fgrep", "rg", "find", "xargs", "sed", "awk", "sort",
+    "uniq", "cut", "tr", "nl", "wc", "diff", "cmp", "comm", "stat", "file", "tree", "du", "df", "ps", "uname", "date",
+    "which", "id", "whoami", "git", "echo", "printf", "true", "false", "test", "basename", "dirname", "realpath",
+    "readlink", "tac", "column", "paste", "seq", "md5sum", "sha1sum", "sha256sum",
+})
+INSPECT_GIT = frozenset({"status", "log", "diff", "show", "blame", "branch", "tag", "rev-parse", "ls-files", "grep",
+                         "remote", "describe", "shortlog"})
+
 INSPECT = ShellRule(
     id="inspect",
     preset="inspect",
-    programs=frozenset({"ls", "cat", "head", "tail", "grep", "find", "wc", "ps", "df", "du", "git", "echo"}),
-    git_subcommands=frozenset({"status", "log", "diff", "show"}),
+    programs=INSPECT_PROGRAMS,
+    git_subcommands=INSPECT_GIT,
     redirects="read",
     write_paths=("/dev/null",),
 )
 
-SHELL_PRESETS: dict[str, ShellRule] = {"inspect": INSPECT, "developer": replace(INSPECT, id="developer", preset="developer")}
+# inspect plus writing inside the workspace (relative write paths are relative to it) and /tmp.
+DEVELOPER_PROGRAMS = INSPECT_PROGRAMS | frozenset({"mkdir", "touch", "cp", "mv", "rm", "rmdir", "tee", "patch"})
+DEVELOPER_GIT = INSPECT_GIT | frozenset({"add", "apply", "checkout", "commit", "mv", "restore", "rm", "stash", "switch"})
+
+DEVELOPER = replace(INSPECT, id="developer", preset="developer", programs=DEVELOPER_PROGRAMS,
+                    git_subcommands=DEVELOPER_GIT, redirects="write", write_paths=("/dev/null", "/tmp/*", "*"))
+
+SHELL_PRESETS: dict[str, ShellRule] = {"inspect": INSPECT, "developer": DEVELOPER}
 
 
 def developer(programs: frozenset[str]) -> ShellRule:
-    """``inspect`` plus the build and test commands the config names."""
-    return replace(INSPECT, id="developer", preset="developer", programs=INSPECT.programs | programs)
+    """``developer`` plus the build and test commands the config names: a bare program name
+    (`make`) or an exact command prefix (`python -m pytest`, `npm test`). Interpreters run only as
+    named: naming `python3` allows `python3 script.py`, never `python3 -c`."""
+    return replace(DEVELOPER, programs=DEVELOPER.programs | programs)

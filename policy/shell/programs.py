@@ -17,7 +17,7 @@ from bastion.policy.shell.words import GLOB, TILDE, Segment, Word
 # allowed through a rule's program list, because the program they run escapes it.
 LAUNCHERS: dict[str, str] = {
     name: "runs another program from its arguments"
-    for name in ("xargs", "env", "nice", "timeout", "nohup", "sudo", "su", "doas", "runuser", "stdbuf", "setsid",
+    for name in ("env", "nice", "timeout", "nohup", "sudo", "su", "doas", "runuser", "stdbuf", "setsid",
                  "watch", "time", "command", "builtin", "exec", "eval", "source", ".", "strace", "ltrace", "chroot",
                  "flock", "unshare", "nsenter", "ionice", "chrt", "taskset", "parallel", "script", "expect", "busybox",
                  "fakeroot", "systemd-run", "at", "batch", "crontab", "trap", "coproc")
@@ -47,7 +47,7 @@ def _no_dynamic_options(args: Sequence[Word]) -> str | None:
         kinds = arg.expansions
         if kinds - {GLOB, TILDE}:
             return f"`{arg.value}` is expanded at run time and could become an option"
-        if GLOB in kinds and arg.value.startswith("-"):
+        if GLOB in kinds and arg.glob_option:
             return f"`{arg.value}` could match a file named like an option"
     return None
 
@@ -79,23 +79,137 @@ def _refuse_options(*refused: str) -> Check:
 
 
 def _find(args: Sequence[Word]) -> str | None:
-    """find: never -exec, -execdir, -ok, -okdir, -delete, -fprint*, -fls."""
+    """find: -exec/-execdir with a command (checked on its own, see ``embedded``); never -ok, -okdir,
+    -delete, -fprint*, -fls."""
     dynamic = _no_dynamic_options(args)
     if dynamic:
         return dynamic
     for text in _texts(args):
-        if text in ("-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint", "-fprint0", "-fprintf", "-fls"):
-            return f"`find {text}` runs programs or changes files"
+        if text in ("-ok", "-okdir", "-delete", "-fprint", "-fprint0", "-fprintf", "-fls"):
+            return f"`find {text}` asks interactively or changes files"
+    return embedded("find", args)[1]
+
+
+def embedded(name: str, args: Sequence[Word]) -> tuple[list[tuple[Word, ...]], str | None]:
+    """The commands ``find -exec``/``-execdir`` and ``xargs`` run, as argv word lists, or why they
+    cannot be read. The rule then checks each as if it were written on its own.
+
+    >>> from bastion.policy.shell.words import words
+    >>> argv = [w for part in "-name *.py -exec grep -l x {} +".split() for w in words(part, 0, {})]
+    >>> [[w.value for w in c] for c in embedded("find", argv)[0]]
+    [['grep', '-l', 'x', '{}']]
+    """
+    if name in ("find", "gfind"):
+        out, i = [], 0
+        while i < len(args):
+            if args[i].value in ("-exec", "-execdir"):
+                j = i + 1
+                while j < len(args) and not (args[j].value == ";" or (args[j].value == "+" and args[j - 1].value == "{}")):
+                    j += 1
+                if j >= len(args) or j == i + 1:
+                    return [], f"`find {args[i].value}` needs a command ended by `;` or `{{}} +`"
+                out.append(tuple(args[i + 1 : j]))
+                i = j
+            i += 1
+        return out, None
+    if name == "xargs":
+        return _xargs(args)
+    return [], None
+
+
+# xargs options (GNU findutils): which take a value, attached or as the next word.
+_XARGS_VALUE = {"-a", "-d", "-E", "-I", "-L", "-n", "-P", "-s"}
+_XARGS_OPTIONAL = {"-e", "-i", "-l"}  # a value only when attached
+_XARGS_FLAGS = {"-0", "-r", "-t", "-x"}
+_XARGS_LONG = {"--null": False, "--arg-file": True, "--delimiter": True, "--eof": False, "--replace": False,
+               "--max-lines": False, "--max-args": True, "--max-procs": True, "--no-run-if-empty": False,
+               "--max-chars": True, "--verbose": False, "--exit": False, "--show-limits": False}
+
+
+def _xargs(args: Sequence[Word]) -> tuple[list[tuple[Word, ...]], str | None]:
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        text = arg.value
+        if not arg.literal:
+            return [], f"`xargs {text}` is expanded at run time"
+        if text == "--":
+            i += 1
+            break
+        if not text.startswith("-") or text == "-":
+            break
+        if text.startswith("--"):
+            name, eq, _ = text.partition("=")
+            known = [o for o in _XARGS_LONG if o == name] or [o for o in _XARGS_LONG if o.startswith(name)]
+            if len(known) != 1:
+                return [], f"`xargs {name}` is not an option Bastion knows" + (" (it is interactive)" if "interactive" in name or "open-tty" in name else "")
+            if _XARGS_LONG[known[0]] and not eq:
+                i += 1
+            i += 1
+            continue
+        j = 1
+        while j < len(text):
+            option = "-" + text[j]
+            if option in _XARGS_VALUE:
+                if j + 1 == len(text):
+                    i += 1
+                break
+            if option in _XARGS_OPTIONAL:
+                break
+            if option not in _XARGS_FLAGS:
+                return [], f"`xargs {option}` is not allowed" + (" (it is interactive)" if option in ("-p", "-o") else "")
+            j += 1
+        i += 1
+    command = tuple(args[i:])
+    return [command or (Word("echo", (Segment("lit", "echo"),)),)], None
+
+
+_GIT_GLOBAL_REFUSED = ("-c", "--exec-path", "--config-env", "--git-dir", "--work-tree", "--namespace", "--super-prefix",
+                      "--list-cmds")
+_GIT_REFUSED = ("--output", "--ext-diff", "--exec", "--upload-pack", "--receive-pack", "--open-files-in-pager", "-O",
+                "--textconv", "--run", "--extcmd", "--tool", "--no-index", "--output-directory")
+# Read-only subcommands whose plain form lists, but which create, move or delete with other
+# arguments: only these options pass, and names only where they are patterns.
+_GIT_LISTING = {
+    "branch": ({"-a", "--all", "-r", "--remotes", "-v", "-vv", "--verbose", "-l", "--list", "--show-current",
+                "--merged", "--no-merged", "--contains", "--no-contains", "--points-at", "--sort", "--format",
+                "--color", "--no-color", "--column", "--no-column", "--abbrev", "--no-abbrev", "-i", "--ignore-case",
+                "--omit-empty"}, ("-l", "--list")),
+    "tag": ({"-l", "--list", "-n", "--sort", "--format", "--contains", "--no-contains", "--merged", "--no-merged",
+             "--points-at", "--color", "--column", "--no-column", "-i", "--ignore-case", "--omit-empty"},
+            ("-l", "--list")),
+    "remote": ({"-v", "--verbose"}, ()),
+}
+_GIT_VALUE_OPTIONS = {"--contains", "--no-contains", "--merged", "--no-merged", "--points-at", "--sort", "--format"}
+
+
+def _git_listing(sub: str, args: Sequence[Word]) -> str | None:
+    """`git branch`/`tag`/`remote` as listings only: `git branch -a`, `git tag -l 'v1*'`, `git remote -v`."""
+    allowed, pattern_flags = _GIT_LISTING[sub]
+    texts = _texts(args)
+    listing = any(t in pattern_flags for t in texts)
+    i = 0
+    while i < len(texts):
+        text = texts[i]
+        name = text.split("=", 1)[0]
+        if text.startswith("-"):
+            if name not in allowed and not (sub == "tag" and re.fullmatch(r"-n\d*", text)):
+                return (f"`git {sub} {text}` changes the repository; `git {sub}` passes only as a listing "
+                        f"(`git {' '.join([sub, *pattern_flags[:1], '-v' if sub == 'remote' else ''])}`)".replace("  ", " ").replace(" `)", "`)"))
+            if name in _GIT_VALUE_OPTIONS and "=" not in text and i + 1 < len(texts) and not texts[i + 1].startswith("-"):
+                i += 1
+        elif sub == "remote" and i == 0 and text in ("get-url", "show"):
+            pass
+        elif not listing and not (sub == "remote" and i > 0 and texts[0] in ("get-url", "show")):
+            return (f"`git {sub} {text}` would create or change a {sub}; list with "
+                    f"`git {sub} {'--list ' if pattern_flags else ''}{text if pattern_flags else '-v'}`")
+        i += 1
     return None
 
 
-_GIT_GLOBAL_REFUSED = ("-c", "--exec-path", "--config-env", "--git-dir", "--work-tree", "--namespace", "--super-prefix")
-_GIT_REFUSED = ("--output", "--ext-diff", "--exec", "--upload-pack", "--receive-pack", "--open-files-in-pager", "-O",
-                "--textconv", "--run", "--extcmd", "--tool")
-
-
 def git(subcommands: frozenset[str]) -> Check:
-    """git: only the named subcommands; no -c / --exec-path / --config-env, no options that run programs."""
+    """git: only the named subcommands; no -c / --exec-path / --config-env, no options that run programs
+    or write files (--output, --ext-diff, --textconv, --no-index, ...); branch, tag and remote as listings."""
     refused_global = _refuse_options(*_GIT_GLOBAL_REFUSED)
     refused_sub = _refuse_options(*_GIT_REFUSED)
 
@@ -118,40 +232,131 @@ def git(subcommands: frozenset[str]) -> Check:
             allowed = ", ".join(sorted(subcommands)) or "none"
             return f"`git {sub}` is not allowed (allowed: {allowed})"
         why = refused_sub(args[i + 1 :])
-        return f"git {sub}: {why}" if why else None
+        if why:
+            return f"git {sub}: {why}"
+        if sub in _GIT_LISTING:
+            return _git_listing(sub, args[i + 1 :])
+        return None
 
     return check
 
 
+def _long(name: str, options: dict[str, bool]) -> str | None:
+    """A long option as getopt_long reads it: exact, or an unambiguous abbreviation."""
+    if name in options:
+        return name
+    found = [o for o in options if o.startswith(name)]
+    return found[0] if len(found) == 1 else None
+
+
+def _programs_and_files(args: Sequence[Word], shorts_value: str, shorts_flag: str, longs: dict[str, bool],
+                        program_options: tuple[str, ...], what: str,
+                        file_options: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """Read sed- or awk-style options (getopt: clusters, attached values, long abbreviations, options
+    after operands): the program texts given with ``program_options``, or the first operand."""
+    programs: list[str] = []
+    operands: list[str] = []
+    texts = _texts(args)
+    i = 0
+    while i < len(texts):
+        text = texts[i]
+        if text == "--":
+            operands += texts[i + 1 :]
+            break
+        if text.startswith("--"):
+            name, eq, value = text.partition("=")
+            option = _long(name, longs)
+            if option is None:
+                return [], f"`{what} {name}` is not an option Bastion accepts"
+            if longs[option] and not eq:
+                i += 1
+                value = texts[i] if i < len(texts) else ""
+            if option in program_options:
+                programs.append(value)
+            elif option in file_options:
+                return [], f"{what} programs from files cannot be checked"
+        elif text.startswith("-") and len(text) > 1:
+            for j, letter in enumerate(text[1:], 1):
+                option = "-" + letter
+                if letter in shorts_value:
+                    value = text[j + 1 :]
+                    if not value:
+                        i += 1
+                        value = texts[i] if i < len(texts) else ""
+                    if option in program_options:
+                        programs.append(value)
+                    elif option in file_options:
+                        return [], f"{what} programs from files cannot be checked"
+                    break
+                if letter not in shorts_flag:
+                    return [], f"`{what} {option}` is not an option Bastion accepts"
+        else:
+            operands.append(text)
+        i += 1
+    if not programs:
+        if not operands:
+            return [], f"{what} without a program"
+        programs.append(operands[0])
+    return programs, None
+
+
+_SED_LONG = {"--expression": True, "--file": True, "--quiet": False, "--silent": False, "--regexp-extended": False,
+             "--separate": False, "--unbuffered": False, "--null-data": False, "--zero-terminated": False,
+             "--line-length": True, "--posix": False, "--debug": False, "--sandbox": False,
+             "--follow-symlinks": False, "--in-place": False, "--binary": False, "--help": False, "--version": False}
+
+
+def sed(write: bool = False) -> Check:
+    """sed: print-only scripts (policy.shell.sed): never e, w, W, r, R or s///e, s///w however spelled;
+    no -i (in place) unless ``write``; no scripts from files."""
+
+    def check(args: Sequence[Word]) -> str | None:
+        dynamic = _no_dynamic_options(args)
+        if dynamic:
+            return dynamic
+        for text in _texts(args):
+            if text == "--":
+                break
+            in_place = (text.startswith("--") and _long(text.split("=", 1)[0], _SED_LONG) == "--in-place") or \
+                (text.startswith("-") and not text.startswith("--") and "i" in text[1:].split("e", 1)[0].split("l", 1)[0])
+            if in_place and not write:
+                return "`sed -i` edits files in place"
+        programs, why = _programs_and_files(args, "efl", "nrEsuzi", _SED_LONG, ("-e", "--expression"), "sed",
+                                             ("-f", "--file"))
+        if why:
+            return why
+        from bastion.policy.shell.sed import refusal
+
+        return refusal("\n".join(programs), write=write)
+
+    return check
+
+
+_sed = sed()
+
+_AWK_LONG = {"--assign": True, "--field-separator": True, "--file": True, "--source": True, "--include": True,
+             "--load": True, "--exec": True, "--characters-as-bytes": False, "--posix": False,
+             "--traditional": False, "--re-interval": False, "--sandbox": False, "--lint": False, "--bignum": False,
+             "--use-lc-numeric": False, "--non-decimal-data": False, "--optimize": False, "--no-optimize": False,
+             "--csv": False, "--version": False, "--help": False}
+
+
 def _awk(args: Sequence[Word]) -> str | None:
-    """awk: no system(), no pipes or redirection to commands/files, no -f program files."""
+    """awk: programs without system(), pipes, output redirection, command getline or indirect calls
+    (policy.shell.awk); no program files (-f, --include, --load, --exec)."""
     dynamic = _no_dynamic_options(args)
     if dynamic:
         return dynamic
-    for text in _texts(args):
-        if text in ("-f", "--file", "-E", "--exec") or text.startswith(("-f", "--file=")):
-            return "awk programs from files cannot be checked"
-        if re.search(r"system\s*\(|\|\s*getline|\|&|\bprint[f]?\b[^;{}]*[>|]|close\s*\(|fflush", text):
-            return "awk programs that run commands or write files are not allowed"
-        if re.search(r"getline[^;{}]*<", text):
-            return "awk programs that read files by name (getline < file) are not allowed"
-    return None
+    programs, why = _programs_and_files(args, "vFfeilE", "bcCOPrsStMN", _AWK_LONG, ("-e", "--source"), "awk",
+                                        ("-f", "-i", "-l", "-E", "--file", "--include", "--load", "--exec"))
+    if why:
+        return why
+    from bastion.policy.shell.awk import refusal
 
-
-def _sed(args: Sequence[Word]) -> str | None:
-    """sed: no -i (in-place), no e/w/W commands or s///e, s///w flags."""
-    dynamic = _no_dynamic_options(args)
-    if dynamic:
-        return dynamic
-    for text in _texts(args):
-        if text.startswith(("-i", "--in-place")) or (text.startswith("-") and not text.startswith("--") and "i" in text[1:]):
-            return "`sed -i` edits files in place"
-        if text in ("-f", "--file") or text.startswith("--file="):
-            return "sed scripts from files cannot be checked"
-        script = text[2:] if text.startswith("-e") else text.split("=", 1)[1] if text.startswith("--expression=") else \
-            None if text.startswith("-") else text
-        if script is not None and re.search(r"(^|[;\n{}]|\d|\$|/)\s*[ewWrR]\b|/[gpIiMm0-9]*[ew]", script):
-            return "sed commands that run programs or read/write files (e, w, r) are not allowed"
+    for program in programs:
+        why = refusal(program)
+        if why:
+            return why
     return None
 
 
@@ -166,15 +371,33 @@ def _ssh(args: Sequence[Word]) -> str | None:
     return None
 
 
+# Options that give an interpreter its program inline, from stdin, or as a module to run.
+_INLINE_LETTERS = frozenset("cepmrsM")
+_INLINE_LONG = ("--eval", "--print", "--command", "--exec", "--require", "--import", "--loader", "--input-type",
+                "--module", "--interactive", "--expression", "--code")
+
+
 def _interpreter(args: Sequence[Word]) -> str | None:
-    """Interpreters run a script file only: no inline code (-c, -e ...) and no program on stdin."""
+    """Interpreters run a script file only: no inline code in any spelling (-c, -Ic, -xc, -ne, -pe,
+    --eval ...), no program from stdin (`-`, /dev/stdin, /dev/fd/0, /proc/self/fd/0) and no -m module.
+    A connection that wants more names the exact command (`python -m pytest`, see ShellRule.programs)."""
     texts = _texts(args)
     for text in texts:
-        if text in _INLINE_CODE or text.startswith(("-c", "-e", "--eval")):
-            return f"inline code (`{text}`) is not allowed; run a script file"
-    if not any(not t.startswith("-") for t in texts):
-        return "an interpreter reading its program from stdin is not allowed"
-    return None
+        if text == "--":
+            break
+        if text.startswith("--"):
+            if text.split("=", 1)[0].startswith(_INLINE_LONG):
+                return f"inline code (`{text}`) is not allowed; run a script file"
+            continue
+        if text == "-":
+            return "an interpreter reading its program from stdin is not allowed"
+        if text.startswith("-") and set(text[1:]) & _INLINE_LETTERS:
+            return f"inline code or a module (`{text}`) is not allowed; run a script file"
+        if not text.startswith("-"):
+            if re.match(r"/dev/|/proc/", text):
+                return f"an interpreter reading its program from `{text}` is not allowed"
+            return None
+    return "an interpreter reading its program from stdin is not allowed"
 
 
 def _ps(args: Sequence[Word]) -> str | None:
@@ -216,7 +439,46 @@ def _rm(args: Sequence[Word]) -> str | None:
 _RG = _refuse_options("--pre", "--pre-glob", "--search-zip", "-z")
 _SORT = _refuse_options("--compress-program", "-o", "--output", "-T", "--temporary-directory")
 
+def _operands(args: Sequence[Word]) -> list[str]:
+    texts, out, dash = _texts(args), [], False
+    for text in texts:
+        if dash or not text.startswith("-") or text == "-":
+            out.append(text)
+        elif text == "--":
+            dash = True
+    return out
+
+
+def _uniq(args: Sequence[Word]) -> str | None:
+    """uniq INPUT OUTPUT writes OUTPUT: one operand at most."""
+    dynamic = _no_dynamic_options(args)
+    if dynamic:
+        return dynamic
+    if len(_operands(args)) > 1:
+        return "`uniq INPUT OUTPUT` writes OUTPUT; pipe instead: `uniq INPUT > /dev/null` is not needed, `uniq INPUT` prints"
+    return None
+
+
+def _printf(args: Sequence[Word]) -> str | None:
+    """printf: no -v (it assigns a shell variable, PATH included)."""
+    texts = _texts(args)
+    if texts and texts[0].startswith("-v"):
+        return "`printf -v` assigns a shell variable"
+    return None
+
+
+def _xargs_check(args: Sequence[Word]) -> str | None:
+    dynamic = _no_dynamic_options(args)
+    return dynamic or _xargs(args)[1]
+
+
 CHECKS: dict[str, Check] = {
+    "xargs": _xargs_check,
+    "uniq": _uniq,
+    "printf": _printf,
+    "tree": _refuse_options("-o", "--fromfile"),
+    "file": _refuse_options("-C", "--compile"),
+    "date": _refuse_options("-s", "--set"),
     "find": _find,
     "awk": _awk, "gawk": _awk, "mawk": _awk, "nawk": _awk,
     "sed": _sed, "gsed": _sed,
@@ -235,12 +497,26 @@ RECURSIVE_READERS = {"grep": ("-r", "-R", "--recursive", "--dereference-recursiv
 
 
 def reads_recursively(name: str, args: Sequence[Word]) -> bool:
+    """Whether grep (or rg, ag) searches directories, in every spelling getopt accepts: -r, -R,
+    -rn, --rec, --dereference-r, -d recurse, -drec, --dir=rec, --directories recurse."""
     flags = RECURSIVE_READERS.get(name)
     if flags is None:
         return False
     if flags == ("",):
         return True
     texts = _texts(args)
+    for i, text in enumerate(texts):
+        name_, eq, value = text.partition("=")
+        if len(name_) > 3 and ("--recursive".startswith(name_) or "--dereference-recursive".startswith(name_)):
+            return True
+        if len(name_) > 3 and "--directories".startswith(name_):
+            value = value if eq else (texts[i + 1] if i + 1 < len(texts) else "")
+            if value and "recurse".startswith(value):
+                return True
+        if text.startswith("-d") and not text.startswith("--"):
+            value = text[2:] or (texts[i + 1] if i + 1 < len(texts) else "")
+            if value and "recurse".startswith(value):
+                return True
     return any(t in flags or (t.startswith("-") and not t.startswith("--") and ("r" in t[1:] or "R" in t[1:]))
                or t in ("--directories=recurse", "-drecurse") or (t == "-d" and "recurse" in texts[i + 1 : i + 2])
                for i, t in enumerate(texts))

@@ -28,6 +28,8 @@ class ShellRule:
     id: str
     subjects: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
+    # Program names, or exact command prefixes written with spaces ("python -m pytest"): such a command
+    # runs as the administrator wrote it (policy.shell.evaluate.named_command).
     programs: frozenset[str] = frozenset()
     review_programs: frozenset[str] = frozenset()
     deny_programs: frozenset[str] = frozenset()

@@ -50,12 +50,71 @@ class Word:
         return frozenset(s.kind for s in self.segments if s.kind != LIT)
 
     @property
+    def glob_option(self) -> bool:
+        """Whether pathname expansion could turn this word into a different option: it starts with `-`
+        and a glob comes before any `=` (`-*`, `--out*`; not `--include=*.py`, whose matches are the
+        same option with another value)."""
+        head = []
+        for segment in self.segments:
+            if segment.kind == GLOB:
+                text = "".join(head)
+                return text.startswith("-")
+            if segment.kind != LIT:
+                return False
+            head.append(segment.text)
+            if "=" in segment.text:
+                return False
+        return False
+
+    @property
     def variables(self) -> tuple[str, ...]:
         return tuple(s.text for s in self.segments if s.kind in (PARAM, PARAM_COMPLEX))
 
 
 class WordError(ValueError):
     pass
+
+
+class BudgetError(WordError):
+    """The text would make more words, bytes or work than one command may (a brace bomb)."""
+
+
+class Budget:
+    """What expanding one command text may cost: words made by brace expansion, their total size, and
+    wall time. Exceeding any refuses the text (``BudgetError``) instead of stalling the gateway.
+
+    >>> budget = Budget(words=3)
+    >>> for _ in range(4): budget.spend(1)
+    Traceback (most recent call last):
+    ...
+    bastion.policy.shell.words.BudgetError: brace expansion makes more than 3 words; write the words out
+    """
+
+    def __init__(self, words: int = 10_000, size: int = 1_000_000, seconds: float = 2.0) -> None:
+        import time
+
+        self.words, self.size, self._clock = words, size, time.perf_counter
+        self.deadline = self._clock() + seconds
+        self.seconds = seconds
+        self.made = 0
+        self.bytes = 0
+
+    def spend(self, segments: int, text: int = 0) -> None:
+        self.made += 1
+        self.bytes += text + segments
+        if self.made > self.words:
+            raise BudgetError(f"brace expansion makes more than {self.words:,} words; write the words out")
+        if self.bytes > self.size:
+            raise BudgetError(f"the expanded command is larger than {self.size:,} bytes; send a shorter command")
+        if self._clock() > self.deadline:
+            raise BudgetError(f"analysing the command took longer than {self.seconds:g} s; send a simpler command")
+
+    def tick(self) -> None:
+        if self._clock() > self.deadline:
+            raise BudgetError(f"analysing the command took longer than {self.seconds:g} s; send a simpler command")
+
+
+_UNLIMITED = Budget(words=10**12, size=10**15, seconds=10**9)
 
 
 _ANSI_SIMPLE = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
@@ -222,13 +281,13 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
     return out
 
 
-def words(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[Word]:
-    """The words bash makes of one source word: lexed, then brace-expanded."""
+def words(src: str, offset: int, subs: dict[int, tuple[int, str]], budget: Budget = _UNLIMITED) -> list[Word]:
+    """The words bash makes of one source word: lexed, then brace-expanded (within ``budget``)."""
     tokens = lex(src, offset, subs)
     ansi = any(t[0] == "ansi" for t in tokens)
     tokens = [t for t in tokens if t[0] != "ansi"]
     out = []
-    expansions = expand_braces(tokens)
+    expansions = expand_braces(tokens, budget)
     for expanded in expansions:
         if len(expansions) > 1 and not any(text or quoted for _, text, quoted, _ in expanded):
             continue  # a{,b}'s empty alternative: bash drops an empty unquoted word
@@ -245,9 +304,14 @@ def words(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[Word]
             head, sep, rest = segments[0].text.partition("/")
             segments[0:1] = [Segment(TILDE, head)] + ([Segment(LIT, sep + rest)] if sep else [])
         # A glob at the start of a word could match a file named like an option (-delete, --output=x):
-        # Bastion runs it as ./pattern, and the facts say so.
-        if segments and segments[0].kind == GLOB:
-            segments.insert(0, Segment(LIT, "./"))
+        # Bastion runs it as ./pattern, and the facts say so. Empty quotes before it (''[-]*) change
+        # nothing in what bash matches, so they go.
+        lead = 0
+        while lead < len(segments) and segments[lead].kind == LIT and not segments[lead].text:
+            lead += 1
+        if lead < len(segments) and segments[lead].kind == GLOB:
+            segments[:lead] = [Segment(LIT, "./")]
+        budget.spend(len(segments))
         out.append(Word(src, tuple(segments), ansi))
     return out
 
@@ -256,8 +320,10 @@ Token = tuple[str, str, bool, int]
 _SEQUENCE = re.compile(r"(-?\d+|[A-Za-z])\.\.(-?\d+|[A-Za-z])(?:\.\.(-?\d+))?")
 
 
-def expand_braces(tokens: list[Token]) -> list[list[Token]]:
-    """Bash brace expansion over lexed tokens: a{b,c}d → abd acd; {1..3}; nested; left to right."""
+def expand_braces(tokens: list[Token], budget: Budget = _UNLIMITED) -> list[list[Token]]:
+    """Bash brace expansion over lexed tokens: a{b,c}d → abd acd; {1..3}; nested; left to right.
+    Each word made is charged to ``budget`` as it is made, so a bomb stops early."""
+    budget.tick()
     for open_at, token in enumerate(tokens):
         if token[0] != _BRACE or token[1] != "{":
             continue
@@ -278,10 +344,20 @@ def expand_braces(tokens: list[Token]) -> list[list[Token]]:
                         for k in commas + [j]:
                             parts.append(tokens[last:k])
                             last = k + 1
-                        return [head + e for part in parts for e in expand_braces(part + tail)]
+                        out = []
+                        for part in parts:
+                            for e in expand_braces(part + tail, budget):
+                                budget.spend(len(head) + len(e), sum(len(t[1]) for t in e))
+                                out.append(head + e)
+                        return out
                     sequence = _sequence(inner)
                     if sequence is not None:
-                        return [head + e for item in sequence for e in expand_braces([(LIT, item, False, -1)] + tail)]
+                        out = []
+                        for item in sequence:
+                            for e in expand_braces([(LIT, item, False, -1)] + tail, budget):
+                                budget.spend(len(head) + len(e), sum(len(t[1]) for t in e))
+                                out.append(head + e)
+                        return out
                     break  # {x} with no comma or sequence is literal; look for a later brace
             elif text == "," and depth == 1:
                 commas.append(j)
@@ -310,4 +386,4 @@ def _sequence(inner: list[Token]) -> list[str] | None:
     return None
 
 
-__all__ = ["Segment", "Word", "WordError", "words", "expand_braces", "product"]
+__all__ = ["Budget", "BudgetError", "Segment", "Word", "WordError", "words", "expand_braces", "product"]
