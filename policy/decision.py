@@ -19,12 +19,16 @@ class Limits:
     max_rows: int = 1000
     max_bytes: int = 4_000_000
     timeout_s: float = 30.0
+    # Rows one call may insert, update or delete (checked inside its transaction); None: no bound.
+    max_rows_affected: int | None = None
 
     def tightest(self, other: Limits) -> Limits:
+        bounds = [b for b in (self.max_rows_affected, other.max_rows_affected) if b is not None]
         return Limits(
             max_rows=min(self.max_rows, other.max_rows),
             max_bytes=min(self.max_bytes, other.max_bytes),
             timeout_s=min(self.timeout_s, other.timeout_s),
+            max_rows_affected=min(bounds) if bounds else None,
         )
 
 
@@ -59,6 +63,8 @@ class Decision:
             out["hint"] = self.hint
         if self.limits:
             out["limits"] = {"max_rows": self.limits.max_rows, "max_bytes": self.limits.max_bytes, "timeout_s": self.limits.timeout_s}
+            if self.limits.max_rows_affected is not None:
+                out["limits"]["max_rows_affected"] = self.limits.max_rows_affected  # type: ignore[index]
         if self.verdict is Verdict.ALLOW:
             out["read_only"] = self.read_only
         return out

@@ -212,6 +212,7 @@ def mask_error(connection: Connection, error: BastionError) -> BastionError:
         return error
     note = "Quoted values in the database's message are withheld on this connection, which masks data."
     masked = type(error).__new__(type(error))
+    masked.__dict__.update(error.__dict__)  # what a subclass carries besides the texts (a rule id)
     BastionError.__init__(masked, message or "", detail=detail, hint=f"{hint} {note}" if hint else note)
     return masked
 

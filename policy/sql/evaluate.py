@@ -17,7 +17,7 @@ from bastion.policy.rules import SqlRule
 from bastion.policy.sql import catalog as function_catalog
 from bastion.policy.sql import dangerous_functions
 from bastion.policy.sql.catalog import FunctionCatalog
-from bastion.policy.sql.facts import Kind, Statement
+from bastion.policy.sql.facts import WRITE_KINDS, Kind, Statement
 
 def _dangerous(dialect: str) -> dict[str, dangerous_functions.FunctionRisk]:
     return dangerous_functions.POSTGRES if dialect == "postgres" else dangerous_functions.SQLITE
@@ -128,6 +128,22 @@ def reads_every_table(rule: SqlRule) -> bool:
     return "*" in patterns and all(not p.startswith("!") or p in SENSITIVE_CATALOG for p in patterns)
 
 
+def check_uncounted_writes(rule: SqlRule, stmt: Statement, dialect: str,
+                           catalog: FunctionCatalog | None = None) -> Outcome | None:
+    """``WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d`` under ``max_rows_affected`` → not
+    covered: the rows a write nested in another statement changes cannot be counted."""
+    if rule.limits.max_rows_affected is None:
+        return None
+    nested = stmt.kinds & WRITE_KINDS - {stmt.kind}
+    analysed = stmt.explained is not None and stmt.explain_analyze and stmt.explained.kinds & WRITE_KINDS
+    if nested or analysed:
+        return Outcome("none", f"{rule.id}:rows-affected",
+                       f"rule `{rule.id}` bounds the rows a call may change ({rule.limits.max_rows_affected}), and the rows "
+                       "changed by a write inside WITH or EXPLAIN ANALYZE cannot be counted",
+                       hint="Send the INSERT, UPDATE or DELETE as a statement of its own.")
+    return None
+
+
 def check_unfiltered(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``DELETE FROM t`` (no WHERE) → the rule's ``unfiltered_writes`` verdict (review by default)."""
     if stmt.unfiltered and rule.unfiltered_writes is not Verdict.ALLOW:
@@ -157,6 +173,7 @@ CHECKS: tuple[Check, ...] = (
     check_kinds,
     check_locking,
     check_tables,
+    check_uncounted_writes,
     check_unfiltered,
     check_review_kinds,
 )

@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from bastion.policy import Kind
 from bastion.policy.sql import catalog as function_catalog
 from bastion.policy.sql.catalog import FunctionCatalog
-from bastion.policy.sql.facts import DDL_KINDS
+from bastion.policy.sql.facts import DDL_KINDS, WRITE_KINDS
 from bastion.policy.errors import ExecutionError, QueryRejected, QueryTimeout, TargetUnavailable
 from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
                                   TableInfo, no_dry_run_reason)
@@ -231,14 +231,25 @@ class PostgresExecutor:
     async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
         try:
             # Queued, then sent together with one Sync when the pipeline ends: one round trip.
+            bound = request.limits.max_rows_affected
+            counted = bound is not None and any(s.kind in WRITE_KINDS for s in request.statements)
             async with conn.pipeline():
                 await conn.execute(_BEGIN[request.read_only])
                 await conn.execute(self._setup(conn, request))
                 sent = [await _Sent.send(conn, n, statement, request.limits) for n, statement in enumerate(request.statements)]
-                whole = all(s.whole for s in sent)
+                # A bounded write commits only once its row count is known to be within the bound.
+                whole = all(s.whole for s in sent) and not counted
                 if whole:
                     await conn.execute("COMMIT")
             results = [await s.collect() for s in sent]
+            if counted:
+                changed = sum(max(s.cursor.rowcount, 0) for s, st in zip(sent, request.statements) if st.kind in WRITE_KINDS)
+                if changed > bound:  # type: ignore[operator]
+                    await conn.execute("ROLLBACK")
+                    raise QueryRejected(
+                        f"the call would change {changed:,} rows and its rule allows at most {bound:,} per call; "
+                        "it was rolled back, nothing changed",
+                        hint=f"Narrow the WHERE clause so that at most {bound:,} rows change, or change them in smaller calls.")
             if not whole:
                 await conn.execute("COMMIT")
         except psycopg.Error:

@@ -19,6 +19,7 @@ import anyio
 
 from bastion.policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
 from bastion.policy.sql import dangerous_functions
+from bastion.policy.sql.facts import WRITE_KINDS
 from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
                                   TableInfo, no_dry_run_reason)
 
@@ -124,15 +125,26 @@ class SqliteExecutor:
         try:
             conn.execute("BEGIN")
             result = QueryResult([], [], 0)
+            changed = 0
             for statement in request.statements:
                 cur = conn.execute(statement.text)  # sqlite3 refuses a second statement in one execute
                 budget = RowBudget(limits)
                 if cur.description is None:
                     result = QueryResult([], [], max(cur.rowcount, 0))
+                    if statement.kind in WRITE_KINDS:
+                        changed += max(cur.rowcount, 0)
+                        _within_bound(conn, changed, limits.max_rows_affected)
                     continue
                 columns = [d[0] for d in cur.description]
-                while budget.take(cur.fetchmany(500)):
-                    pass
+                if statement.kind in WRITE_KINDS and limits.max_rows_affected is not None:
+                    # RETURNING: every row returned is a row changed, those past the row cap too.
+                    returned = cur.fetchall()
+                    changed += len(returned)
+                    _within_bound(conn, changed, limits.max_rows_affected)
+                    budget.take(returned)
+                else:
+                    while budget.take(cur.fetchmany(500)):
+                        pass
                 result = budget.result(columns)
             conn.execute("COMMIT")
             result.statements = len(request.statements)
@@ -168,6 +180,15 @@ class SqliteExecutor:
 
     async def close(self) -> None:
         return None
+
+
+def _within_bound(conn: sqlite3.Connection, changed: int, bound: int | None) -> None:
+    """Past the rule's max_rows_affected the call is rolled back and refused, with the count."""
+    if bound is not None and changed > bound:
+        _rollback(conn)
+        raise QueryRejected(f"the call would change {changed:,} rows and its rule allows at most {bound:,} per call; "
+                            "it was rolled back, nothing changed",
+                            hint=f"Narrow the WHERE clause so that at most {bound:,} rows change, or change them in smaller calls.")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,102 @@
+"""`max_rows_affected`: a rule bounds the rows one call may change, and the engine counts them.
+The write runs, its row count is checked inside the transaction, and past the bound the whole call
+is rolled back: no row changes, and the agent is told how many rows it would have changed."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from bastion.server.app import create_server
+from bastion.server.config import load
+from tests.conftest import requirement
+from tests.postgres_server import PgServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def ledger(pg_server: PgServer) -> Iterator[tuple[PgServer, str]]:
+    login = f"ra_gw_{uuid.uuid4().hex[:6]}"
+    pg_server.execute(f"""
+        DROP SCHEMA IF EXISTS ra CASCADE;
+        CREATE SCHEMA ra;
+        CREATE TABLE ra.items (id int PRIMARY KEY, state text NOT NULL);
+        INSERT INTO ra.items SELECT g, 'new' FROM generate_series(1, 50) g;
+        CREATE ROLE "{login}" LOGIN;
+        GRANT USAGE ON SCHEMA ra TO "{login}"; GRANT SELECT, INSERT, UPDATE, DELETE ON ra.items TO "{login}";
+    """)
+    try:
+        yield pg_server, login
+    finally:
+        pg_server.execute("DROP SCHEMA IF EXISTS ra CASCADE")
+        pg_server.execute(f'DROP OWNED BY "{login}"; DROP ROLE IF EXISTS "{login}"')
+
+
+@pytest.fixture
+async def client(ledger: tuple[PgServer, str], tmp_path: Path) -> AsyncIterator[Client]:
+    pg, login = ledger
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
+        conn.executemany("INSERT INTO items VALUES (?, 'new')", [(i,) for i in range(1, 51)])
+    config = tmp_path / "bastion.toml"
+    config.write_text(f"""
+[identity]
+subject = "alice@example.com"
+
+[connections.pg]
+kind = "postgres"
+target = "{pg.dsn(user=login)}"
+search_path = "ra"
+
+  [[connections.pg.rules]]
+  id = "bounded"
+  preset = "read-write"
+  unfiltered_writes = "allow"
+  max_rows_affected = 10
+
+[connections.lite]
+kind = "sqlite"
+target = "{db}"
+
+  [[connections.lite.rules]]
+  id = "bounded"
+  preset = "read-write"
+  max_rows_affected = 10
+""")
+    async with Client(create_server(load(config))) as c:
+        yield c
+
+
+async def sql(client: Client, connection: str, text: str) -> tuple[bool, str, object]:
+    result = await client.call_tool("sql_query", {"connection": connection, "sql": text})
+    return result.is_error, result.content[0].text, result.structured_content
+
+
+@requirement("sql:rows-affected")
+async def test_a_write_past_the_bound_is_rolled_back_and_says_how_many_rows(
+        client: Client, ledger: tuple[PgServer, str], tmp_path: Path) -> None:
+    pg, _ = ledger
+    # The row filter is no defence: WHERE id IS NOT NULL filters nothing. The count is.
+    for text in ("UPDATE items SET state = 'gone' WHERE id IS NOT NULL", "DELETE FROM items WHERE id > 0",
+                 "UPDATE items SET state = 'gone' WHERE id <= 30 RETURNING id"):
+        failed, message, _ = await sql(client, "pg", text)
+        assert failed and "would change" in message and "at most 10" in message and "rolled back" in message, message
+    assert pg.execute("SELECT state, count(*) FROM ra.items GROUP BY state") == [("new", 50)]
+    failed, message, _ = await sql(client, "pg", "UPDATE items SET state = 'seen' WHERE id <= 10")
+    assert not failed, message
+    assert pg.execute("SELECT count(*) FROM ra.items WHERE state = 'seen'") == [(10,)]
+    failed, message, _ = await sql(client, "pg", "WITH d AS (DELETE FROM items WHERE id > 40 RETURNING id) SELECT count(*) FROM d")
+    assert failed and "cannot be counted" in message, message
+    assert pg.execute("SELECT count(*) FROM ra.items") == [(50,)]
+    # SQLite counts the same way.
+    failed, message, _ = await sql(client, "lite", "DELETE FROM items WHERE id > 5")
+    assert failed and "would change 45 rows" in message, message
+    with sqlite3.connect(tmp_path / "app.db") as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (50,)
