@@ -267,10 +267,10 @@ def check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[
     too, because the search would read what is protected. Relative paths are judged from the working
     directory and from every `cd` target in the text."""
     for directory in _directories(analysis, cwd):
-        yield from _check_paths(rule, analysis, directory)
+        yield from _check_paths(rule, analysis, directory, cwd)
 
 
-def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
+def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
     for command in all_commands(analysis):
         words = list(command.args) + [r.target for r in command.redirects if r.target]
         name = command.program.value.rsplit("/", 1)[-1] if command.program else ""
@@ -283,6 +283,16 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator
                 yield Outcome("deny" if why[0] else "none", f"{rule.id}:path", why[1],
                               hint=None if why[0] else "Put glob patterns in the last path component only.")
                 break
+        if recursive:
+            # A recursive search stays in the workspace (the sandbox shows little else; the intent
+            # is the project). The first operand is grep's pattern.
+            operands = [w for w in command.args if not w.value.startswith("-")][1:]
+            for word in operands:
+                outside = [p for p in _path_forms(word, cwd) if p is not None and not _inside(p, workspace)]
+                if outside:
+                    yield Outcome("none", f"{rule.id}:path", f"a recursive search of `{word.value}` leaves the workspace",
+                                  hint=f"Search inside the workspace, e.g. `{name} -rn PATTERN .`.")
+                    break
 
 
 # Directories a recursive search must not start at or above: they hold other users' and the
