@@ -89,6 +89,13 @@ def _combine_statements(decisions: list[Decision], analysis: Analysis, read_only
         if d.verdict is Verdict.DENY:
             reason = f"statement {i + 1} of {len(decisions)}: {d.reason}" if many else d.reason
             return Decision.deny(d.rules, reason, hint=d.hint)
+    # A call returns one result: a text whose statements return several would lose all but the last.
+    returning = [i + 1 for i, s in enumerate(analysis.statements) if s.returns_rows]
+    if len(returning) > 1:
+        return Decision.deny("guard:several-results",
+                             f"statements {', '.join(map(str, returning[:-1]))} and {returning[-1]} of {len(decisions)} "
+                             "each return rows, and a call returns the result of one statement: the others would be lost",
+                             hint="Send each query in a call of its own; writes without RETURNING followed by one query may share a call.")
     # Any statement held for review holds all of them.
     held = [d for d in decisions if d.verdict is Verdict.REVIEW]
     limits = _tightest([d.limits for d in decisions])

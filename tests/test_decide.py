@@ -80,7 +80,8 @@ def test_allow_beats_review_when_another_rule_fully_allows() -> None:
 
 @requirement("sql:multi-statement")
 def test_any_held_statement_holds_the_whole_text() -> None:
-    decision = decide(ALICE, policy(READ_WRITE), analyse("SELECT 1; TRUNCATE orders; SELECT 2", "postgres"))
+    text = "UPDATE orders SET total = 0 WHERE id = 1; TRUNCATE orders; SELECT 2"
+    decision = decide(ALICE, policy(READ_WRITE), analyse(text, "postgres"))
     assert decision.verdict is Verdict.REVIEW and decision.rules == ("read-write:review-kind",)
 
 
@@ -92,8 +93,20 @@ def test_a_denied_statement_denies_the_text_and_says_which() -> None:
 
 def test_limits_are_the_tightest_of_the_allowing_rules() -> None:
     rule = replace(READ_ONLY, limits=Limits(max_rows=5, max_bytes=100, timeout_s=2))
-    decision = decide(ALICE, policy(rule), analyse("SELECT 1; SELECT 2", "postgres"))
+    decision = decide(ALICE, policy(rule), analyse("SELECT 1", "postgres"))
     assert decision.limits == Limits(5, 100, 2)
+
+
+@requirement("sql:multi-statement")
+def test_several_statements_that_return_rows_are_refused_clearly() -> None:
+    """A call returns one statement's result; the others' rows would be lost without a word."""
+    decision = decide(ALICE, policy(READ_ONLY), analyse("SELECT 1; SELECT 2; SELECT 3", "postgres"))
+    assert decision.verdict is Verdict.DENY and decision.rules == ("guard:several-results",)
+    assert "statements 1, 2 and 3 of 3" in decision.reason and "call of its own" in (decision.hint or "")
+    returning = decide(ALICE, policy(READ_WRITE), analyse("UPDATE orders SET total = 0 WHERE id = 1 RETURNING id; SELECT 1", "postgres"))
+    assert returning.rules == ("guard:several-results",)
+    one = decide(ALICE, policy(READ_WRITE), analyse("UPDATE orders SET total = 0 WHERE id = 1; SELECT total FROM orders", "postgres"))
+    assert one.verdict is Verdict.ALLOW
 
 
 def test_reads_are_marked_read_only_and_writes_are_not() -> None:

@@ -100,6 +100,8 @@ class Statement:
     # Kinds of UPDATE/DELETE in this statement that have no WHERE (or only a constant one).
     unfiltered: frozenset[Kind] = frozenset()
     select_into: bool = False
+    # An INSERT, UPDATE, DELETE or MERGE with RETURNING: it returns rows like a SELECT.
+    returning: bool = False
     locking: bool = False
     explain_analyze: bool = False
     explained: Statement | None = None
@@ -117,6 +119,13 @@ class Statement:
         inner = self.explained
         return replace(inner, kind=Kind.SELECT, kinds=frozenset({Kind.SELECT}), reads=inner.reads | inner.writes,
                        writes=frozenset(), unfiltered=frozenset(), select_into=False, locking=False)
+
+    @property
+    def returns_rows(self) -> bool:
+        """Whether running it gives rows back (a query, EXPLAIN, SHOW, a write with RETURNING)."""
+        if self.kind in (Kind.SELECT, Kind.EXPLAIN, Kind.SHOW):
+            return not self.select_into
+        return self.returning
 
     @property
     def is_read(self) -> bool:

@@ -143,6 +143,7 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
         unqualified=frozenset(unqualified),
         unfiltered=frozenset(unfiltered),
         select_into=select_into,
+        returning=isinstance(tree, _DML) and tree.args.get("returning") is not None,
         locking=nodes.locking,
     )
 
