@@ -24,5 +24,18 @@ def combine(per_rule: Sequence[tuple[Outcome, Limits]]) -> Decision:
     if reviews:
         o, limits = reviews[0]
         return Decision(Verdict.REVIEW, (o.rule,), o.reason, hint=o.hint, limits=limits)
-    # No rule covers it: default deny, explained by what each rule lacked.
-    return Decision.deny(tuple(o.rule for o in gaps), gaps[0].reason, hint=gaps[0].hint)
+    # No rule covers it: default deny, explained by the rule that came nearest. A rule that covers
+    # this kind of statement (or this program) but not this table or argument is the one that
+    # actually refused; one that is about other kinds altogether only says what it is for.
+    nearest = next((o for o in gaps if not _out_of_scope(o)), gaps[0])
+    return Decision.deny(tuple(o.rule for o in gaps), nearest.reason, hint=nearest.hint)
+
+
+# The checks that say a rule is about something else entirely: SQL statement kinds, shell programs.
+_SCOPE_CHECKS = ("kind", "program")
+
+
+def _out_of_scope(outcome: Outcome) -> bool:
+    """``developers-read:kind`` (the rule allows other statement kinds) rather than
+    ``maintainers-write:table`` (it allows UPDATE, but not of this table)."""
+    return outcome.rule.rpartition(":")[2] in _SCOPE_CHECKS

@@ -92,7 +92,15 @@ class QueryTimeout(ExecutionError, code="timeout"):
 
 
 class QueryRejected(ExecutionError, code="rejected_by_database"):
-    pass
+    """The database refused what the policy allowed; ``rule`` names the engine's check that refused
+    (`engine:no-such-table`, `engine:sqlite-authorizer`, ...) where Bastion could tell which."""
+
+    def __init__(self, message: str, *, detail: str | None = None, hint: str | None = None, rule: str | None = None) -> None:
+        super().__init__(message, detail=detail, hint=hint)
+        self.rule = rule
+
+    def for_agent(self) -> str:
+        return f"{super().for_agent()} (rule: {self.rule})" if self.rule else super().for_agent()
 
 
 class PendingApproval(BastionError, code="pending_approval"):

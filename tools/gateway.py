@@ -13,7 +13,8 @@ import anyio
 
 from bastion.policy import Decision, Verdict
 from bastion.policy.approvals import ApprovalPolicy
-from bastion.policy.errors import BastionError, InvalidInput, UnknownConnection
+from bastion.policy import hints
+from bastion.policy.errors import BastionError, InvalidInput, QueryRejected, UnknownConnection
 from bastion.policy.patterns import matches
 from bastion.policy.presets import SENSITIVE_CATALOG_PATTERNS
 from bastion.store.approvals import ApprovalStore
@@ -29,6 +30,21 @@ from bastion.tools.holds import Holds, held_rule
 from bastion.tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
+
+
+def _readable(target: Connection, caller: Caller, catalog: list[TableInfo]) -> list[TableInfo]:
+    """The tables and views of ``catalog`` that ``caller`` may read or write on ``target``."""
+    rules = target.policy.rules_for(caller.identity)
+    return [t for t in catalog
+            if any(matches(r.read_tables, t.qualified) or matches(r.write_tables, t.qualified) for r in rules)
+            and not matches(SENSITIVE_CATALOG_PATTERNS, t.qualified)]
+
+
+def _hinted(target: Connection, vetted: Vetted, text: str) -> Vetted:
+    """A refused SQL text's hint made concrete where the passing call is known (describe for a
+    catalog query, and the like: policy.hints)."""
+    vetted.decision = hints.refine(vetted.decision, text, target.name, target.dialect)
+    return vetted
 
 
 @dataclass
@@ -153,9 +169,33 @@ class Gateway:
         target: Connection = await self._resolve(caller, "sql_query", connection, text, Connection, reason)
         await sql.prepare(target, text)  # the catalogs lineage and functions read, current before the text is vetted
         return await self.guard.run(caller, "sql_query", connection, text, reason, what="SQL text",
-                                    vet=lambda: sql.vet_sql(target, caller, text),
-                                    execute=sql.runner(target, caller), result_record=sql.result_record,
-                                    preview=sql.previewer(target, caller), confirmed=confirmed)
+                                    vet=lambda: _hinted(target, sql.vet_sql(target, caller, text), text),
+                                    execute=self._explained(target, caller, text, sql.runner(target, caller)),
+                                    result_record=sql.result_record, preview=sql.previewer(target, caller),
+                                    confirmed=confirmed)
+
+    def _explained(self, target: Connection, caller: Caller, text: str, execute: Any) -> Any:
+        """``execute``, with a database's refusal of what the policy allowed mapped to an `engine:*`
+        rule and a hint that names what exists (policy.hints)."""
+        async def run(vetted: Vetted) -> QueryResult:
+            try:
+                return await execute(vetted)
+            except QueryRejected as error:
+                tables = {t.qualified: [c.name for c in t.columns] for t in await self._readable(target, caller)}
+                mapped = hints.for_rejection(error.message, target.dialect, target.name, text, tables)
+                if mapped is None:
+                    raise
+                rule, hint = mapped
+                raise QueryRejected(error.message, hint=hint, detail=error.detail, rule=rule) from error
+
+        return run
+
+    async def _readable(self, target: Connection, caller: Caller) -> list[TableInfo]:
+        """What describe would list, for a hint; nothing if the catalog cannot be read."""
+        try:
+            return _readable(target, caller, await target.executor.catalog())
+        except BastionError:
+            return []
 
     async def shell_run(self, caller: Caller, connection: str, command: str, reason: str | None,
                         cwd: str | None = None, confirmed: bool = False) -> Guarded[ShellResult]:
@@ -175,7 +215,7 @@ class Gateway:
         if isinstance(target, ShellConnection):
             return shell.vet_shell(target, caller, text, cwd or target.policy.cwd)
         await sql.prepare(target, text)
-        return sql.vet_sql(target, caller, text)
+        return _hinted(target, sql.vet_sql(target, caller, text), text)
 
     async def check(self, caller: Caller, connection: str, text: str) -> CheckResult:
         target = await self._resolve(caller, "check", connection, text, (Connection, ShellConnection))  # type: ignore[arg-type]
@@ -210,11 +250,7 @@ class Gateway:
         target: Connection = await self._resolve(caller, "describe", connection, table or "", Connection)
 
         async def work() -> tuple[list[TableInfo], dict[str, Any]]:
-            catalog = await target.executor.catalog()
-            rules = target.policy.rules_for(caller.identity)
-            visible = [t for t in catalog
-                       if any(matches(r.read_tables, t.qualified) or matches(r.write_tables, t.qualified) for r in rules)
-                       and not matches(SENSITIVE_CATALOG_PATTERNS, t.qualified)]
+            visible = _readable(target, caller, await target.executor.catalog())
             if table:
                 wanted = table.lower()
                 found = [t for t in visible if wanted in (t.qualified.lower(), t.name.lower())]

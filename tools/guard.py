@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from bastion.policy import Decision, Verdict, analyse, decide
+from bastion.policy import Decision, Verdict, analyse, decide, hints
 from bastion.policy.errors import ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput
 from bastion.store import events as ev
 from bastion.tools.alerts import Alerts
@@ -275,6 +275,7 @@ def safe_check(policy: Any, identity: Any, text: str) -> Decision:
     def vet() -> Vetted:
         if isinstance(policy, ShellPolicy):
             return Vetted(None, vet_shell_text(identity, policy, text)[1])
-        return Vetted(None, decide(identity, policy, analyse(text, policy.dialect, policy.default_schema)))
+        decision = decide(identity, policy, analyse(text, policy.dialect, policy.default_schema))
+        return Vetted(None, hints.refine(decision, text, policy.connection, policy.dialect))
 
     return fail_closed(vet).decision
