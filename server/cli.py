@@ -45,7 +45,28 @@ def main() -> None:
 
     Example: bastion serve --config examples/bastion.toml
     """
+    quiet_stderr()
+
+
+# Libraries whose INFO lines are noise on a server's stderr (a line per MCP session, per tool error,
+# per HTTP request Bastion makes); their warnings and errors still show.
+QUIET_LOGGERS = ("mcp", "httpx", "httpx2", "httpcore", "authlib")
+
+
+def quiet_stderr() -> None:
+    """stderr is for Bastion's own lines (and, on stdio, the only place a client shows them): INFO
+    from Bastion, WARNING and up from libraries, and no deprecation warnings (libraries' business,
+    not the operator's) unless warnings were asked for (-W or PYTHONWARNINGS)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not sys.warnoptions:
+        import warnings
+
+        from mcp import MCPDeprecationWarning
+
+        for category in (DeprecationWarning, PendingDeprecationWarning, MCPDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
 
 
 # -- serve --------------------------------------------------------------------------------------

@@ -47,6 +47,17 @@ async def test_the_demo_runs_with_nothing_else_and_every_command_takes_its_confi
         tools = {t.name for t in (await client.list_tools()).tools}
         connections = await client.call_tool("list_connections", {})
         rows = await client.call_tool("sql_query", {"connection": "demo", "sql": "SELECT email FROM customers WHERE id = 1"})
+        refused = await client.call_tool("sql_query", {"connection": "demo", "sql": "DROP TABLE orders"})
+    assert refused.is_error
+    # stderr holds Bastion's own lines: no library INFO (a line per refused tool call), no warnings.
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert stderr.startswith(f"bastion demo: data in {where}") and "INFO mcp" not in stderr and "Warning" not in stderr, stderr
+    async with Client(demo_server(where)) as client:
+        outside = await client.call_tool("shell_run", {"connection": "workspace", "command": "cat ../bastion.toml"})
+        listed = await client.call_tool("shell_run", {"connection": "workspace", "command": "ls"})
+    # The workspace is the shell's whole world: the demo's config, database and log are not in it.
+    assert outside.is_error or outside.structured_content["exit_code"] != 0, outside.content[0].text
+    assert "README.md" in listed.structured_content["stdout"] and "demo.db" not in listed.structured_content["stdout"]
     assert {"list_connections", "describe", "check", "sql_query", "shell_run"} <= tools
     assert {c["name"] for c in connections.structured_content["connections"]} == {"demo", "workspace"}
     assert rows.structured_content["rows"] == [["***@example.com"]]  # masked, as configured
