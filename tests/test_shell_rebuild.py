@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -61,10 +62,23 @@ def test_structure_is_rebuilt_with_its_operators() -> None:
     assert rebuild(analyse_shell(text)) == "( cd src && ls ) ; git log -3 | head\nwc -l x 2>&1"
 
 
-def test_loops_and_here_documents_are_not_rebuilt() -> None:
-    for text in ("for f in a; do ls; done", "cat <<EOF\nx\nEOF"):
-        with pytest.raises(RebuildError):
-            rebuild(analyse_shell(text))
+def test_loops_are_not_rebuilt() -> None:
+    with pytest.raises(RebuildError):
+        rebuild(analyse_shell("for f in a; do ls; done"))
+
+
+@requirement("shell:heredoc")
+@pytest.mark.parametrize("text", ["cat <<EOF\nx\nEOF", "cat <<'EOF'\n$(id) `id` $HOME \\n\nEOF\n",
+                                  "cat <<-\"E\"\n\tq ' \"\n\tE\nwc -l <<\\X\nBASTION_EOF\nX",
+                                  "cat <<'A' | grep -c x; cat <<'B'\nx\nA\ny\nB", "grep -c b <<< 'a b'"])
+def test_here_documents_deliver_the_same_bytes_rebuilt(tmp_path: Path, text: str) -> None:
+    """The rebuilt here-document (always with a quoted delimiter of Bastion's) feeds the program the
+    same bytes as the agent's text (run with bash and cat only, in a scratch directory)."""
+    rebuilt = rebuild(analyse_shell(text))
+    assert "<<'BASTION_EOF" in rebuilt or "<<<" in rebuilt
+    runs = [subprocess.run(["bash", "--noprofile", "--norc", "-c", t], cwd=tmp_path, capture_output=True,
+                           env={"PATH": "/usr/bin:/bin"}, timeout=10) for t in (text, rebuilt)]
+    assert runs[0].returncode == 0 and runs[0].stdout == runs[1].stdout and runs[0].stderr == runs[1].stderr == b""
 
 
 @requirement("shell:command-substitution")

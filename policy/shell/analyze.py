@@ -3,6 +3,7 @@ read by policy.shell.words. Anything bashlex cannot parse, or a node kind not ha
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -19,6 +20,64 @@ class _Unsupported(Exception):
     pass
 
 
+_DELIMITER = re.compile(r"""(-?)([ \t]*)(?:'([A-Za-z0-9_]+)'|"([A-Za-z0-9_]+)"|\\([A-Za-z0-9_]+))""")
+
+
+def _for_bashlex(text: str) -> str:
+    """The text as bashlex can parse it, same length up to a final newline (offsets stay valid).
+    bashlex compares a quoted here-document delimiter (<<'EOF', <<"EOF", <<\\EOF) with its quotes
+    and never finds the end; bash takes the unquoted word. Outside quotes and comments, the quotes of
+    such delimiters become spaces (the walker still reads the original text to know it was quoted),
+    and a text that ends on a delimiter line gets the newline bashlex needs."""
+    if "<<" not in text:
+        return text
+    out = list(text)
+    i, n, quote = 0, len(text), ""
+    pending: list[tuple[str, bool]] = []
+    while i < n:
+        c = text[i]
+        if quote == "'":
+            quote = "" if c == "'" else quote
+        elif c == "\\":
+            i += 1
+        elif quote == '"':
+            quote = "" if c == '"' else quote
+        elif c in "'\"":
+            quote = c
+        elif c == "#" and (i == 0 or text[i - 1] in " \t\n;&|()"):
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        elif text.startswith("<<", i) and not text.startswith("<<<", i):
+            m = _DELIMITER.match(text, i + 2)
+            word = re.match(r"-?[ \t]*([A-Za-z0-9_]+)", text[i + 2 :])
+            if m:
+                for k in range(m.start(2) + len(m.group(2)), m.end()):
+                    if text[k] in "'\"\\":
+                        out[k] = " "
+                pending.append((m.group(3) or m.group(4) or m.group(5), m.group(1) == "-"))
+                i = m.end()
+                continue
+            if word:
+                pending.append((word.group(1), text[i + 2] == "-"))
+        elif c == "\n" and pending:
+            # Skip the bodies: their quotes are text, not syntax.
+            i += 1
+            for delimiter, tabs in pending:
+                while i < n:
+                    end = text.find("\n", i)
+                    end = n if end < 0 else end
+                    line = text[i:end]
+                    i = end + 1
+                    if (line.lstrip("\t") if tabs else line) == delimiter:
+                        break
+            pending = []
+            continue
+        i += 1
+    rewritten = "".join(out)
+    return rewritten if rewritten.endswith("\n") else rewritten + "\n"
+
+
 def analyse_shell(text: str) -> ShellAnalysis:
     """Facts of a shell command text, cached by text (big texts are not cached)."""
     return _analyse_cached.__wrapped__(text) if len(text) > 16 * 1024 else _analyse_cached(text)
@@ -29,7 +88,7 @@ def _analyse_cached(text: str) -> ShellAnalysis:
     if all(not line.strip() or line.strip().startswith("#") for line in text.splitlines()):
         return ShellAnalysis(text, error="the command is empty", error_rule="guard:empty")
     try:
-        trees = bashlex.parse(text)
+        trees = bashlex.parse(_for_bashlex(text))
     except NotImplementedError as error:
         return ShellAnalysis(text, error=f"bash construct not accepted: {error}", error_rule="guard:unsupported")
     except Exception as error:  # bashlex raises ParsingError and, on odd input, others
@@ -169,14 +228,23 @@ class _Walker:
         op = node.type
         fd = node.input if isinstance(getattr(node, "input", None), int) else None
         if op in ("<<", "<<-"):
+            if context != "top":
+                raise _Unsupported("a here-document inside a substitution is not accepted")
             self.constructs.add("heredoc")
-            body = getattr(getattr(node, "heredoc", None), "value", "") or ""
+            value = getattr(getattr(node, "heredoc", None), "value", None)
             delimiter = getattr(node.output, "word", "") if not isinstance(node.output, int) else ""
+            if value is None or not delimiter:
+                raise _Unsupported("a here-document Bastion cannot read is not accepted")
+            lines = value.split("\n")
+            if lines[-1] != delimiter:
+                raise _Unsupported(f"the here-document (<<{delimiter}) does not end with its delimiter line")
+            body = "".join(line + "\n" for line in lines[:-1])
             quoted = any(q in self.text[self.base + node.pos[0] : self.base + node.pos[1]] for q in "'\"\\")
-            if not quoted and ("$(" in body or "`" in body or "$" in body):
+            if not quoted and any(c in body for c in "$`\\"):
                 # An unquoted here-document expands its body: its substitutions would run unchecked.
-                raise _Unsupported(f"a here-document (<<{delimiter}) that expands $ or backticks is not accepted")
-            return Redirect(op, fd, None)
+                raise _Unsupported(f"a here-document (<<{delimiter}) that expands $, backticks or backslashes is not "
+                                   f"accepted; quote its delimiter (<<'{delimiter}')")
+            return Redirect(op, fd, w.Word(body, (w.Segment(w.LIT, body, True),)))
         output = node.output
         if isinstance(output, int):
             return Redirect(op, fd, None, dup=output)

@@ -272,7 +272,8 @@ def check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[
 
 def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
     for command in all_commands(analysis):
-        words = list(command.args) + [r.target for r in command.redirects if r.target]
+        words = list(command.args) + [r.target for r in command.redirects
+                                      if r.target and r.op not in ("<<", "<<-", "<<<")]  # text, not a path
         name = command.program.value.rsplit("/", 1)[-1] if command.program else ""
         recursive = programs.reads_recursively(name, command.args)
         if recursive and sum(not w.value.startswith("-") for w in command.args) <= 1:

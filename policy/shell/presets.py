@@ -25,6 +25,8 @@ INSPECT = ShellRule(
     preset="inspect",
     programs=INSPECT_PROGRAMS,
     git_subcommands=INSPECT_GIT,
+    # Here-documents and here-strings as input: rebuilt with a quoted delimiter, nothing in them expands.
+    constructs=frozenset({"subshell", "group", "command-substitution", "heredoc", "herestring"}),
     redirects="read",
     write_paths=("/dev/null",),
 )

@@ -22,7 +22,7 @@ def rebuild(analysis: ShellAnalysis) -> str:
     if analysis.structure is None:
         raise RebuildError("nothing to rebuild")
     builder = _Builder(analysis)
-    text = builder.node(analysis.structure)
+    text = builder.node(analysis.structure) + builder.bodies()
     again = analyse_shell(text)
     if again.error is not None or again.shape() != analysis.shape():
         raise RebuildError("the rebuilt command does not parse back to the vetted structure")
@@ -33,6 +33,13 @@ class _Builder:
     def __init__(self, analysis: ShellAnalysis) -> None:
         self.analysis = analysis
         self.substitutions = dict(analysis.substitutions)
+        self.pending: list[tuple[str, str]] = []  # here-document (delimiter, body) waiting for the line's end
+
+    def bodies(self) -> str:
+        """The here-document bodies of the line just ended, each closed by its delimiter."""
+        out = "".join(f"\n{body}{delimiter}" for delimiter, body in self.pending)
+        self.pending = []
+        return out
 
     def node(self, node: Node) -> str:
         if node.kind == "command":
@@ -43,7 +50,7 @@ class _Builder:
                 out.append(self.node(item))
                 if i < len(node.ops):
                     op = node.ops[i]
-                    out.append("\n" if op == "newline" else f" {op} ")
+                    out.append(self.bodies() + "\n" if op == "newline" else f" {op} ")
             return "".join(out).rstrip(" ")
         if node.kind == "subshell":
             return f"( {self.node(node.items[0])} )"
@@ -65,6 +72,14 @@ class _Builder:
             return f"{fd}{redirect.op}{redirect.dup}"
         if redirect.target is None:
             raise RebuildError("here-documents are not run by Bastion")
+        if redirect.op in ("<<", "<<-"):
+            # Always quoted: the body is delivered exactly as vetted, nothing in it expands.
+            body = redirect.target.value
+            lines = set(body.split("\n"))
+            delimiter = next(d for d in (f"BASTION_EOF{k or ''}" for k in range(len(lines) + 2)) if d not in lines
+                             and "\t" + d not in lines)
+            self.pending.append((delimiter, body))
+            return f"{fd}{redirect.op}'{delimiter}'"
         return f"{fd}{redirect.op} {self.word(redirect.target)}"
 
     def word(self, word: Word) -> str:
