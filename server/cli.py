@@ -174,6 +174,10 @@ def demo(directory: str | None, listen: str | None, persona: str, access_log: bo
     if persona != "agent":
         config = config.model_copy(update={"identity": config_mod.IdentityConfig(subject=subject, groups=list(groups))})
     note = f"wrote {', '.join(written)}" if written else "existing files kept"
+    workspace = Path(config.shell_policies()["workspace"].cwd) if "workspace" in config.connections else None
+    if workspace is not None and os.geteuid() == 0 and not demo_mod.others_can_read(workspace):
+        note += (f"; note: as root, shell commands run as an unprivileged user who cannot read {workspace}: "
+                 "pass --dir under a folder others can read (e.g. /var/lib/bastion/demo)")
     click.echo(f"bastion demo: data in {where} ({note})\n"
                f"  config: {config_path}  (every command takes it: bastion audit tail --config {config_path})\n"
                f"  calls run as {config.identity.subject} (groups: {', '.join(config.identity.groups)}); "

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -55,9 +58,25 @@ SAMPLE_FILES = {
 
 
 def default_dir() -> Path:
-    """The per-user data directory: $XDG_DATA_HOME/bastion/demo, else ~/.local/share/bastion/demo."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "bastion" / "demo"
+    """The per-user data directory: $XDG_DATA_HOME/bastion/demo, else ~/.local/share/bastion/demo;
+    for root without $XDG_DATA_HOME, /var/lib/bastion/demo (root's home is closed to the
+    unprivileged user root's sandbox runs commands as, so a workspace there could not be read)."""
+    base = os.environ.get("XDG_DATA_HOME")
+    if not base and os.geteuid() == 0:
+        return Path("/var/lib/bastion/demo")
+    return Path(base or os.path.join(os.path.expanduser("~"), ".local", "share")) / "bastion" / "demo"
+
+
+def others_can_read(folder: Path) -> bool:
+    """Whether a user other than the owner can reach and list ``folder`` (every folder above it
+    searchable by others, the folder itself readable): what root's sandbox user needs."""
+    folder = folder.resolve()
+    try:
+        if not folder.stat().st_mode & 0o005 == 0o005:
+            return False
+        return all(parent.stat().st_mode & 0o001 for parent in folder.parents)
+    except OSError:
+        return False
 
 
 def template() -> str:
@@ -100,20 +119,46 @@ def build_database(path: Path) -> Path:
 
 def write(directory: Path) -> tuple[Path, list[str]]:
     """Write whatever of the demo is missing in ``directory``; returns the config's path and what
-    was written. Existing files are kept (an edited config, a database the demo changed)."""
+    was written. Existing files are kept (an edited config, a database the demo changed). Each part
+    is built aside and moved into place, so two demos started at once (an agent's and an
+    approver's) never see half a file."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     config = directory / CONFIG
-    if not config.exists():
-        config.write_text(template(), encoding="utf-8")
+    if not config.exists() and _place(directory, CONFIG, lambda aside: aside.write_text(template(), encoding="utf-8")):
         written.append(CONFIG)
-    if not (directory / DATABASE).exists():
-        build_database(directory / DATABASE)
+    if not (directory / DATABASE).exists() and _place(directory, DATABASE, build_database):
         written.append(DATABASE)
-    workspace = directory / WORKSPACE
-    if not workspace.exists():
-        for name, text in SAMPLE_FILES.items():
-            (workspace / name).parent.mkdir(parents=True, exist_ok=True)
-            (workspace / name).write_text(text, encoding="utf-8")
+    if not (directory / WORKSPACE).exists() and _place(directory, WORKSPACE, _write_workspace):
         written.append(WORKSPACE + "/")
     return config, written
+
+
+def _write_workspace(folder: Path) -> None:
+    for name, text in SAMPLE_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+
+
+def _place(directory: Path, name: str, build: Callable[[Path], object]) -> bool:
+    """Build ``name`` under a private name, then move it into place unless another process did
+    first; True when this one placed it."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
+    try:
+        built = aside / name
+        build(built)
+        target = directory / name
+        if target.exists():
+            return False
+        try:
+            if built.is_dir():
+                built.rename(target)  # fails if another process placed its folder meanwhile
+            else:
+                os.link(built, target)  # fails if the file exists: never replaces one
+        except (FileExistsError, OSError):
+            if target.exists():
+                return False
+            raise
+        return True
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)

@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,21 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return subprocess.run([BASTION, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder others can read: as root, the shell's sandbox runs commands as an unprivileged user,
+    who cannot reach into pytest's own (0700) temporary folders."""
+    folder = Path(tempfile.mkdtemp(prefix="bastion-demo-test-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.anyio
-async def test_the_demo_runs_with_nothing_else_and_every_command_takes_its_config(tmp_path: Path) -> None:
+async def test_the_demo_runs_with_nothing_else_and_every_command_takes_its_config(open_dir: Path) -> None:
+    tmp_path = open_dir
     where = tmp_path / "data"
     async with Client(demo_server(where)) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
@@ -77,6 +92,10 @@ def test_the_default_data_directory_is_per_user_and_printed_on_start(tmp_path: P
     assert started.returncode == 0 and started.stdout == ""  # stdout is the MCP wire: nothing else on it
     assert f"data in {expected}" in started.stderr and f"--config {expected / 'bastion.toml'}" in started.stderr
     assert (expected / "bastion.toml").exists() and (expected / "demo.db").exists()
+    if os.geteuid() == 0:  # root's own home is closed to the sandbox's user: the demo says so
+        assert "cannot read" in started.stderr and "pass --dir" in started.stderr
+        if "XDG_DATA_HOME" not in os.environ:
+            assert demo.default_dir() == Path("/var/lib/bastion/demo")
     assert "Traceback" not in started.stderr and "Warning" not in started.stderr and "httpx" not in started.stderr
 
 
@@ -88,6 +107,17 @@ def test_the_shell_workspace_holds_none_of_the_demo_s_own_files(tmp_path: Path) 
     inside = {p.name for p in cwd.rglob("*")}
     assert inside and not inside & {"bastion.toml", "demo.db", "bastion-audit.db"}
     assert demo.write(tmp_path)[1] == []  # a second run keeps what is there
+
+
+def test_demos_started_at_once_write_each_part_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: demo.write(tmp_path / "data"), range(4)))
+    written = [part for _, parts in results for part in parts]
+    assert sorted(written) == ["bastion.toml", "demo.db", "workspace/"]  # each by exactly one of them
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["bastion.toml", "demo.db", "workspace"]
+    assert load(tmp_path / "data" / "bastion.toml").connections["demo"].kind == "sqlite"
 
 
 @pytest.mark.anyio
