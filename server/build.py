@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from bastion.policy.errors import ConfigError
+from bastion.policy.sql.facts import WRITE_KINDS
+from bastion.policy.sql.privileges import LeastPrivilege
 from bastion.server.config import Config, ConnectionConfig, ShellConnectionConfig
 from bastion.store.sqlite_store import SqliteAuditStore
 from bastion.store.errors import StoreError
@@ -50,8 +52,11 @@ def build_executor(config: Config, name: str, conn: ConnectionConfig) -> SqlExec
     logins = {entry.role: config.secret(f"connections.{name}.roles", "password_env", entry.password_env,
                                         "password_file", entry.password_file)
               for entry in conn.roles if entry.login}
+    # Least privilege, verified before the first call runs: the logins may do no more than the rules need.
+    writes = any((rule.allow | rule.review) & WRITE_KINDS for rule in conn.rule_list())
+    expected = LeastPrivilege(writes, frozenset(conn.accept_rights), tuple(dict.fromkeys(e.role for e in conn.roles)))
     return PostgresExecutor(name, target, password=_secret(config, name, conn), search_path=conn.search_path,
-                            role_logins=logins)
+                            role_logins=logins, least_privilege=expected)
 
 
 def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig, user: str | None = None,

@@ -24,6 +24,7 @@ from bastion.policy.scoping import RunAs, Scoping
 from bastion.policy.shell.presets import SHELL_PRESETS
 from bastion.policy.shell.rules import ShellPolicy, ShellRule
 from bastion.policy.sql.facts import Kind
+from bastion.policy.sql.privileges import ACCEPTABLE as ACCEPTABLE_RIGHTS
 from bastion.tools.alerts import AlertRule
 from bastion.server import config_errors
 from bastion.tools.masking import Masking
@@ -125,6 +126,9 @@ def _scoping(entries: list[RoleConfig] | list[UserConfig]) -> Scoping:
                                frozenset(e.groups), getattr(e, "key_file", None)) for e in entries))
 
 
+AcceptedRight = Literal[tuple(sorted(ACCEPTABLE_RIGHTS))]  # type: ignore[valid-type]
+
+
 class ConnectionConfig(_Model):
     """A database connection (PostgreSQL or SQLite)."""
 
@@ -140,6 +144,8 @@ class ConnectionConfig(_Model):
     preset: Literal["read-only", "read-write"] | None = Field(None, description="shorthand for one rule for everyone")
     rules: list[RuleConfig] = []
     roles: list[RoleConfig] = Field([], description="groups → database role, first match; unmapped identities do not see the connection")
+    accept_rights: list[AcceptedRight] = Field(
+        [], description="rights the PostgreSQL login (or a mapped role) may hold beyond what the rules need; others refuse the connection")
     mask: dict[str, MaskerName] = Field({}, description="sensitive columns: `schema.table.column` (globs; `table.column` for the default schema) → masker")
     mask_predicates: dict[MaskerName, VerdictName | dict[MaskUseName, VerdictName]] = Field(
         {}, description="per masker: the verdict on probing its columns (equality, like, regex, range, filter), or use → verdict")

@@ -75,6 +75,7 @@ search_path = "tb"
 kind = "postgres"
 target = "{pg.dsn(user=login)}"
 search_path = "tb"
+accept_rights = ["write-grants"]  # the same login as `tb`, whose rules write
 
   [[connections.ro.rules]]
   id = "reader"

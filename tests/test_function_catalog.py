@@ -181,6 +181,7 @@ groups = ["analysts"]
 kind = "postgres"
 target = "{pg.dsn(user=login)}"
 search_path = "fc"
+accept_rights = ["pg_read_server_files"]  # so that the attacks would work if they ran
 
   [[connections.ro.rules]]
   id = "analysts"
@@ -192,6 +193,7 @@ search_path = "fc"
 kind = "postgres"
 target = "{pg.dsn(user=login)}"
 search_path = "fc"
+accept_rights = ["pg_read_server_files"]
 
   [[connections.rw.rules]]
   id = "writers"

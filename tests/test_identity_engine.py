@@ -182,7 +182,7 @@ login = true
 
 [[connections.notes.roles]]
 groups = ["sales"]
-role = "{roles.writer}"
+role = "{roles.bob}"
 """)
     loaded = load(config)
     ex = build_executor(loaded, "notes", loaded.connections["notes"])  # type: ignore[arg-type]

@@ -215,6 +215,8 @@ kind = "postgres"
 target = "{shop.dsn(user=shop.gateway_role)}"
 password_env = "BASTION_TEST_PG_PASSWORD"
 search_path = "shop"
+# The executor tests above grant this login UPDATE and DELETE; the rules only read.
+accept_rights = ["write-grants"]
 
   [[connections.shop.rules]]
   id = "analysts"
@@ -304,12 +306,14 @@ kind = "postgres"
 target = "{dsn}"
 search_path = "shop"
 preset = "read-only"
+accept_rights = ["write-grants"]  # granted by the executor tests above
 [connections.shop_sandbox]
 kind = "postgres"
 target = "{dsn}"
 search_path = "sandbox"
 sandbox = true
 preset = "read-only"
+accept_rights = ["write-grants"]
 """)
 
     async def record() -> None:

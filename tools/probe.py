@@ -14,6 +14,7 @@ import anyio
 from bastion.policy import Identity
 from bastion.policy.errors import BastionError
 from bastion.policy.sql.facts import Kind
+from bastion.policy.sql.privileges import excess, explain
 from bastion.tools.connections import Connection, ShellConnection
 from bastion.tools.executors.shell_base import ShellRunRequest
 
@@ -74,6 +75,20 @@ async def _postgres_login(connection: Connection) -> tuple[str, tuple[str, ...]]
     if writable and not _writes_allowed(connection) and not connection.scoping.entries:
         problems.append(f"no rule allows writes, but the login `{user}` may change {', '.join(writable)}"
                         f"{' and more' if len(writable) == 5 else ''}: grant it SELECT only")
+    # What else the gateway refuses to serve at start (tools/executors/postgres.py): the rights the
+    # checks above do not name, of the login and of each mapped role, unless accept_rights names them.
+    expected = getattr(connection.executor, "least_privilege", None)
+    if expected is not None:
+        named = {"superuser", "bypassrls", "createrole", "write-grants"}
+        for role, rights in await connection.executor.login_rights():  # type: ignore[attr-defined]
+            if rights is None:
+                problems.append(f"the mapped role `{role}` does not exist")
+                continue
+            extra = [e for e in excess(rights, writes_allowed=expected.writes_allowed, accepted=expected.accepted)
+                     if e.right not in named or rights.login != user]
+            if extra:
+                problems.append(explain(rights.login, tuple(extra)) + "; the gateway will not serve this connection "
+                                "until they are revoked or named in `accept_rights`")
     return f" as `{user}`", tuple(problems)
 
 

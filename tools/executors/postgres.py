@@ -34,6 +34,7 @@ from bastion.policy import Kind
 from bastion.policy.sql import catalog as function_catalog
 from bastion.policy.sql.catalog import FunctionCatalog
 from bastion.policy.sql.facts import DDL_KINDS, WRITE_KINDS
+from bastion.policy.sql.privileges import RIGHTS_SQL, LeastPrivilege, LoginRights, excess, explain
 from bastion.policy.errors import ExecutionError, QueryRejected, QueryTimeout, TargetUnavailable
 from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
                                   TableInfo, no_dry_run_reason)
@@ -87,7 +88,8 @@ class PostgresExecutor:
 
     def __init__(self, name: str, dsn: str, *, password: str | None = None, search_path: str = "public",
                  max_connections: int = 8, connect_timeout: float = 5.0,
-                 role_logins: Mapping[str, str | None] | None = None) -> None:
+                 role_logins: Mapping[str, str | None] | None = None,
+                 least_privilege: LeastPrivilege | None = None) -> None:
         """``role_logins``: mapped roles that log in themselves → their password (None: the server
         needs none from the gateway, e.g. a client certificate or .pgpass); the DSN is the gateway's
         with the role as its user."""
@@ -107,6 +109,10 @@ class PostgresExecutor:
         self.role_logins: dict[str, str | None] = dict(role_logins or {})
         self._role_pools: dict[str, AsyncConnectionPool] = {}
         self._opened = False
+        # Checked once, before the first call runs: None not yet, "" fine, else why the connection is not served.
+        self.least_privilege = least_privilege
+        self._privilege_verdict: str | None = None if least_privilege is not None else ""
+        self._privilege_lock: anyio.Lock | None = None
         self._setups: dict[tuple[Any, ...], bytes] = {}
         # The server's functions, operators and types, read by refresh_functions (policy.sql.catalog).
         self.functions: FunctionCatalog | None = None
@@ -180,7 +186,62 @@ class PostgresExecutor:
             self._functions_read_at = time.monotonic()
             return self.functions
 
+    async def login_rights(self) -> list[tuple[str | None, LoginRights | None]]:
+        """The rights of the gateway's login and of each mapped role (as its own login when it has
+        one); None for a mapped role the server does not know."""
+        expected = self.least_privilege or LeastPrivilege(False)
+        found: list[tuple[str | None, LoginRights | None]] = []
+        for role in (None, *expected.roles):
+            own = self.logs_in_as(role)
+            pool = await self._pool(role if own else None)
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                row = await (await conn.execute(RIGHTS_SQL, {"role": None if own else role})).fetchone()
+            found.append((role, LoginRights.from_row(row) if row else None))
+        return found
+
+    async def verify_least_privilege(self) -> str:
+        """"" when every login may do no more than the rules need (or the config accepts); else why
+        not. Read once; a failure to read is raised (TargetUnavailable) and tried again next call."""
+        if self._privilege_verdict is not None:
+            return self._privilege_verdict
+        if self._privilege_lock is None:
+            self._privilege_lock = anyio.Lock()
+        async with self._privilege_lock:
+            if self._privilege_verdict is not None:
+                return self._privilege_verdict
+            expected = self.least_privilege or LeastPrivilege(False)
+            try:
+                found = await self.login_rights()
+            except PoolTimeout as error:
+                raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=str(error)) from error
+            except psycopg.Error as error:
+                raise translate(error, self.name) from error
+            problems = []
+            for role, rights in found:
+                if rights is None:
+                    problems.append(f"the mapped role `{role}` does not exist")
+                    continue
+                extra = excess(rights, writes_allowed=expected.writes_allowed, accepted=expected.accepted)
+                if extra:
+                    problems.append(explain(rights.login, extra))
+                accepted = excess(rights, writes_allowed=expected.writes_allowed)
+                for e in accepted:
+                    if e.right in expected.accepted:
+                        log.warning("connection %s: login %s holds %s, accepted by accept_rights", self.name, rights.login, e.right)
+            self._privilege_verdict = "; ".join(problems)
+            if problems:
+                log.error("connection %s is not served: %s", self.name, self._privilege_verdict)
+            return self._privilege_verdict
+
+    async def _served(self) -> None:
+        verdict = await self.verify_least_privilege()
+        if verdict:
+            raise TargetUnavailable(f"connection `{self.name}` is not served: {verdict}",
+                                    hint="Nothing in the query can fix this: tell the gateway's operator, who can reduce the "
+                                         "grants or name each right in the connection's `accept_rights`.")
+
     async def run(self, request: RunRequest) -> QueryResult:
+        await self._served()
         if any(s.kinds & DDL_KINDS for s in request.statements):
             self.forget_functions()  # CREATE FUNCTION, DROP TYPE, ...: judge the next call afresh
         pool = await self._pool(request.role)
@@ -261,6 +322,7 @@ class PostgresExecutor:
         return result
 
     async def preview(self, request: RunRequest) -> dict[str, Any]:
+        await self._served()
         pool = await self._pool(request.role)
         limits = replace(request.limits, timeout_s=min(request.limits.timeout_s, PREVIEW_TIMEOUT_S))
         request = replace(request, limits=limits, read_only=False)
