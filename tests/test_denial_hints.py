@@ -147,3 +147,33 @@ async def test_a_refusal_says_what_would_pass_and_that_passes(case: Case, demo_c
 def test_there_are_at_least_40_cases_with_sql_and_shell() -> None:
     assert len(CASES) >= 40
     assert sum(c.tool == "shell_run" for c in CASES) >= 10 and sum(c.tool == "sql_query" for c in CASES) >= 30
+
+
+@pytest.mark.postgres
+async def test_postgres_refusals_are_mapped_to_an_engine_rule_and_a_hint(tmp_path: Path, pg_server: Any) -> None:
+    import uuid
+
+    schema = f"hints_{uuid.uuid4().hex[:8]}"
+    role = pg_server.gateway_role
+    for statement in (f"CREATE SCHEMA {schema}", f"CREATE TABLE {schema}.orders (id int PRIMARY KEY, status text)",
+                      f"INSERT INTO {schema}.orders VALUES (1, 'paid')", f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+                      f"GRANT SELECT ON {schema}.orders TO {role}"):
+        pg_server.execute(statement)
+    config = tmp_path / "bastion.toml"
+    config.write_text(f'[identity]\nsubject = "ana"\ngroups = ["analysts"]\n\n[connections.shop]\nkind = "postgres"\n'
+                      f'target = "{pg_server.dsn(user=role)}"\nsearch_path = "{schema}"\n\n'
+                      f'  [[connections.shop.rules]]\n  id = "analysts"\n  preset = "read-only"\n  groups = ["analysts"]\n'
+                      f'  read_tables = ["{schema}.*"]\n')
+    try:
+        async with Client(create_server(load(config))) as client:
+            column = await client.call_tool("sql_query", {"connection": "shop", "sql": "SELECT statuss FROM orders"})
+            table = await client.call_tool("sql_query", {"connection": "shop", "sql": "SELECT * FROM ordrs"})
+            setting = await client.call_tool("sql_query", {"connection": "shop", "sql": "SHOW search_path"})
+            passing = [await client.call_tool("sql_query", {"connection": "shop", "sql": text})
+                       for text in ("SELECT status FROM orders", "SELECT * FROM orders", "SELECT current_setting('search_path')")]
+    finally:
+        pg_server.execute(f"DROP SCHEMA {schema} CASCADE")
+    assert column.is_error and "did you mean `status`?" in text_of(column) and "(rule: engine:no-such-column)" in text_of(column)
+    assert table.is_error and f"did you mean `{schema}.orders`?" in text_of(table) and "(rule: engine:no-such-table)" in text_of(table)
+    assert setting.is_error and "SELECT current_setting('search_path')" in text_of(setting)
+    assert not any(p.is_error for p in passing), [text_of(p) for p in passing]
