@@ -347,45 +347,57 @@ def test_known_differences_name_real_cases() -> None:
 # --- what the facts say bash will start -------------------------------------------------------------
 
 
-def _started(analysis: ShellAnalysis) -> list[int]:
-    """Indices of the commands bash starts when every program exits 0 (`a || b` skips b)."""
+def _started(analysis: ShellAnalysis, sandbox: Sandbox) -> list[tuple[int, dict[str, str]]]:
+    """The commands bash starts when every program exits 0 (`a || b` skips b), each with the loop
+    variables set when it starts (a `for` loop runs its body once per word, as bash expands them)."""
     substitutions = dict(analysis.substitutions)
-    started: list[int] = []
+    started: list[tuple[int, dict[str, str]]] = []
 
     def words(command: Command) -> Iterator[Word]:
         yield from command.argv
         yield from (r.target for r in command.redirects if r.target is not None)
 
-    def run(node: Node) -> bool:
+    def substitute(word: Word, env: dict[str, str]) -> None:
+        for segment in word.segments:
+            if segment.kind == CMDSUB:
+                run(substitutions[segment.start], env)
+
+    def run(node: Node, env: dict[str, str]) -> bool:
         if node.kind == "command":
             command = analysis.commands[node.index]
             for word in words(command):
-                for segment in word.segments:
-                    if segment.kind == CMDSUB:
-                        run(substitutions[segment.start])
-            started.append(node.index)
+                substitute(word, env)
+            started.append((node.index, dict(env)))
             return True
         if node.kind == "pipeline":
             for item in node.items:
-                run(item)
+                run(item, env)
             return True
         if node.kind == "list":
-            ok = run(node.items[0])
+            ok = run(node.items[0], env)
             for op, item in zip(node.ops, node.items[1:], strict=False):
                 if (op == "&&" and not ok) or (op == "||" and ok):
                     continue
-                ok = run(item)
+                ok = run(item, env)
             return ok
         if node.kind in ("subshell", "group"):
-            return run(node.items[0])
+            return run(node.items[0], dict(env) if node.kind == "subshell" else env)
+        if node.kind == "for" and node.items:
+            for word in node.words:
+                substitute(word, env)
+            values = [v for word in node.words for v in _expand(word, sandbox, env)]
+            for value in values:
+                env[node.name] = value
+                run(node.items[0], env)
+            return True
         raise AssertionError(f"an allowed text has a `{node.kind}` node")
 
     assert analysis.structure is not None
-    run(analysis.structure)
+    run(analysis.structure, {})
     return started
 
 
-def _expand(word: Word, sandbox: Sandbox) -> list[str]:
+def _expand(word: Word, sandbox: Sandbox, bindings: dict[str, str] | None = None) -> list[str]:
     """The arguments bash makes of one fact word in the sandbox: tilde, allowed variables, substitutions
     (stand-ins print nothing), then pathname expansion of the word as the facts segment it (glob
     characters active, everything else literal); an unquoted word that expands to nothing disappears."""
@@ -398,7 +410,7 @@ def _expand(word: Word, sandbox: Sandbox) -> list[str]:
         elif segment.kind == TILDE:
             value = env["HOME"] + segment.text[1:] if segment.text == "~" else segment.text
         elif segment.kind == PARAM:
-            value = env.get(segment.text, "")
+            value = (bindings or {}).get(segment.text, env.get(segment.text, ""))
         elif segment.kind == CMDSUB:
             value = ""
         elif segment.kind == GLOB:
@@ -515,7 +527,7 @@ def _host(path: str, sandbox: Sandbox) -> str:
 
 def _expected(analysis: ShellAnalysis, sandbox: Sandbox) -> list[Argv]:
     out = []
-    for index in _started(analysis):
+    for index, bindings in _started(analysis, sandbox):
         command = analysis.commands[index]
         if command.program is None:
             continue  # a redirection alone, such as $(< file): no program starts
@@ -523,16 +535,24 @@ def _expected(analysis: ShellAnalysis, sandbox: Sandbox) -> list[Argv]:
             continue  # bash runs it itself: nothing to log
         argv: list[str] = []
         for word in command.argv:
-            argv.extend(_expand(word, sandbox))
+            argv.extend(_expand(word, sandbox, bindings))
         out.append(tuple(argv))
     return sorted(out)
 
 
 def _globbed_as_dot_slash(analysis: ShellAnalysis) -> bool:
     """Bastion runs a word that starts with a glob as ./pattern (docs/shell.md): compare such runs with
-    a leading ./ removed."""
+    a leading ./ removed (a `for` loop's words reach its body through the loop variable)."""
+
+    def loop_words(node: Node | None) -> Iterator[Word]:
+        if node is not None:
+            yield from node.words
+            for item in node.items:
+                yield from loop_words(item)
+
+    words = [w for c in analysis.commands for w in c.argv] + list(loop_words(analysis.structure))
     return any(len(w.segments) > 1 and w.segments[0] == Segment(LIT, "./") and w.segments[1].kind == GLOB
-               for c in analysis.commands for w in c.argv)
+               for w in words)
 
 
 def _loose(argvs: list[Argv], dot_slash: bool) -> list[Argv]:

@@ -111,7 +111,8 @@ def _analyse_cached(text: str) -> ShellAnalysis:
         operators.add("newline")
     structure = items[0] if len(items) == 1 else Node("list", items=items, ops=("newline",) * (len(items) - 1))
     return ShellAnalysis(text, tuple(walker.commands), frozenset(operators), frozenset(walker.constructs),
-                         structure=structure, substitutions=tuple(walker.substitutions.items()))
+                         structure=structure, substitutions=tuple(walker.substitutions.items()),
+                         loop_variables=frozenset(walker.loop_variables))
 
 
 class _Walker:
@@ -123,6 +124,8 @@ class _Walker:
         self.substitutions: dict[int, Node] = {}
         self.base = 0  # offset of the text bashlex is walking inside self.text (substitutions)
         self.budget = w.Budget()  # brace expansion and time: a bomb is refused, not expanded
+        self.loop_variables: set[str] = set()
+        self.loops = 0  # depth inside rebuilt loops
 
     def inner(self, start: int, end: int, kind: str) -> Node:
         """A substitution's own text, parsed on its own: bashlex's nested parse can stop early (at a
@@ -156,11 +159,12 @@ class _Walker:
         if kind in ("list", "pipeline"):
             items: list[Node] = []
             ops: list[str] = []
-            for part in node.parts:
+            for k, part in enumerate(node.parts):
                 if part.kind in ("operator", "pipe"):
                     op = part.op if part.kind == "operator" else part.pipe
                     op = "newline" if op == "\n" else op
-                    self.operators.add(op)
+                    if not (k == len(node.parts) - 1 and op in (";", "newline")):
+                        self.operators.add(op)  # a trailing ; or newline only ends the list
                     ops.append(op)
                 else:
                     items.append(self.node(part, context))
@@ -181,6 +185,10 @@ class _Walker:
             if len(inner) != 1:
                 raise _Unsupported("an empty or ambiguous ( ... ) block is not accepted")
             return Node(wrap, items=(inner[0],))
+        if kind == "for":
+            loop = self.for_loop(node, context)
+            if loop is not None:
+                return loop
         if kind in _COMPOUND:
             # Loops, conditionals and functions: their commands are facts (and are checked), but
             # Bastion does not rebuild them, so they never run unless a rule allows the construct.
@@ -192,6 +200,40 @@ class _Walker:
                     self.node(part, context)
             return Node(_COMPOUND[kind])
         raise _Unsupported(f"bash construct `{kind}` is not accepted")
+
+    def for_loop(self, node: Any, context: str) -> Node | None:
+        """``for name in WORDS; do BODY; done`` with a lower-case name (it cannot replace PATH, IFS or
+        any variable the shell or a program reads) → a `for` node Bastion rebuilds; None for other
+        shapes (they stay facts, never rebuilt)."""
+        parts = list(node.parts)
+        kinds = [(p.kind, getattr(p, "word", None)) for p in parts]
+        if len(parts) < 5 or kinds[0] != ("reservedword", "for") or parts[1].kind != "word" \
+                or kinds[2] != ("reservedword", "in") or kinds[-1] != ("reservedword", "done"):
+            return None
+        name = parts[1].word
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name) or self.text[self.base + parts[1].pos[0] : self.base + parts[1].pos[1]] != name:
+            return None
+        i, values = 3, []
+        while i < len(parts) and parts[i].kind == "word":
+            values.extend(self.words(parts[i], context))
+            i += 1
+        while i < len(parts) and parts[i].kind == "reservedword" and parts[i].word in (";", "\n"):
+            i += 1
+        if i + 2 != len(parts) - 1 or kinds[i] != ("reservedword", "do"):
+            return None
+        body = parts[i + 1]
+        if body.kind not in ("list", "pipeline", "command", "compound", "for"):
+            return None
+        self.constructs.add("for")
+        self.loop_variables.add(name)
+        self.loops += 1
+        try:
+            inner = self.node(body, context)
+        finally:
+            self.loops -= 1
+        if inner.kind == "list" and inner.ops and inner.ops[-1] in (";", "newline") and len(inner.ops) == len(inner.items):
+            inner = Node("list", items=inner.items, ops=inner.ops[:-1]) if len(inner.items) > 1 else inner.items[0]
+        return Node("for", items=(inner,), name=name, words=tuple(values))
 
     def words(self, node: Any, context: str) -> list[w.Word]:
         subs: dict[int, tuple[int, str]] = {}
@@ -228,8 +270,8 @@ class _Walker:
         op = node.type
         fd = node.input if isinstance(getattr(node, "input", None), int) else None
         if op in ("<<", "<<-"):
-            if context != "top":
-                raise _Unsupported("a here-document inside a substitution is not accepted")
+            if context != "top" or self.loops:
+                raise _Unsupported("a here-document inside a substitution or a loop is not accepted")
             self.constructs.add("heredoc")
             value = getattr(getattr(node, "heredoc", None), "value", None)
             delimiter = getattr(node.output, "word", "") if not isinstance(node.output, int) else ""

@@ -243,7 +243,7 @@ def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
                 if segment.kind == PARAM_COMPLEX:
                     yield Outcome("none", f"{rule.id}:expansion", f"`${{{segment.text}}}` is not a plain variable",
                                   hint=f"Variables allowed: {', '.join('$' + v for v in sorted(rule.variables))}.")
-                elif segment.kind == PARAM and segment.text not in rule.variables:
+                elif segment.kind == PARAM and segment.text not in rule.variables | analysis.loop_variables:
                     yield Outcome("none", f"{rule.id}:expansion", f"the variable `${segment.text}` is not allowed",
                                   hint=f"Variables allowed: {', '.join('$' + v for v in sorted(rule.variables))}.")
                 elif segment.kind in (CMDSUB, PROCSUB) and name not in _SUBSTITUTION_SINKS:

@@ -65,6 +65,9 @@ class Node:
     index: int = -1
     items: tuple[Node, ...] = ()
     ops: tuple[str, ...] = ()
+    # `for`: the loop variable and the words it takes (after brace expansion).
+    name: str = ""
+    words: tuple[Word, ...] = ()
 
 
 def word_shape(word: Word) -> tuple[tuple[str, str], ...]:
@@ -84,6 +87,8 @@ class ShellAnalysis:
     structure: Node | None = None
     # Absolute start offset of each command/process substitution → its structure.
     substitutions: tuple[tuple[int, Node], ...] = ()
+    # Variables set by a rebuilt `for` loop to one of its vetted words.
+    loop_variables: frozenset[str] = frozenset()
 
     def shape(self) -> tuple[object, ...]:
         """Everything that must survive a rebuild unchanged."""
@@ -91,7 +96,7 @@ class ShellAnalysis:
             (tuple(word_shape(w) for w in c.argv), c.assignments,
              tuple((r.op, r.fd, word_shape(r.target) if r.target else None, r.dup) for r in c.redirects), c.context)
             for c in self.commands)
-        return commands, self.operators, self.constructs
+        return commands, self.operators, self.constructs, tuple(_loops(self.structure)), self.loop_variables
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {"commands": [c.summary() for c in self.commands]}
@@ -102,3 +107,15 @@ class ShellAnalysis:
         if self.error:
             out["error"] = self.error
         return out
+
+
+def _loops(node: Node | None) -> list[object]:
+    """Each `for` loop's variable and words, in order: a rebuild must keep them too."""
+    if node is None:
+        return []
+    out: list[object] = []
+    if node.kind == "for":
+        out.append((node.name, tuple(word_shape(w) for w in node.words)))
+    for item in node.items:
+        out.extend(_loops(item))
+    return out

@@ -25,8 +25,9 @@ INSPECT = ShellRule(
     preset="inspect",
     programs=INSPECT_PROGRAMS,
     git_subcommands=INSPECT_GIT,
-    # Here-documents and here-strings as input: rebuilt with a quoted delimiter, nothing in them expands.
-    constructs=frozenset({"subshell", "group", "command-substitution", "heredoc", "herestring"}),
+    # Here-documents and here-strings as input: rebuilt with a quoted delimiter, nothing in them expands;
+    # `for name in WORDS; do ...; done` with a lower-case name (policy.shell.analyze: for_loop).
+    constructs=frozenset({"subshell", "group", "command-substitution", "heredoc", "herestring", "for"}),
     redirects="read",
     write_paths=("/dev/null",),
 )

@@ -52,6 +52,10 @@ class _Builder:
                     op = node.ops[i]
                     out.append(self.bodies() + "\n" if op == "newline" else f" {op} ")
             return "".join(out).rstrip(" ")
+        if node.kind == "for" and node.items:
+            inner = self.node(node.items[0]).rstrip()
+            words = " ".join(self.word(w) for w in node.words)
+            return f"for {node.name} in {words} ; do {inner if inner.endswith((';', '&')) else inner + ' ;'} done"
         if node.kind == "subshell":
             return f"( {self.node(node.items[0])} )"
         if node.kind == "group":
