@@ -63,7 +63,8 @@ def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig,
                          key_file: str | None = None) -> ShellExecutor:
     """The connection's executor: as its configured user, or as a mapped ``user`` (with ``key_file`` on SSH)."""
     if conn.kind == "local":
-        return LocalShellExecutor(name, config.shell_cwd(conn), run_as=user, sandbox=build_sandbox(config, conn, user))
+        return LocalShellExecutor(name, config.shell_cwd(conn), run_as=user,
+                                  sandbox=build_sandbox(config, name, conn, user))
     from bastion.tools.executors.ssh import SshExecutor
 
     assert conn.host and conn.user and conn.key_file and conn.cwd
@@ -74,13 +75,27 @@ def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig,
                        sandbox=remote_bwrap(conn.cwd, writes(conn)) if conn.remote_isolation == "bubblewrap" else None)
 
 
-def build_sandbox(config: Config, conn: ShellConnectionConfig, user: str | None) -> Sandbox | None:
-    """The OS sandbox of a local connection; None only when the config opts out (`isolation = \"none\"`)."""
+def build_sandbox(config: Config, name: str, conn: ShellConnectionConfig, user: str | None) -> Sandbox | None:
+    """The OS sandbox of a local connection; None only when the config opts out (`isolation = \"none\"`).
+
+    A workspace may not hold a database of the gateway's (the audit store, a SQLite target: their
+    journals come and go while commands run), nor, when it is writable, any file of the gateway's (a
+    command could move, replace or plant beside it). Config and key files in a read-only workspace
+    read as empty inside."""
     if conn.isolation == "none":
         return None
+    workspace = config.shell_cwd(conn)
+    databases, files = gateway_files(config)
+    writable = writes(conn)
+    for path in databases + (files if writable else ()):
+        if path.startswith(workspace.rstrip("/") + "/"):
+            what = "database" if path in databases else "file"
+            raise ConfigError(f"{config.source}: connections.{name}.cwd: the workspace {workspace} holds the gateway's "
+                              f"own {what} {path}; a command in the sandbox could read or change it",
+                              hint="Point `cwd` at a folder holding none of the gateway's files, or move the file out.")
     limits = SandboxLimits(conn.cpu_seconds, conn.memory_mb << 20, conn.max_file_mb << 20, conn.max_processes)
-    return Sandbox(config.shell_cwd(conn), writes(conn), tuple(conn.hide) if conn.hide is not None else DEFAULT_HIDE,
-                   limits, run_as=user, protected=gateway_files(config))
+    return Sandbox(workspace, writable, tuple(conn.hide) if conn.hide is not None else DEFAULT_HIDE,
+                   limits, run_as=user, protected=files)
 
 
 def writes(conn: ShellConnectionConfig) -> bool:
@@ -90,19 +105,20 @@ def writes(conn: ShellConnectionConfig) -> bool:
     return any(r.preset == "developer" or r.redirects == "write" for r in conn.rule_list())
 
 
-def gateway_files(config: Config) -> tuple[str, ...]:
-    """The gateway's own files: its config, audit store, keys, secrets and SQLite targets. A sandbox whose
-    workspace holds one of them sees it empty."""
-    names: list[str | None] = [config.audit.path, config.audit.checkpoint_key_file, config.approvals.web_client_secret_file]
+def gateway_files(config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The gateway's own databases (audit store, SQLite targets) and its other files (config, keys, secrets)."""
+    databases = [config.audit.path] + [_target(config, name, conn) for name, conn in config.connections.items()
+                                       if isinstance(conn, ConnectionConfig) and conn.kind == "sqlite"]
+    names: list[str | None] = [config.audit.checkpoint_key_file, config.approvals.web_client_secret_file]
     for conn in config.connections.values():
         if isinstance(conn, ConnectionConfig):
-            names += [conn.password_file, conn.mask_key_file, conn.target if conn.kind == "sqlite" else None]
+            names += [conn.password_file, conn.mask_key_file, *(r.password_file for r in conn.roles)]
         else:
             names += [conn.key_file, conn.known_hosts, *(u.key_file for u in conn.users)]
-    paths = [str(config.path(n).resolve()) for n in names if n]
+    files = [str(config.path(n).resolve()) for n in names if n]
     if config.source != "<defaults>":
-        paths.append(str(Path(config.source).resolve()))
-    return tuple(dict.fromkeys(paths))
+        files.append(str(Path(config.source).resolve()))
+    return tuple(str(config.path(d).resolve()) for d in databases), tuple(dict.fromkeys(files))
 
 
 def build_gateway(config: Config) -> Gateway:

@@ -36,6 +36,16 @@ def demo_config(tmp_path: Path, demo_db: Path) -> Path:
     return config
 
 
+@pytest.fixture(autouse=True)
+def sandbox_reaches_test_folders(request: pytest.FixtureRequest) -> None:
+    """Sandboxed shells run as an unprivileged uid that must reach a test's workspace; pytest makes its
+    temporary folders 0700, so let others pass through (not list) a test's folder and those above it."""
+    if "tmp_path" in request.fixturenames:
+        path: Path = request.getfixturevalue("tmp_path")
+        for folder in (path.parent.parent, path.parent, path):
+            folder.chmod(0o711)
+
+
 def requirement(*ids: str) -> pytest.MarkDecorator:
     """Mark a test as covering security requirements (tests/requirements.toml)."""
     return pytest.mark.requirement(*ids)

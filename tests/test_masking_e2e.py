@@ -52,7 +52,7 @@ preset = "read-write"
 
 [connections.workspace]
 kind = "local"
-cwd = "."
+cwd = "ws"
 detectors = ["all"]
 preset = "inspect"
 """
@@ -68,11 +68,11 @@ def masked_config(tmp_path: Path, demo_db: Path, monkeypatch: pytest.MonkeyPatch
         conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
         conn.execute("INSERT INTO notes VALUES (1, ?), (2, 'shipped on time')",
                      (f"customer paid with {CARD}, reach them at someone@example.org",))
-    (tmp_path / "deploy.env").write_text("DB_HOST=db.internal\nDB_PASSWORD=hunter2-secret\n"
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "deploy.env").write_text("DB_HOST=db.internal\nDB_PASSWORD=hunter2-secret\n"
                                          "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n")
     config = tmp_path / "bastion.toml"
     config.write_text(CONFIG)
-    tmp_path.chmod(0o755)  # the workspace: the sandbox's unprivileged user reads it
     return config
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import socket
 import shutil
 import subprocess
 from dataclasses import replace
@@ -238,8 +240,10 @@ def test_a_repository_config_keeps_only_keys_that_run_nothing(tmp_path: Path) ->
     assert listed.splitlines() == ["core.bare=false", 'remote.o"rigin.url=https://e/x', 'user.name=A "B"']
 
 
-def test_limits_are_given_to_the_sandbox() -> None:
-    argv = replace(Sandbox("/srv/ws"), limits=SandboxLimits(7, 1 << 20, 2 << 20, 9)).argv("true", "/srv/ws")
+def test_limits_are_given_to_the_sandbox(tmp_path: Path) -> None:
+    sandbox = replace(Sandbox(str(tmp_path)), limits=SandboxLimits(7, 1 << 20, 2 << 20, 9))
+    _, argv = sandbox.arguments("true", str(tmp_path))
+    sandbox.close()
     assert argv[-1].startswith("ulimit -t 7 -v 1024 -f 2048 -u 9 -c 0 || exit 125\ntrue")
 
 
@@ -278,3 +282,132 @@ async def test_the_gateway_sandboxes_by_default_and_says_so_when_a_config_opts_o
             assert ("UNSANDBOXED" in caplog.text) is not sandboxed
         finally:
             await gateway.close()
+
+
+# -- what a red team found against the first version, kept as tests -------------------------------
+
+HOSTILE_FILTER = '[filter "f"]\n\tclean = "sh -c \'echo RAN-FILTER >&2; cat\'"\n\tsmudge = cat\n'
+
+
+def _repo(ws: Path) -> None:
+    git = ["git", "-C", str(ws), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    (ws / "notes.md").write_text("one\n")
+    subprocess.run([*git, "add", "notes.md"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    (ws / "notes.md").write_text("two\n")
+    (ws / ".gitattributes").write_text("*.md filter=f\n")
+
+
+@requirement("shell:sandbox-git")
+@pytest.mark.parametrize("layout", ["git-symlink", "config-symlink", "gitdir-file", "commondir"])
+async def test_git_config_reached_another_way_runs_nothing(site: Path, layout: str) -> None:
+    ws = site / "ws"
+    _repo(ws)
+    if layout == "git-symlink":  # .git is a link to the real git dir
+        (ws / ".git").rename(ws / "store")
+        (ws / ".git").symlink_to("store")
+        store = ws / "store"
+    elif layout == "gitdir-file":  # .git is a file naming the git dir
+        (ws / ".git").rename(ws / "store")
+        (ws / ".git").write_text("gitdir: store\n")
+        store = ws / "store"
+    else:
+        store = ws / ".git"
+    if layout == "config-symlink":
+        (ws / "evil.cfg").write_text((store / "config").read_text() + HOSTILE_FILTER)
+        (store / "config").unlink()
+        (store / "config").symlink_to("../evil.cfg")
+    elif layout == "commondir":  # the config comes from another "common" git dir
+        (ws / "common").mkdir()
+        (ws / "common" / "config").write_text((store / "config").read_text() + HOSTILE_FILTER)
+        for part in ("objects", "refs"):
+            (store / part).rename(ws / "common" / part)
+        (store / "commondir").write_text("../common\n")
+    else:
+        (store / "config").write_text((store / "config").read_text() + HOSTILE_FILTER)
+    for path in [ws, *ws.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    result = await run(executor(site), "git diff; git status; echo end")
+    assert "end" in result.stdout
+    assert "RAN-FILTER" not in result.stdout + result.stderr
+
+
+@requirement("shell:sandbox-git")
+async def test_a_writable_workspace_cannot_plant_git_hooks_or_config(site: Path) -> None:
+    ws = site / "ws"
+    _repo(ws)
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    before = (ws / ".git" / "config").read_text()
+    await run(executor(site, writable=True), "echo 'touch RAN' > .git/hooks/post-checkout; echo ../x > .git/commondir; "
+                                             "printf '[core]\\n\\tfsmonitor = x\\n' >> .git/config; echo built > out")
+    assert (ws / "out").read_text() == "built\n", "the workspace itself is writable"
+    assert not (ws / ".git" / "hooks" / "post-checkout").exists() and not (ws / ".git" / "commondir").exists()
+    assert (ws / ".git" / "config").read_text() == before
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_a_hidden_file_moved_away_is_still_hidden_even_with_its_folders_times_put_back(site: Path) -> None:
+    ws = site / "ws"
+    (ws / "sub").mkdir()
+    (ws / "sub" / ".env").write_text(f"{CANARY}\n")
+    for path in [ws, *ws.rglob("*")]:
+        os.chown(path, SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    box = executor(site, writable=True)
+    try:
+        for command in ("cat sub/.env",
+                        'a=$(stat -c %y .); b=$(stat -c %y sub); mv sub sub2 && mkdir sub && touch -d "$b" sub && touch -d "$a" .',
+                        "cat sub2/.env"):
+            result = await box.run(ShellRunRequest(command, None, 20, 100_000, Identity("mallory")))
+            assert CANARY not in result.stdout + result.stderr, command
+    finally:
+        await box.close()
+
+
+@requirement("shell:sandbox-network")
+async def test_no_vsock_no_keyring_no_nested_user_namespace(site: Path) -> None:
+    probe = ("import ctypes, errno, socket\n"
+             "try:\n    socket.socket(40, socket.SOCK_STREAM); print('vsock open')\n"
+             "except OSError as e:\n    print('vsock', errno.errorcode[e.errno])\n"
+             "libc = ctypes.CDLL(None, use_errno=True)\n"
+             "print('add_key', libc.syscall(248, b'user', b'k', b'v', 1, -4), errno.errorcode[ctypes.get_errno()])\n")
+    result = await run(executor(site), f"python3 -c {shlex.quote(probe)}; unshare -Ur true 2>/dev/null || echo no-userns")
+    assert "vsock EAFNOSUPPORT" in result.stdout
+    assert "add_key -1 EPERM" in result.stdout
+    assert "no-userns" in result.stdout
+
+
+@requirement("shell:sandbox-network")
+async def test_a_host_socket_inside_the_workspace_does_not_answer(site: Path) -> None:
+    ws = site / "ws"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(ws / ".s.PGSQL.5432"))
+    server.listen(1)
+    server.settimeout(5)
+    try:
+        client = ("import socket; s = socket.socket(socket.AF_UNIX); s.connect('.s.PGSQL.5432'); "
+                  "print('connected', s.recv(64))")
+        result = await run(executor(site), f"python3 -c {shlex.quote(client)} 2>&1 | tail -1")
+    finally:
+        server.close()
+    assert "connected" not in result.stdout
+
+
+@requirement("shell:sandbox-filesystem")
+def test_a_workspace_holding_the_gateways_database_is_refused(site: Path) -> None:
+    from bastion.policy.errors import ConfigError
+    from bastion.server.build import build_gateway
+    from bastion.server.config import load
+
+    (site / "ws" / "bastion.toml").write_text(CONFIG.replace('cwd = "ws"', 'cwd = "."').format(extra=""))
+    with pytest.raises(ConfigError, match="holds the gateway's own database"):
+        build_gateway(load(site / "ws" / "bastion.toml"))
+
+
+def test_remote_urls_lose_their_credentials(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text('[remote "origin"]\n\turl = https://deploy:ghp_SECRET@github.example/x.git\n')
+    assert "ghp_SECRET" not in sandbox_module.safe_git_config(str(config))
+    assert "https://github.example/x.git" in sandbox_module.safe_git_config(str(config))

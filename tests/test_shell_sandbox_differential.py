@@ -3,7 +3,8 @@ sandbox as unsandboxed, in a scratch workspace (the sandbox takes nothing ordina
 
 Commands whose output depends on the host rather than the workspace (processes, disks, clock, user,
 home, paths outside the workspace) are compared for running cleanly only; `ls -a`'s line for the
-workspace's parent is left out (inside, that parent is a folder the sandbox made).
+workspace's parent is left out (inside, that parent is a folder the sandbox made), and `ls -l`'s owner
+columns (inside its user namespace, files of other users show as nobody).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ HOST_DEPENDENT = re.compile(r"\b(ps|df|du|date|uname|id|whoami|hostname|uptime|f
                             r"|(^|\s)/(?!work/project)")
 # `ls -a` shows the workspace's parent, which inside is a plain folder Bastion made; the block total follows it.
 PARENT = re.compile(r"^(total \d+|.* \.\.)$\n", re.M)
+# In its user namespace the sandbox sees files of other users (root here) as nobody/nogroup.
+OWNER = re.compile(r"^([-dlcbps][-rwxsStT.]{9}\S*\s+\d+\s+)\S+\s+\S+", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +87,7 @@ async def test_allowed_golden_commands_give_the_same_output_sandboxed(project: P
             if HOST_DEPENDENT.search(command):
                 same = results[1].exit_code == 0 or results[0].exit_code == results[1].exit_code
             else:
-                outputs = [(r.exit_code, PARENT.sub("", r.stdout)) for r in results]
+                outputs = [(r.exit_code, OWNER.sub(r"\1owner group", PARENT.sub("", r.stdout))) for r in results]
                 same = outputs[0] == outputs[1]
             if not same:
                 differences.append(f"{title}: {command!r}\n  plain: {results[0]}\n  boxed: {results[1]}")

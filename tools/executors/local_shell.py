@@ -50,9 +50,12 @@ class LocalShellExecutor:
         if not self._probed:  # a host that cannot run the sandbox refuses every call, saying how to fix it
             await anyio.to_thread.run_sync(sandbox.probe)
             self._probed = True
-        argv = await anyio.to_thread.run_sync(sandbox.argv, command, cwd)  # walks the workspace for hidden files
-        return await anyio.open_process(argv, cwd="/", env={"PATH": SAFE_PATH}, start_new_session=True,
-                                        stdin=subprocess.DEVNULL)
+        launch = await anyio.to_thread.run_sync(sandbox.launch, command, cwd)  # walks the workspace for hidden files
+        try:
+            return await anyio.open_process(launch.argv, cwd="/", env={"PATH": SAFE_PATH}, start_new_session=True,
+                                            stdin=subprocess.DEVNULL, pass_fds=launch.pass_fds, **launch.spawn)  # type: ignore[arg-type]
+        finally:
+            launch.close()
 
     def _argv(self, command: str) -> tuple[list[str], dict[str, str] | None]:
         bash = ["bash", "--noprofile", "--norc", "-c", command]

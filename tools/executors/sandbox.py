@@ -20,12 +20,14 @@ import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bastion.policy.errors import TargetUnavailable
+from bastion.tools.executors.seccomp import filter_program
 
 INSTALL_HINT = ("Install bubblewrap on the gateway's host (`apt-get install bubblewrap`, `dnf install bubblewrap`), "
                 "and allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 where it exists), "
@@ -57,7 +59,9 @@ GIT_HARDENING = (("core.fsmonitor", "false"), ("core.hooksPath", "/dev/null"), (
                  ("help.format", "web"), ("web.browser", "false"))
 SYSTEM_GITCONFIG = ("[safe]\n\tdirectory = *\n[core]\n\tfsmonitor = false\n\thooksPath = /dev/null\n\tpager = cat\n"
                     "[credential]\n\thelper =\n[protocol]\n\tallow = never\n[help]\n\tformat = web\n[web]\n\tbrowser = false\n")
-MAX_WALK_ENTRIES = 200_000  # a workspace bigger than this is refused: hidden files could not all be found
+MAX_WALK_ENTRIES = 50_000  # folders plus hidden files; a workspace with more is refused
+# In a git dir: replaced by a safe copy (config) or an empty file (the others point git elsewhere).
+GIT_DIR_FILES = ("config", "config.worktree", "commondir")
 
 
 @dataclass(frozen=True)
@@ -69,22 +73,38 @@ class SandboxLimits:
 
 
 @dataclass
+class Launch:
+    """One sandboxed command ready to start: bubblewrap reads its arguments and the seccomp filter
+    from the descriptors in ``pass_fds`` (no argument-length limit); ``spawn`` drops to the sandbox's
+    user first. ``close`` once the process has started."""
+
+    argv: list[str]
+    pass_fds: tuple[int, ...]
+    spawn: dict[str, object]
+
+    def close(self) -> None:
+        for fd in self.pass_fds:
+            os.close(fd)
+
+
+@dataclass
 class Sandbox:
-    """The bubblewrap command line for one local connection, and the files it binds (passwd, git configs)."""
+    """bubblewrap for one local connection: the command line, and the files it binds (/etc, git configs)."""
 
     workspace: str
     writable: bool = False
     hide: tuple[str, ...] = DEFAULT_HIDE
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     run_as: str | None = None  # the mapped OS user; else SANDBOX_UID
-    # The gateway's own files (config, audit store, SQLite targets, keys): empty inside if they lie in the workspace.
+    # The gateway's own files in a read-only workspace (config, keys): empty inside. build refuses a
+    # workspace holding a database of the gateway's, or any of its files if the workspace is writable.
     protected: tuple[str, ...] = ()
     _runtime: Path | None = None
-    _git_cache: dict[tuple[str, float, int], Path] = field(default_factory=dict)
-    _walked: tuple[list[tuple[str, bool]], dict[str, int]] | None = None
+    _git_cache: dict[tuple[str, int, int], Path] = field(default_factory=dict)
+    _walked: tuple[Walk, dict[str, tuple[int, int]]] | None = None
 
     def user(self) -> tuple[int, int]:
-        """The uid and gid the sandbox runs as."""
+        """The uid and gid the sandbox runs as: never root's, in either."""
         if self.run_as is None:
             return SANDBOX_UID, SANDBOX_UID
         try:
@@ -92,28 +112,48 @@ class Sandbox:
         except KeyError:
             raise TargetUnavailable(f"the mapped OS user `{self.run_as}` does not exist",
                                     hint="Ask the gateway's operator to create the user or fix the mapping.") from None
-        if entry.pw_uid == 0:
-            raise TargetUnavailable(f"the mapped OS user `{self.run_as}` is root; the sandbox never runs as root",
-                                    hint="Map the connection's users to an unprivileged account.")
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            raise TargetUnavailable(f"the mapped OS user `{self.run_as}` is root or in root's group; the sandbox "
+                                    "never runs as either", hint="Map the connection's users to an unprivileged account.")
         return entry.pw_uid, entry.pw_gid
 
-    def argv(self, command: str, cwd: str) -> list[str]:
-        """bubblewrap's command line.
+    def spawn_user(self) -> dict[str, object]:
+        """How the gateway becomes the sandbox's user before bubblewrap starts. bubblewrap itself then
+        runs unprivileged in a user namespace: every path it follows, it follows with that user's rights."""
+        uid, gid = self.user()
+        if os.geteuid() == 0:
+            return {"user": uid, "group": gid, "extra_groups": []}
+        if self.run_as is not None and os.geteuid() != uid:
+            raise TargetUnavailable(f"the gateway runs unprivileged and cannot switch to `{self.run_as}`",
+                                    hint="Run the gateway as root (it drops to the mapped user for each command).")
+        return {}  # an unprivileged gateway: its own uid, with nothing of the gateway inside
 
-        A gateway running as root starts bubblewrap privileged (it can bind a workspace below folders
-        only root may enter) without a user namespace, and the command drops to the sandbox's uid with
-        setpriv before anything of the agent's runs: on the host it is that unprivileged uid. An
-        unprivileged gateway uses a user namespace and stays its own uid (nothing of it is inside)."""
+    def launch(self, command: str, cwd: str) -> Launch:
         bwrap = shutil.which("bwrap", path=BWRAP_DIRS)
         if bwrap is None:
             raise TargetUnavailable("the shell sandbox (bubblewrap) is not installed on the gateway's host",
                                     hint=INSTALL_HINT)
+        spawn = self.spawn_user()
+        args, program_argv = self.arguments(command, cwd)
+        fds: list[int] = []
+        try:
+            program = filter_program()
+            if program is not None:
+                fds.append(_memfd("bastion-seccomp", program))
+                args = ["--seccomp", str(fds[-1]), *args]
+            fds.append(_memfd("bastion-bwrap-args", b"".join(arg.encode() + b"\0" for arg in args)))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return Launch([bwrap, "--args", str(fds[-1]), "--", *program_argv], tuple(fds), spawn)
+
+    def arguments(self, command: str, cwd: str) -> tuple[list[str], list[str]]:
+        """bubblewrap's options (walking the workspace for what to hide), and the program it runs."""
         runtime = self._runtime_dir()
-        uid, gid = self.user()
-        root = os.geteuid() == 0
-        namespaces = (["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-                       "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if root else ["--unshare-all"])
-        args = [bwrap, *namespaces, "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv"]
+        walk = self._hidden()
+        args = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+                "--hostname", "sandbox", "--clearenv"]
         for top in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             host = Path("/") / top
             if host.is_symlink():
@@ -122,13 +162,21 @@ class Sandbox:
                 args += ["--ro-bind", str(host), f"/{top}"]
         args += ["--ro-bind", str(runtime / "etc"), "/etc",
                  "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home", "--dir", SANDBOX_HOME]
-        # Folders bubblewrap makes on the way to a bind copy the host's modes (a 0700 parent of the
-        # workspace); inside they are plain 0755 folders holding nothing else.
+        # Folders bubblewrap makes on the way to a bind copy the host's modes; inside they are plain
+        # 0755 folders holding nothing else.
         for folder in reversed(Path(self.workspace).parents):
             if str(folder) != "/":
                 args += ["--perms", "0755", "--dir", str(folder)]
         args += ["--bind" if self.writable else "--ro-bind", self.workspace, self.workspace]
-        args += self._masks(runtime)
+        if self.writable:  # hooks, config, commondir: a repository's own git dir cannot be changed from inside
+            for git_dir in walk.git_dirs:
+                args += ["--ro-bind", git_dir, git_dir]
+        for path in self.protected:
+            if path.startswith(self.workspace.rstrip("/") + "/") and os.path.isfile(path):
+                args += ["--ro-bind", str(runtime / "empty-file"), path]
+        for path, kind in walk.masks:
+            source = {"dir": runtime / "empty", "file": runtime / "empty-file"}.get(kind)
+            args += ["--ro-bind", str(source or self._safe_git_config(path, runtime)), path]
         args += ["--remount-ro", "/", "--chdir", cwd]
         env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": SANDBOX_HOME, "TERM": "dumb",
                "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0",
@@ -138,29 +186,30 @@ class Sandbox:
         for name, value in env.items():
             args += ["--setenv", name, value]
         limits = self.limits
-        drop = (["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
-                 "--bounding-set=-all", "--no-new-privs"] if root else [])
         # bash sets the limits (soft and hard; -v and -f in KiB) before the command: one program start fewer than prlimit.
         ulimit = (f"ulimit -t {limits.cpu_seconds} -v {limits.memory_bytes >> 10} -f {limits.file_size_bytes >> 10} "
                   f"-u {limits.processes} -c 0 || exit 125\n")
-        args += ["--", *drop, "/bin/bash", "--noprofile", "--norc", "-c", ulimit + command]
-        return args
+        return args, ["/bin/bash", "--noprofile", "--norc", "-c", ulimit + command]
 
     def probe(self) -> None:
-        """Start the sandbox once with `true`; a host that cannot run it is told how to fix that."""
+        """Start the sandbox once; a host that cannot run it, or a workspace its user cannot read, is
+        refused with the fix."""
+        launch = self.launch("test -r . -a -x . || exit 99", self.workspace)
         try:
-            result = subprocess.run(self.argv("test -r . -a -x . || exit 99", self.workspace), capture_output=True,
-                                    timeout=20, env={"PATH": SANDBOX_PATH})
+            result = subprocess.run(launch.argv, capture_output=True, timeout=20, env={"PATH": SANDBOX_PATH},
+                                    pass_fds=launch.pass_fds, **launch.spawn)  # type: ignore[call-overload]
         except (OSError, subprocess.SubprocessError) as exc:
             raise TargetUnavailable(f"the shell sandbox cannot start: {exc}", hint=INSTALL_HINT) from None
-        if result.returncode == 99:
+        finally:
+            launch.close()
+        why = (result.stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
+        if result.returncode == 99 or "Permission denied" in why:
             uid = self.user()[0]
             raise TargetUnavailable(f"the sandbox's user (uid {uid}) cannot read the workspace {self.workspace}",
-                                    hint=f"Make it readable (chmod o+rX), give it to uid {uid}, or map the "
-                                         "connection's `users` to an account that can read it.")
+                                    hint=f"Make it and the folders above it readable (chmod o+rX), give it to uid "
+                                         f"{uid}, or map the connection's `users` to an account that can read it.")
         if result.returncode != 0:
-            why = result.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-            raise TargetUnavailable(f"the shell sandbox cannot start: {why[0]}", hint=INSTALL_HINT)
+            raise TargetUnavailable(f"the shell sandbox cannot start: {why}", hint=INSTALL_HINT)
 
     def close(self) -> None:
         if self._runtime is not None:
@@ -169,83 +218,33 @@ class Sandbox:
 
     # -- what is bound over the workspace ------------------------------------------------------------
 
-    def _masks(self, runtime: Path) -> list[str]:
-        """Hidden files become empty, hidden folders empty; each .git/config becomes its safe copy."""
-        args: list[str] = []
-        inside = self.workspace.rstrip("/") + "/"
-        for path in self.protected:
-            for variant in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
-                if variant.startswith(inside) and os.path.isfile(variant):
-                    args += ["--ro-bind", str(runtime / "empty-file"), variant]
-        for path, is_dir in self._hidden():
-            if path.endswith("/.git/config") or re.search(r"/\.git/modules/.+/config$", path):
-                args += ["--ro-bind", str(self._safe_git_config(path, runtime)), path]
-            elif path.endswith("/config.worktree"):
-                args += ["--ro-bind", str(runtime / "empty-file"), path]
-            else:
-                args += ["--ro-bind", str(runtime / ("empty" if is_dir else "empty-file")), path]
-        return args
-
-    def _hidden(self) -> list[tuple[str, bool]]:
+    def _hidden(self) -> Walk:
         """The last walk's answer while no folder of the workspace changed (a name added, removed or
-        renamed changes its folder's mtime); else a new walk."""
+        renamed changes its folder's ctime, which no user can set back); else a new walk."""
         if self._walked is not None:
-            found, folders = self._walked
+            walk, folders = self._walked
             try:
-                if all(os.stat(folder).st_mtime_ns == mtime for folder, mtime in folders.items()):
-                    return found
+                if all(_identity(os.stat(folder)) == seen for folder, seen in folders.items()):
+                    return walk
             except OSError:
                 pass
-        self._walked = self._walk()
+        self._walked = _walk(self.workspace, self.hide)
         return self._walked[0]
-
-    def _walk(self) -> tuple[list[tuple[str, bool]], dict[str, int]]:
-        """Paths under the workspace to bind over (matches of the hide patterns, git configs), and the
-        mtime of every folder looked in."""
-        found: list[tuple[str, bool]] = []
-        folders: dict[str, int] = {}
-        hidden = re.compile("|".join(fnmatch.translate(pattern) for pattern in self.hide) or "(?!)")
-        seen = 0
-        stack = [self.workspace]
-        while stack:
-            folder = stack.pop()
-            try:
-                folders[folder] = os.stat(folder).st_mtime_ns
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            seen += len(entries)
-            if seen > MAX_WALK_ENTRIES:
-                raise TargetUnavailable(f"the workspace has more than {MAX_WALK_ENTRIES} entries; the sandbox cannot "
-                                        "check it for hidden files", hint="Point the connection's `cwd` at a smaller folder.")
-            in_git = folder.endswith("/.git") or "/.git/modules/" in folder + "/"
-            for entry in entries:
-                if entry.is_symlink():
-                    continue  # a link's target is either outside (invisible) or inside (judged there)
-                is_dir = entry.is_dir()
-                if hidden.match(entry.name):
-                    found.append((entry.path, is_dir))
-                elif in_git and not is_dir and entry.name in ("config", "config.worktree"):
-                    found.append((entry.path, False))
-                elif is_dir and not (in_git and entry.name in ("objects", "refs", "logs", "hooks", "lfs")):
-                    stack.append(entry.path)
-        return found, folders
 
     def _safe_git_config(self, path: str, runtime: Path) -> Path:
         stat = os.stat(path)
-        key = (path, stat.st_mtime, stat.st_size)
+        key = (path, stat.st_ctime_ns, stat.st_size)
         if key not in self._git_cache:
             out = runtime / f"gitconfig-{len(self._git_cache)}"
             out.write_text(safe_git_config(path))
-            out.chmod(0o644)
+            self._share(out)
             self._git_cache[key] = out
         return self._git_cache[key]
 
     def _runtime_dir(self) -> Path:
-        """Files bubblewrap binds in; readable by the sandbox's user, holding nothing secret."""
+        """Files bubblewrap binds in: readable by the sandbox's group only (a remote URL may carry a name)."""
         if self._runtime is None:
             runtime = Path(tempfile.mkdtemp(prefix="bastion-sandbox-"))
-            runtime.chmod(0o755)
             uid, gid = self.user()
             name = self.run_as or "agent"
             etc = runtime / "etc"
@@ -264,23 +263,97 @@ class Sandbox:
             (etc / "gitconfig").write_text(SYSTEM_GITCONFIG)
             (runtime / "empty").mkdir()
             (runtime / "empty-file").touch()
-            for child in [runtime, *runtime.rglob("*")]:
-                if not child.is_symlink():
-                    child.chmod(0o755 if child.is_dir() else 0o644)
             self._runtime = runtime
+            for child in [runtime, *runtime.rglob("*")]:
+                self._share(child)
         return self._runtime
+
+    def _share(self, path: Path) -> None:
+        if path.is_symlink():
+            return
+        path.chmod(0o750 if path.is_dir() else 0o640)
+        if os.geteuid() == 0:
+            os.chown(path, 0, self.user()[1])
+
+
+@dataclass(frozen=True)
+class Walk:
+    masks: tuple[tuple[str, str], ...]  # (path, "file" | "dir" | "git-config"): what is bound over it
+    git_dirs: tuple[str, ...]
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_ino, stat.st_ctime_ns
+
+
+def _walk(workspace: str, hide: tuple[str, ...]) -> tuple[Walk, dict[str, tuple[int, int]]]:
+    """Every name under the workspace to bind over, the repositories' git dirs (found by what they
+    hold, whatever they are called or however they are pointed at), and each folder's identity.
+    Anything the walk cannot look into fails closed."""
+    hidden = re.compile("|".join(fnmatch.translate(pattern) for pattern in hide) or "(?!)")
+    masks: list[tuple[str, str]] = []
+    git_dirs: list[str] = []
+    folders: dict[str, tuple[int, int]] = {}
+    stack = [workspace]
+    while stack:
+        folder = stack.pop()
+        try:
+            folders[folder] = _identity(os.stat(folder))
+            entries = list(os.scandir(folder))
+        except OSError as error:
+            raise TargetUnavailable(f"the sandbox cannot look into {folder} ({error.strerror}), so it cannot hide "
+                                    "what must be hidden there", hint="Make the workspace readable by the gateway, "
+                                    "or remove the folder.") from None
+        if len(folders) + len(masks) > MAX_WALK_ENTRIES or sum(len(f) for f in folders) > 64 * MAX_WALK_ENTRIES:
+            raise TargetUnavailable(f"the workspace has too many folders or hidden files for the sandbox to check",
+                                    hint="Point the connection's `cwd` at a smaller folder.")
+        names = {entry.name for entry in entries}
+        git_dir = "HEAD" in names and ("objects" in names or "commondir" in names)
+        if git_dir:
+            git_dirs.append(folder)
+        for entry in entries:
+            try:
+                kind = entry.stat(follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue
+            if git_dir and entry.name in GIT_DIR_FILES:
+                # A plain config becomes its safe copy; a linked or special one, a worktree config or a
+                # pointer to another common dir becomes empty.
+                masks.append((entry.path, "git-config" if entry.name == "config" and stat.S_ISREG(kind) else "file"))
+            elif stat.S_ISLNK(kind):
+                continue  # a link's target is outside (invisible) or inside (judged where it is)
+            elif hidden.match(entry.name):
+                masks.append((entry.path, "dir" if stat.S_ISDIR(kind) else "file"))
+            elif stat.S_ISDIR(kind):
+                if not (git_dir and entry.name in ("objects", "lfs")):
+                    stack.append(entry.path)
+            elif not stat.S_ISREG(kind):
+                masks.append((entry.path, "file"))  # sockets, FIFOs, devices: a host socket answers a read-only bind
+    return Walk(tuple(masks), tuple(git_dirs)), folders
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, 0)  # inheritable: bubblewrap reads it
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def safe_git_config(path: str) -> str:
-    """The keys of a repository's config that name no program, as a config file. `git config --list`
-    only parses (it runs nothing), and it does not follow includes unless asked."""
-    listed = subprocess.run(["git", "config", "--file", path, "--list", "-z", "--no-includes"], capture_output=True,
-                            timeout=10, env={"PATH": SANDBOX_PATH, "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"})
+    """The keys of a repository's config that name no program, as a config file, without credentials
+    in remote URLs. `git config --list` only parses (it runs nothing), and follows no include."""
+    try:
+        listed = subprocess.run(["git", "config", "--file", path, "--list", "-z", "--no-includes"], capture_output=True,
+                                timeout=10, env={"PATH": SANDBOX_PATH, "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"})
+    except (OSError, subprocess.SubprocessError):
+        return "\n"  # unreadable: git inside sees an empty config
     sections: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
     for item in listed.stdout.decode("utf-8", "replace").split("\0"):
         key, _, value = item.partition("\n")
         if not key or not SAFE_GIT_KEYS.fullmatch(key.lower()):
             continue
+        if key.lower().endswith("url"):  # https://user:token@host/...: the credential stays outside
+            value = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", value)
         section, _, rest = key.partition(".")
         subsection, _, name = rest.rpartition(".")
         sections.setdefault((section, subsection or None), []).append((name, value))
