@@ -105,11 +105,12 @@ def test_interpreters_do_not_run_inline_code_even_when_named(text: str) -> None:
 
 @requirement("shell:interpreters")
 def test_developer_runs_the_named_build_and_test_commands_only() -> None:
-    rule = developer(frozenset({"python -m pytest", "make", "npm test"}))
-    for text in ["python -m pytest -q tests/test_x.py -k name", "make -j2", "npm test",
+    rule = developer(frozenset({"python -m pytest", "make", "npm test", "python"}))
+    for text in ["python -m pytest -q tests/test_x.py -k name", "make -j2", "npm test", "python --version",
                  "cd /testbed && python -m pytest tests/ 2>&1 | tail -20"]:
         assert decide(rule, text)[0].allowed, text
-    for text in ["python reproduce.py", "python -c 'print(1)'", "npm install left-pad", "python3 -m pytest"]:
+    assert decide(rule, "python reproduce.py")[0].allowed  # `python` named: a script file runs
+    for text in ["python -c 'print(1)'", "npm install left-pad", "python3 -m pytest", "python -Ic 1", "python -"]:
         assert not decide(rule, text)[0].allowed, text
     assert not decide(DEVELOPER, "python -m pytest")[0].allowed  # nothing named: no interpreter
 

@@ -18,7 +18,7 @@ _WRITE_OPS = (">", ">>", ">|", "&>", "&>>", "<>")
 _HOME = "/~home"  # how a leading ~ is written in paths checked against deny_paths
 # Programs with no option that runs a program or writes a file: a command substitution's output
 # (of a command that passes on its own) may become their arguments, options included.
-_SUBSTITUTION_SINKS = frozenset({"echo", "cat", "ls", "grep", "egrep", "fgrep", "head", "tail", "wc", "file", "stat",
+_SUBSTITUTION_SINKS = frozenset({"echo", "cat", "ls", "grep", "egrep", "fgrep", "head", "tail", "wc", "stat",
                                  "du", "basename", "dirname", "realpath", "readlink", "nl", "cut", "cd"})
 # Programs that write the files they name: their operands must lie in the workspace or /tmp.
 _WRITERS = frozenset({"cp", "mv", "rm", "rmdir", "mkdir", "touch", "tee", "ln", "patch"})

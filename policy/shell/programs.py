@@ -382,6 +382,8 @@ def _interpreter(args: Sequence[Word]) -> str | None:
     --eval ...), no program from stdin (`-`, /dev/stdin, /dev/fd/0, /proc/self/fd/0) and no -m module.
     A connection that wants more names the exact command (`python -m pytest`, see ShellRule.programs)."""
     texts = _texts(args)
+    if texts in (["--version"], ["-V"], ["--help"], ["-h"]):
+        return None
     for text in texts:
         if text == "--":
             break
@@ -462,6 +464,8 @@ def _uniq(args: Sequence[Word]) -> str | None:
 def _printf(args: Sequence[Word]) -> str | None:
     """printf: no -v (it assigns a shell variable, PATH included)."""
     texts = _texts(args)
+    if args and not args[0].literal:
+        return f"`printf {texts[0]}` is expanded at run time and could become `-v` (which assigns a shell variable)"
     if texts and texts[0].startswith("-v"):
         return "`printf -v` assigns a shell variable"
     return None
