@@ -43,7 +43,7 @@ def _config_message(error: ConfigError) -> str:
 def main() -> None:
     """Bastion: a guarded MCP gateway between AI agents and your databases.
 
-    Example: bastion serve --config examples/bastion.toml
+    Example: bastion demo
     """
     quiet_stderr()
 
@@ -336,7 +336,7 @@ def _line(event: dict[str, Any]) -> str:
 def tail(config_path: str | None, lines: int, follow: bool, as_json: bool) -> None:
     """Print the most recent events.
 
-    Example: bastion audit tail -f --config examples/bastion.toml
+    Example: bastion audit tail -f --config bastion.toml
     """
     store = _store(config_path)
     emit = (lambda e: click.echo(json.dumps(e, ensure_ascii=False))) if as_json else (lambda e: click.echo(_line(e)))

@@ -164,8 +164,11 @@ def test_a_start_up_error_on_stdio_is_one_line_on_stderr(tmp_path: Path) -> None
 
 
 def test_the_demo_ships_in_the_wheel(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ and egg-info there
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                                 ".pytest_cache", "*.db"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, f"building the wheel needs setuptools in this venv (pip install setuptools): {built.stderr}"
     wheel = next(tmp_path.glob("agent_bastion-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
