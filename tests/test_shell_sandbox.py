@@ -244,7 +244,7 @@ def test_limits_are_given_to_the_sandbox(tmp_path: Path) -> None:
     sandbox = replace(Sandbox(str(tmp_path)), limits=SandboxLimits(7, 1 << 20, 2 << 20, 9))
     _, argv = sandbox.arguments("true", str(tmp_path))
     sandbox.close()
-    assert argv[-1].startswith("ulimit -t 7 -v 1024 -f 2048 -u 9 -c 0 || exit 125\ntrue")
+    assert argv[-1].startswith("ulimit -t 7 -d 1024 -f 2048 -u 9 -c 0 || exit 125\ntrue")
 
 
 CONFIG = """
@@ -411,3 +411,13 @@ def test_remote_urls_lose_their_credentials(tmp_path: Path) -> None:
     config.write_text('[remote "origin"]\n\turl = https://deploy:ghp_SECRET@github.example/x.git\n')
     assert "ghp_SECRET" not in sandbox_module.safe_git_config(str(config))
     assert "https://github.example/x.git" in sandbox_module.safe_git_config(str(config))
+
+
+@requirement("shell:sandbox-limits")
+async def test_runtimes_that_reserve_much_address_space_still_start(site: Path) -> None:
+    missing = [tool for tool in ("java", "node") if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"this test needs {', '.join(missing)} on the machine (CI's machine has both): "
+                    "`apt-get install -y default-jre-headless nodejs`")
+    result = await run(executor(site), "java -version 2>&1 | head -1; node -e 'console.log(6 * 7)'")
+    assert "version" in result.stdout and "42" in result.stdout, result

@@ -186,8 +186,10 @@ class Sandbox:
         for name, value in env.items():
             args += ["--setenv", name, value]
         limits = self.limits
-        # bash sets the limits (soft and hard; -v and -f in KiB) before the command: one program start fewer than prlimit.
-        ulimit = (f"ulimit -t {limits.cpu_seconds} -v {limits.memory_bytes >> 10} -f {limits.file_size_bytes >> 10} "
+        # bash sets the limits (soft and hard; -d and -f in KiB) before the command: one program start fewer than
+        # prlimit. Memory is the data limit (private writable memory), not the address space: Java and V8
+        # reserve gigabytes of address space they never use.
+        ulimit = (f"ulimit -t {limits.cpu_seconds} -d {limits.memory_bytes >> 10} -f {limits.file_size_bytes >> 10} "
                   f"-u {limits.processes} -c 0 || exit 125\n")
         return args, ["/bin/bash", "--noprofile", "--norc", "-c", ulimit + command]
 
