@@ -94,10 +94,6 @@ async def ask_shell(connection: str, command: str, ctx: Context, cwd: str | None
     return await _ask(ctx, connection, command, cwd)
 
 
-class Holds(BaseModel):
-    holds: list[dict[str, Any]]
-
-
 IdentityResolver = Callable[[Context], Identity]
 APPROVER_TOOLS = frozenset({"approvals_list", "approval_decide"})
 
@@ -283,24 +279,26 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def approvals_list(ctx: Context, status: Annotated[Literal["pending", "approved", "denied", "expired", "consumed"] | None,
-                                                             Field(description="only holds with this status; null for all")] = "pending",
-                             ) -> Holds:
-        """Held calls you may decide (approvers) or asked for: text, requester, reason, rule, impact preview."""
+                                                             Field(description="null for all")] = "pending",
+                             ) -> CallToolResult:
+        """Held calls you may decide or asked for: text, requester, reason, rule, impact preview. Structured: {holds: [...]}."""
         gw, caller = context(ctx)
         try:
-            return Holds(holds=await gw.approvals_list(caller, status))
+            found = await gw.approvals_list(caller, status)
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
+        return _result(render.holds(found), {"holds": found})
 
     @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
                                           open_world_hint=False))
     async def approval_decide(hold_id: str, approve: bool, ctx: Context,
-                              reason: Annotated[str | None, Field(description="why; required to deny")] = None) -> dict[str, Any]:
-        """Approve or deny a held call (you must be one of its approvers, and not its requester)."""
+                              reason: Annotated[str | None, Field(description="why; required to deny")] = None) -> CallToolResult:
+        """Approve or deny a held call (as one of its approvers, not its requester). Structured: the hold, with its new status."""
         gw, caller = context(ctx)
         try:
-            return await gw.approval_decide(caller, hold_id, approve, reason)
+            hold = await gw.approval_decide(caller, hold_id, approve, reason)
         except BastionError as error:
             raise ToolError(error.for_agent()) from error
+        return _result(render.decided(hold), hold)
 
     return mcp

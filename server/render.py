@@ -80,3 +80,25 @@ def check(outcome: dict[str, Any]) -> str:
     if outcome.get("facts"):
         lines.append("facts: " + json.dumps(outcome["facts"], ensure_ascii=False, separators=(",", ":")))
     return "\n".join(lines)
+
+
+def holds(items: list[dict[str, Any]]) -> str:
+    """Held calls as an approver reads them: who asked what where, under which rule, why, and its impact."""
+    if not items:
+        return "No held calls for you."
+    blocks = []
+    for h in items:
+        who = (h.get("requester") or {}).get("subject", "?")
+        lines = [f"{h['hold_id']} {h['status']}: {who} on {h['connection']} ({h['tool']}; rule {h['rule']}; "
+                 f"{h['approvals']}/{h['min_approvals']} approvals by {', '.join(h.get('approver_groups') or [])}; "
+                 f"until {str(h['expires_at'])[:19]}Z)", f"  text: {' '.join(h['text'].split())}"]
+        if h.get("reason"):
+            lines.append(f"  reason: {h['reason']}")
+        if h.get("preview"):
+            lines.append("  preview: " + json.dumps(h["preview"], ensure_ascii=False, separators=(",", ":"))[:2000])
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
+def decided(hold: dict[str, Any]) -> str:
+    return f"{hold['hold_id']}: {hold['status']} ({hold['approvals']} of {hold['min_approvals']} approvals)"
