@@ -72,7 +72,7 @@ class Denied(BastionError, code="denied"):
 class ApprovalRequired(Denied, code="approval_required"):
     def __init__(self, decision: Any) -> None:
         super().__init__(decision)
-        self.message = f"{decision.reason}: this needs approval, and approvals are not enabled on this gateway yet"
+        self.message = f"{decision.reason}: this needs approval, and this gateway cannot hold it for approvers"
 
 
 class AuditUnavailable(BastionError, code="audit_unavailable"):
