@@ -44,9 +44,9 @@ cwd = "/tmp"
 async def test_uname_runs_on_the_host_and_rm_is_refused_and_both_are_recorded(ssh_config: Path) -> None:
     async with Client(create_server(load(ssh_config))) as client:
         ran = await client.call_tool("shell_run", {"connection": "host", "command": "uname -a", "reason": "which kernel"})
-        refused = await client.call_tool("shell_run", {"connection": "host", "command": "rm -rf /tmp/x"})
+        refused = await client.call_tool("shell_run", {"connection": "host", "command": "rm -rf /var/bastion-no-such-dir"})
     assert not ran.is_error and ran.structured_content["exit_code"] == 0 and "Linux" in ran.structured_content["stdout"]
-    assert refused.is_error and "(rule: developer:program)" in refused.content[0].text
+    assert refused.is_error and "(rule: developer:write-path)" in refused.content[0].text
     store = SqliteAuditStore(ssh_config.parent / "bastion-audit.db")
     finished = store.call(ran.structured_content["call_id"])[-1]
     assert finished["type"] == ev.FINISHED and "Linux" in finished["result"]["stdout"]

@@ -20,7 +20,7 @@ _HOME = "/~home"  # how a leading ~ is written in paths checked against deny_pat
 # (of a command that passes on its own) may become their arguments, options included.
 _SUBSTITUTION_SINKS = frozenset({"echo", "cat", "ls", "grep", "egrep", "fgrep", "head", "tail", "wc", "stat",
                                  "du", "basename", "dirname", "realpath", "readlink", "nl", "cut", "cd"})
-# Programs that write the files they name: their operands must lie in the workspace or /tmp.
+# Programs that write the files they name: their operands must lie where the rule may write.
 _WRITERS = frozenset({"cp", "mv", "rm", "rmdir", "mkdir", "touch", "tee", "ln", "patch"})
 
 
@@ -414,7 +414,7 @@ def _check_redirects(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspa
             path = posixpath.normpath(posixpath.join(cwd, word.value))
             if not _writable(rule, path, workspace):
                 yield Outcome("none", f"{rule.id}:write-path", f"`{name} {word.value}` writes outside the workspace",
-                              hint=f"Write inside `{workspace}` or /tmp.")
+                              hint=f"Write inside `{workspace}`.")
 
 
 CHECKS = (check_operators, check_constructs, check_programs, check_cd, check_arguments, check_expansions, check_paths,

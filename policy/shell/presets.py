@@ -32,12 +32,14 @@ INSPECT = ShellRule(
     write_paths=("/dev/null",),
 )
 
-# inspect plus writing inside the workspace (relative write paths are relative to it) and /tmp.
+# inspect plus writing inside the workspace (relative write paths are relative to it). Not /tmp: on an
+# SSH host it is the host's own, shared /tmp (the local sandbox's is private; write there with a path
+# inside the workspace instead).
 DEVELOPER_PROGRAMS = INSPECT_PROGRAMS | frozenset({"mkdir", "touch", "cp", "mv", "rm", "rmdir", "tee", "patch"})
 DEVELOPER_GIT = INSPECT_GIT | frozenset({"add", "apply", "checkout", "commit", "mv", "restore", "rm", "stash", "switch"})
 
 DEVELOPER = replace(INSPECT, id="developer", preset="developer", programs=DEVELOPER_PROGRAMS,
-                    git_subcommands=DEVELOPER_GIT, redirects="write", write_paths=("/dev/null", "/tmp/*", "*"))
+                    git_subcommands=DEVELOPER_GIT, redirects="write", write_paths=("/dev/null", "*"))
 
 SHELL_PRESETS: dict[str, ShellRule] = {"inspect": INSPECT, "developer": DEVELOPER}
 

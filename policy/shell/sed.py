@@ -179,13 +179,13 @@ class _Reader:
         raise _Refused(f"the sed command `{name}` {_REFUSED[name]}")
 
     def written(self, filename: str, what: str) -> None:
-        """With ``write``: a file sed writes must be relative to the workspace (no ..), in /tmp, or
-        /dev/stdout or /dev/stderr."""
+        """With ``write``: a file sed writes must be relative to the workspace (no ..), or /dev/stdout
+        or /dev/stderr."""
         name = filename.strip()
         if not name:
             raise _Refused(f"{what} needs a file name")
         inside = not name.startswith("/") and ".." not in name.split("/")
-        if not (inside or name in ("/dev/stdout", "/dev/stderr") or (name.startswith("/tmp/") and ".." not in name)):
+        if not (inside or name in ("/dev/stdout", "/dev/stderr")):
             raise _Refused(f"{what} writes `{name}`, outside the workspace")
 
     def command(self) -> None:
