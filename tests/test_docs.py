@@ -99,7 +99,7 @@ def test_the_shell_presets_are_documented_exactly() -> None:
     text = (DOCS / "policy.md").read_text()
     section = text.split("### `inspect`", 1)[1].split("\n### ", 1)[0]
     rows = {m[0]: m[1] for m in re.findall(r"^\| (\w+) \| (.*) \|$", section, re.M)}
-    assert set(re.findall(r"`([\w-]+)`", rows["programs"])) == set(INSPECT.programs)
+    assert set(re.findall(r"`([^`]+)`", rows["programs"])) == set(INSPECT.programs)
     assert set(re.findall(r"`([\w-]+)`", rows["git_subcommands"])) == set(INSPECT.git_subcommands)
     assert set(re.findall(r"`([\w-]+)`", rows["constructs"])) == set(INSPECT.constructs)
     assert set(re.findall(r"`([^`]+)`", rows["deny_paths"])) == set(INSPECT.deny_paths)

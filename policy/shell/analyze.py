@@ -115,6 +115,13 @@ def _analyse_cached(text: str) -> ShellAnalysis:
                          loop_variables=frozenset(walker.loop_variables))
 
 
+def _unterminated(node: Node) -> Node:
+    """A list without its trailing ; or newline (a rebuild writes its own)."""
+    if node.kind == "list" and node.ops and node.ops[-1] in (";", "newline") and len(node.ops) == len(node.items):
+        return Node("list", items=node.items, ops=node.ops[:-1]) if len(node.items) > 1 else node.items[0]
+    return node
+
+
 class _Walker:
     def __init__(self, text: str) -> None:
         self.text = text
@@ -189,6 +196,10 @@ class _Walker:
             loop = self.for_loop(node, context)
             if loop is not None:
                 return loop
+        if kind == "if":
+            branch = self.if_clause(node, context)
+            if branch is not None:
+                return branch
         if kind in _COMPOUND:
             # Loops, conditionals and functions: their commands are facts (and are checked), but
             # Bastion does not rebuild them, so they never run unless a rule allows the construct.
@@ -231,9 +242,32 @@ class _Walker:
             inner = self.node(body, context)
         finally:
             self.loops -= 1
-        if inner.kind == "list" and inner.ops and inner.ops[-1] in (";", "newline") and len(inner.ops) == len(inner.items):
-            inner = Node("list", items=inner.items, ops=inner.ops[:-1]) if len(inner.items) > 1 else inner.items[0]
-        return Node("for", items=(inner,), name=name, words=tuple(values))
+        return Node("for", items=(_unterminated(inner),), name=name, words=tuple(values))
+
+    def if_clause(self, node: Any, context: str) -> Node | None:
+        """``if LIST; then LIST; [elif LIST; then LIST;]... [else LIST;] fi`` → an `if` node Bastion
+        rebuilds (its keywords in ``ops``, one before each item); None for other shapes."""
+        parts = list(node.parts)
+        if not parts or (parts[0].kind, getattr(parts[0], "word", None)) != ("reservedword", "if") \
+                or (parts[-1].kind, getattr(parts[-1], "word", None)) != ("reservedword", "fi"):
+            return None
+        keywords, bodies = [], []
+        expected = ("if",)
+        for part in parts[:-1]:
+            if part.kind == "reservedword":
+                if part.word not in expected or len(keywords) != len(bodies):
+                    return None
+                keywords.append(part.word)
+                expected = {"if": ("then",), "elif": ("then",), "then": ("elif", "else"), "else": ()}[part.word]
+            elif part.kind in ("list", "pipeline", "command", "compound") and len(bodies) == len(keywords) - 1:
+                bodies.append(part)
+            else:
+                return None
+        if len(bodies) != len(keywords) or keywords[-1] not in ("then", "else"):
+            return None
+        self.constructs.add("if")
+        items = tuple(_unterminated(self.node(body, context)) for body in bodies)
+        return Node("if", items=items, ops=tuple(keywords))
 
     def words(self, node: Any, context: str) -> list[w.Word]:
         subs: dict[int, tuple[int, str]] = {}

@@ -310,6 +310,14 @@ def _protected(rule: ShellRule, word: Word, cwd: str, recursive: bool) -> tuple[
         hit = _denied(rule, path)
         if hit:
             return True, f"`{word.value}` names a protected path ({hit})"
+        parts = path.split("/")
+        for k, part in enumerate(parts[:-1]):
+            if GLOB in word.expansions and any(ch in part for ch in "*?["):
+                for component in _deny_components(rule):
+                    concrete = "/".join(parts[:k] + [component] + parts[k + 1 :])
+                    if _glob_matches(component, part) and (_denied(rule, concrete) or
+                                                           _denied(rule, "/".join(parts[:k] + [component, "x"]))):
+                        return True, f"`{word.value}` could match a protected path ({component})"
         if GLOB in word.expansions:
             directory, pattern = posixpath.split(path)
             for component in _deny_components(rule):
@@ -365,8 +373,11 @@ def _path_forms(word: Word, cwd: str) -> Iterator[str | None]:
             yield None  # `..` after a variable whose value Bastion does not know
             continue
         if GLOB in word.expansions and any(ch in posixpath.dirname(absolute) for ch in "*?["):
-            yield None
-            continue
+            # A pattern in a directory part (src/*/x.py, pkg/**/*.py) is judged component by component
+            # (_protected) when it is relative, without `..` and with nothing else expanded; else refused.
+            if candidate.startswith("/") or ".." in candidate.split("/") or word.expansions - {GLOB}:
+                yield None
+                continue
         yield re.sub("/+", "/", absolute)
         yield re.sub("^/+", "/", posixpath.normpath(absolute))
 

@@ -110,12 +110,15 @@ class ShellAnalysis:
 
 
 def _loops(node: Node | None) -> list[object]:
-    """Each `for` loop's variable and words, in order: a rebuild must keep them too."""
+    """Each `for` loop's variable and words and each `if`'s keywords, in order: a rebuild must keep
+    them too."""
     if node is None:
         return []
     out: list[object] = []
     if node.kind == "for":
         out.append((node.name, tuple(word_shape(w) for w in node.words)))
+    elif node.kind == "if":
+        out.append(("if", node.ops, len(node.items)))
     for item in node.items:
         out.extend(_loops(item))
     return out

@@ -15,7 +15,7 @@ INSPECT_PROGRAMS = frozenset({
     "cd", "pwd", "ls", "cat", "head", "tail", "grep", "egrep", "fgrep", "rg", "find", "xargs", "sed", "awk", "sort",
     "uniq", "cut", "tr", "nl", "wc", "diff", "cmp", "comm", "stat", "file", "tree", "du", "df", "ps", "uname", "date",
     "which", "id", "whoami", "git", "echo", "printf", "true", "false", "test", "basename", "dirname", "realpath",
-    "readlink", "tac", "column", "paste", "seq", "md5sum", "sha1sum", "sha256sum",
+    "readlink", "tac", "column", "paste", "seq", "md5sum", "sha1sum", "sha256sum", "[", "type", "jq",
 })
 INSPECT_GIT = frozenset({"status", "log", "diff", "show", "blame", "branch", "tag", "rev-parse", "ls-files", "grep",
                          "remote", "describe", "shortlog"})
@@ -26,8 +26,9 @@ INSPECT = ShellRule(
     programs=INSPECT_PROGRAMS,
     git_subcommands=INSPECT_GIT,
     # Here-documents and here-strings as input: rebuilt with a quoted delimiter, nothing in them expands;
-    # `for name in WORDS; do ...; done` with a lower-case name (policy.shell.analyze: for_loop).
-    constructs=frozenset({"subshell", "group", "command-substitution", "heredoc", "herestring", "for"}),
+    # `for name in WORDS; do ...; done` with a lower-case name and `if ...; then ...; fi`
+    # (policy.shell.analyze: for_loop, if_clause).
+    constructs=frozenset({"subshell", "group", "command-substitution", "heredoc", "herestring", "for", "if"}),
     redirects="read",
     write_paths=("/dev/null",),
 )

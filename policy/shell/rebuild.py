@@ -56,6 +56,12 @@ class _Builder:
             inner = self.node(node.items[0]).rstrip()
             words = " ".join(self.word(w) for w in node.words)
             return f"for {node.name} in {words} ; do {inner if inner.endswith((';', '&')) else inner + ' ;'} done"
+        if node.kind == "if" and node.items:
+            out = []
+            for keyword, item in zip(node.ops, node.items, strict=True):
+                inner = self.node(item).rstrip()
+                out.append(f"{keyword} {inner if inner.endswith((';', '&')) else inner + ' ;'}")
+            return " ".join(out) + " fi"
         if node.kind == "subshell":
             return f"( {self.node(node.items[0])} )"
         if node.kind == "group":
