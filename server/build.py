@@ -116,6 +116,9 @@ def gateway_files(config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
         else:
             names += [conn.key_file, conn.known_hosts, *(u.key_file for u in conn.users)]
     files = [str(config.path(n).resolve()) for n in names if n]
+    witness = config.checkpoint_witness()
+    if witness is not None:  # the sandbox must never reach the witness either
+        files.append(str(witness.path.resolve()))
     if config.source != "<defaults>":
         files.append(str(Path(config.source).resolve()))
     return tuple(str(config.path(d).resolve()) for d in databases), tuple(dict.fromkeys(files))
@@ -139,8 +142,8 @@ def build_gateway(config: Config) -> Gateway:
                                                 build_shell_executor(config, name, conn), description,
                                                 scopings[name], per_user, masking=config.masking(name))
     try:
-        store = SqliteAuditStore(config.path(config.audit.path), checkpoint_key=config.checkpoint_key(),
-                                 checkpoint_every=config.audit.checkpoint_every)
+        store = SqliteAuditStore(config.path(config.audit.path), signer=config.checkpoint_signer(),
+                                 checkpoint_every=config.audit.checkpoint_every, witness=config.checkpoint_witness())
     except StoreError as error:
         raise ConfigError(f"{config.source}: audit.path: {error}") from None
     gateway = Gateway(connections, store, tuple(a.to_rule() for a in config.alerts),

@@ -395,39 +395,6 @@ def export_command(config_path: str | None, after_seq: int, output: TextIO) -> N
         output.write(line + "\n")
 
 
-@audit.command(name="verify")
-@config_option
-@click.option("--key-env", help="Environment variable holding the checkpoint key (default: the config's).")
-@click.option("--key-file", type=click.Path(dir_okay=False), help="File holding the checkpoint key.")
-def verify_command(config_path: str | None, key_env: str | None, key_file: str | None) -> None:
-    """Check the hash chain and, with the key, the signed checkpoints. Exit status 1 on any problem.
-
-    Example: BASTION_AUDIT_KEY=... bastion audit verify --key-env BASTION_AUDIT_KEY
-    """
-    from bastion.store.verify import verify
-
-    config = _load(config_path)
-    if key_env:
-        key: bytes | None = os.environ.get(key_env, "").encode() or None
-        if key is None:
-            raise click.ClickException(f"the environment variable `{key_env}` is not set")
-    elif key_file:
-        key = Path(key_file).read_bytes().strip()
-    else:
-        try:
-            key = config.checkpoint_key()
-        except ConfigError as error:
-            raise click.ClickException(error.message) from None
-    report = verify(_store(config_path).db.conn, key)
-    click.echo(f"{report.events} events, {report.checkpoints} signed checkpoints checked"
-               + ("" if key else " (no key: a cut tail or a rewritten chain cannot be detected)"))
-    for seq, problem in report.problems:
-        click.echo(f"event {seq}: {problem}")
-    if report.ok:
-        click.echo("ok: the chain is intact")
-    sys.exit(0 if report.ok else 1)
-
-
 @audit.command()
 @click.argument("call_id")
 @config_option
@@ -691,3 +658,6 @@ def backtest(config_path: str, log_path: str | None, since_: str | None, example
         for ex in result.examples.get(change, []):
             click.echo(f"      {ex.call_id} {ex.subject} on {ex.connection}: {' '.join(ex.text.split())[:70]}")
             click.echo(f"          [{', '.join(ex.rules)}] {ex.reason[:100]}")
+
+
+from bastion.server import cli_audit  # noqa: E402,F401  (audit keygen, checkpoint, verify, prove, verify-proof)

@@ -341,9 +341,10 @@ class IdentityConfig(_Model):
 
 class AuditConfig(_Model):
     path: str = "bastion-audit.db"
-    checkpoint_key_env: str | None = Field(None, description="environment variable holding the checkpoint HMAC key")
-    checkpoint_key_file: str | None = Field(None, description="file holding the checkpoint HMAC key")
+    checkpoint_key_env: str | None = Field(None, description="environment variable holding the Ed25519 checkpoint signing key")
+    checkpoint_key_file: str | None = Field(None, description="file holding the Ed25519 checkpoint signing key (`bastion audit keygen`)")
     checkpoint_every: Annotated[int, Field(gt=0)] = 1000
+    witness: str | None = Field(None, description="file:///path of an append-only file every signed checkpoint is also written to")
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -471,12 +472,35 @@ class Config(_Model):
                                   hint="Keep the secret as text, e.g. `openssl rand -hex 32 > FILE`.") from None
         return None
 
-    def checkpoint_key(self) -> bytes | None:
-        """The audit checkpoint key, by reference; None when not configured."""
+    def checkpoint_signer(self):  # type: ignore[no-untyped-def]
+        """The audit checkpoints' Ed25519 signing key, by reference; None when not configured."""
+        from bastion.store.checkpoints import Signer
+        from bastion.store.errors import StoreError
+
         audit = self.audit
         key = self.secret("audit", "checkpoint_key_env", audit.checkpoint_key_env,
                           "checkpoint_key_file", audit.checkpoint_key_file)
-        return key.encode() if key is not None else None
+        if key is None:
+            return None
+        try:
+            return Signer.parse(key)
+        except StoreError as error:
+            where = "checkpoint_key_env" if audit.checkpoint_key_env else "checkpoint_key_file"
+            raise ConfigError(f"{self.source}: audit.{where}: {error}",
+                              hint="Checkpoints are signed with Ed25519 now, not an HMAC key: run "
+                                   "`bastion audit keygen DIR` and name DIR/audit-checkpoint.key.") from None
+
+    def checkpoint_witness(self):  # type: ignore[no-untyped-def]
+        """The witness every checkpoint is appended to; None when not configured."""
+        from bastion.store.checkpoints import FileWitness
+        from bastion.store.errors import StoreError
+
+        if not self.audit.witness:
+            return None
+        try:
+            return FileWitness.from_url(self.audit.witness, self.base_dir)
+        except StoreError as error:
+            raise ConfigError(f"{self.source}: audit.witness: {error}") from None
 
     def masking(self, name: str) -> Masking | None:
         """A connection's masking: its masked columns, predicate verdicts and detectors, and the key

@@ -119,4 +119,19 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             BEGIN SELECT RAISE(ABORT, 'approval votes are append-only'); END
         """,
     ),
+    (
+        # Signed checkpoints (store/checkpoints.py): a C2SP checkpoint note (origin, tree size, Merkle
+        # root) signed with Ed25519, so that verifying needs only the public key. `chain_hash` (the
+        # hash of event `size`) and `frontier` (the tree's O(log n) state) are unsigned caches that
+        # let a gateway resume the tree without re-reading the log; verify ignores them.
+        "0006_tree_checkpoints",
+        """
+        CREATE TABLE tree_checkpoints (size INTEGER PRIMARY KEY, root TEXT NOT NULL, chain_hash TEXT NOT NULL,
+                                       frontier TEXT NOT NULL, time TEXT NOT NULL, note TEXT NOT NULL);
+        CREATE TRIGGER tree_checkpoints_append_only_update BEFORE UPDATE ON tree_checkpoints
+            BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+        CREATE TRIGGER tree_checkpoints_append_only_delete BEFORE DELETE ON tree_checkpoints
+            BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END
+        """,
+    ),
 )

@@ -6,6 +6,7 @@ returned is on disk: `call.requested` is durable before anything runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -20,7 +21,9 @@ from typing import Any, Iterator
 import sqlite_utils
 
 from bastion.store import events as ev
+from bastion.store.checkpoints import FileWitness, Signer, checkpoint_text
 from bastion.store.errors import StoreError
+from bastion.store.merkle import Frontier, leaf_hash
 from bastion.store.migrations import MIGRATIONS
 
 
@@ -33,15 +36,24 @@ def now_iso() -> str:
 
 
 class SqliteAuditStore:
-    def __init__(self, path: str | Path, *, checkpoint_key: bytes | None = None, checkpoint_every: int = 1000) -> None:
+    def __init__(self, path: str | Path, *, signer: Signer | None = None, checkpoint_every: int = 1000,
+                 witness: FileWitness | None = None) -> None:
         self.path = Path(path)
         self._queue_lock = threading.Lock()  # guards the queue and who is writing
         self._write_lock = threading.Lock()  # one transaction at a time on the shared connection
         self._read_lock = threading.Lock()  # one query at a time on the reader
         self._queue: list[_Ticket] = []
         self._writing = False
-        self._checkpoint_key = checkpoint_key
+        # Signed checkpoints: with a signer, a Merkle tree over the events (its O(log n) frontier
+        # kept here, checked against the log's end at each transaction) and a checkpoint signed at
+        # every multiple of `checkpoint_every` events, each also appended to the witness.
+        self._signer = signer
         self.checkpoint_every = checkpoint_every
+        self._witness = witness
+        self._tree: Frontier | None = None  # the tree of events 1..size, as of the last transaction
+        self._tree_hash = ev.GENESIS  # the chain hash of event `size`, to tell the cache is still ours
+        self._witnessed = 0  # the largest checkpoint size this process has appended to the witness
+        self._signed = 0  # the largest checkpoint size this process has signed
         self.instance = uuid.uuid4().hex[:16]
         self._registered = False
         try:
@@ -57,6 +69,8 @@ class SqliteAuditStore:
             self._reader.row_factory = sqlite3.Row
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the audit store at {self.path}: {error}") from error
+        if signer is not None and witness is not None:
+            self._witnessed = witness.last_size(signer.verifier)
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
@@ -146,18 +160,76 @@ class SqliteAuditStore:
         # Read the chain's end inside the lock: another process may have appended.
         last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         prev, seq = (last[1], last[0]) if last else (ev.GENESIS, 0)
-        rows = []
+        tree = self._tree_at(conn, seq, prev) if self._signer else None
+        rows, checkpoints = [], []
+        every = self.checkpoint_every
+        sha256 = hashlib.sha256
         for event in events:
-            # The chain covers the row exactly as stored, so a verifier needs nothing but the table.
+            # The chain covers the row exactly as stored, so a verifier needs nothing but the table;
+            # the same bytes are the event's leaf in the Merkle tree.
             values = [_column(k, event.get(k)) for k in ev.FIELDS]
-            hash_ = ev.chain_hash_values(prev, values)
+            data = ev.canonical(values)
+            hash_ = sha256(prev.encode() + b"\n" + data).hexdigest()
             seq += 1
             rows.append((seq, *values, prev, hash_))
             prev = hash_
+            if tree is not None:
+                tree.append(leaf_hash(data))
+                if tree.size % every == 0:  # a checkpoint exactly at each multiple: verify requires them
+                    checkpoints.append(self._signed_row(tree, hash_))
         conn.executemany(_INSERT, rows)
-        if self._checkpoint_key and seq // self.checkpoint_every > (last[0] if last else 0) // self.checkpoint_every:
-            self._checkpoint(conn, seq, prev)
+        if checkpoints:
+            conn.executemany("INSERT OR IGNORE INTO tree_checkpoints VALUES (?, ?, ?, ?, ?, ?)", checkpoints)
+        if tree is not None:
+            self._tree, self._tree_hash = tree, prev
         return rows
+
+    def _signed_row(self, tree: Frontier, chain_hash: str) -> tuple[Any, ...]:
+        assert self._signer is not None
+        root = tree.root()
+        note = self._signer.sign(checkpoint_text(self._signer.name, tree.size, root))
+        self._signed = max(self._signed, tree.size)
+        return (tree.size, root.hex(), chain_hash, json.dumps(tree.to_json()), now_iso(), note)
+
+    def _tree_at(self, conn: sqlite3.Connection, size: int, chain_hash: str) -> Frontier:
+        """The Merkle frontier of events 1..size, inside the caller's write transaction: the cached one
+        when the log still ends where this process left it; else caught up from the cache (another
+        process appended) or from the latest checkpoint's frontier (a rolled-back transaction, a
+        fresh start), reading only the events after it. Returned as a copy: a transaction that rolls
+        back leaves the cache as it was."""
+        tree = self._tree
+        if tree is not None and tree.size == size and self._tree_hash == chain_hash:
+            return tree.copy()
+        start: tuple[Frontier, str] | None = None
+        if tree is not None and tree.size < size:
+            row = conn.execute("SELECT hash FROM events WHERE seq = ?", (tree.size,)).fetchone() if tree.size else None
+            if (row[0] if row else ev.GENESIS) == self._tree_hash:
+                start = (tree.copy(), self._tree_hash)
+        if start is None:
+            for cp_size, cp_hash, frontier in conn.execute(
+                    "SELECT c.size, c.chain_hash, c.frontier FROM tree_checkpoints c JOIN events e ON e.seq = c.size "
+                    "AND e.hash = c.chain_hash WHERE c.size <= ? ORDER BY c.size DESC LIMIT 1", (size,)):
+                start = (Frontier.from_json(cp_size, json.loads(frontier)), cp_hash)
+        tree = start[0] if start else Frontier()
+        cursor = conn.execute(f"SELECT {', '.join(ev.FIELDS)} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+                              (tree.size, size))
+        while batch := cursor.fetchmany(10_000):
+            for values in batch:
+                tree.append(leaf_hash(ev.canonical(values)))
+        return tree
+
+    def _witness_pending(self, conn: sqlite3.Connection) -> None:
+        """Append the committed checkpoints this process signed and has not witnessed yet (read back
+        from the table, so a checkpoint of a transaction that rolled back never reaches it)."""
+        if self._witness is None or self._signed <= self._witnessed:
+            return
+        rows = conn.execute("SELECT size, time, note FROM tree_checkpoints WHERE size > ? AND size <= ? ORDER BY size",
+                            (self._witnessed, self._signed)).fetchall()
+        if rows:
+            self._witness.append([(t, note) for _, t, note in rows])
+            self._witnessed = rows[-1][0]
+        else:
+            self._witnessed = self._signed
 
     def _write(self, batch: list[_Ticket]) -> None:
         conn = self.db.conn
@@ -176,18 +248,20 @@ class SqliteAuditStore:
                 ticket.ready.set()
             return
         self._registered = True
+        witnessed: StoreError | None = None
+        try:
+            self._witness_pending(conn)
+        except (StoreError, sqlite3.Error) as error:  # durable, but unwitnessed: fail closed
+            witnessed = error if isinstance(error, StoreError) else StoreError(f"cannot read the checkpoints: {error}")
         for ticket, row in zip(batch, rows):
             ticket.event.update(seq=row[0], prev_hash=row[-2], hash=row[-1])
+            ticket.error = witnessed
             ticket.ready.set()
 
-    def _checkpoint(self, conn: sqlite3.Connection, seq: int, hash_: str) -> None:
-        assert self._checkpoint_key is not None
-        conn.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
-                     (seq, hash_, now_iso(), ev.checkpoint_mac(self._checkpoint_key, seq, hash_)))
-
     def checkpoint(self) -> int | None:
-        """Write a keyed checkpoint at the end of the chain now (at shutdown); its seq, or None."""
-        if not self._checkpoint_key:
+        """Sign a checkpoint at the end of the log now (at shutdown, or `bastion audit checkpoint`) and
+        witness it; the tree size it vouches for, or None without a signing key or events."""
+        if self._signer is None:
             return None
         with self._write_lock:
             conn = self.db.conn
@@ -195,11 +269,15 @@ class SqliteAuditStore:
             try:
                 last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
                 if last:
-                    self._checkpoint(conn, last[0], last[1])
+                    tree = self._tree_at(conn, last[0], last[1])
+                    conn.execute("INSERT OR IGNORE INTO tree_checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+                                 self._signed_row(tree, last[1]))
+                    self._tree, self._tree_hash = tree, last[1]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            self._witness_pending(conn)
         return last[0] if last else None
 
     def close_interrupted(self) -> list[str]:

@@ -1,5 +1,6 @@
 """Tampering with the log is found: edited, deleted, inserted, reordered, a cut tail, a re-forged
-chain; a kill -9 mid-burst leaves a chain that verifies. Group commit shares transactions."""
+chain; a kill -9 mid-burst leaves a chain that verifies. Group commit shares transactions.
+(The witness and the attacks it answers: tests/test_audit_witness.py.)"""
 
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ import pytest
 
 from bastion.store import SqliteAuditStore
 from bastion.store import events as ev
+from bastion.store.checkpoints import Signer
 from bastion.store.verify import verify
 from tests.conftest import ROOT, requirement
 
-KEY = b"kept-outside-the-database"
+SIGNER = Signer.generate("audit.test.example/verify")  # the private half stays with the gateway
+KEY = SIGNER.verifier  # verifying needs only the public key
 
 
 def filled(tmp_path: Path, n: int = 10, **kw: object) -> tuple[SqliteAuditStore, Path]:
     path = tmp_path / "audit.db"
-    store = SqliteAuditStore(path, checkpoint_key=KEY, **kw)  # type: ignore[arg-type]
+    store = SqliteAuditStore(path, signer=SIGNER, **kw)  # type: ignore[arg-type]
     for i in range(n):
         store.append({"type": ev.REQUESTED, "call_id": f"c{i}", "text": f"SELECT {i}"})
     return store, path
@@ -43,8 +46,8 @@ def tamper(path: Path, *statements: str) -> sqlite3.Connection:
 def test_an_untouched_log_verifies(tmp_path: Path) -> None:
     store, _ = filled(tmp_path)
     store.checkpoint()
-    report = verify(store.db.conn, KEY)
-    assert report.ok and report.events == 10 and report.checkpoints == 1
+    report = verify(store.db.conn, verifier=KEY, every=1000)
+    assert report.ok and report.events == 10 and report.checkpoints == 1 and report.covered == 10
 
 
 @requirement("inv:append-only")
@@ -64,13 +67,13 @@ def test_tampering_is_found_at_the_first_broken_link(tmp_path: Path, statements:
     assert not report.ok and report.problems[0][0] == seq and says in report.problems[0][1]
 
 
-def test_a_cut_tail_is_found_only_with_the_checkpoint_key(tmp_path: Path) -> None:
+def test_a_cut_tail_is_found_only_with_the_public_key(tmp_path: Path) -> None:
     store, path = filled(tmp_path)
     store.checkpoint()
     conn = tamper(path, "DELETE FROM events WHERE seq > 7")
     assert verify(conn).ok  # the remaining events still chain
-    report = verify(conn, KEY)
-    assert not report.ok and report.problems[0] == (10, report.problems[0][1]) and "truncated" in report.problems[0][1]
+    report = verify(conn, verifier=KEY)
+    assert not report.ok and report.problems[0][0] == 8 and "vouches for 10 events, but the log holds 7" in report.problems[0][1]
 
 
 def test_a_re_forged_chain_is_found_with_the_key(tmp_path: Path) -> None:
@@ -85,9 +88,20 @@ def test_a_re_forged_chain_is_found_with_the_key(tmp_path: Path) -> None:
         conn.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, new, seq))
         prev = new
     assert verify(conn).ok
-    report = verify(conn, KEY)
+    report = verify(conn, verifier=KEY)
     assert not report.ok and report.problems[0][0] == 5 and "rewritten" in report.problems[0][1]
-    assert not verify(conn, b"another key").ok
+    report = verify(conn, verifier=Signer.generate("audit.test.example/verify").verifier)
+    assert not report.ok and "not signed by" in report.problems[0][1]
+
+
+def test_legacy_hmac_checkpoints_are_still_checked_with_their_key(tmp_path: Path) -> None:
+    """Logs written before migration 0006 hold HMAC checkpoints; `verify --key-env` still checks them."""
+    _, path = filled(tmp_path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    hash_7 = conn.execute("SELECT hash FROM events WHERE seq = 7").fetchone()[0]
+    conn.execute("INSERT INTO checkpoints VALUES (7, ?, '2026-01-01', ?)", (hash_7, ev.checkpoint_mac(b"old", 7, hash_7)))
+    assert verify(conn, b"old").ok and verify(conn, b"old").checkpoints == 1
+    assert "forged, or another key" in verify(conn, b"other").problems[0][1]
 
 
 def test_group_commit_shares_transactions_among_concurrent_appends(tmp_path: Path) -> None:

@@ -93,7 +93,9 @@ def test_serve_refuses_a_bad_listen_address(demo_config: Path) -> None:
 def test_audit_verify_says_intact_or_names_the_broken_event(demo_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
-    monkeypatch.setenv("BASTION_TEST_AUDIT_KEY", "k3y")
+    from bastion.store.checkpoints import Signer
+
+    monkeypatch.setenv("BASTION_TEST_AUDIT_KEY", Signer.generate("audit.test.example/cli").text())
     text = demo_config.read_text().replace('[audit]\npath = "bastion-audit.db"',
                                            '[audit]\npath = "bastion-audit.db"\ncheckpoint_key_env = "BASTION_TEST_AUDIT_KEY"')
     demo_config.write_text(text)

@@ -1,0 +1,122 @@
+"""A Merkle tree over the events, hashed as RFC 6962 / RFC 9162 section 2.1 say.
+
+    leaf hash  = SHA-256(0x00 || leaf data)          (leaf data: the event's canonical bytes)
+    node hash  = SHA-256(0x01 || left || right)
+    MTH({})    = SHA-256()                           (the empty tree)
+    MTH(D[n])  = node(MTH(D[0:k]), MTH(D[k:n]))      k: the largest power of two below n
+
+`Frontier` is the appending side: the roots of the perfect subtrees the tree's size decomposes
+into (one per set bit of the size, largest first), so an append costs one leaf hash and, on
+average, one node hash, and the state is O(log n). `root_at` and `inclusion_path` are the proving
+side: they need every leaf hash up to the tree's size. `verify_inclusion` is RFC 9162 section
+2.1.3.2's algorithm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+class Frontier:
+    """The incremental state of a tree: its size and the roots of its perfect subtrees, left to right."""
+
+    __slots__ = ("size", "nodes")
+
+    def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
+        if len(nodes) != bin(size).count("1"):
+            raise ValueError(f"a tree of size {size} has {bin(size).count('1')} subtrees, not {len(nodes)}")
+        self.size = size
+        self.nodes = list(nodes)
+
+    def append(self, leaf: bytes) -> None:
+        """Add one leaf hash: merge equal-sized subtrees, as a binary counter carries."""
+        h, size, nodes = leaf, self.size, self.nodes
+        while size & 1:
+            h = node_hash(nodes.pop(), h)
+            size >>= 1
+        nodes.append(h)
+        self.size += 1
+
+    def root(self) -> bytes:
+        """MTH of the leaves so far: the subtrees folded from the right."""
+        if not self.nodes:
+            return EMPTY_ROOT
+        r = self.nodes[-1]
+        for left in reversed(self.nodes[:-1]):
+            r = node_hash(left, r)
+        return r
+
+    def copy(self) -> Frontier:
+        return Frontier(self.size, self.nodes)
+
+    def to_json(self) -> list[str]:
+        return [n.hex() for n in self.nodes]
+
+    @classmethod
+    def from_json(cls, size: int, nodes: Sequence[str]) -> Frontier:
+        return cls(size, [bytes.fromhex(n) for n in nodes])
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def root_of(leaves: Sequence[bytes]) -> bytes:
+    """MTH over ``leaves`` (leaf hashes), without recursion."""
+    frontier = Frontier()
+    for leaf in leaves:
+        frontier.append(leaf)
+    return frontier.root()
+
+
+def inclusion_path(leaves: Sequence[bytes], index: int, size: int | None = None) -> list[bytes]:
+    """PATH(index, D[0:size]) of RFC 6962 section 2.1.1: the sibling hashes from the leaf up."""
+    size = len(leaves) if size is None else size
+    if not 0 <= index < size <= len(leaves):
+        raise ValueError(f"leaf {index} is not in a tree of size {size}")
+    path: list[bytes] = []
+    low, high = 0, size  # the subtree D[low:high] still holding the leaf
+    siblings = []
+    while high - low > 1:
+        k = _split(high - low)
+        if index < low + k:
+            siblings.append((low + k, high))
+            high = low + k
+        else:
+            siblings.append((low, low + k))
+            low = low + k
+    for a, b in reversed(siblings):
+        path.append(root_of(leaves[a:b]))
+    return path
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes) -> bool:
+    """RFC 9162 section 2.1.3.2: does ``path`` lead from ``leaf`` (its hash) at ``index`` to ``root``?"""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root

@@ -1,0 +1,257 @@
+"""The Merkle tree is RFC 6962 / RFC 9162's; checkpoints are C2SP signed notes; a call's inclusion
+proof checks offline against an independent implementation of RFC 9162's verification algorithm,
+against `bastion audit verify-proof` and against the standalone docs/verify_proof.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from bastion.server.cli import main
+from bastion.store import SqliteAuditStore
+from bastion.store import events as ev
+from bastion.store.checkpoints import FileWitness, Signer, Verifier, keygen
+from bastion.store.merkle import Frontier, inclusion_path, leaf_hash, root_of
+from bastion.store.proofs import ProofError, prove, verify_proof
+from tests.conftest import ROOT
+
+
+# -- an independent reference, written from the RFCs' text -------------------------------------------
+
+def sha(b: bytes) -> bytes:
+    return hashlib.sha256(b).digest()
+
+
+def mth(d: list[bytes]) -> bytes:
+    """RFC 9162 2.1.1: the Merkle Tree Hash, recursively, over leaf *data*."""
+    n = len(d)
+    if n == 0:
+        return sha(b"")
+    if n == 1:
+        return sha(b"\x00" + d[0])
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return sha(b"\x01" + mth(d[:k]) + mth(d[k:]))
+
+
+def path(m: int, d: list[bytes]) -> list[bytes]:
+    """RFC 9162 2.1.3.1: PATH(m, D[n]), recursively."""
+    n = len(d)
+    if n == 1:
+        return []
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    if m < k:
+        return path(m, d[:k]) + [mth(d[k:])]
+    return path(m - k, d[k:]) + [mth(d[:k])]
+
+
+def rfc9162_verify(leaf_index: int, tree_size: int, leaf_data: bytes, inclusion_path: list[bytes], root: bytes) -> bool:
+    """RFC 9162 2.1.3.2, step by step as the RFC numbers them."""
+    # 1. Compare leaf_index from the inclusion_proof against tree_size. If leaf_index is greater than
+    #    or equal to tree_size, then fail the proof verification.
+    if leaf_index >= tree_size:
+        return False
+    # 2. Set fn to leaf_index and sn to tree_size - 1.
+    fn, sn = leaf_index, tree_size - 1
+    # 3. Set r to hash.
+    r = sha(b"\x00" + leaf_data)
+    # 4. For each value p in the inclusion_path array:
+    for p in inclusion_path:
+        # a. If sn is 0, then stop the iteration and fail the proof verification.
+        if sn == 0:
+            return False
+        # b. If LSB(fn) is set, or if fn is equal to sn, then:
+        if fn % 2 == 1 or fn == sn:
+            # i. Set r to HASH(0x01 || p || r).
+            r = sha(b"\x01" + p + r)
+            # ii. If LSB(fn) is not set, then right-shift both fn and sn equally until either LSB(fn)
+            #     is set or fn is 0.
+            if fn % 2 == 0:
+                while not (fn % 2 == 1 or fn == 0):
+                    fn //= 2
+                    sn //= 2
+        # Otherwise: Set r to HASH(0x01 || r || p).
+        else:
+            r = sha(b"\x01" + r + p)
+        # c. Finally, right-shift both fn and sn one time.
+        fn //= 2
+        sn //= 2
+    # 5. Compare sn to 0. Compare r against the root_hash. If sn is equal to 0 and r and the root_hash
+    #    are equal, then the log has proven the inclusion of hash.
+    return sn == 0 and r == root
+
+
+def note_checkpoint(note: str, public_key_line: str) -> tuple[str, int, bytes]:
+    """c2sp.org/signed-note + tlog-checkpoint, parsed and verified independently of bastion.store."""
+    name, key_hex, key_b64 = public_key_line.split("+", 2)
+    raw = base64.b64decode(key_b64)
+    assert raw[0] == 1 and sha(name.encode() + b"\x0a" + raw)[:4].hex() == key_hex
+    text, sigs = note.split("\n\n")
+    (line,) = sigs.rstrip("\n").split("\n")
+    assert line.startswith("\u2014 " + name + " ")
+    blob = base64.b64decode(line.split(" ")[2])
+    assert blob[:4].hex() == key_hex
+    Ed25519PublicKey.from_public_bytes(raw[1:]).verify(blob[4:], (text + "\n").encode())
+    origin, size, root = text.split("\n")
+    return origin, int(size), base64.b64decode(root)
+
+
+# -- the tree ---------------------------------------------------------------------------------------
+
+# The RFC 6962 test vectors of certificate-transparency (and transparency-dev/merkle).
+CT_LEAVES = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43", b"\x50\x51\x52\x53\x54\x55\x56\x57",
+             bytes(range(0x60, 0x70))]
+CT_ROOTS = ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+            "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+            "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+            "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+            "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"]
+CT_PATHS = {(0, 8): ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                     "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                     "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"],
+            (5, 8): ["bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                     "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                     "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]}
+
+
+def test_the_tree_gives_the_rfc_6962_test_vectors() -> None:
+    leaves = [leaf_hash(d) for d in CT_LEAVES]
+    tree = Frontier()
+    for n, leaf in enumerate(leaves, 1):
+        tree.append(leaf)
+        assert tree.root().hex() == CT_ROOTS[n - 1] == root_of(leaves[:n]).hex()
+    assert Frontier().root() == sha(b"")
+    for (m, n), expected in CT_PATHS.items():
+        assert [h.hex() for h in inclusion_path(leaves, m, n)] == expected
+
+
+def test_roots_and_paths_agree_with_the_recursive_definition_at_every_size() -> None:
+    data = [f"event {i}".encode() for i in range(70)]
+    leaves = [leaf_hash(d) for d in data]
+    tree = Frontier()
+    for n in range(1, len(data) + 1):
+        tree.append(leaves[n - 1])
+        root = mth(data[:n])
+        assert tree.root() == root
+        assert len(tree.nodes) == bin(n).count("1")  # O(log n) state
+        resumed = Frontier.from_json(n, tree.to_json())
+        assert resumed.root() == root
+        for m in range(n):
+            proof = inclusion_path(leaves, m, n)
+            assert proof == path(m, data[:n])
+            assert rfc9162_verify(m, n, data[m], proof, root)
+            assert not rfc9162_verify(m, n, data[m] + b"!", proof, root)
+            if proof:
+                assert not rfc9162_verify(m, n, data[m], proof[:-1], root)
+                assert not rfc9162_verify(m, n, data[m], [proof[0][::-1], *proof[1:]], root)
+            if n > 1:
+                assert not rfc9162_verify((m + 1) % n, n, data[m], proof, root)
+
+
+# -- a real store -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def signed(tmp_path: Path) -> tuple[SqliteAuditStore, Signer, Path, Path]:
+    private, public = keygen(tmp_path / "keys", "audit.test.example/log")
+    signer = Signer.parse(private.read_text())
+    store = SqliteAuditStore(tmp_path / "audit.db", signer=signer, checkpoint_every=8,
+                             witness=FileWitness(tmp_path / "witness.jsonl"))
+    for i in range(13):
+        store.append({"type": ev.REQUESTED, "call_id": f"c{i}", "text": f"SELECT {i}", "identity": {"subject": "alice"}})
+        store.append_many([{"type": ev.FINISHED, "call_id": f"c{i}", "row_count": 1, "duration_ms": 0.5,
+                            "result": {"columns": ["n"], "rows": [[i]]}}])
+    return store, signer, public, tmp_path
+
+
+def test_keys_are_signed_note_keys_and_checkpoints_c2sp_notes(signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+    store, signer, public, tmp_path = signed
+    assert (tmp_path / "keys" / "audit-checkpoint.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "keys" / "audit-checkpoint.key").read_text().startswith("PRIVATE+KEY+audit.test.example/log+")
+    assert Verifier.parse(public.read_text()) == signer.verifier
+    rows = store.read("SELECT size, note FROM tree_checkpoints ORDER BY size")
+    assert [r[0] for r in rows] == [8, 16, 24]  # exactly at the cadence, though appends came in batches
+    for size, note in rows:
+        origin, signed_size, root = note_checkpoint(note, public.read_text().strip())
+        assert (origin, signed_size) == ("audit.test.example/log", size)
+        data = [ev.canonical(tuple(r)) for r in store.read(f"SELECT {', '.join(ev.FIELDS)} FROM events "
+                                                           f"WHERE seq <= ? ORDER BY seq", (size,))]
+        assert root == mth(data)
+
+
+def test_a_calls_proof_checks_offline_against_the_rfc_algorithm(signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+    store, signer, public, tmp_path = signed
+    assert store.checkpoint() == 26
+    proof = json.loads(json.dumps(prove(store, "c3")))
+    origin, size, root = note_checkpoint(proof["checkpoint"], public.read_text().strip())
+    assert size == 26 and [e["seq"] for e in proof["events"]] == [7, 8]
+    for event in proof["events"]:
+        assert rfc9162_verify(event["index"], size, event["leaf"].encode(),
+                              [base64.b64decode(h) for h in event["path"]], root)
+        assert json.loads(event["leaf"])[2] == "c3"
+    assert verify_proof(proof, signer.verifier) == [(7, ev.REQUESTED), (8, ev.FINISHED)]
+    # Against an older checkpoint that already covered the call.
+    older = prove(store, "c3", size=8)
+    assert note_checkpoint(older["checkpoint"], public.read_text().strip())[1] == 8
+    assert verify_proof(older, signer.verifier)
+
+
+def test_an_altered_proof_or_another_key_is_refused(signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+    store, signer, _, _ = signed
+    store.checkpoint()
+    proof = prove(store, "c5")
+    edited = json.loads(json.dumps(proof))
+    edited["events"][1]["leaf"] = edited["events"][1]["leaf"].replace("[[5]]", "[[6]]")
+    assert edited != proof
+    with pytest.raises(ProofError, match="not in the log"):
+        verify_proof(edited, signer.verifier)
+    moved = json.loads(json.dumps(proof))
+    moved["call_id"] = "c6"
+    with pytest.raises(ProofError, match="not an event of call"):
+        verify_proof(moved, signer.verifier)
+    forged = json.loads(json.dumps(proof))
+    forged["checkpoint"] = forged["checkpoint"].replace("\n26\n", "\n27\n")
+    with pytest.raises(ProofError, match="signature does not verify"):
+        verify_proof(forged, signer.verifier)
+    with pytest.raises(ProofError, match="not signed by"):
+        verify_proof(proof, Signer.generate("audit.test.example/log").verifier)
+
+
+def test_prove_and_verify_proof_from_the_command_line_and_the_standalone_script(
+        signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+    store, signer, public, tmp_path = signed
+    config = tmp_path / "bastion.toml"
+    config.write_text(f'[audit]\npath = "audit.db"\ncheckpoint_key_file = "keys/audit-checkpoint.key"\n'
+                      f'checkpoint_every = 8\nwitness = "file://{tmp_path}/witness.jsonl"\n')
+    runner = CliRunner()
+    result = runner.invoke(main, ["audit", "prove", "c12", "--config", str(config)])
+    assert result.exit_code == 1 and "no signed checkpoint covers event 26 yet" in result.output
+    result = runner.invoke(main, ["audit", "checkpoint", "--config", str(config)])
+    assert result.exit_code == 0 and "signed a checkpoint at 26 events, witnessed" in result.output
+    proof_file = tmp_path / "c12.proof.json"
+    result = runner.invoke(main, ["audit", "prove", "c12", "--config", str(config), "-o", str(proof_file)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["audit", "verify-proof", str(proof_file), "--public-key", str(public)])
+    assert result.exit_code == 0 and "event 25 (call.requested) of call c12 is in it" in result.output
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "verify_proof.py"), str(proof_file), str(public)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "ok: proved" in done.stdout and "event 26 (call.finished" in done.stdout
+    proof_file.write_text(proof_file.read_text().replace('\\"SELECT 12\\"', '\\"SELECT 13\\"'))
+    result = runner.invoke(main, ["audit", "verify-proof", str(proof_file), "--public-key", str(public)])
+    assert result.exit_code == 1 and "not proved: event 25 is not in the log" in result.output
+    done = subprocess.run([sys.executable, str(ROOT / "docs" / "verify_proof.py"), str(proof_file), str(public)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1 and "not proved: event 25 is not in the signed log" in done.stdout
