@@ -143,7 +143,7 @@ _LAUNCHER_BUILTINS = frozenset({"eval", "source", ".", "exec", "command", "built
                                 "enable", "mapfile", "readarray", "bind", "complete", "compgen"})
 _DISABLED_BUILTINS = ("echo", "printf", "test", "[", "pwd", "kill", "true", "false")
 # Builtins the guard allows that stay builtins (they start no program): `cd DIR && ...`.
-_KEPT_BUILTINS = frozenset({"cd", "type"})
+_KEPT_BUILTINS = frozenset({"cd", "type", "read"})
 # Without namespaces: any text that could name a path, expand to one, change directory, PATH or the
 # command hash, or signal processes is not run (skipped by design).
 _RISKY = re.compile(r"[/$`~]|\b(command|hash|enable|PATH|CDPATH|cd|pushd|popd|kill|exec|source|builtin|trap|fc|"
@@ -382,6 +382,11 @@ def _started(analysis: ShellAnalysis, sandbox: Sandbox) -> list[tuple[int, dict[
             return ok
         if node.kind in ("subshell", "group"):
             return run(node.items[0], dict(env) if node.kind == "subshell" else env)
+        if node.kind == "while" and node.items:
+            # `... | while read name`: stand-ins print nothing and files are empty, so `read` fails at
+            # once and the body never runs.
+            run(node.items[0], env)
+            return True
         if node.kind == "if" and node.items:
             # keywords: if C then B [elif C then B]... [else B]; every stand-in exits 0
             for keyword, item in zip(node.ops, node.items, strict=True):

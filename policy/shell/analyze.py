@@ -180,7 +180,8 @@ class _Walker:
             if self.text[self.base + node.pos[0] : self.base + node.pos[0] + 2] == "((":
                 raise _Unsupported("arithmetic commands (( ... )) are not accepted")
             if getattr(node, "redirects", None):
-                raise _Unsupported("redirections on a ( ... ) or { ... } block are not accepted")
+                raise _Unsupported("redirections on a ( ... ) or { ... } block or a loop are not accepted; pipe into "
+                                   "it instead (`cat FILE | while read -r line; do ...; done`)")
             opener = next((p.word for p in node.list if p.kind == "reservedword"), "")
             if not opener and len(node.list) == 1 and node.list[0].kind in _COMPOUND:
                 return self.node(node.list[0], context)  # bashlex wraps loops and ifs in a compound
@@ -200,6 +201,10 @@ class _Walker:
             branch = self.if_clause(node, context)
             if branch is not None:
                 return branch
+        if kind == "while":
+            loop = self.while_read(node, context)
+            if loop is not None:
+                return loop
         if kind in _COMPOUND:
             # Loops, conditionals and functions: their commands are facts (and are checked), but
             # Bastion does not rebuild them, so they never run unless a rule allows the construct.
@@ -243,6 +248,38 @@ class _Walker:
         finally:
             self.loops -= 1
         return Node("for", items=(_unterminated(inner),), name=name, words=tuple(values))
+
+    def while_read(self, node: Any, context: str) -> Node | None:
+        """``... | while [IFS=] read [-r] name...; do BODY; done`` with lower-case names → a `while`
+        node Bastion rebuilds; the names are loop variables. None for other shapes (`while true`)."""
+        parts = list(node.parts)
+        words = [(p.kind, getattr(p, "word", None)) for p in parts]
+        if context != "top" or len(parts) != 5 or words[0] != ("reservedword", "while") \
+                or words[2] != ("reservedword", "do") or words[4] != ("reservedword", "done") \
+                or parts[3].kind not in ("list", "pipeline", "command", "compound"):
+            return None
+        start = len(self.commands)
+        condition = _unterminated(self.node(parts[1], context))
+        if condition.kind != "command" or condition.index != start or len(self.commands) != start + 1:
+            del self.commands[start:]  # walked again as a plain, unrebuilt `while`
+            return None
+        read = self.commands[start]
+        argv = [word.value for word in read.argv]
+        names = [a for a in argv[1:] if a != "-r"]
+        if not argv or argv[0] != "read" or not all(word.literal for word in read.argv) or read.redirects \
+                or read.assignments not in ((), ("IFS=",)) or not names \
+                or not all(re.fullmatch(r"[a-z_][a-z0-9_]*", name) for name in names):
+            del self.commands[start:]
+            return None
+        self.commands[start] = Command(read.argv, read.assignments, (), "while-read")
+        self.constructs.add("while")
+        self.loop_variables.update(names)
+        self.loops += 1
+        try:
+            body = _unterminated(self.node(parts[3], context))
+        finally:
+            self.loops -= 1
+        return Node("while", items=(condition, body))
 
     def if_clause(self, node: Any, context: str) -> Node | None:
         """``if LIST; then LIST; [elif LIST; then LIST;]... [else LIST;] fi`` → an `if` node Bastion

@@ -86,8 +86,8 @@ def check_constructs(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
 def check_programs(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
     """``rm -rf /`` → not covered: `rm` is not in the rule's programs; ``env rm`` → denied outright."""
     for command in all_commands(analysis):
-        if command.program is None:
-            continue
+        if command.program is None or command.context == "while-read":
+            continue  # `while read name` was read as a whole (policy.shell.analyze: while_read)
         if not command.program.literal or command.program.ansi_c:
             yield Outcome("none", f"{rule.id}:program", f"the program name `{command.program.value}` is computed at run time",
                           hint="Write the program's name literally.")
@@ -257,7 +257,7 @@ def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
             if word.ansi_c and word.value.startswith("-"):
                 yield Outcome("none", f"{rule.id}:expansion", f"the option `{word.value}` is spelled with $'...' quoting",
                               hint="Write options plainly.")
-        if command.assignments and not rule.allow_assignments:
+        if command.assignments and not rule.allow_assignments and command.context != "while-read":
             yield Outcome("none", f"{rule.id}:assignment", f"environment assignments (`{command.assignments[0]}`) are not allowed")
 
 

@@ -117,8 +117,8 @@ def _loops(node: Node | None) -> list[object]:
     out: list[object] = []
     if node.kind == "for":
         out.append((node.name, tuple(word_shape(w) for w in node.words)))
-    elif node.kind == "if":
-        out.append(("if", node.ops, len(node.items)))
+    elif node.kind in ("if", "while"):
+        out.append((node.kind, node.ops, len(node.items)))
     for item in node.items:
         out.extend(_loops(item))
     return out

@@ -26,9 +26,10 @@ INSPECT = ShellRule(
     programs=INSPECT_PROGRAMS,
     git_subcommands=INSPECT_GIT,
     # Here-documents and here-strings as input: rebuilt with a quoted delimiter, nothing in them expands;
-    # `for name in WORDS; do ...; done` with a lower-case name and `if ...; then ...; fi`
-    # (policy.shell.analyze: for_loop, if_clause).
-    constructs=frozenset({"subshell", "group", "command-substitution", "heredoc", "herestring", "for", "if"}),
+    # `for name in WORDS; do ...; done` and `... | while read name; do ...; done` with lower-case
+    # names, and `if ...; then ...; fi` (policy.shell.analyze: for_loop, while_read, if_clause).
+    constructs=frozenset({"subshell", "group", "command-substitution", "heredoc", "herestring", "for", "if",
+                          "while"}),
     redirects="read",
     write_paths=("/dev/null",),
 )

@@ -56,6 +56,9 @@ class _Builder:
             inner = self.node(node.items[0]).rstrip()
             words = " ".join(self.word(w) for w in node.words)
             return f"for {node.name} in {words} ; do {inner if inner.endswith((';', '&')) else inner + ' ;'} done"
+        if node.kind == "while" and node.items:
+            body = self.node(node.items[1]).rstrip()
+            return f"while {self.node(node.items[0])} ; do {body if body.endswith((';', '&')) else body + ' ;'} done"
         if node.kind == "if" and node.items:
             out = []
             for keyword, item in zip(node.ops, node.items, strict=True):
@@ -70,6 +73,8 @@ class _Builder:
         raise RebuildError(f"`{node.kind}` blocks are not run by Bastion")
 
     def command(self, command: Command) -> str:
+        if command.context == "while-read" and command.assignments == ("IFS=",):
+            return "IFS= " + " ".join(self.word(w) for w in command.argv)
         if command.assignments:
             raise RebuildError("environment assignments are not run by Bastion")
         parts = [self.word(w) for w in command.argv]
