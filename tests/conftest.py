@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,14 +37,27 @@ def demo_config(tmp_path: Path, demo_db: Path) -> Path:
     return config
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Sandboxed shells run as an unprivileged uid that must reach each test's workspace. pytest keeps
+    its folders under /tmp/pytest-of-<user>, which every pytest run on the machine resets to 0700; this
+    run gets a folder of its own that others may pass through (not list)."""
+    if config.option.basetemp is None:
+        base = Path(tempfile.mkdtemp(prefix="bastion-pytest-"))
+        base.chmod(0o711)
+        config.option.basetemp = base
+        config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandbox_reaches_this_runs_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp_path_factory.getbasetemp().chmod(0o711)  # pytest made it 0700
+
+
 @pytest.fixture(autouse=True)
 def sandbox_reaches_test_folders(request: pytest.FixtureRequest) -> None:
-    """Sandboxed shells run as an unprivileged uid that must reach a test's workspace; pytest makes its
-    temporary folders 0700, so let others pass through (not list) a test's folder and those above it."""
+    """A test's own folder (0700 from pytest) may be passed through too."""
     if "tmp_path" in request.fixturenames:
-        path: Path = request.getfixturevalue("tmp_path")
-        for folder in (path.parent.parent, path.parent, path):
-            folder.chmod(0o711)
+        request.getfixturevalue("tmp_path").chmod(0o711)
 
 
 def requirement(*ids: str) -> pytest.MarkDecorator:

@@ -421,3 +421,106 @@ async def test_runtimes_that_reserve_much_address_space_still_start(site: Path) 
                     "`apt-get install -y default-jre-headless nodejs`")
     result = await run(executor(site), "java -version 2>&1 | head -1; node -e 'console.log(6 * 7)'")
     assert "version" in result.stdout and "42" in result.stdout, result
+
+
+# -- a second red-team round ------------------------------------------------------------------------
+
+def _own(ws: Path) -> None:
+    for path in [ws, *ws.rglob("*")]:
+        if os.getuid() == 0 and not path.is_symlink():
+            os.chown(path, SANDBOX_UID, SANDBOX_UID)
+
+
+async def _calls(box: LocalShellExecutor, *commands: str) -> list[ShellResult]:
+    try:
+        return [await box.run(ShellRunRequest(c, None, 20, 100_000, Identity("mallory"))) for c in commands]
+    finally:
+        await box.close()
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_a_folder_moved_into_something_that_looks_like_a_git_dir_is_still_walked(site: Path) -> None:
+    ws = site / "ws"
+    (ws / "data").mkdir()
+    (ws / "data" / ".env").write_text(f"{CANARY}\n")
+    _own(ws)
+    results = await _calls(executor(site, writable=True), "mkdir x && touch x/HEAD && mv data x/objects",
+                           "cat x/objects/.env; mkdir g && mv x/objects g/lfs && touch g/HEAD && mkdir g/objects",
+                           "cat g/lfs/.env")
+    assert all(CANARY not in r.stdout + r.stderr for r in results)
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_commands_in_a_writable_workspace_take_turns_so_a_swap_cannot_race_the_masks(site: Path) -> None:
+    import anyio
+
+    ws = site / "ws"
+    (ws / "data").mkdir()
+    (ws / "data" / ".env").write_text(f"{CANARY}\n")
+    _own(ws)
+    box = executor(site, writable=True)
+    seen: list[str] = []
+    swap = ("for i in $(seq 200); do mv data data2 && mkdir data && : > data/.env && rm -rf data && mv data2 data; "
+            "done 2>/dev/null")
+
+    async def read() -> None:
+        for _ in range(5):
+            result = await box.run(ShellRunRequest("cat data/.env data2/.env 2>/dev/null", None, 20, 10_000, Identity("b")))
+            seen.append(result.stdout)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(box.run, ShellRunRequest(swap, None, 20, 10_000, Identity("a")))
+            tg.start_soon(read)
+    finally:
+        await box.close()
+    assert len(seen) == 5 and not any(CANARY in s for s in seen)
+
+
+@requirement("shell:sandbox-missing")
+async def test_odd_names_and_deep_folders_do_not_break_later_calls_silently(site: Path) -> None:
+    ws = site / "ws"
+    _own(ws)
+    box = executor(site, writable=True)
+    try:
+        first = await box.run(ShellRunRequest("mkfifo $'\\xff\\xfe'; touch $'\\xff'.pem; echo made", None, 20, 10_000,
+                                              Identity("m")))
+        assert "made" in first.stdout
+        after = await box.run(ShellRunRequest("ls | wc -l", None, 20, 10_000, Identity("m")))
+        assert after.exit_code == 0, "a name that is not UTF-8 is masked like any other"
+        deep = "n=$(printf %0200d 0); for i in $(seq 25); do mkdir $n; cd $n; done"
+        await box.run(ShellRunRequest(deep, None, 20, 10_000, Identity("m")))
+        with pytest.raises(TargetUnavailable, match="cannot look into"):
+            await box.run(ShellRunRequest("true", None, 20, 10_000, Identity("m")))
+    finally:
+        await box.close()
+
+
+@requirement("shell:sandbox-git")
+async def test_repository_configs_are_copied_once_per_content_and_a_huge_one_is_empty(site: Path) -> None:
+    ws = site / "ws"
+    big = ws / "big-config"
+    big.write_text("[remote \"o\"]\n" + "\tfetch = +refs/heads/*:refs/remotes/o/*\n" * 9000)
+    for i in range(10):
+        git_dir = ws / f"g{i}"
+        (git_dir / "objects").mkdir(parents=True)
+        (git_dir / "HEAD").write_text("ref: refs/heads/main\n")
+        os.link(big, git_dir / "config")
+    sandbox = Sandbox(str(ws))
+    box = LocalShellExecutor("box", ws, sandbox=sandbox)
+    try:
+        result = await box.run(ShellRunRequest("wc -c < g3/config", None, 20, 10_000, Identity("m")))
+        copies = sorted(p.name for p in sandbox._runtime_dir().glob("gitconfig-*"))  # noqa: SLF001
+    finally:
+        await box.close()
+    assert result.stdout.strip() == "1" and len(copies) == 1
+
+
+@requirement("shell:sandbox-limits")
+async def test_memory_backed_folders_are_sized(site: Path) -> None:
+    limits = SandboxLimits(memory_bytes=64 << 20)
+    result = await run(executor(site, limits=limits),
+                       "head -c 100M /dev/zero > /tmp/f; echo tmp=$?; head -c 100M /dev/zero > /dev/shm/f; echo shm=$?; "
+                       "head -c 100M /dev/zero > ~/f; echo home=$?")
+    assert "tmp=1" in result.stdout and "shm=1" in result.stdout and "home=1" in result.stdout, result
+    assert "No space left on device" in result.stderr

@@ -10,6 +10,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ from bastion.tools.executors.sandbox import Sandbox
 from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_WRITABLE_WORKSPACES: dict[str, anyio.Lock] = {}
 _CHUNK = 65536
 
 
@@ -40,6 +42,14 @@ class LocalShellExecutor:
         self.run_as = run_as
         self.sandbox = sandbox
         self._probed = False
+
+    def _turn(self) -> AbstractAsyncContextManager[object]:
+        """A writable workspace runs one command at a time: the walk that finds what to hide and the
+        binds bubblewrap makes from it must see the same folders, and another command could move them
+        in between. Shared by every executor on that workspace (one per mapped user)."""
+        if self.sandbox is None or not self.sandbox.writable:
+            return nullcontext()
+        return _WRITABLE_WORKSPACES.setdefault(self.sandbox.workspace, anyio.Lock())
 
     async def _spawn(self, command: str, cwd: str) -> Process:
         if self.sandbox is None:
@@ -79,23 +89,24 @@ class LocalShellExecutor:
         cwd = request.cwd or self.cwd
         if not Path(cwd).is_dir():
             raise TargetUnavailable(f"connection `{self.name}` is unavailable: its working directory does not exist")
-        process = await self._spawn(request.command, cwd)
-        out, err = bytearray(), bytearray()
-        timed_out = False
-        try:
-            with anyio.move_on_after(request.timeout_s) as scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_drain, process.stdout, out, request.max_output_bytes)
-                    tg.start_soon(_drain, process.stderr, err, request.max_output_bytes)
-                await process.wait()
-            timed_out = scope.cancelled_caught
-        finally:
-            # Timeout, cancellation or an error: the whole process group goes, not just bash.
-            if process.returncode is None or timed_out:
-                _kill_group(process)
-                with anyio.CancelScope(shield=True):
+        async with self._turn():  # one command at a time in a writable workspace (see _turn)
+            process = await self._spawn(request.command, cwd)
+            out, err = bytearray(), bytearray()
+            timed_out = False
+            try:
+                with anyio.move_on_after(request.timeout_s) as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_drain, process.stdout, out, request.max_output_bytes)
+                        tg.start_soon(_drain, process.stderr, err, request.max_output_bytes)
                     await process.wait()
-            await process.aclose()
+                timed_out = scope.cancelled_caught
+            finally:
+                # Timeout, cancellation or an error: the whole process group goes, not just bash.
+                if process.returncode is None or timed_out:
+                    _kill_group(process)
+                    with anyio.CancelScope(shield=True):
+                        await process.wait()
+                await process.aclose()
         stdout, cut_out = decode_capped(bytes(out), request.max_output_bytes)
         stderr, cut_err = decode_capped(bytes(err), request.max_output_bytes)
         return ShellResult(None if timed_out else process.returncode, stdout, stderr, cut_out or cut_err, timed_out)

@@ -16,11 +16,11 @@ the same settings are given on git's command-line scope for repositories created
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import pwd
 import re
 import shutil
-import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -60,6 +60,8 @@ GIT_HARDENING = (("core.fsmonitor", "false"), ("core.hooksPath", "/dev/null"), (
 SYSTEM_GITCONFIG = ("[safe]\n\tdirectory = *\n[core]\n\tfsmonitor = false\n\thooksPath = /dev/null\n\tpager = cat\n"
                     "[credential]\n\thelper =\n[protocol]\n\tallow = never\n[help]\n\tformat = web\n[web]\n\tbrowser = false\n")
 MAX_WALK_ENTRIES = 50_000  # folders plus hidden files; a workspace with more is refused
+MAX_GIT_DIRS = 500
+MAX_GIT_CONFIG_BYTES = 256 << 10  # a bigger repository config is empty inside (real ones are a few KiB)
 # In a git dir: replaced by a safe copy (config) or an empty file (the others point git elsewhere).
 GIT_DIR_FILES = ("config", "config.worktree", "commondir")
 
@@ -100,7 +102,7 @@ class Sandbox:
     # workspace holding a database of the gateway's, or any of its files if the workspace is writable.
     protected: tuple[str, ...] = ()
     _runtime: Path | None = None
-    _git_cache: dict[tuple[str, int, int], Path] = field(default_factory=dict)
+    _git_cache: dict[tuple[int, ...], Path] = field(default_factory=dict)
     _walked: tuple[Walk, dict[str, tuple[int, int]]] | None = None
 
     def user(self) -> tuple[int, int]:
@@ -141,7 +143,7 @@ class Sandbox:
             if program is not None:
                 fds.append(_memfd("bastion-seccomp", program))
                 args = ["--seccomp", str(fds[-1]), *args]
-            fds.append(_memfd("bastion-bwrap-args", b"".join(arg.encode() + b"\0" for arg in args)))
+            fds.append(_memfd("bastion-bwrap-args", b"".join(os.fsencode(arg) + b"\0" for arg in args)))
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -161,7 +163,12 @@ class Sandbox:
             elif host.is_dir():
                 args += ["--ro-bind", str(host), f"/{top}"]
         args += ["--ro-bind", str(runtime / "etc"), "/etc",
-                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/home", "--dir", SANDBOX_HOME]
+                 "--proc", "/proc", "--dev", "/dev"]
+        # Memory-backed folders are sized: without a size, files in /tmp would be memory beyond any limit.
+        size = str(self.limits.memory_bytes)
+        for folder in ("/tmp", "/home", "/dev/shm"):
+            args += ["--size", size, "--tmpfs", folder]
+        args += ["--dir", SANDBOX_HOME]
         # Folders bubblewrap makes on the way to a bind copy the host's modes; inside they are plain
         # 0755 folders holding nothing else.
         for folder in reversed(Path(self.workspace).parents):
@@ -207,7 +214,7 @@ class Sandbox:
         why = (result.stderr.decode("utf-8", "replace").strip().splitlines() or ["no message"])[-1]
         if result.returncode == 99 or "Permission denied" in why:
             uid = self.user()[0]
-            raise TargetUnavailable(f"the sandbox's user (uid {uid}) cannot read the workspace {self.workspace}",
+            raise TargetUnavailable(f"the sandbox's user (uid {uid}) cannot read the workspace {self.workspace} ({why})",
                                     hint=f"Make it and the folders above it readable (chmod o+rX), give it to uid "
                                          f"{uid}, or map the connection's `users` to an account that can read it.")
         if result.returncode != 0:
@@ -234,12 +241,15 @@ class Sandbox:
         return self._walked[0]
 
     def _safe_git_config(self, path: str, runtime: Path) -> Path:
-        stat = os.stat(path)
-        key = (path, stat.st_ctime_ns, stat.st_size)
+        """The safe copy of one repository config: made once per file version, stored once per content."""
+        info = os.stat(path)
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if key not in self._git_cache:
-            out = runtime / f"gitconfig-{len(self._git_cache)}"
-            out.write_text(safe_git_config(path))
-            self._share(out)
+            text = safe_git_config(path) if info.st_size <= MAX_GIT_CONFIG_BYTES else "\n"
+            out = runtime / f"gitconfig-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+            if not out.exists():
+                out.write_text(text)
+                self._share(out)
             self._git_cache[key] = out
         return self._git_cache[key]
 
@@ -302,35 +312,34 @@ def _walk(workspace: str, hide: tuple[str, ...]) -> tuple[Walk, dict[str, tuple[
         try:
             folders[folder] = _identity(os.stat(folder))
             entries = list(os.scandir(folder))
-        except OSError as error:
-            raise TargetUnavailable(f"the sandbox cannot look into {folder} ({error.strerror}), so it cannot hide "
-                                    "what must be hidden there", hint="Make the workspace readable by the gateway, "
-                                    "or remove the folder.") from None
-        if len(folders) + len(masks) > MAX_WALK_ENTRIES or sum(len(f) for f in folders) > 64 * MAX_WALK_ENTRIES:
-            raise TargetUnavailable(f"the workspace has too many folders or hidden files for the sandbox to check",
-                                    hint="Point the connection's `cwd` at a smaller folder.")
-        names = {entry.name for entry in entries}
-        git_dir = "HEAD" in names and ("objects" in names or "commondir" in names)
-        if git_dir:
-            git_dirs.append(folder)
-        for entry in entries:
-            try:
-                kind = entry.stat(follow_symlinks=False).st_mode
-            except FileNotFoundError:
-                continue
-            if git_dir and entry.name in GIT_DIR_FILES:
-                # A plain config becomes its safe copy; a linked or special one, a worktree config or a
-                # pointer to another common dir becomes empty.
-                masks.append((entry.path, "git-config" if entry.name == "config" and stat.S_ISREG(kind) else "file"))
-            elif stat.S_ISLNK(kind):
-                continue  # a link's target is outside (invisible) or inside (judged where it is)
-            elif hidden.match(entry.name):
-                masks.append((entry.path, "dir" if stat.S_ISDIR(kind) else "file"))
-            elif stat.S_ISDIR(kind):
-                if not (git_dir and entry.name in ("objects", "lfs")):
-                    stack.append(entry.path)
-            elif not stat.S_ISREG(kind):
-                masks.append((entry.path, "file"))  # sockets, FIFOs, devices: a host socket answers a read-only bind
+            names = {entry.name for entry in entries}
+            git_dir = "HEAD" in names and ("objects" in names or "commondir" in names)
+            if git_dir:
+                git_dirs.append(folder)
+            for entry in entries:
+                # d_type from the folder listing: no system call per name
+                link = entry.is_symlink()
+                is_dir = not link and entry.is_dir(follow_symlinks=False)
+                plain = not link and not is_dir and entry.is_file(follow_symlinks=False)
+                if git_dir and entry.name in GIT_DIR_FILES:
+                    # A plain config becomes its safe copy; a linked or special one, a worktree config or a
+                    # pointer to another common dir becomes empty.
+                    masks.append((entry.path, "git-config" if entry.name == "config" and plain else "file"))
+                elif link:
+                    continue  # a link's target is outside (invisible) or inside (judged where it is)
+                elif hidden.match(entry.name):
+                    masks.append((entry.path, "dir" if is_dir else "file"))
+                elif is_dir:
+                    stack.append(entry.path)  # git's objects too: a folder moved in there is still looked at
+                elif not plain:
+                    masks.append((entry.path, "file"))  # sockets, FIFOs, devices: a socket answers a read-only bind
+        except (OSError, UnicodeError) as error:
+            raise TargetUnavailable(f"the sandbox cannot look into {folder!r} ({getattr(error, 'strerror', error)}), "
+                                    "so it cannot hide what must be hidden there",
+                                    hint="Ask the gateway's operator to remove or fix that folder.") from None
+        if len(folders) + len(masks) > MAX_WALK_ENTRIES or len(git_dirs) > MAX_GIT_DIRS:
+            raise TargetUnavailable("the workspace has too many folders, hidden files or repositories for the sandbox "
+                                    "to check", hint="Point the connection's `cwd` at a smaller folder.")
     return Walk(tuple(masks), tuple(git_dirs)), folders
 
 
