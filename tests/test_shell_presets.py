@@ -5,6 +5,9 @@ guard cannot be used to stall the gateway (budgets, vetting off the event loop).
 from __future__ import annotations
 
 import json
+import random
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from bastion.policy import Decision, Identity
 from bastion.policy.shell.decide import vet_shell_text
 from bastion.policy.shell.presets import DEVELOPER, INSPECT, developer
 from bastion.policy.shell.rules import ShellPolicy
+from bastion.policy.shell.sed import refusal as sed_refusal
 from bastion.store import SqliteAuditStore
 from bastion.tools.calls import Caller
 from bastion.tools.gateway import Gateway
@@ -183,3 +187,36 @@ def test_the_development_corpus_figures_hold() -> None:
     labelled = {k: sum(r["expected"] == k for r in rows) for k in allowed}
     assert allowed["allow"] / labelled["allow"] >= 0.95
     assert allowed["deny"] == 0
+
+
+def _gnu_sed_sandbox_refuses(script: str) -> bool:
+    """Whether GNU sed's own --sandbox mode finds an e, r or w command in ``script`` (compiled, never
+    run on anything: the input is empty)."""
+    done = subprocess.run(["sed", "--sandbox", "-n", "-e", script, "/dev/null"], capture_output=True, text=True,
+                          timeout=10, env={"PATH": "/usr/bin:/bin", "LANG": "C"})
+    return "disabled in sandbox mode" in done.stderr
+
+
+SED_ATTACKS = ["1eid", "$!e id", "s|x|y|e", "s/x/y/w out", "p;w out", "1r /etc/passwd", "R x", "W x",
+               "/a/{e id\n}", "s/[/]/x/e", "y/a/b/;e id", "a\\\nx\ne id", "1!e id", "0~1e id", "\\%x%e id",
+               "s/a/b/gpe", "1,$ { e id\n }", ":a;e id", "b x;e id", "s/x/y/;s/y/z/w f"]
+
+
+@requirement("shell:argument-rules")
+def test_sed_scripts_bastion_accepts_never_hold_e_r_or_w_for_gnu_sed() -> None:
+    """A differential check against GNU sed itself (`sed --sandbox` refuses e, r and w at compile
+    time): every script Bastion's reader accepts, from the attacks above, the golden corpus and 3,000
+    random ones, compiles under --sandbox; every attack is refused by both."""
+    if shutil.which("sed") is None or "GNU" not in subprocess.run(["sed", "--version"], capture_output=True,
+                                                                   text=True).stdout:
+        pytest.fail("this test needs GNU sed (`apt-get install sed`)")
+    rng = random.Random(14)
+    alphabet = list("p;{}!/\\ewrRWs|1$,~+aicn\n #:btyqdgGhHxl=") + ["e id", "w f", "s/a/b/", "/x/"]
+    scripts = SED_ATTACKS + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 10))) for _ in range(3000)]
+    accepted = [s for s in scripts if sed_refusal(s) is None]
+    wrong = [s for s in accepted if _gnu_sed_sandbox_refuses(s)]
+    assert not wrong, f"Bastion accepts sed scripts that GNU sed reads as e/r/w: {wrong[:10]}"
+    for attack in SED_ATTACKS:
+        assert sed_refusal(attack) is not None, attack
+        assert _gnu_sed_sandbox_refuses(attack) or attack in ("s/x/y/;s/y/z/w f",), attack
+    assert len(accepted) > 300  # the random scripts exercised the reader, not only its refusals

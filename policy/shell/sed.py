@@ -222,8 +222,9 @@ class _Reader:
                     break
                 self.i += 1
         elif c in _LABEL or c == ":":
+            # GNU sed ends a label at a blank or `;` and reads on from there: `bd e` is `b d` then `e`.
             self.blanks()
-            while self.peek() and self.peek() not in ";\n":
+            while self.peek() and self.peek() not in " \t;\n":
                 self.i += 1
         elif c == "s":
             self.substitute()
