@@ -621,6 +621,8 @@ def replay(ident: str, config_path: str | None, sandbox: str | None, include_wri
         mark = "same" if r.same else ("DIFFERS" if r.ran else "skipped")
         differ += r.ran and not r.same
         click.echo(f"  {r.step.call_id}  {mark:<8} recorded: {r.step.summary}  now: {r.now}")
+        for line in r.diff:  # the first differing rows and columns
+            click.echo(f"      {line}")
     sys.exit(1 if differ else 0)
 
 
@@ -647,8 +649,14 @@ def backtest(config_path: str, log_path: str | None, since_: str | None, example
     if not path.exists():
         raise click.ClickException(f"no audit log at {path}")
     policies = {**draft.policies(), **draft.shell_policies()}
-    result = run_backtest(SqliteAuditStore(path), policies, after=since(since_) if since_ else None, examples=examples)
+    from bastion.server.cli_audit import draft_connections
+
+    egress = {a.id: a.action for a in draft.alerts if a.kind == "egress"}
+    result = run_backtest(SqliteAuditStore(path), policies, after=since(since_) if since_ else None, examples=examples,
+                          connections=draft_connections(draft), egress=egress)
     click.echo(f"{result.calls} recorded calls decided again; {result.changed()} would change")
+    for why, count in sorted(result.not_rechecked.items()):
+        click.echo(f"  {count} kept their recorded verdict ({why})")
     for change, count in sorted(result.counts.items()):
         before, after = change.split(" → ")
         label = {("allow", "deny"): "newly denied", ("deny", "allow"): "newly allowed", ("review", "allow"): "newly allowed",

@@ -182,3 +182,34 @@ def verify_proof_command(proof_file: Any, public_key: str) -> None:
     for seq, type_ in shown:
         click.echo(f"  event {seq} ({type_}) of call {proof['call_id']} is in it")
     click.echo("ok: proved")
+
+
+def draft_connections(draft: Any) -> dict[str, Any] | None:
+    """The draft's database connections that mask, their catalogs read, for `bastion policy backtest`
+    to re-check masking verdicts; None (and a note) when they cannot be built or read."""
+    import anyio
+
+    from bastion.policy.errors import BastionError
+    from bastion.server.build import build_executor
+    from bastion.server.config import ConnectionConfig
+    from bastion.tools.backtest import refresh_catalogs
+    from bastion.tools.connections import Connection
+
+    async def build() -> dict[str, Any]:
+        policies, connections = draft.policies(), {}
+        for name, conn in draft.connections.items():
+            if isinstance(conn, ConnectionConfig) and (found := draft.masking(name)) is not None:
+                connections[name] = Connection(name, conn.kind, policies[name], build_executor(draft, name, conn),
+                                               masking=found)
+        try:
+            await refresh_catalogs(connections)
+        finally:
+            for connection in connections.values():
+                await connection.close()
+        return connections
+
+    try:
+        return anyio.run(build)
+    except (BastionError, OSError) as error:
+        click.echo(f"note: masking verdicts are not re-checked ({getattr(error, 'message', error)})", err=True)
+        return None

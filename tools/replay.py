@@ -1,10 +1,16 @@
-"""Replay: the timeline of a call or a session, and recorded reads re-run against a sandbox."""
+"""Replay: the timeline of a call or a session, and recorded calls re-run against a sandbox.
+
+A re-run is compared with the recording row by row: columns, then rows in order, then (for a write,
+which returns no rows) the rows it affected. A difference names the first differing row and its
+columns with both values; a column the recording masked shows the re-run's value only where the
+re-run masked it too (the sandbox may not mask: its raw value never reaches the report).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.policy import Identity
@@ -30,6 +36,8 @@ class Step:
     summary: str
     read_only: bool
     result: Any
+    row_count: int | None = None  # rows returned, or affected by a write (which returns none)
+    truncated: bool = False
 
 
 def timeline(store: SqliteAuditStore, ident: str) -> list[Step]:
@@ -49,7 +57,8 @@ def _step(store: SqliteAuditStore, requested: dict[str, Any]) -> Step:
     if last["type"] == "call.finished":
         result = last.get("result") or {}
         if "rows" in result:
-            summary = f"{last.get('row_count')} rows{' (truncated)' if last.get('truncated') else ''}, digest {digest(result)}"
+            summary = (f"{last.get('row_count')} rows{' (truncated)' if last.get('truncated') else ''}, digest {digest(result)}"
+                       if result.get("columns") else f"{last.get('row_count')} rows affected")
         elif "exit_code" in result:
             summary = f"exit {result['exit_code']}, {len(result.get('stdout') or '')} bytes of output"
         else:
@@ -60,7 +69,8 @@ def _step(store: SqliteAuditStore, requested: dict[str, Any]) -> Step:
     identity = requested.get("identity") or {}
     return Step(requested["call_id"], requested["time"], identity.get("subject", ""), tuple(identity.get("groups") or ()),
                 requested.get("tool") or "", requested.get("connection") or "", requested.get("text") or "",
-                decision.get("verdict", ""), last["type"], summary, bool(decision.get("read_only")), result)
+                decision.get("verdict", ""), last["type"], summary, bool(decision.get("read_only")), result,
+                last.get("row_count"), bool(last.get("truncated")))
 
 
 def digest(result: dict[str, Any]) -> str:
@@ -75,11 +85,72 @@ class Rerun:
     ran: bool
     same: bool | None
     now: str  # summary of the re-run, or why it did not run
+    diff: list[str] = field(default_factory=list)  # what differs first, for a person to read
+
+
+_SHOWN = 3  # differing rows described at most
+
+
+def _plain(rows: Any) -> list[list[Any]]:
+    """Rows as the log holds them (JSON: tuples become lists, dates and decimals text)."""
+    return json.loads(json.dumps(rows or [], default=str))
+
+
+def _masked_columns(result: dict[str, Any]) -> set[str]:
+    return set(((result or {}).get("masking") or {}).get("columns") or {})
+
+
+def compare(recorded: dict[str, Any], recorded_count: int | None, now: dict[str, Any], now_count: int,
+            *, truncated: bool = False) -> list[str]:
+    """What differs between a recorded result and a re-run's, first things first; [] when the same.
+
+    Writes return no rows: their row counts (rows affected) are compared. Truncated recordings are
+    compared on the rows both hold."""
+    out: list[str] = []
+    columns, now_columns = list(recorded.get("columns") or []), list(now.get("columns") or [])
+    if columns != now_columns:
+        out.append(f"columns: recorded {columns}, now {now_columns}")
+        return out
+    rows, now_rows = _plain(recorded.get("rows")), _plain(now.get("rows"))
+    if not columns:  # a write, or a statement that returns nothing: what it affected
+        if recorded_count is not None and recorded_count != now_count:
+            out.append(f"rows affected: {recorded_count} recorded, {now_count} now")
+        return out
+    if not truncated and recorded_count is not None and recorded_count != now_count:
+        out.append(f"row count: {recorded_count} recorded, {now_count} now")
+    hidden = _masked_columns(recorded) - _masked_columns(now)
+
+    def value(row: list[Any], i: int, column: str, mine: bool) -> str:
+        if not mine and column in hidden:
+            return "(withheld: masked in the recording, not in this re-run)"
+        return json.dumps(row[i], ensure_ascii=False, default=str)
+
+    shown = 0
+    for index in range(min(len(rows), len(now_rows)) if truncated else max(len(rows), len(now_rows))):
+        if shown >= _SHOWN:
+            out.append("…")
+            break
+        was = rows[index] if index < len(rows) else None
+        is_ = now_rows[index] if index < len(now_rows) else None
+        if was == is_:
+            continue
+        shown += 1
+        if was is None:
+            out.append(f"row {index + 1}: only now: " + ", ".join(f"{c}={value(is_, i, c, False)}"  # type: ignore[arg-type]
+                                                                for i, c in enumerate(columns)))
+        elif is_ is None:
+            out.append(f"row {index + 1}: only recorded: " + ", ".join(f"{c}={value(was, i, c, True)}"
+                                                                     for i, c in enumerate(columns)))
+        else:
+            out.append(f"row {index + 1}: " + "; ".join(
+                f"{c}: recorded {value(was, i, c, True)}, now {value(is_, i, c, False)}"
+                for i, c in enumerate(columns) if i < len(was) and i < len(is_) and was[i] != is_[i]))
+    return out
 
 
 async def rerun(gateway: Gateway, steps: list[Step], sandbox: str, *, include_writes: bool = False) -> list[Rerun]:
     """Re-run the recorded SQL calls against the ``sandbox`` connection (guarded and recorded like any
-    call, as the original identity with source `replay`) and compare row counts and digests."""
+    call, as the original identity with source `replay`) and compare the results row by row."""
     target = gateway.connections.get(sandbox)
     if target is None or not getattr(target, "sandbox", False):
         raise InvalidInput(f"`{sandbox}` is not a connection marked `sandbox = true`",
@@ -99,8 +170,9 @@ async def rerun(gateway: Gateway, steps: list[Step], sandbox: str, *, include_wr
         except BastionError as error:
             out.append(Rerun(step, False, None, error.for_agent()))
             continue
-        now = {"columns": done.result.columns, "rows": done.result.rows}
-        same = step.result is not None and digest(now) == digest(step.result) and \
-            done.result.row_count == len(step.result.get("rows") or [])
-        out.append(Rerun(step, True, same, f"{done.result.row_count} rows, digest {digest(now)}"))
+        now = {"columns": done.result.columns, "rows": done.result.rows, "masking": done.result.masking}
+        diff = compare(step.result or {}, step.row_count, now, done.result.row_count,
+                       truncated=step.truncated or done.result.truncated)
+        what = f"{done.result.row_count} rows" + (f", digest {digest(now)}" if done.result.columns else " affected")
+        out.append(Rerun(step, True, step.result is not None and not diff, what, diff))
     return out
