@@ -22,8 +22,8 @@ sign-in authlib's state, nonce and PKCE verifier; never a token.
 Every POST must carry the session's CSRF token in the hidden field ``csrf`` (compared with
 `hmac.compare_digest`) and come from this origin (Origin, else Referer, equal to the base URL's);
 otherwise it is answered 403 and nothing is decided. The page runs no script at all: the CSP
-(server/approvals_web.py) forbids every script, inline style and foreign form target, and every
-value shown is escaped with `html.escape`.
+(server/approvals_web.py) forbids every script, inline style and foreign form target. The markup is
+in Jinja2 templates (server/templates/approvals/) with autoescaping: every value shown is escaped.
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ import os
 import secrets
 import time
 from datetime import datetime
-from html import escape as e
 from typing import Any
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import httpx
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from authlib.integrations.starlette_client import OAuth, OAuthError
 from joserfc.errors import JoseError
 from starlette.applications import Starlette
@@ -58,7 +60,7 @@ from bastion.server.approvals_web import (MAX_REASON, STORE_UNAVAILABLE, base_ur
                                   list_visible, load_visible, origin)
 from bastion.server.auth import identity_from_claims
 from bastion.server.config import Config
-from bastion.store.approvals import Held, HoldStatus
+from bastion.store.approvals import HoldStatus
 from bastion.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -172,13 +174,8 @@ class Page:
         now = self.store.clock()
         mine = [h for h in holds if isinstance(refusal(identity, h), SelfApproval)]
         theirs = [h for h in holds if h not in mine]
-        csrf = self.csrf(request)
-        body = flash_html(request.session.pop("flash", None)) + "<h1>Held calls waiting for you</h1>"
-        body += "".join(hold_html(h, identity, now, self.root, csrf) for h in theirs) or \
-            '<p class="empty" id="nothing-waiting">Nothing is waiting for your decision.</p>'
-        if mine:
-            body += "<h2>Your own held calls</h2>" + "".join(hold_html(h, identity, now, self.root, csrf) for h in mine)
-        return self.layout("Held calls", body, identity, csrf)
+        return self.render(request, "index.html", "Held calls", identity, theirs=theirs, mine=mine, now=now,
+                           flash=request.session.pop("flash", None))
 
     async def detail(self, request: Request) -> Response:
         hold_id = request.path_params["hold_id"]
@@ -189,10 +186,8 @@ class Page:
             held = await load_visible(self.store, identity, hold_id)
         except BastionError as error:
             return self.failed(request, error, identity)
-        csrf = self.csrf(request)
-        body = flash_html(request.session.pop("flash", None))
-        body += hold_html(held, identity, self.store.clock(), self.root, csrf, full=True)
-        return self.layout(f"Held call {hold_id}", body, identity, csrf)
+        return self.render(request, "detail.html", f"Held call {hold_id}", identity, held=held, now=self.store.clock(),
+                           flash=request.session.pop("flash", None))
 
     async def vote(self, request: Request, approve: bool) -> Response:
         hold_id = request.path_params["hold_id"]
@@ -278,9 +273,7 @@ class Page:
         identity = self.user(request)
         if identity is None:
             return self.signed_out()
-        body = ('<h1>Sign out</h1><form id="logout-form" method="post" action="' + e(self.root) + '/logout">'
-                + csrf_field(self.csrf(request)) + '<button type="submit" id="confirm-sign-out">Sign out</button></form>')
-        return self.layout("Sign out", body, identity, self.csrf(request))
+        return self.render(request, "logout.html", "Sign out", identity)
 
     async def logout(self, request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=10)
@@ -294,19 +287,12 @@ class Page:
         return self.signed_out()
 
     def signed_out(self) -> Response:
-        body = ('<h1>Signed out</h1><p id="signed-out">You are signed out of the approvals page.</p>'
-                f'<p><a id="sign-in" href="{e(self.root)}/login">Sign in again</a></p>')
-        return self.layout("Signed out", body, None, "")
+        return self.render(None, "signed_out.html", "Signed out", None)
 
     # -- responses ----------------------------------------------------------------------------------
 
     def not_configured(self) -> Response:
-        body = ('<h1>Browser sign-in is not configured</h1><p id="not-configured">The approvals page needs an OIDC '
-                'client for its sign-in: set <code>web_client_id</code> (and its secret, by '
-                '<code>web_client_secret_env</code> or <code>web_client_secret_file</code>) in [approvals].</p>'
-                f'<p>Meanwhile approvers can use the JSON API at <code>{e(self.root)}/api/holds</code> with a bearer '
-                'token, or <code>bastion approvals</code> on the gateway\'s host.</p>')
-        return self.layout("Sign-in not configured", body, None, "", status=404)
+        return self.render(None, "not_configured.html", "Sign-in not configured", None, status=404)
 
     def failed(self, request: Request, error: BastionError, identity: Identity | None) -> Response:
         return self.message(request, http_status(error), TITLES.get(error.code, "That did not work"),
@@ -315,22 +301,15 @@ class Page:
     def message(self, request: Request, status: int, title: str, text: str, hint: str | None,
                 identity: Identity | None, *, code: str, link: tuple[str, str] | None = None) -> Response:
         target, label = link or (self.root + "/", "Back to the held calls")
-        body = (f'<h1>{e(title)}</h1><p class="error" id="error" data-code="{e(code)}">{e(text)}</p>'
-                + (f'<p class="hint">{e(hint)}</p>' if hint else "") + f'<p><a href="{e(target)}">{e(label)}</a></p>')
-        return self.layout(title, body, identity, self.csrf(request) if identity else "", status=status)
+        return self.render(request, "message.html", title, identity, status=status, text=text, hint=hint, code=code,
+                           link_target=target, link_label=label)
 
-    def layout(self, title: str, body: str, identity: Identity | None, csrf: str, status: int = 200) -> HTMLResponse:
-        who = ""
-        if identity is not None:
-            who = (f'<div class="who"><span id="who">{e(person(identity.as_record()))}</span>'
-                   f'<form id="logout" method="post" action="{e(self.root)}/logout">{csrf_field(csrf)}'
-                   '<button type="submit" id="sign-out">Sign out</button></form></div>')
-        return HTMLResponse(
-            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{e(title)} · Bastion</title><link rel="stylesheet" href="{e(self.root)}/static/approvals.css">'
-            f'</head><body><header class="bar"><a class="home" href="{e(self.root)}/">Bastion approvals</a>{who}'
-            f'</header><main>{body}</main></body></html>', status_code=status)
+    def render(self, request: Request | None, template: str, title: str, identity: Identity | None, *,
+               status: int = 200, **values: Any) -> HTMLResponse:
+        csrf = self.csrf(request) if request is not None and identity is not None else ""
+        html = TEMPLATES.get_template(f"approvals/{template}").render(
+            title=title, identity=identity, csrf=csrf, root=self.root, **values)
+        return HTMLResponse(html, status_code=status)
 
     async def stylesheet(self, request: Request) -> Response:
         return Response(CSS, media_type="text/css", headers={"cache-control": "public, max-age=3600"})
@@ -369,7 +348,7 @@ def page_app(config: Config, gateway: Any) -> Starlette:
     )
 
 
-# -- rendering (every value through e()) ----------------------------------------------------------
+# -- rendering: Jinja2 templates in server/templates/approvals/, every value autoescaped ------------
 
 TITLES = {
     "hold_not_found": "No such held call",
@@ -382,10 +361,6 @@ TITLES = {
 }
 
 
-def csrf_field(csrf: str) -> str:
-    return f'<input type="hidden" name="csrf" value="{e(csrf)}">'
-
-
 def person(record: dict[str, Any]) -> str:
     """``Name <email> (subject)``, with whatever parts there are."""
     subject, name, email = record.get("subject"), record.get("name"), record.get("email")
@@ -395,10 +370,6 @@ def person(record: dict[str, Any]) -> str:
     return text if text == subject else f"{text} ({subject})"
 
 
-def flash_html(text: Any) -> str:
-    return f'<p class="flash" id="flash" role="status">{e(text)}</p>' if isinstance(text, str) else ""
-
-
 def relative(iso: str, now: datetime) -> str:
     seconds = int((datetime.fromisoformat(iso) - now).total_seconds())
     span = abs(seconds)
@@ -406,114 +377,21 @@ def relative(iso: str, now: datetime) -> str:
     return f"in {amount}" if seconds >= 0 else f"{amount} ago"
 
 
-def hold_html(held: Held, identity: Identity, now: datetime, root: str, csrf: str, *, full: bool = False) -> str:
-    hold_id = held.hold_id
-    status = effective_status(held, now)
-    url = f"{root}/{quote(hold_id, safe='')}"
-    where = f" on {held.connection}" if held.connection else ""
-    title = (f'{e(held.tool)}{e(where)}' if full else f'<a href="{e(url)}">{e(held.tool)}{e(where)}</a>')
-    facts = [
-        ("Held call", f"<code>{e(hold_id)}</code>", "hold-id"),
-        ("Requested by", e(person({**held.requester, "subject": held.requester_subject})), "requester"),
-        ("Reason", e(held.reason) if held.reason else '<span class="none">none given</span>', "reason"),
-        ("Rule", f"<code>{e(held.rule or '')}</code>", "rule"),
-        ("Connection", e(held.connection or "none"), "connection"),
-        ("Approvers", e(", ".join(held.approver_groups)) + f" · {held.approvals} of {held.min_approvals} "
-                      f"approval{'s' if held.min_approvals != 1 else ''}", "approvers"),
-        ("Expires" if status in (HoldStatus.PENDING, HoldStatus.APPROVED) else "Expiry",
-         f'<time datetime="{e(held.expires_at)}">{e(held.expires_at)}</time> ({e(relative(held.expires_at, now))})',
-         "expires"),
-    ]
-    if held.decided_at:
-        facts.append(("Decided", f'<time datetime="{e(held.decided_at)}">{e(held.decided_at)}</time>', "decided"))
-    if held.consumed_by_call:
-        facts.append(("Used by call", f"<code>{e(held.consumed_by_call)}</code>", "consumed"))
-    rows = "".join(f'<dt>{label}</dt><dd class="{cls}">{value}</dd>' for label, value, cls in facts)
-    return (f'<article class="hold" id="{e(hold_id)}" data-hold="{e(hold_id)}" data-status="{e(status)}">'
-            f'<header><h{2 if full else 3} class="title">{title}</h{2 if full else 3}>'
-            f'<span class="status status-{e(status)}">{e(status)}</span></header>'
-            f'<pre class="text">{e(held.text)}</pre><dl class="facts">{rows}</dl>'
-            + preview_html(held.preview) + (votes_html(held) if full or held.votes else "")
-            + actions_html(held, identity, status, url, csrf) + "</article>")
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("bastion.server", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True)
+    env.filters.update({
+        "person": lambda who: person(who.as_record() if isinstance(who, Identity) else who),
+        "status": effective_status,
+        "relative": relative,
+        "urlquote": lambda value: quote(value, safe=""),
+        "pretty": lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str),
+        "refusal": lambda held, identity: refusal(identity, held),
+    })
+    env.globals.update(max_reason=MAX_REASON,
+                       csrf_field=lambda csrf: Markup('<input type="hidden" name="csrf" value="{}">').format(csrf))
+    return env
 
 
-def preview_html(preview: dict[str, Any] | None) -> str:
-    if not preview:
-        return ""
-    rows = []
-    for key, value in preview.items():
-        if isinstance(value, str) and "\n" not in value and len(value) <= 200:
-            shown = e(value)
-        elif isinstance(value, (int, float, bool)) or value is None:
-            shown = e(json.dumps(value))
-        else:
-            text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=str)
-            shown = f"<pre>{e(text)}</pre>"
-        rows.append(f"<dt>{e(str(key).replace('_', ' '))}</dt><dd>{shown}</dd>")
-    return f'<section class="preview"><h4>Impact preview</h4><dl>{"".join(rows)}</dl></section>'
-
-
-def votes_html(held: Held) -> str:
-    if not held.votes:
-        return '<section class="votes"><h4>Votes</h4><p class="none">No votes yet.</p></section>'
-    items = []
-    for vote in held.votes:
-        who = person({**(vote.identity or {}), "subject": vote.approver})
-        said = f': <q class="vote-reason">{e(vote.reason)}</q>' if vote.reason else ""
-        items.append(f'<li class="vote {"approve" if vote.approve else "deny"}"><strong>{e(who)}</strong> '
-                     f'{"approved" if vote.approve else "denied"} at <time datetime="{e(vote.at)}">{e(vote.at)}</time>'
-                     f'{said}</li>')
-    return f'<section class="votes"><h4>Votes</h4><ul>{"".join(items)}</ul></section>'
-
-
-def actions_html(held: Held, identity: Identity, status: str, url: str, csrf: str) -> str:
-    if status != HoldStatus.PENDING:
-        return ""
-    refused = refusal(identity, held)
-    if refused is not None:
-        return f'<p class="cannot-decide">{e(refused.message)}. {e(refused.hint or "")}</p>'
-    hold_id, token = e(held.hold_id), csrf_field(csrf)
-    return (
-        '<div class="actions">'
-        f'<form class="approve" data-hold="{hold_id}" method="post" action="{e(url)}/approve">{token}'
-        f'<label>Note <input type="text" name="reason" maxlength="{MAX_REASON}" placeholder="optional"></label>'
-        '<button type="submit">Approve</button></form>'
-        f'<form class="deny" data-hold="{hold_id}" method="post" action="{e(url)}/deny">{token}'
-        f'<label>Reason <input type="text" name="reason" maxlength="{MAX_REASON}" required '
-        'placeholder="required: why not, and what would pass"></label>'
-        '<button type="submit">Deny</button></form></div>')
-
-
-CSS = """\
-:root { color-scheme: light dark; --line: #8884; --muted: #777; --ok: #1a7f37; --no: #cf222e; --wait: #9a6700; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 15px/1.45 system-ui, sans-serif; }
-header.bar { display: flex; justify-content: space-between; align-items: center; gap: 1rem;
-             padding: .6rem 1.2rem; border-bottom: 1px solid var(--line); }
-header.bar .home { font-weight: 600; text-decoration: none; color: inherit; }
-.who { display: flex; align-items: center; gap: .6rem; color: var(--muted); }
-.who form { margin: 0; }
-main { max-width: 60rem; margin: 0 auto; padding: 1rem 1.2rem 3rem; }
-h1 { font-size: 1.4rem; }
-article.hold { border: 1px solid var(--line); border-radius: 8px; padding: .8rem 1rem; margin: 1rem 0; }
-article.hold > header { display: flex; justify-content: space-between; align-items: baseline; gap: 1rem; }
-article.hold h2, article.hold h3 { margin: 0; font-size: 1.1rem; }
-.status { font-size: .85rem; padding: .1rem .5rem; border-radius: 999px; border: 1px solid currentColor; }
-.status-pending { color: var(--wait); } .status-approved, .status-consumed { color: var(--ok); }
-.status-denied, .status-expired { color: var(--no); }
-pre { white-space: pre-wrap; word-break: break-word; background: #8881; padding: .6rem .8rem; border-radius: 6px; }
-dl { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; margin: .6rem 0; }
-dt { color: var(--muted); } dd { margin: 0; }
-.none { color: var(--muted); font-style: italic; }
-h4 { margin: .8rem 0 .2rem; font-size: .95rem; }
-.actions { display: flex; flex-wrap: wrap; gap: 1rem; margin-top: .8rem; }
-.actions form { display: flex; gap: .5rem; align-items: center; flex: 1 1 20rem; }
-.actions label { flex: 1; display: flex; gap: .4rem; align-items: center; }
-.actions input[type=text] { flex: 1; padding: .3rem .4rem; }
-button { padding: .35rem .9rem; border-radius: 6px; border: 1px solid var(--line); cursor: pointer; }
-form.approve button { background: var(--ok); color: #fff; }
-form.deny button { background: var(--no); color: #fff; }
-.flash { border-left: 4px solid var(--ok); padding: .4rem .8rem; background: #1a7f3714; }
-.error { border-left: 4px solid var(--no); padding: .4rem .8rem; background: #cf222e14; }
-.cannot-decide { color: var(--muted); }
-"""
+TEMPLATES = _environment()
+CSS = (Path(__file__).parent / "templates" / "approvals" / "approvals.css").read_text()

@@ -172,5 +172,6 @@ def test_the_demo_ships_in_the_wheel(tmp_path: Path) -> None:
     assert built.returncode == 0, f"building the wheel needs setuptools in this venv (pip install setuptools): {built.stderr}"
     wheel = next(tmp_path.glob("agent_bastion-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"bastion/server/demo.py", "bastion/server/demo.toml"} <= names
+    assert {"bastion/server/demo.py", "bastion/server/demo.toml", "bastion/server/templates/approvals/layout.html",
+            "bastion/server/templates/approvals/approvals.css"} <= names
     assert {n.split("/")[0] for n in names if not n.startswith("agent_bastion-")} == {"bastion"}
