@@ -16,8 +16,8 @@ before it exits.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,7 +71,7 @@ class ApprovalNotifier:
         if notice is not None:
             self.notify(notice, held)
 
-    def notify(self, notice: Notice, held: Held) -> list[threading.Thread]:
+    def notify(self, notice: Notice, held: Held) -> list[Future[None]]:
         """Send ``notice`` about ``held`` to every webhook that takes it, in the background."""
         threads = []
         for index, hook in enumerate(self.webhooks):
@@ -83,16 +83,16 @@ class ApprovalNotifier:
                                                     "webhook": hook.name or f"#{index + 1}"}))
         return threads
 
-    def held(self, held: Held) -> list[threading.Thread]:
+    def held(self, held: Held) -> list[Future[None]]:
         return self.notify("held", held)
 
-    def approved(self, held: Held) -> list[threading.Thread]:
+    def approved(self, held: Held) -> list[Future[None]]:
         return self.notify("approved", held)
 
-    def denied(self, held: Held) -> list[threading.Thread]:
+    def denied(self, held: Held) -> list[Future[None]]:
         return self.notify("denied", held)
 
-    def expired(self, held: Held) -> list[threading.Thread]:
+    def expired(self, held: Held) -> list[Future[None]]:
         return self.notify("expired", held)
 
     def flush(self, timeout_s: float = 30.0) -> bool:

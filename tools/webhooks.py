@@ -1,4 +1,4 @@
-"""Webhook delivery: POST a JSON body in a background thread, retry with exponential backoff, record
+"""Webhook delivery: POST a JSON body (httpx) in the background, retry with exponential backoff, record
 the outcome as an audit event. A failing webhook never blocks the caller and never loses what it
 reports (that is in the log already); the delivery event says how it went.
 
@@ -19,17 +19,19 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import httpx
 
 from bastion.store.sqlite_store import SqliteAuditStore
 
 log = logging.getLogger(__name__)
 Format = Literal["generic", "slack"]
 _RETRIED_STATUS = frozenset({408, 429})
+_DELIVERERS = 4  # deliveries under way at once; more wait their turn
 
 
 @dataclass(frozen=True)
@@ -41,44 +43,40 @@ class Delivery:
     detail: str
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx surfaces as an HTTPError
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
 def post_json(url: str, body: Any, *, retries: int = 3, backoff_s: float = 0.5, timeout_s: float = 5.0,
-              sleep: Callable[[float], None] = time.sleep) -> Delivery:
+              sleep: Callable[[float], None] = time.sleep, client: httpx.Client | None = None) -> Delivery:
     """POST ``body`` as JSON to ``url`` up to ``retries`` times, sleeping ``backoff_s``, then twice
-    that, and so on between attempts. Blocking; never raises."""
-    data = json.dumps(body, ensure_ascii=False, default=str).encode()
+    that, and so on between attempts. Blocking; never raises. (httpx's own transport retries cover
+    failed connects only; a 5xx or 429 is retried here, with backoff.)"""
+    owned = client is None
+    client = client or httpx.Client(follow_redirects=False, headers={"User-Agent": "bastion-webhook"})
     detail = ""
     attempts = max(retries, 1)
-    for attempt in range(1, attempts + 1):
-        retry = True
-        try:
-            request = urllib.request.Request(url, data=data, method="POST",
-                                             headers={"Content-Type": "application/json",
-                                                      "User-Agent": "bastion-webhook"})
-            with _opener.open(request, timeout=timeout_s) as response:  # noqa: S310 (a configured URL)
-                return Delivery(True, attempt, f"HTTP {response.status}")
-        except urllib.error.HTTPError as failure:
-            detail = f"HTTP {failure.code}"
-            retry = failure.code in _RETRIED_STATUS or failure.code >= 500
-        except Exception as failure:  # network errors, timeouts, a bad URL: reported, never raised
-            detail = f"{type(failure).__name__}: {str(failure)[:200]}"
-        detail = detail.replace(url, "<webhook url>")
-        if not retry:
-            return Delivery(False, attempt, detail)
-        if attempt < attempts:
-            sleep(backoff_s * 2 ** (attempt - 1))
-    return Delivery(False, attempts, detail)
+    try:
+        for attempt in range(1, attempts + 1):
+            retry = True
+            try:
+                response = client.post(url, json=body, timeout=timeout_s)
+                detail = f"HTTP {response.status_code}"
+                if response.is_success:
+                    return Delivery(True, attempt, detail)
+                retry = response.status_code in _RETRIED_STATUS or response.status_code >= 500
+            except Exception as failure:  # network errors, timeouts, a bad URL: reported, never raised
+                detail = f"{type(failure).__name__}: {str(failure)[:200]}"
+            detail = detail.replace(url, "<webhook url>")
+            if not retry:  # another 4xx, or a redirect (a POST turned into a GET would look delivered)
+                return Delivery(False, attempt, detail)
+            if attempt < attempts:
+                sleep(backoff_s * 2 ** (attempt - 1))
+        return Delivery(False, attempts, detail)
+    finally:
+        if owned:
+            client.close()
 
 
 class WebhookSender:
-    """Delivers webhooks in daemon threads and records each outcome in ``store``.
+    """Delivers webhooks from a small pool of threads (one httpx client, its connections reused) and
+    records each outcome in ``store``.
 
     ``retries``, ``backoff_s`` and ``timeout_s`` may be changed after construction (tests shorten
     the backoff). `flush` waits for deliveries still under way: a short-lived process (a CLI
@@ -89,34 +87,37 @@ class WebhookSender:
                  timeout_s: float = 5.0) -> None:
         self.store = store
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
-        self._threads: set[threading.Thread] = set()
+        self._client = httpx.Client(follow_redirects=False, headers={"User-Agent": "bastion-webhook"},
+                                    transport=httpx.HTTPTransport(retries=1))
+        self._pool = ThreadPoolExecutor(_DELIVERERS, thread_name_prefix="bastion-webhook")
+        self._pending: set[Future[None]] = set()
         self._lock = threading.Lock()
 
     def send(self, url: str, body: Any, *, event_type: str, call_id: str | None = None,
-             record: dict[str, Any] | None = None) -> threading.Thread:
+             record: dict[str, Any] | None = None) -> Future[None]:
         """Deliver ``body`` to ``url`` in the background; then append ``<event_type>.delivered`` or
         ``<event_type>.failed`` under ``call_id``, its ``result`` being ``record`` plus ``attempts``
-        and ``detail``. Returns the delivering thread (already started)."""
-        thread = threading.Thread(target=self._deliver, args=(url, body, event_type, call_id, dict(record or {})),
-                                  name="bastion-webhook", daemon=True)
+        and ``detail``."""
+        future = self._pool.submit(self._deliver, url, body, event_type, call_id, dict(record or {}))
         with self._lock:
-            self._threads.add(thread)
-        thread.start()
-        return thread
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+        return future
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait up to ``timeout_s`` for deliveries under way; True when none is left."""
-        deadline = time.monotonic() + timeout_s
         with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(max(deadline - time.monotonic(), 0.0))
+            pending = list(self._pending)
+        return not wait(pending, timeout=timeout_s).not_done
+
+    def _done(self, future: Future[None]) -> None:
         with self._lock:
-            return not any(t.is_alive() for t in self._threads)
+            self._pending.discard(future)
 
     def _deliver(self, url: str, body: Any, event_type: str, call_id: str | None, record: dict[str, Any]) -> None:
         try:
-            delivery = post_json(url, body, retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s)
+            delivery = post_json(url, body, retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s,
+                                 client=self._client)
             if self.store is not None:
                 self.store.append({
                     "type": f"{event_type}.{'delivered' if delivery.ok else 'failed'}", "call_id": call_id,
@@ -125,9 +126,6 @@ class WebhookSender:
                 log.warning("webhook delivery failed after %d attempts: %s", delivery.attempts, delivery.detail)
         except Exception:
             log.exception("recording a webhook delivery")
-        finally:
-            with self._lock:
-                self._threads.discard(threading.current_thread())
 
 
 def slack_escape(text: str) -> str:
