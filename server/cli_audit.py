@@ -156,23 +156,49 @@ def prove_command(call_id: str, config_path: str | None, size: int | None, outpu
     output.write(json.dumps(proof, ensure_ascii=False, indent=1) + "\n")
 
 
+@audit.command(name="prove-consistency")
+@click.argument("old", type=int)
+@click.argument("new", type=int, required=False)
+@config_option
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Write the proof to FILE.")
+def prove_consistency_command(old: int, new: int | None, config_path: str | None, output: Any) -> None:
+    """Print a proof (RFC 9162 consistency) that the log the signed checkpoint at OLD events vouches for
+    is a prefix of the one at NEW (default: the latest), for anyone to check with the public key.
+
+    Example: bastion audit prove-consistency 24000 -o since-24000.proof.json
+    """
+    from bastion.store.proofs import prove_consistency
+
+    try:
+        proof = prove_consistency(_store(config_path), old, new)
+    except StoreError as error:
+        raise click.ClickException(str(error)) from None
+    output.write(json.dumps(proof, ensure_ascii=False, indent=1) + "\n")
+
+
 @audit.command(name="verify-proof")
 @click.argument("proof_file", type=click.File("r", encoding="utf-8"))
 @click.option("--public-key", "public_key", type=click.Path(dir_okay=False), required=True,
               help="The log's public key (the .pub `bastion audit keygen` wrote).")
 def verify_proof_command(proof_file: Any, public_key: str) -> None:
-    """Check an inclusion proof offline: the checkpoint's signature and each event's path to its root.
+    """Check a proof offline: an inclusion proof (the checkpoint's signature, each event's path to its
+    root) or a consistency proof (both checkpoints' signatures, the older log a prefix of the newer).
     Needs no config and no log. Exit status 1 when it does not hold.
 
     Example: bastion audit verify-proof call.proof.json --public-key audit-checkpoint.pub
     """
     from bastion.store.checkpoints import open_checkpoint
-    from bastion.store.proofs import ProofError, verify_proof
+    from bastion.store.proofs import CONSISTENCY, ProofError, verify_consistency_proof, verify_proof
 
     verifier = _public_key(public_key, None, required=True)
     assert verifier is not None
     try:
         proof = json.load(proof_file)
+        if isinstance(proof, dict) and proof.get("schema") == CONSISTENCY:
+            old, new = verify_consistency_proof(proof, verifier)
+            click.echo(f"the log of {old} events signed by {verifier.name} is a prefix of its log of {new} events")
+            click.echo("ok: proved")
+            return
         shown = verify_proof(proof, verifier)
     except (ValueError, ProofError) as error:
         click.echo(f"not proved: {error}")

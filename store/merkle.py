@@ -120,3 +120,63 @@ def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], 
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == root
+
+
+def consistency_path(leaves: Sequence[bytes], old: int, new: int | None = None) -> list[bytes]:
+    """PROOF(old, D[0:new]) of RFC 9162 section 2.1.4.1: that the tree of ``old`` leaves is a prefix
+    of the tree of ``new``. Empty when old is 0 or old == new."""
+    new = len(leaves) if new is None else new
+    if not 0 <= old <= new <= len(leaves):
+        raise ValueError(f"no consistency proof from {old} to {new} leaves")
+    if old in (0, new):
+        return []
+    path: list[bytes] = []
+    low, high, whole = 0, new, True  # SUBPROOF(m, D[low:high], whole), m = old - low
+    while True:
+        n, m = high - low, old - low
+        if m == n:
+            if not whole:
+                path.append(root_of(leaves[low:high]))
+            break
+        k = _split(n)
+        if m <= k:
+            path.append(root_of(leaves[low + k:high]))
+            high = low + k
+        else:
+            path.append(root_of(leaves[low:low + k]))
+            low, whole = low + k, False
+    return path[::-1]
+
+
+def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, path: Sequence[bytes]) -> bool:
+    """RFC 9162 section 2.1.4.2: does ``path`` show the tree (old, old_root) is a prefix of (new, new_root)?"""
+    if old > new:
+        return False
+    if old == new:
+        return not path and old_root == new_root
+    if old == 0:
+        return not path  # the empty tree is a prefix of every tree
+    if not path:
+        return False
+    proof = list(path)
+    if old & (old - 1) == 0:  # an exact power of two: the old root is a node of the new tree
+        proof.insert(0, old_root)
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == old_root and sr == new_root and sn == 0

@@ -19,8 +19,8 @@ from bastion.server.cli import main
 from bastion.store import SqliteAuditStore
 from bastion.store import events as ev
 from bastion.store.checkpoints import FileWitness, Signer, Verifier, keygen
-from bastion.store.merkle import Frontier, inclusion_path, leaf_hash, root_of
-from bastion.store.proofs import ProofError, prove, verify_proof
+from bastion.store.merkle import Frontier, consistency_path, inclusion_path, leaf_hash, root_of
+from bastion.store.proofs import ProofError, prove, prove_consistency, verify_consistency_proof, verify_proof
 from tests.conftest import ROOT
 
 
@@ -92,6 +92,60 @@ def rfc9162_verify(leaf_index: int, tree_size: int, leaf_data: bytes, inclusion_
     return sn == 0 and r == root
 
 
+def subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
+    """RFC 9162 2.1.4.1: SUBPROOF(m, D[n], b), recursively."""
+    n = len(d)
+    if m == n:
+        return [] if b else [mth(d)]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    if m <= k:
+        return subproof(m, d[:k], b) + [mth(d[k:])]
+    return subproof(m - k, d[k:], False) + [mth(d[:k])]
+
+
+def rfc9162_consistent(first: int, second: int, first_hash: bytes, second_hash: bytes, consistency_path: list[bytes]) -> bool:
+    """RFC 9162 2.1.4.2, step by step (for 0 < first < second)."""
+    # 1. If consistency_path is an empty array, stop and fail the proof verification.
+    if not consistency_path:
+        return False
+    # 2. If first is an exact power of 2, then prepend first_hash to the consistency_path array.
+    path = list(consistency_path)
+    if first & (first - 1) == 0:
+        path = [first_hash] + path
+    # 3. Set fn to first - 1 and sn to second - 1.
+    fn, sn = first - 1, second - 1
+    # 4. If LSB(fn) is set, then right-shift both fn and sn equally until LSB(fn) is not set.
+    while fn % 2 == 1:
+        fn //= 2
+        sn //= 2
+    # 5. Set both fr and sr to the first value in the consistency_path array.
+    fr = sr = path[0]
+    # 6. For each subsequent value c in the consistency_path array:
+    for c in path[1:]:
+        # a. If sn is 0, then stop the iteration and fail the proof verification.
+        if sn == 0:
+            return False
+        # b. If LSB(fn) is set, or if fn is equal to sn, then:
+        if fn % 2 == 1 or fn == sn:
+            fr = sha(b"\x01" + c + fr)  # i.
+            sr = sha(b"\x01" + c + sr)  # ii.
+            # iii. If LSB(fn) is not set, then right-shift both fn and sn equally until either LSB(fn)
+            #      is set or fn is 0.
+            if fn % 2 == 0:
+                while not (fn % 2 == 1 or fn == 0):
+                    fn //= 2
+                    sn //= 2
+        else:  # Otherwise: Set sr to HASH(0x01 || sr || c).
+            sr = sha(b"\x01" + sr + c)
+        # c. Finally, right-shift both fn and sn one time.
+        fn //= 2
+        sn //= 2
+    # 7. Verify that fr is first_hash, sr is second_hash, and sn is 0.
+    return fr == first_hash and sr == second_hash and sn == 0
+
+
 def note_checkpoint(note: str, public_key_line: str) -> tuple[str, int, bytes]:
     """c2sp.org/signed-note + tlog-checkpoint, parsed and verified independently of bastion.store."""
     name, key_hex, key_b64 = public_key_line.split("+", 2)
@@ -120,6 +174,12 @@ CT_ROOTS = ["6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
             "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
             "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"]
+CT_CONSISTENCY = {(1, 8): ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                           "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                           "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"],
+                  (6, 8): ["0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                           "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                           "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7"]}
 CT_PATHS = {(0, 8): ["96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
                      "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
                      "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4"],
@@ -137,6 +197,21 @@ def test_the_tree_gives_the_rfc_6962_test_vectors() -> None:
     assert Frontier().root() == sha(b"")
     for (m, n), expected in CT_PATHS.items():
         assert [h.hex() for h in inclusion_path(leaves, m, n)] == expected
+    for (m, n), expected in CT_CONSISTENCY.items():
+        assert [h.hex() for h in consistency_path(leaves, m, n)] == expected
+
+
+def test_consistency_proofs_agree_with_the_rfc_at_every_pair_of_sizes() -> None:
+    data = [f"event {i}".encode() for i in range(40)]
+    leaves = [leaf_hash(d) for d in data]
+    for n in range(1, len(data) + 1):
+        for m in range(1, n):
+            proof = consistency_path(leaves, m, n)
+            assert proof == subproof(m, data[:n], True)
+            assert rfc9162_consistent(m, n, mth(data[:m]), mth(data[:n]), proof)
+            forked = data[:m - 1] + [b"rewritten"] + data[m:n]
+            assert not rfc9162_consistent(m, n, mth(forked[:m]), mth(data[:n]), proof)
+            assert not rfc9162_consistent(m, n, mth(data[:m]), mth(forked), proof)
 
 
 def test_roots_and_paths_agree_with_the_recursive_definition_at_every_size() -> None:
@@ -255,3 +330,20 @@ def test_prove_and_verify_proof_from_the_command_line_and_the_standalone_script(
     done = subprocess.run([sys.executable, str(ROOT / "docs" / "verify_proof.py"), str(proof_file), str(public)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 1 and "not proved: event 25 is not in the signed log" in done.stdout
+
+
+def test_a_consistency_proof_between_two_checkpoints_checks_offline(signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+    store, signer, public, tmp_path = signed
+    store.checkpoint()
+    proof = json.loads(json.dumps(prove_consistency(store, 8)))
+    old, new = note_checkpoint(proof["old"], public.read_text().strip()), note_checkpoint(proof["new"], public.read_text().strip())
+    assert (old[1], new[1]) == (8, 26)
+    assert rfc9162_consistent(8, 26, old[2], new[2], [base64.b64decode(h) for h in proof["path"]])
+    assert verify_consistency_proof(proof, signer.verifier) == (8, 26)
+    proof_file = tmp_path / "consistency.json"
+    proof_file.write_text(json.dumps(proof))
+    result = CliRunner().invoke(main, ["audit", "verify-proof", str(proof_file), "--public-key", str(public)])
+    assert result.exit_code == 0 and "the log of 8 events signed by audit.test.example/log is a prefix of its log of 26" in result.output
+    proof["path"] = proof["path"][::-1]
+    with pytest.raises(ProofError, match="not a prefix"):
+        verify_consistency_proof(proof, signer.verifier)
