@@ -122,12 +122,12 @@ def test_developer_runs_the_named_build_and_test_commands_only() -> None:
 @requirement("shell:redirects")
 def test_developer_writes_inside_the_workspace_only() -> None:
     for text in ["mkdir -p build && touch build/x", "echo x > notes.txt", "sed -i 's/a/b/' src/x.py",
-                 "cp a.py b.py", "git add -A && git commit -m msg", "echo x | tee out.log"]:
+                 "cp a.py b.py", "git apply fix.patch", "echo x | tee out.log"]:
         decision, _ = decide(DEVELOPER, text)
         assert decision.allowed, f"{text}: {decision.reason}"
     for text in ["echo x > /etc/motd", "cp a.py /usr/local/bin/", "rm -rf /", "cd /testbed && echo x > ../x",
                  "rm -rf /tmp/x", "cat > /tmp/x.py <<'EOF'\nx\nEOF",
-                 "sed -n 'w /etc/x' f"]:
+                 "sed -n 'w /etc/x' f", "git add -A && git commit -m msg"]:
         assert not decide(DEVELOPER, text)[0].allowed, text
     assert not decide(INSPECT, "echo x > notes.txt")[0].allowed
 

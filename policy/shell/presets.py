@@ -38,7 +38,10 @@ INSPECT = ShellRule(
 # SSH host it is the host's own, shared /tmp (the local sandbox's is private; write there with a path
 # inside the workspace instead).
 DEVELOPER_PROGRAMS = INSPECT_PROGRAMS | frozenset({"mkdir", "touch", "cp", "mv", "rm", "rmdir", "tee", "patch"})
-DEVELOPER_GIT = INSPECT_GIT | frozenset({"add", "apply", "checkout", "commit", "mv", "restore", "rm", "stash", "switch"})
+# No git writes (add, commit, checkout, ...): in the local sandbox a repository's git dir is read-only, so
+# hooks and config cannot be planted there for the host's own git later. `git apply` writes the work tree.
+# A rule may name more subcommands for an SSH host or an unsandboxed connection.
+DEVELOPER_GIT = INSPECT_GIT | frozenset({"apply"})
 
 DEVELOPER = replace(INSPECT, id="developer", preset="developer", programs=DEVELOPER_PROGRAMS,
                     git_subcommands=DEVELOPER_GIT, redirects="write", write_paths=("/dev/null", "*"))
