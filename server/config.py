@@ -604,5 +604,5 @@ def parse(data: dict[str, Any], *, source: str, base_dir: Path, text: str | None
         return config
     except ValidationError as error:
         raise ConfigError(config_errors.explain(source, text, error, Config)) from None
-    except ValueError as error:
-        raise ConfigError(f"{source}: {error}") from None
+    except ValueError as error:  # a check across keys (a rule id used twice): at the line it names
+        raise ConfigError(config_errors.locate(source, text, str(error))) from None

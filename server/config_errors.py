@@ -287,3 +287,14 @@ def toml_error(source: str, text: str, error: Exception) -> str:
         what = "this key is given twice in the same table"
     shown = lines[number - 1].strip() if number and 0 < number <= len(lines) else ""
     return f"{source}{f':{number}' if number else ''}: not valid TOML: {what}" + (f": `{shown}`" if shown else "")
+
+
+def locate(source: str, text: str | None, message: str) -> str:
+    """A config-level error (raised after the keys validated, e.g. a rule id used twice) at the line
+    that holds the value it names in backticks: the last such line, where the clash shows."""
+    named = re.search(r"`([^`]+)`", message)
+    if text is None or named is None:
+        return f"{source}: {message}"
+    value = re.escape(named.group(1))
+    hits = [n for n, line in enumerate(text.splitlines(), 1) if re.search(rf"""=\s*["']{value}["']""", _strip_comment(line))]
+    return f"{source}:{hits[-1]}: {message}" if hits else f"{source}: {message}"
