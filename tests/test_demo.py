@@ -86,6 +86,7 @@ async def test_the_demo_runs_with_nothing_else_and_every_command_takes_its_confi
 
 
 def test_the_default_data_directory_is_per_user_and_printed_on_start(tmp_path: Path) -> None:
+    tmp_path.chmod(0o700)  # closed to others, as a home folder is
     env = {"XDG_DATA_HOME": str(tmp_path / "xdg")}
     started = subprocess.run([BASTION, "demo"], input="", capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     expected = tmp_path / "xdg" / "bastion" / "demo"
