@@ -220,3 +220,15 @@ def test_sed_scripts_bastion_accepts_never_hold_e_r_or_w_for_gnu_sed() -> None:
         assert sed_refusal(attack) is not None, attack
         assert _gnu_sed_sandbox_refuses(attack) or attack in ("s/x/y/;s/y/z/w f",), attack
     assert len(accepted) > 300  # the random scripts exercised the reader, not only its refusals
+
+
+@requirement("shell:brace-expansion")
+@pytest.mark.parametrize("text", ["ls -" + "a" * 30_000, "ls -" + "~" * 30_000, "ls -" + "/" * 30_000,
+                                  " ".join(["ls -" + "a~" * 128 + "x" * 3000] * 9), "cat " + "a/" * 15_000,
+                                  "ls " + "*" * 30_000 + "x", "echo " + "$(echo " * 60 + "x" + ")" * 60])
+def test_no_text_under_the_size_limit_holds_the_guard_for_long(text: str) -> None:
+    """Texts built to make the analysis or the path checks slow (long attached option values, many
+    slashes or tildes, long globs, deep substitutions) are decided within seconds of CPU."""
+    started = time.thread_time()
+    decide(INSPECT, text)
+    assert time.thread_time() - started < 5.0

@@ -270,8 +270,19 @@ def check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[
         yield from _check_paths(rule, analysis, directory, cwd)
 
 
+# An argument with more slashes and tildes than this is refused before its paths are judged (each
+# may start an attached path, -fPATH: judging is quadratic in them).
+MAX_ARGUMENT_SLASHES = 256
+
+
 def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
     for command in all_commands(analysis):
+        long = next((w for w in command.args if w.value.count("/") + w.value.count("~") > MAX_ARGUMENT_SLASHES), None)
+        if long is not None:
+            yield Outcome("none", f"{rule.id}:path", f"an argument of {len(long.value):,} characters holding "
+                          f"{long.value.count('/') + long.value.count('~'):,} slashes or tildes cannot be checked as a path",
+                          hint="Send shorter arguments (a pattern file inside the workspace can be read with -f).")
+            continue
         words = list(command.args) + [r.target for r in command.redirects
                                       if r.target and r.op not in ("<<", "<<-", "<<<")]  # text, not a path
         name = command.program.value.rsplit("/", 1)[-1] if command.program else ""
@@ -362,7 +373,9 @@ def _path_forms(word: Word, cwd: str) -> Iterator[str | None]:
     if "=" in text:
         candidates.append(text.split("=", 1)[1])  # --file=PATH, if=PATH
     elif text.startswith("-") and not text.startswith("--"):
-        candidates += [text[k:] for k in range(2, len(text))]  # -fPATH, -rfPATH: any attached value
+        # -fPATH, -rfPATH: any attached value. A pattern starting with * matches a value at k = 2 as
+        # well as later; one anchored at / or ~ needs a value starting there: so only those (linear).
+        candidates += [text[k:] for k in range(2, len(text)) if k == 2 or text[k] in "/~"]
     for candidate in candidates:
         if "~" in candidate and any(s.kind == TILDE for s in word.segments):
             candidate = re.sub(r"(^|[=:])~[^/:]*", lambda m: m.group(1) + _HOME, candidate)
