@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from bastion.policy import Identity, Limits, analyse
@@ -191,5 +192,20 @@ role = "{roles.bob}"
         mine = await ex.run(RunRequest(analyse("SELECT current_user, session_user FROM notes", "postgres").statements,
                                        True, Limits(), ALICE, roles.alice))
         assert mine.rows == [[roles.alice, roles.alice]]
+    finally:
+        await ex.close()
+
+
+async def test_a_connection_reset_between_many_calls_stays_usable_and_a_preview_runs_one_statement(roles: Roles) -> None:
+    """DISCARD ALL deallocates prepared statements, so the driver prepares none: a statement repeated
+    past psycopg's preparing threshold must not name one the server dropped. The preview, outside a
+    pipeline, still goes through the extended protocol, which refuses a second statement."""
+    ex = executor(roles, logins=False, max_connections=1)
+    try:
+        for _ in range(12):
+            with anyio.fail_after(10):
+                assert (await ex.run(request(roles.alice, "SELECT count(*) FROM notes"))).rows == [[1]]
+        with pytest.raises(QueryRejected, match="multiple commands"):
+            await ex.preview(RunRequest(forged("SELECT 1; SELECT 2"), False, Limits(), ALICE, roles.alice))
     finally:
         await ex.close()

@@ -104,6 +104,9 @@ class PostgresExecutor:
         # autocommit: Bastion writes BEGIN itself, so it goes out in the same pipeline as the rest
         # (psycopg's implicit BEGIN is a round trip of its own there).
         kwargs["autocommit"] = True
+        # No server-side prepared statements: DISCARD ALL between calls deallocates them, and psycopg,
+        # mid-pipeline, would then name one the server no longer has (the call hangs, then fails).
+        kwargs["prepare_threshold"] = None
         self._kwargs = kwargs
         self.pool = self._new_pool(kwargs, name)
         self.role_logins: dict[str, str | None] = dict(role_logins or {})
@@ -335,10 +338,10 @@ class PostgresExecutor:
                     for statement in request.statements:
                         item: dict[str, Any] = {"kind": statement.kind.value}
                         if statement.kind in EXPLAINED:
-                            cur = await conn.execute(sql.SQL("EXPLAIN ") + sql.SQL(statement.text), prepare=True)
+                            cur = await _extended(conn, sql.SQL("EXPLAIN ") + sql.SQL(statement.text))
                             item["plan"] = "\n".join(row[0] for row in await cur.fetchall())
                         if statement.kind in DRY_RUN:
-                            cur = await conn.execute(statement.text, prepare=True)
+                            cur = await _extended(conn, statement.text)
                             item["rows"] = max(cur.rowcount, 0)
                         else:
                             item["dry_run"] = no_dry_run_reason(statement.kind)
@@ -424,6 +427,14 @@ class _Sent:
             await cur.execute(f"FETCH FORWARD {self.size} FROM {self.declared}")
             batch = await cur.fetchall()
         return self.budget.result(columns)
+
+
+async def _extended(conn: psycopg.AsyncConnection[Any], query: Any) -> psycopg.AsyncCursor[Any]:
+    """Run one statement through the extended protocol, which refuses a second statement in the
+    text (a pipeline always uses it; a plain execute without parameters would use the simple one)."""
+    async with conn.pipeline():
+        cur = await conn.execute(query)
+    return cur
 
 
 async def _reset_session(conn: psycopg.AsyncConnection[Any]) -> None:
