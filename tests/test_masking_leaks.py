@@ -169,3 +169,18 @@ preset = "read-only"
         failed = await client.call_tool("sql_query", {"connection": "app", "sql": "SELECT json_extract('{}', secret) FROM accounts"})
     assert failed.is_error and SECRET not in failed.content[0].text, failed.content[0].text
     assert SECRET not in log_text(path)
+
+
+@requirement("mask:inference-channel")
+async def test_arithmetic_limit_offset_and_division_cannot_spell_out_a_masked_value(
+        client: Client, config: Path, vault: tuple[PgServer, str, str]) -> None:
+    pg = vault[0]
+    oracle = "SELECT count(*) FROM vault.accounts a, generate_series(1, ascii(substr(a.secret, 1, 1))) WHERE a.id = 1"
+    assert pg.execute(oracle) == [(ord(SECRET[0]),)]  # straight to the server, the count is the first letter
+    for text in (oracle.replace("vault.", ""),
+                 "SELECT count(*) FROM accounts a CROSS JOIN LATERAL generate_series(1, length(a.secret)) g WHERE a.id = 1",
+                 "SELECT id FROM accounts ORDER BY id LIMIT (SELECT ascii(secret) FROM accounts WHERE id = 1)",
+                 "SELECT id FROM accounts ORDER BY id OFFSET (SELECT ascii(substr(secret, 2, 1)) - 100 FROM accounts WHERE id = 1)",
+                 "SELECT 1 / (ascii(substr(secret, 1, 1)) - 116) FROM accounts WHERE id = 1"):
+        refused = await client.call_tool("sql_query", {"connection": "vault", "sql": text})
+        assert refused.is_error and "vault.accounts.secret" in refused.content[0].text, (text, refused.content[0].text)

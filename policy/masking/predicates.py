@@ -15,6 +15,9 @@ Masking the outputs cannot stop that, so each such use is a fact here, and the r
     order, group   ORDER BY, GROUP BY, DISTINCT ON
     partition, window-order   a window's PARTITION BY / ORDER BY
     distinct-count count(DISTINCT col)
+    filter         also: LIMIT / OFFSET sized by it, an argument of a function in FROM (the rows
+                   `generate_series(1, ascii(substr(secret, i, 1)))` gives spell the value out), and
+                   a divisor anywhere (division by zero is an oracle), the select list included
 
 The comparison nearest the column names the use (``ORDER BY email = 'x'`` is equality); the
 clause it sits in is kept as well. A comparison inside a select-list expression is not a channel:
@@ -46,7 +49,8 @@ _COMPARISONS: dict[type[exp.Expression], str] = {
 }
 # Clause → the use when no comparison is nearer.
 _CLAUSE_USE = {"where": "filter", "having": "filter", "join": "join", "order": "order", "group": "group",
-               "partition": "partition", "window-order": "window-order", "distinct-count": "distinct-count"}
+               "partition": "partition", "window-order": "window-order", "distinct-count": "distinct-count",
+               "limit": "filter", "from": "filter", "divisor": "filter"}
 # Subqueries whose select list is a value of the enclosing expression.
 _VALUE_SCOPES = (ScopeType.SUBQUERY, ScopeType.SET_OPERATION)
 
@@ -150,6 +154,14 @@ def _classify(column: exp.Expression, scopes: dict[int, Scope]) -> tuple[str, st
 
 
 def _clause(parent: exp.Expression, key: str) -> str | None:
+    if isinstance(parent, (exp.Div, exp.IntDiv, exp.Mod)) and key == "expression":
+        return "divisor"  # whether it errors depends on the value, wherever it is
+    if isinstance(parent, (exp.Limit, exp.Offset, exp.Fetch)):
+        return "limit"
+    if isinstance(parent, (exp.Table, exp.Lateral)) and key == "this" and isinstance(parent.this, exp.Func):
+        return "from"  # the rows a table function gives depend on its arguments
+    if isinstance(parent, exp.Unnest) and isinstance(parent.parent, (exp.From, exp.Join, exp.Table, exp.Lateral)):
+        return "from"
     if isinstance(parent, exp.Where):
         # FILTER (WHERE ...) belongs to an aggregate in the select list: its output is masked.
         return None if isinstance(parent.parent, exp.Filter) else "where"
@@ -204,12 +216,15 @@ def _candidates(name: str, aliases: dict[str, str], catalog: Catalog) -> set[str
 def _reason(column: str, masker: str, use: PredicateUse) -> str:
     clause = {"where": "WHERE", "having": "HAVING", "join": "a JOIN condition", "order": "ORDER BY",
               "group": "GROUP BY", "partition": "a window's PARTITION BY", "window-order": "a window's ORDER BY",
-              "distinct-count": "count(DISTINCT ...)"}.get(use.clause, use.clause)
+              "distinct-count": "count(DISTINCT ...)", "limit": "LIMIT/OFFSET", "from": "FROM",
+              "divisor": "an expression"}.get(use.clause, use.clause)
     what = {"equality": "compares it with a value", "like": "matches it against a pattern",
             "regex": "matches it against a regular expression", "range": "compares it with a range",
             "filter": "filters rows on it", "null-check": "tests it for NULL", "join": "joins on it",
             "order": "orders rows by it", "group": "groups rows by it", "partition": "partitions rows by it",
             "window-order": "orders a window by it", "distinct-count": "counts its distinct values"}[use.use]
+    what = {"limit": "sizes the result by it", "from": "passes it to a function that makes rows",
+            "divisor": "divides by it (an error says when it is zero)"}.get(use.clause, what)
     channel = ("each answer reveals part of the masked value" if use.use in PROBING
                else "the shape of the answer reveals something of the masked values")
     unsure = f" (`{use.name}` could not be resolved exactly, so it is taken to be it)" if use.why else ""
