@@ -150,6 +150,11 @@ CREATE CAST (int AS fc.wrapped) WITH FUNCTION fc.to_wrapped(int);
 CREATE FUNCTION fc.upper(x int) RETURNS text LANGUAGE plpgsql SECURITY DEFINER
   AS $$ BEGIN INSERT INTO fc.canary VALUES ('shadow'); RETURN x::text; END $$;
 CREATE FUNCTION fc.double_it(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT x * 2';
+-- Reading a view runs what it calls: a function of the database's own, or a volatile built-in.
+CREATE VIEW fc.sneaky AS SELECT fc.log_canary() AS x;
+CREATE VIEW fc.sneakier AS SELECT * FROM fc.sneaky;
+CREATE VIEW fc.locking AS SELECT pg_try_advisory_lock(4243) AS locked;
+CREATE VIEW fc.plain AS SELECT id, upper(item) AS item FROM fc.orders;
 """
 
 
@@ -186,7 +191,7 @@ accept_rights = ["pg_read_server_files"]  # so that the attacks would work if th
   [[connections.ro.rules]]
   id = "analysts"
   preset = "read-only"
-  read_tables = ["fc.orders", "fc.canary"]
+  read_tables = ["fc.orders", "fc.canary", "fc.plain"]
   allow_functions = ["fc.double_it"]
 
 [connections.rw]
@@ -198,7 +203,7 @@ accept_rights = ["pg_read_server_files"]
   [[connections.rw.rules]]
   id = "writers"
   preset = "read-write"
-  read_tables = ["fc.orders", "fc.canary"]
+  read_tables = ["fc.orders", "fc.canary", "fc.sneaky", "fc.sneakier", "fc.locking", "fc.plain"]
   write_tables = ["fc.orders"]
 """)
     return config
@@ -271,6 +276,21 @@ async def test_a_function_defined_in_the_database_does_not_run_in_any_syntax(
             message = refused.content[0].text
             assert "not built into PostgreSQL" in message and "allow_functions" in message, message
     assert canaries(pg) == before == []
+
+
+@requirement("sql:function-catalog")
+async def test_reading_a_view_judges_what_its_definition_calls(client: Client, fc_server: tuple[PgServer, str]) -> None:
+    pg, login = fc_server
+    assert direct(pg, login, "SELECT * FROM sneakier", canary=True)  # reading it writes the canary
+    for text, said in (("SELECT * FROM sneaky", "called by the view `fc.sneaky`"),
+                       ("SELECT * FROM sneakier", "called by the view `fc.sneaky`"),
+                       ("SELECT * FROM locking", "pg_try_advisory_lock")):
+        refused = await client.call_tool("sql_query", {"connection": "rw", "sql": text})
+        assert refused.is_error and said in refused.content[0].text, refused.content[0].text
+    assert canaries(pg) == []
+    assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    ok = await client.call_tool("sql_query", {"connection": "ro", "sql": "SELECT item FROM plain ORDER BY id"})
+    assert not ok.is_error and ok.structured_content["rows"] == [["APPLE"], ["PEAR"]], ok.content[0].text
 
 
 async def test_built_in_reads_run_and_a_named_function_passes(client: Client) -> None:

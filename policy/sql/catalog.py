@@ -29,11 +29,11 @@ A reference that resolves to nothing is denied: what Bastion cannot name, it doe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bastion.policy.outcome import Outcome
 from bastion.policy.rules import SqlRule
-from bastion.policy.sql import dangerous_functions
+from bastion.policy.sql import dangerous_functions, postgres_parser
 from bastion.policy.sql.facts import WRITE_KINDS, FunctionRef, Statement
 
 # What tools/ runs to read the catalog. A function is built in when PostgreSQL's initdb made it:
@@ -60,6 +60,13 @@ WITH RECURSIVE d(parent, child) AS (
 SELECT pn.nspname || '.' || p.relname, cn.nspname || '.' || c.relname
 FROM d JOIN pg_catalog.pg_class p ON p.oid = d.parent JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
        JOIN pg_catalog.pg_class c ON c.oid = d.child JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+"""
+# Views' definitions, printed with search_path = pg_catalog (so every other name comes qualified):
+# reading a view runs the functions and operators it calls.
+VIEWS_SQL = """
+SELECT n.nspname || '.' || c.relname, pg_catalog.pg_get_viewdef(c.oid)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
 """
 # A cast to a type runs the type's input function (from a literal) or a cast function into it.
 TYPES_SQL = """
@@ -138,12 +145,14 @@ class FunctionCatalog:
     # Every relation as schema.name, and each one's inheritance children and partitions (any depth).
     relations: frozenset[str] = frozenset()
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Each view's function references and the relations it reads (None: its definition cannot be parsed).
+    views: Mapping[str, tuple[frozenset[FunctionRef], frozenset[str]] | None] = field(default_factory=dict)
 
     @classmethod
     def build(cls, procs: Iterable[tuple], operators: Iterable[tuple], types: Iterable[tuple],  # type: ignore[type-arg]
               search_path: Iterable[str], relations: Iterable[tuple] = (),  # type: ignore[type-arg]
-              inherits: Iterable[tuple] = ()) -> FunctionCatalog:  # type: ignore[type-arg]
-        """From the rows of PROCS_SQL, OPERATORS_SQL, TYPES_SQL, RELATIONS_SQL and INHERITS_SQL."""
+              inherits: Iterable[tuple] = (), views: Iterable[tuple] = ()) -> FunctionCatalog:  # type: ignore[type-arg]
+        """From the rows of PROCS_SQL, OPERATORS_SQL, TYPES_SQL, RELATIONS_SQL, INHERITS_SQL and VIEWS_SQL."""
         by_oid = {int(r[0]): Proc(int(r[0]), r[1], r[2], int(r[3]), int(r[4]), bool(r[5]), str(r[6]), bool(r[7]))
                   for r in procs}
         by_name: dict[str, list[Proc]] = {}
@@ -167,7 +176,29 @@ class FunctionCatalog:
         return cls({k: tuple(v) for k, v in by_name.items()}, {k: tuple(v) for k, v in ops.items()},
                    {k: tuple(v) for k, v in typ.items()}, path, by_oid,
                    frozenset(f"{schema}.{name}" for schema, name in relations),
-                   {k: tuple(sorted(set(v))) for k, v in kids.items()})
+                   {k: tuple(sorted(set(v))) for k, v in kids.items()},
+                   {name: postgres_parser.view_facts(definition or "") for name, definition in views})
+
+    def view_calls(self, relations: Iterable[str]) -> list[tuple[str, FunctionRef | None]]:
+        """The function references of every view among ``relations`` and of the views they read, at
+        any depth, with the view each is in; None for a view whose definition cannot be read."""
+        out: list[tuple[str, FunctionRef | None]] = []
+        seen: set[str] = set()
+        stack = list(relations)
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in self.views:
+                continue
+            seen.add(name)
+            facts = self.views[name]
+            if facts is None:
+                out.append((name, None))
+                continue
+            # Printed with search_path = pg_catalog, an unqualified name in a definition is pg_catalog's.
+            out.extend((name, replace(ref, schema=ref.schema or "pg_catalog"))
+                       for ref in sorted(facts[0], key=lambda r: (r.how, r.schema or "", r.name, r.nargs)))
+            stack.extend(facts[1])
+        return out
 
     def relation(self, name: str, unqualified: bool) -> str:
         """Where PostgreSQL finds a relation: an unqualified name in the first schema of the search
@@ -261,6 +292,22 @@ def judge(rule: SqlRule, stmt: Statement, catalog: FunctionCatalog) -> Outcome |
             outcome = judge_function(rule, proc, ref)
             if outcome is not None:
                 return outcome
+    # A view runs what its definition calls, as if the text had called it.
+    for view, ref in catalog.view_calls(catalog.tables(stmt)[0]):
+        if ref is None:
+            return Outcome("none", f"{rule.id}:function", f"the definition of view `{view}` cannot be read, so Bastion "
+                           "cannot tell which functions reading it runs", hint="Read the tables it is built on instead.")
+        if ref.how in ("call", "attribute") and runs_sql_text(ref.name):
+            return sql_text_outcome(rule, f"{ref.label}` in view `{view}")
+        procs = catalog.resolve(ref)
+        if procs is None:
+            return Outcome("none", f"{rule.id}:function", f"the view `{view}` calls `{ref.label}`, which PostgreSQL cannot "
+                           "resolve on this connection's search path; what Bastion cannot resolve, it does not run",
+                           hint="Read the tables it is built on instead.")
+        for proc in procs:
+            outcome = judge_function(rule, proc, ref, view=view)
+            if outcome is not None:
+                return outcome
     return None
 
 
@@ -271,9 +318,11 @@ def sql_text_outcome(rule: SqlRule, label: str) -> Outcome:
                    hint="Write the query itself as plain SQL instead.")
 
 
-def judge_function(rule: SqlRule, proc: Proc, ref: FunctionRef) -> Outcome | None:
+def judge_function(rule: SqlRule, proc: Proc, ref: FunctionRef, view: str | None = None) -> Outcome | None:
     """One function ``ref`` may run, against one rule (see the module docstring for the order)."""
     via = {"call": "", "attribute": f" (reached as `{ref.label}`, attribute notation)"}.get(ref.how, f" (run by the {ref.label})")
+    if view is not None:
+        via = f" (called by the view `{view}`)"
     if runs_sql_text(proc.name):
         return sql_text_outcome(rule, proc.qualified + "()")
     if _named(rule, proc):
@@ -301,8 +350,9 @@ def judge_function(rule: SqlRule, proc: Proc, ref: FunctionRef) -> Outcome | Non
 def changes_state(stmt: Statement, catalog: FunctionCatalog) -> bool:
     """Whether a reference in ``stmt`` may run a volatile function that is not harmless (or one
     Bastion cannot resolve): such a call cannot run in a READ ONLY transaction."""
-    for ref in stmt.calls:
-        procs = catalog.resolve(ref)
+    refs: list[FunctionRef | None] = list(stmt.calls) + [ref for _, ref in catalog.view_calls(catalog.tables(stmt)[0])]
+    for ref in refs:
+        procs = catalog.resolve(ref) if ref is not None else None
         if procs is None:
             return True
         if any(p.volatility == "v" and not (p.builtin and p.name in HARMLESS_VOLATILE) for p in procs):

@@ -278,6 +278,36 @@ def uses_unicode_escapes(text: str) -> bool:
         return False
 
 
+def relations(node: Any, out: set[str]) -> None:
+    """Every relation a tree reads (RangeVar), as schema.name; unqualified ones as pg_catalog's: a view
+    definition printed with search_path = pg_catalog qualifies everything else."""
+    if isinstance(node, list):
+        for value in node:
+            relations(value, out)
+        return
+    if not isinstance(node, dict):
+        return
+    ref = node.get("RangeVar")
+    if isinstance(ref, dict) and ref.get("relname"):
+        out.add(f"{ref.get('schemaname') or 'pg_catalog'}.{ref['relname']}")
+    for value in node.values():
+        relations(value, out)
+
+
+def view_facts(definition: str) -> tuple[frozenset[FunctionRef], frozenset[str]] | None:
+    """The function references and relations of a view's definition; None when it cannot be parsed."""
+    try:
+        tree = json.loads(pg.parse_sql_json(definition))
+    except Exception:  # judged as unresolvable: reading the view is denied
+        return None
+    calls: set[FunctionRef] = set()
+    reads: set[str] = set()
+    for item in tree.get("stmts", []):
+        _calls(item["stmt"], calls)
+        relations(item["stmt"], reads)
+    return frozenset(calls), frozenset(reads)
+
+
 def parse(text: str) -> list[PgStatement]:
     try:
         raw = pg.parse_sql_json(text)

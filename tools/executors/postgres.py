@@ -182,10 +182,13 @@ class PostgresExecutor:
                         types = await (await conn.execute(function_catalog.TYPES_SQL)).fetchall()
                         relations = await (await conn.execute(function_catalog.RELATIONS_SQL)).fetchall()
                         inherits = await (await conn.execute(function_catalog.INHERITS_SQL)).fetchall()
+                        await conn.execute("SET LOCAL search_path = pg_catalog")  # view definitions come out qualified
+                        views = await (await conn.execute(function_catalog.VIEWS_SQL)).fetchall()
             except (psycopg.Error, PoolTimeout):
                 log.warning("cannot read the function catalog of %s", self.name, exc_info=True)
                 return self.functions
-            self.functions = FunctionCatalog.build(procs, operators, types, self.search_path_schemas, relations, inherits)
+            self.functions = FunctionCatalog.build(procs, operators, types, self.search_path_schemas, relations, inherits,
+                                                   views)
             self._functions_read_at = time.monotonic()
             return self.functions
 
