@@ -132,3 +132,19 @@ def test_config_validate_connect_names_the_rights_the_gateway_would_refuse(
     accepted = config(tmp_path, pg, wide, 'preset = "read-write"\naccept_rights = ["pg_read_server_files", "pg_signal_backend"]')
     run = CliRunner().invoke(main, ["config", "validate", "--connect", "--config", str(accepted)])
     assert run.exit_code == 0, run.output
+
+
+async def test_the_logins_are_read_when_the_gateway_starts(logins: tuple[PgServer, str, str, str], tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    from bastion.server.build import build_gateway
+
+    pg, wide, _, _ = logins
+    path = config(tmp_path, pg, wide, 'preset = "read-write"\naccept_rights = ["pg_read_server_files", "pg_signal_backend"]')
+    gateway = build_gateway(load(path))
+    try:
+        with caplog.at_level("WARNING"):
+            await gateway.start()
+        accepted = [r.getMessage() for r in caplog.records if "accepted by accept_rights" in r.getMessage()]
+        assert any("pg_read_server_files" in m for m in accepted) and any("pg_signal_backend" in m for m in accepted)
+    finally:
+        await gateway.close()

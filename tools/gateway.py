@@ -6,6 +6,7 @@ server/ calls these with a Caller; each returns plain data (server/ renders it f
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,10 +111,18 @@ class Gateway:
         return found[0] if found else ApprovalPolicy(frozenset({"approvers"}))
 
     async def start(self) -> list[str]:
-        """Close calls a previous run left open (crash, kill): they end as `call.interrupted`."""
+        """Close calls a previous run left open (crash, kill): they end as `call.interrupted`. Then
+        read what each PostgreSQL login may do (least privilege, logged: a connection whose logins
+        hold more than its rules need is not served); a database that does not answer within two
+        seconds is checked again before its first call."""
         interrupted = self.store.close_interrupted()
         if interrupted:
             log.warning("marked %d calls left open by a previous run as interrupted", len(interrupted))
+        async with anyio.create_task_group() as checks:
+            for connection in self.connections.values():
+                verify = getattr(getattr(connection, "executor", None), "verify_least_privilege", None)
+                if verify is not None:
+                    checks.start_soon(_verify_quietly, connection.name, verify)
         return interrupted
 
     async def record_auth_refused(self, reason: str, client: dict[str, Any] | None, details: dict[str, Any]) -> None:
@@ -263,3 +272,14 @@ class Gateway:
             return masking.describe(target, visible), {"tables": [t.qualified for t in visible]}
 
         return await self.guard.record_call(caller, "describe", connection, table or "", work)
+
+
+async def _verify_quietly(name: str, verify: Callable[[], Awaitable[str]]) -> None:
+    with anyio.move_on_after(START_CHECK_S):
+        try:
+            await verify()  # logs what it finds; the verdict is kept for the first call
+        except Exception:  # unreachable now: checked again before the first call
+            log.warning("cannot check the logins of %s at start; checked again before its first call", name)
+
+
+START_CHECK_S = 2.0
