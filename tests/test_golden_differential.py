@@ -33,15 +33,14 @@ DROP SCHEMA IF EXISTS golden CASCADE;
 CREATE SCHEMA golden;
 CREATE TABLE golden.customers (id int PRIMARY KEY, name text, email text, phone text, city text, country text,
                                created_at timestamptz DEFAULT now(), active boolean DEFAULT true, notes jsonb,
+                               data jsonb DEFAULT '{}', tags text[] DEFAULT '{}', "select" text, "delete" text,
                                region text, amount numeric);
 CREATE TABLE golden.orders (id int PRIMARY KEY, customer_id int, total numeric(10,2), status text,
-                            created_at timestamptz DEFAULT now(), item text, quantity int,
-                            region text, amount numeric);
+                            created_at timestamptz DEFAULT now(), item text, quantity int, amount numeric);
 CREATE SEQUENCE golden.seq;
 INSERT INTO golden.customers (id, name, email, phone, city, country) VALUES
   (1, 'Ada', 'ada@example.com', '+1-555-0100', 'London', 'UK'), (2, 'Bob', 'bob@example.com', NULL, 'Paris', 'FR');
-INSERT INTO golden.orders VALUES (1, 1, 10.50, 'paid', now(), 'apple', 2, 'EU', 10.5),
-                                 (2, 2, 3.00, 'open', now(), 'pear', 1, 'EU', 3);
+INSERT INTO golden.orders VALUES (1, 1, 10.50, 'paid', now(), 'apple', 2, 10.5), (2, 2, 3.00, 'open', now(), 'pear', 1, 3);
 """
 
 
