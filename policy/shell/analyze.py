@@ -303,7 +303,11 @@ class _Walker:
         if len(bodies) != len(keywords) or keywords[-1] not in ("then", "else"):
             return None
         self.constructs.add("if")
-        items = tuple(_unterminated(self.node(body, context)) for body in bodies)
+        self.loops += 1  # a here-document's body would have to follow the whole `if`: not accepted
+        try:
+            items = tuple(_unterminated(self.node(body, context)) for body in bodies)
+        finally:
+            self.loops -= 1
         return Node("if", items=items, ops=tuple(keywords))
 
     def words(self, node: Any, context: str) -> list[w.Word]:
@@ -342,7 +346,8 @@ class _Walker:
         fd = node.input if isinstance(getattr(node, "input", None), int) else None
         if op in ("<<", "<<-"):
             if context != "top" or self.loops:
-                raise _Unsupported("a here-document inside a substitution or a loop is not accepted")
+                raise _Unsupported("a here-document inside a substitution, a loop or an if is not accepted; "
+                                   "write it as a command of its own")
             self.constructs.add("heredoc")
             value = getattr(getattr(node, "heredoc", None), "value", None)
             delimiter = getattr(node.output, "word", "") if not isinstance(node.output, int) else ""
