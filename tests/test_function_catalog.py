@@ -357,3 +357,19 @@ async def test_sqlite_runs_only_its_own_functions(tmp_path: Path) -> None:
     with pytest.raises(QueryRejected, match="not authorized"):
         await executor.run(RunRequest(analyse("SELECT side_effect(x) FROM t", "sqlite").statements, True, Limits(), ME))
     assert not canary.exists()
+
+
+def test_a_fresh_catalog_replaces_the_decisions_made_with_the_old_one() -> None:
+    import gc
+    import weakref
+
+    policy = ConnectionPolicy("c", "postgres", (READ_ONLY,), "public")
+    old = FunctionCatalog.build(PROCS, [], [], ["public"])
+    analysis = analyse("SELECT lower('A')", "postgres")
+    assert decide(ME, policy, analysis, old).allowed
+    gone = weakref.ref(old)
+    del old
+    fresh = FunctionCatalog.build(PROCS[:1], [], [], ["public"])
+    assert decide(ME, policy, analysis, fresh).allowed
+    gc.collect()
+    assert gone() is None  # the memo no longer keeps the old catalog alive
