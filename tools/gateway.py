@@ -221,8 +221,8 @@ class Gateway:
 
     async def _vet(self, target: AnyConnection, caller: Caller, text: str, cwd: str | None) -> Vetted:
         """Analyse and decide a text without running it (shell: in ``cwd``; SQL: with a fresh catalog for masking)."""
-        if isinstance(target, ShellConnection):
-            return shell.vet_shell(target, caller, text, cwd or target.policy.cwd)
+        if isinstance(target, ShellConnection):  # off the event loop, as shell_run vets: its cost is not bounded by size
+            return await anyio.to_thread.run_sync(shell.vet_shell, target, caller, text, cwd or target.policy.cwd)
         await sql.prepare(target, text)
         return _hinted(target, sql.vet_sql(target, caller, text), text)
 
