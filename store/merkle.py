@@ -15,9 +15,12 @@ side: they need every leaf hash up to the tree's size. `verify_inclusion` is RFC
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+# Perfect subtrees of 2**SINK_LEVEL leaves and more are kept (table tree_nodes, about one row per 512
+# events), so a proof reads at most a couple of thousand events, not the whole log.
+SINK_LEVEL = 10
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -39,12 +42,17 @@ class Frontier:
         self.size = size
         self.nodes = list(nodes)
 
-    def append(self, leaf: bytes) -> None:
-        """Add one leaf hash: merge equal-sized subtrees, as a binary counter carries."""
-        h, size, nodes = leaf, self.size, self.nodes
+    def append(self, leaf: bytes, sink: list[tuple[int, int, bytes]] | None = None) -> None:
+        """Add one leaf hash: merge equal-sized subtrees, as a binary counter carries. Into ``sink``,
+        every perfect subtree this completes of at least 2**SINK_LEVEL leaves, as (level, index, hash):
+        the subtree of leaves [index * 2**level, (index + 1) * 2**level)."""
+        h, size, nodes, level = leaf, self.size, self.nodes, 0
         while size & 1:
             h = node_hash(nodes.pop(), h)
             size >>= 1
+            level += 1
+            if sink is not None and level >= SINK_LEVEL:
+                sink.append((level, self.size >> level, h))
         nodes.append(h)
         self.size += 1
 
@@ -81,12 +89,10 @@ def root_of(leaves: Sequence[bytes]) -> bytes:
     return frontier.root()
 
 
-def inclusion_path(leaves: Sequence[bytes], index: int, size: int | None = None) -> list[bytes]:
-    """PATH(index, D[0:size]) of RFC 6962 section 2.1.1: the sibling hashes from the leaf up."""
-    size = len(leaves) if size is None else size
-    if not 0 <= index < size <= len(leaves):
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [a, b) whose subtree hashes make PATH(index, D[0:size]), from the leaf up."""
+    if not 0 <= index < size:
         raise ValueError(f"leaf {index} is not in a tree of size {size}")
-    path: list[bytes] = []
     low, high = 0, size  # the subtree D[low:high] still holding the leaf
     siblings = []
     while high - low > 1:
@@ -97,9 +103,20 @@ def inclusion_path(leaves: Sequence[bytes], index: int, size: int | None = None)
         else:
             siblings.append((low, low + k))
             low = low + k
-    for a, b in reversed(siblings):
-        path.append(root_of(leaves[a:b]))
-    return path
+    return siblings[::-1]
+
+
+def inclusion_path(leaves: Sequence[bytes] | None, index: int, size: int | None = None,
+                   subtree: Callable[[int, int], bytes] | None = None) -> list[bytes]:
+    """PATH(index, D[0:size]) of RFC 9162 section 2.1.3.1: the sibling hashes from the leaf up, from
+    ``leaves`` or from ``subtree(a, b)``, the hash of the subtree of leaves [a, b)."""
+    if size is None:
+        assert leaves is not None
+        size = len(leaves)
+    if subtree is None:
+        assert leaves is not None and size <= len(leaves)
+        subtree = lambda a, b: root_of(leaves[a:b])  # noqa: E731
+    return [subtree(a, b) for a, b in inclusion_ranges(index, size)]
 
 
 def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], root: bytes) -> bool:
@@ -122,30 +139,43 @@ def verify_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes], 
     return sn == 0 and r == root
 
 
-def consistency_path(leaves: Sequence[bytes], old: int, new: int | None = None) -> list[bytes]:
-    """PROOF(old, D[0:new]) of RFC 9162 section 2.1.4.1: that the tree of ``old`` leaves is a prefix
-    of the tree of ``new``. Empty when old is 0 or old == new."""
-    new = len(leaves) if new is None else new
-    if not 0 <= old <= new <= len(leaves):
+def consistency_ranges(old: int, new: int) -> list[tuple[int, int]]:
+    """The leaf ranges [a, b) whose subtree hashes make PROOF(old, D[0:new]), in the proof's order."""
+    if not 0 <= old <= new:
         raise ValueError(f"no consistency proof from {old} to {new} leaves")
     if old in (0, new):
         return []
-    path: list[bytes] = []
+    ranges: list[tuple[int, int]] = []
     low, high, whole = 0, new, True  # SUBPROOF(m, D[low:high], whole), m = old - low
     while True:
         n, m = high - low, old - low
         if m == n:
             if not whole:
-                path.append(root_of(leaves[low:high]))
+                ranges.append((low, high))
             break
         k = _split(n)
         if m <= k:
-            path.append(root_of(leaves[low + k:high]))
+            ranges.append((low + k, high))
             high = low + k
         else:
-            path.append(root_of(leaves[low:low + k]))
+            ranges.append((low, low + k))
             low, whole = low + k, False
-    return path[::-1]
+    return ranges[::-1]
+
+
+def consistency_path(leaves: Sequence[bytes] | None, old: int, new: int | None = None,
+                     subtree: Callable[[int, int], bytes] | None = None) -> list[bytes]:
+    """PROOF(old, D[0:new]) of RFC 9162 section 2.1.4.1: that the tree of ``old`` leaves is a prefix
+    of the tree of ``new``. Empty when old is 0 or old == new."""
+    if new is None:
+        assert leaves is not None
+        new = len(leaves)
+    if subtree is None:
+        assert leaves is not None
+        if new > len(leaves):
+            raise ValueError(f"no consistency proof from {old} to {new} leaves")
+        subtree = lambda a, b: root_of(leaves[a:b])  # noqa: E731
+    return [subtree(a, b) for a, b in consistency_ranges(old, new)]
 
 
 def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, path: Sequence[bytes]) -> bool:

@@ -134,4 +134,19 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END
         """,
     ),
+    (
+        # Perfect subtrees of 1024 leaves and more (store/merkle.py SINK_LEVEL), written as the tree
+        # grows (about one row per 512 events): a proof reads them instead of hashing the whole log.
+        # An unsigned cache: a proof built from a damaged row fails its own check and is rebuilt
+        # from the events.
+        "0007_tree_nodes",
+        """
+        CREATE TABLE tree_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash TEXT NOT NULL,
+                                 PRIMARY KEY (level, idx)) WITHOUT ROWID;
+        CREATE TRIGGER tree_nodes_append_only_update BEFORE UPDATE ON tree_nodes
+            BEGIN SELECT RAISE(ABORT, 'audit tree nodes are append-only'); END;
+        CREATE TRIGGER tree_nodes_append_only_delete BEFORE DELETE ON tree_nodes
+            BEGIN SELECT RAISE(ABORT, 'audit tree nodes are append-only'); END
+        """,
+    ),
 )

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from bastion.store import events as ev
 from bastion.store.checkpoints import NoteError, Verifier, open_checkpoint
 from bastion.store.errors import StoreError
-from bastion.store.merkle import consistency_path, inclusion_path, leaf_hash, verify_consistency, verify_inclusion
+from bastion.store.merkle import (SINK_LEVEL, _split, consistency_path, inclusion_path, leaf_hash, node_hash, root_of,
+                                  verify_consistency, verify_inclusion)
 
 if TYPE_CHECKING:
     from bastion.store.sqlite_store import SqliteAuditStore
@@ -38,70 +39,91 @@ class ProofError(StoreError):
     """A proof that does not prove what it says."""
 
 
+class _Subtrees:
+    """Subtree hashes of the log's tree: a perfect subtree of 1024 leaves or more from `tree_nodes`
+    where it is there, anything else from its halves, down to the events themselves."""
+
+    def __init__(self, store: SqliteAuditStore, cached: bool = True) -> None:
+        self.store, self.cached = store, cached
+        self.read = 0  # events read, for the curious
+
+    def leaves(self, a: int, b: int) -> list[bytes]:
+        rows = self.store.read(f"SELECT seq, {', '.join(ev.FIELDS)} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+                               (a, b))
+        if len(rows) != b - a or (rows and (rows[0][0] != a + 1 or rows[-1][0] != b)):
+            raise StoreError(f"events {a + 1}..{b} are not all in the log: it cannot be proved")
+        self.read += len(rows)
+        return [leaf_hash(ev.canonical(tuple(row)[1:])) for row in rows]
+
+    def __call__(self, a: int, b: int) -> bytes:
+        n = b - a
+        if self.cached and n >= 1 << SINK_LEVEL and n & (n - 1) == 0:
+            level = n.bit_length() - 1
+            row = self.store.read("SELECT hash FROM tree_nodes WHERE level = ? AND idx = ?", (level, a >> level))
+            if row:
+                return bytes.fromhex(row[0][0])
+        if n <= 1 << SINK_LEVEL:
+            return root_of(self.leaves(a, b))
+        k = _split(n)
+        return node_hash(self(a, a + k), self(a + k, b))
+
+
+def _checkpoint_at(store: SqliteAuditStore, size: int | None, covering: int) -> tuple[int, bytes, str]:
+    if size is None:
+        rows = store.read("SELECT size, root, note FROM tree_checkpoints WHERE size >= ? ORDER BY size DESC LIMIT 1",
+                          (covering,))
+        if not rows:
+            raise StoreError(f"no signed checkpoint covers event {covering} yet")
+    else:
+        rows = store.read("SELECT size, root, note FROM tree_checkpoints WHERE size = ?", (size,))
+        if not rows:
+            raise StoreError(f"no signed checkpoint at {size} events")
+    return rows[0][0], bytes.fromhex(rows[0][1]), rows[0][2]
+
+
 def prove(store: SqliteAuditStore, call_id: str, size: int | None = None) -> dict[str, Any]:
     """The inclusion proof of ``call_id``'s events against the latest signed checkpoint that covers
-    them (or the one at ``size``). Reads every event up to the checkpoint: O(n) hashing."""
-    seqs = [row[0] for row in store.read("SELECT seq FROM events WHERE call_id = ? ORDER BY seq", (call_id,))]
-    if not seqs:
+    them (or the one at ``size``). Reads the call's events, the stored subtrees of its path and at
+    most about two thousand other events; a path that does not reach the checkpoint's root (a damaged
+    stored subtree) is built again from the events alone."""
+    events = store.read(f"SELECT seq, {', '.join(ev.FIELDS)} FROM events WHERE call_id = ? ORDER BY seq", (call_id,))
+    if not events:
         raise StoreError(f"no call `{call_id}` in the audit log")
-    if size is None:
-        rows = store.read("SELECT size, note FROM tree_checkpoints WHERE size >= ? ORDER BY size DESC LIMIT 1",
-                          (seqs[-1],))
-    else:
-        rows = store.read("SELECT size, note FROM tree_checkpoints WHERE size = ?", (size,))
-    if not rows:
-        raise StoreError(f"no signed checkpoint covers event {seqs[-1]} yet" if size is None else
-                         f"no signed checkpoint at {size} events",
-                         )
-    size, note = rows[0][0], rows[0][1]
-    if size < seqs[-1]:
-        raise StoreError(f"the checkpoint at {size} events does not cover event {seqs[-1]} of the call")
-    data: dict[int, tuple[str, str]] = {}
-    leaves = _leaves(store, size, set(seqs), data)
-    return {"schema": SCHEMA, "call_id": call_id, "checkpoint": note,
-            "events": [{"seq": s, "index": s - 1, "type": data[s][1], "leaf": data[s][0],
-                        "path": [base64.b64encode(h).decode() for h in inclusion_path(leaves, s - 1, size)]}
-                       for s in seqs]}
-
-
-def _leaves(store: SqliteAuditStore, size: int, wanted: frozenset[int] | set[int] = frozenset(),
-            data: dict[int, tuple[str, str]] | None = None) -> list[bytes]:
-    """The leaf hashes of events 1..size, in slices on the reader connection; the canonical text and
-    type of the ``wanted`` ones into ``data``."""
-    leaves: list[bytes] = []
-    seq = 0
-    while seq < size:
-        batch = store.read(f"SELECT seq, {', '.join(ev.FIELDS)} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq "
-                           f"LIMIT 50000", (seq, size))
-        if not batch:
-            break
-        for row in batch:
-            if row[0] != len(leaves) + 1:
-                raise StoreError(f"event {len(leaves) + 1} is missing from the log: it cannot be proved")
-            canonical = ev.canonical(tuple(row)[1:])
-            leaves.append(leaf_hash(canonical))
-            if data is not None and row[0] in wanted:
-                data[row[0]] = (canonical.decode(), row[2])
-        seq = batch[-1][0]
-    if len(leaves) != size:
-        raise StoreError(f"the log holds {len(leaves)} events, fewer than its checkpoint's {size}")
-    return leaves
+    size, root, note = _checkpoint_at(store, size, events[-1][0])
+    if size < events[-1][0]:
+        raise StoreError(f"the checkpoint at {size} events does not cover event {events[-1][0]} of the call")
+    proved = []
+    for row in events:
+        seq, data = row[0], ev.canonical(tuple(row)[1:])
+        path = inclusion_path(None, seq - 1, size, _Subtrees(store))
+        if not verify_inclusion(leaf_hash(data), seq - 1, size, path, root):
+            path = inclusion_path(None, seq - 1, size, _Subtrees(store, cached=False))
+            if not verify_inclusion(leaf_hash(data), seq - 1, size, path, root):
+                raise StoreError(f"event {seq} no longer hashes to the checkpoint at {size} events (the log was "
+                                 "changed: run `bastion audit verify`)")
+        proved.append({"seq": seq, "index": seq - 1, "type": row[2], "leaf": data.decode(),
+                       "path": [base64.b64encode(h).decode() for h in path]})
+    return {"schema": SCHEMA, "call_id": call_id, "checkpoint": note, "events": proved}
 
 
 def prove_consistency(store: SqliteAuditStore, old: int, new: int | None = None) -> dict[str, Any]:
     """The consistency proof between the signed checkpoints at ``old`` and ``new`` events (default:
     the latest)."""
-    rows = {size: note for size, note in store.read(
-        "SELECT size, note FROM tree_checkpoints WHERE size = ? OR size = coalesce(?, (SELECT max(size) FROM "
-        "tree_checkpoints))", (old, new))}
-    new = new if new is not None else max(rows, default=0)
-    for size in (old, new):
-        if size not in rows:
-            raise StoreError(f"no signed checkpoint at {size} events")
-    if old > new:
-        raise StoreError(f"the older checkpoint ({old} events) is larger than the newer ({new})")
-    path = consistency_path(_leaves(store, new), old, new)
-    return {"schema": CONSISTENCY, "old": rows[old], "new": rows[new],
+    if new is None:
+        latest = store.read("SELECT max(size) FROM tree_checkpoints")[0][0]
+        if latest is None:
+            raise StoreError("no signed checkpoint yet")
+        new = latest
+    (old_size, old_root, old_note), (new_size, new_root, new_note) = _checkpoint_at(store, old, 0), _checkpoint_at(store, new, 0)
+    if old_size > new_size:
+        raise StoreError(f"the older checkpoint ({old_size} events) is larger than the newer ({new_size})")
+    path = consistency_path(None, old_size, new_size, _Subtrees(store))
+    if not verify_consistency(old_size, new_size, old_root, new_root, path):
+        path = consistency_path(None, old_size, new_size, _Subtrees(store, cached=False))
+        if not verify_consistency(old_size, new_size, old_root, new_root, path):
+            raise StoreError(f"the log no longer holds what the checkpoints at {old_size} and {new_size} events sign "
+                             "(run `bastion audit verify`)")
+    return {"schema": CONSISTENCY, "old": old_note, "new": new_note,
             "path": [base64.b64encode(h).decode() for h in path]}
 
 

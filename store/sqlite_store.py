@@ -161,7 +161,7 @@ class SqliteAuditStore:
         last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         prev, seq = (last[1], last[0]) if last else (ev.GENESIS, 0)
         tree = self._tree_at(conn, seq, prev) if self._signer else None
-        rows, checkpoints = [], []
+        rows, checkpoints, nodes = [], [], []
         every = self.checkpoint_every
         sha256 = hashlib.sha256
         for event in events:
@@ -174,12 +174,14 @@ class SqliteAuditStore:
             rows.append((seq, *values, prev, hash_))
             prev = hash_
             if tree is not None:
-                tree.append(leaf_hash(data))
+                tree.append(leaf_hash(data), nodes)
                 if tree.size % every == 0:  # a checkpoint exactly at each multiple: verify requires them
                     checkpoints.append(self._signed_row(tree, hash_))
         conn.executemany(_INSERT, rows)
         if checkpoints:
             conn.executemany("INSERT OR IGNORE INTO tree_checkpoints VALUES (?, ?, ?, ?, ?, ?)", checkpoints)
+        if nodes:
+            _store_nodes(conn, nodes)
         if tree is not None:
             self._tree, self._tree_hash = tree, prev
         return rows
@@ -195,8 +197,9 @@ class SqliteAuditStore:
         """The Merkle frontier of events 1..size, inside the caller's write transaction: the cached one
         when the log still ends where this process left it; else caught up from the cache (another
         process appended) or from the latest checkpoint's frontier (a rolled-back transaction, a
-        fresh start), reading only the events after it. Returned as a copy: a transaction that rolls
-        back leaves the cache as it was."""
+        fresh start), reading only the events after it. The cache is replaced before the caller
+        commits; if it rolls back instead, the next transaction finds the cache ahead of the log (or
+        off its chain) and resumes from a checkpoint."""
         tree = self._tree
         if tree is not None and tree.size == size and self._tree_hash == chain_hash:
             return tree.copy()
@@ -214,8 +217,10 @@ class SqliteAuditStore:
         cursor = conn.execute(f"SELECT {', '.join(ev.FIELDS)} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
                               (tree.size, size))
         while batch := cursor.fetchmany(10_000):
+            nodes: list[tuple[int, int, bytes]] = []
             for values in batch:
-                tree.append(leaf_hash(ev.canonical(values)))
+                tree.append(leaf_hash(ev.canonical(values)), nodes)
+            _store_nodes(conn, nodes)
         return tree
 
     def _witness_pending(self, conn: sqlite3.Connection) -> None:
@@ -349,6 +354,10 @@ class _Ticket:
     event: dict[str, Any]
     ready: threading.Event = field(default_factory=threading.Event)
     error: StoreError | None = None
+
+
+def _store_nodes(conn: sqlite3.Connection, nodes: list[tuple[int, int, bytes]]) -> None:
+    conn.executemany("INSERT OR IGNORE INTO tree_nodes VALUES (?, ?, ?)", [(lv, i, h.hex()) for lv, i, h in nodes])
 
 
 def _alive(pid: int) -> bool:

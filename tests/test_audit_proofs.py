@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -347,3 +348,41 @@ def test_a_consistency_proof_between_two_checkpoints_checks_offline(signed: tupl
     proof["path"] = proof["path"][::-1]
     with pytest.raises(ProofError, match="not a prefix"):
         verify_consistency_proof(proof, signer.verifier)
+
+
+def test_proofs_read_stored_subtrees_not_the_whole_log_and_survive_a_damaged_one(tmp_path: Path) -> None:
+    from bastion.store.proofs import _Subtrees
+
+    signer = Signer.generate("audit.test.example/log")
+    store = SqliteAuditStore(tmp_path / "audit.db", signer=signer, checkpoint_every=1000)
+    store.db.execute("PRAGMA synchronous=OFF")
+    for i in range(0, 5000, 250):
+        store.append_many([{"type": ev.REQUESTED, "call_id": f"c{j}", "text": f"SELECT {j}"} for j in range(i, i + 250)])
+    store.append({"type": ev.FINISHED, "call_id": "c1234", "row_count": 0})
+    store.checkpoint()
+    data = [ev.canonical(tuple(r)) for r in store.read(f"SELECT {', '.join(ev.FIELDS)} FROM events ORDER BY seq")]
+    nodes = store.read("SELECT level, idx, hash FROM tree_nodes ORDER BY level, idx")
+    assert [(lv, i) for lv, i, _ in nodes] == [(10, 0), (10, 1), (10, 2), (10, 3), (11, 0), (11, 1), (12, 0)]
+    for level, idx, hash_ in nodes:
+        assert bytes.fromhex(hash_) == mth(data[idx << level:(idx + 1) << level])
+    origin, size, root = note_checkpoint(prove(store, "c1234")["checkpoint"], signer.verifier.text())
+    subtrees = _Subtrees(store)
+    path = inclusion_path(None, 1234, size, subtrees)
+    assert subtrees.read < 1024 + (size % 1024)  # its own block and the ragged right edge, not 5001 events
+    assert path == [mth(data[a:b]) for a, b in _ranges(1234, size)]
+    proof = prove(store, "c1234")
+    assert [e["seq"] for e in proof["events"]] == [1235, 5001] and verify_proof(proof, signer.verifier)
+    for e in proof["events"]:
+        assert rfc9162_verify(e["index"], size, e["leaf"].encode(), [base64.b64decode(h) for h in e["path"]], root)
+    # A damaged cached subtree (it is unsigned): the proof is built again from the events.
+    conn = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    conn.execute("DROP TRIGGER tree_nodes_append_only_update")
+    conn.execute("UPDATE tree_nodes SET hash = ? WHERE level = 11 AND idx = 1", ("00" * 32,))
+    assert verify_proof(prove(store, "c1234"), signer.verifier)
+    assert verify_consistency_proof(prove_consistency(store, 2000), signer.verifier) == (2000, 5001)
+
+
+def _ranges(index: int, size: int) -> list[tuple[int, int]]:
+    from bastion.store.merkle import inclusion_ranges
+
+    return inclusion_ranges(index, size)

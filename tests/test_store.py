@@ -63,7 +63,7 @@ def test_calls_left_open_are_closed_as_interrupted(tmp_path: Path) -> None:
 def test_migrations_are_recorded_and_not_rerun(tmp_path: Path) -> None:
     SqliteAuditStore(tmp_path / "a.db").close()
     store = SqliteAuditStore(tmp_path / "a.db")
-    assert [r["name"] for r in store.db.query("SELECT name FROM _migrations")] == ["0001_events", "0002_instances", "0003_checkpoints", "0004_search", "0005_approvals", "0006_tree_checkpoints"]
+    assert [r["name"] for r in store.db.query("SELECT name FROM _migrations")] == ["0001_events", "0002_instances", "0003_checkpoints", "0004_search", "0005_approvals", "0006_tree_checkpoints", "0007_tree_nodes"]
 
 
 def test_the_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
