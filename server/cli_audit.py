@@ -129,8 +129,9 @@ def verify_command(config_path: str | None, public_key: str | None, witness_file
         click.echo(f"event {seq}: {problem}" if seq else problem)
     if report.ok:
         if verifier is not None and report.covered < report.events:
-            click.echo(f"events {report.covered + 1}..{report.events} are after the last checkpoint: "
-                       "the chain alone vouches for them")
+            after = (f"event {report.events} is" if report.covered + 1 == report.events else
+                     f"events {report.covered + 1}..{report.events} are")
+            click.echo(f"{after} after the last checkpoint: only the chain vouches for them")
         click.echo("ok: the chain is intact" + (" and every checkpoint holds" if verifier else ""))
     sys.exit(0 if report.ok else 1)
 

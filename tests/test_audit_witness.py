@@ -215,3 +215,24 @@ def test_a_config_still_naming_an_hmac_key_says_what_changed(tmp_path: Path, mon
     with pytest.raises(ConfigError) as caught:
         load(config).checkpoint_signer()
     assert "audit.checkpoint_key_env" in caught.value.message and "bastion audit keygen" in (caught.value.hint or "")
+
+
+def test_keygen_writes_a_pair_the_gateway_and_verify_use_and_never_overwrites(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["audit", "keygen", str(tmp_path / "keys"), "--name", "audit.example.com/prod"])
+    assert result.exit_code == 0 and "audit-checkpoint.pub  audit.example.com/prod+" in result.output
+    again = runner.invoke(main, ["audit", "keygen", str(tmp_path / "keys")])
+    assert again.exit_code == 1 and "exists" in again.output
+    config = tmp_path / "bastion.toml"
+    config.write_text('[audit]\npath = "audit.db"\ncheckpoint_key_file = "keys/audit-checkpoint.key"\ncheckpoint_every = 2\n'
+                      f'witness = "file://{tmp_path}/witness.jsonl"\n')
+    from bastion.server.build import build_gateway
+    from bastion.server.config import load
+
+    store = build_gateway(load(config)).store
+    calls(store, 0, 5)
+    result = runner.invoke(main, ["audit", "verify", "--config", str(config)])  # key and witness from the config
+    assert result.exit_code == 0 and "5 events, 2 signed checkpoints checked, 2 witnessed checkpoints" in result.output
+    assert "event 5 is after the last checkpoint: only the chain vouches for them" in result.output
+    result = runner.invoke(main, ["audit", "verify", "--config", str(config), "--witness", str(tmp_path / "elsewhere")])
+    assert result.exit_code == 1 and "no witness file at" in result.output
