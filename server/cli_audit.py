@@ -18,21 +18,26 @@ from bastion.store.checkpoints import FileWitness, Verifier, keygen
 from bastion.store.errors import StoreError
 
 
-def _public_key(path: str | None, config_path: str | None, *, required: bool) -> Verifier | None:
-    """The checkpoints' public key: the file given, else the config's signing key's public half."""
+def _public_keys(paths: tuple[str, ...], config_path: str | None, *, required: bool) -> list[Verifier]:
+    """The checkpoints' public keys: the files given (several: a log whose key was rotated), else the
+    config's signing key's public half."""
+    keys = []
+    for path in paths:
+        try:
+            keys.append(Verifier.parse(Path(path).read_text(encoding="utf-8")))
+        except OSError as error:
+            raise click.ClickException(f"cannot read the public key `{path}` ({error.strerror})") from None
+        except StoreError as error:
+            raise click.ClickException(f"`{path}`: {error}") from None
+    if keys:
+        return keys
     try:
-        if path:
-            return Verifier.parse(Path(path).read_text(encoding="utf-8"))
-        signer = _load(config_path).checkpoint_signer()
-    except OSError as error:
-        raise click.ClickException(f"cannot read the public key `{path}` ({error.strerror})") from None
-    except StoreError as error:
-        raise click.ClickException(f"`{path}`: {error}") from None
+        signer = _load(config_path).checkpoint_signer() if config_path is not None or not required else None
     except ConfigError as error:
         raise click.ClickException(error.message) from None
     if signer is None and required:
         raise click.ClickException("no public key: give --public-key FILE (the .pub `bastion audit keygen` wrote)")
-    return signer.verifier if signer is not None else None
+    return [signer.verifier] if signer is not None else []
 
 
 @audit.command(name="keygen")
@@ -86,14 +91,14 @@ def checkpoint_command(config_path: str | None) -> None:
 
 @audit.command(name="verify")
 @config_option
-@click.option("--public-key", "public_key", type=click.Path(dir_okay=False),
-              help="The checkpoints' public key (default: from the config's signing key).")
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False), multiple=True,
+              help="The checkpoints' public key (default: from the config's signing key); repeat it for a rotated key.")
 @click.option("--witness", "witness_file", type=click.Path(dir_okay=False),
               help="The witness file to check the log against (default: the config's [audit] witness).")
 @click.option("--every", type=int, help="The checkpoint cadence to require (default: [audit] checkpoint_every).")
 @click.option("--key-env", help="Legacy: environment variable holding the HMAC key of checkpoints before 0006.")
 @click.option("--key-file", type=click.Path(dir_okay=False), help="Legacy: file holding that HMAC key.")
-def verify_command(config_path: str | None, public_key: str | None, witness_file: str | None, every: int | None,
+def verify_command(config_path: str | None, public_key: tuple[str, ...], witness_file: str | None, every: int | None,
                    key_env: str | None, key_file: str | None) -> None:
     """Check the hash chain; with the public key, every signed checkpoint, the Merkle tree they sign
     and their cadence; with the witness, that the log is still what the witness saw. Exit status 1
@@ -104,7 +109,7 @@ def verify_command(config_path: str | None, public_key: str | None, witness_file
     from bastion.store.verify import verify
 
     config = _load(config_path)
-    verifier = _public_key(public_key, config_path, required=False)
+    verifier = _public_keys(public_key, config_path, required=False)
     try:
         witness = FileWitness(witness_file) if witness_file else config.checkpoint_witness()
     except ConfigError as error:
@@ -116,11 +121,11 @@ def verify_command(config_path: str | None, public_key: str | None, witness_file
             raise click.ClickException(f"the environment variable `{key_env}` is not set")
     elif key_file:
         hmac_key = Path(key_file).read_bytes().strip()
-    if witness is not None and verifier is None:
+    if witness is not None and not verifier:
         raise click.ClickException("checking a witness needs the public key: add --public-key FILE")
     if witness is not None and not witness.path.is_file():
         raise click.ClickException(f"no witness file at {witness.path}")
-    report = verify(_store(config_path).db.conn, hmac_key, verifier=verifier, witness=witness,
+    report = verify(_store(config_path).db.conn, hmac_key, verifier=verifier or None, witness=witness,
                     every=every or config.audit.checkpoint_every)
     click.echo(f"{report.events} events, {report.checkpoints} signed checkpoints checked"
                + (f", {report.witnessed} witnessed checkpoints" if witness is not None else "")
@@ -128,7 +133,7 @@ def verify_command(config_path: str | None, public_key: str | None, witness_file
     for seq, problem in report.problems:
         click.echo(f"event {seq}: {problem}" if seq else problem)
     if report.ok:
-        if verifier is not None and report.covered < report.events:
+        if verifier and report.covered < report.events:
             after = (f"event {report.events} is" if report.covered + 1 == report.events else
                      f"events {report.covered + 1}..{report.events} are")
             click.echo(f"{after} after the last checkpoint: only the chain vouches for them")
@@ -179,9 +184,9 @@ def prove_consistency_command(old: int, new: int | None, config_path: str | None
 
 @audit.command(name="verify-proof")
 @click.argument("proof_file", type=click.File("r", encoding="utf-8"))
-@click.option("--public-key", "public_key", type=click.Path(dir_okay=False), required=True,
-              help="The log's public key (the .pub `bastion audit keygen` wrote).")
-def verify_proof_command(proof_file: Any, public_key: str) -> None:
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False), required=True, multiple=True,
+              help="The log's public key (the .pub `bastion audit keygen` wrote); repeat it for a rotated key.")
+def verify_proof_command(proof_file: Any, public_key: tuple[str, ...]) -> None:
     """Check a proof offline: an inclusion proof (the checkpoint's signature, each event's path to its
     root) or a consistency proof (both checkpoints' signatures, the older log a prefix of the newer).
     Needs no config and no log. Exit status 1 when it does not hold.
@@ -191,13 +196,12 @@ def verify_proof_command(proof_file: Any, public_key: str) -> None:
     from bastion.store.checkpoints import open_checkpoint
     from bastion.store.proofs import CONSISTENCY, ProofError, verify_consistency_proof, verify_proof
 
-    verifier = _public_key(public_key, None, required=True)
-    assert verifier is not None
+    verifier = _public_keys(public_key, None, required=True)
     try:
         proof = json.load(proof_file)
         if isinstance(proof, dict) and proof.get("schema") == CONSISTENCY:
             old, new = verify_consistency_proof(proof, verifier)
-            click.echo(f"the log of {old} events signed by {verifier.name} is a prefix of its log of {new} events")
+            click.echo(f"the log of {old} events signed by {verifier[0].name} is a prefix of its log of {new} events")
             click.echo("ok: proved")
             return
         shown = verify_proof(proof, verifier)
@@ -205,7 +209,7 @@ def verify_proof_command(proof_file: Any, public_key: str) -> None:
         click.echo(f"not proved: {error}")
         sys.exit(1)
     checkpoint = open_checkpoint(proof["checkpoint"], verifier)
-    click.echo(f"checkpoint: {checkpoint.origin}, {checkpoint.size} events, signed by {verifier.name}")
+    click.echo(f"checkpoint: {checkpoint.origin}, {checkpoint.size} events, signed by {checkpoint.origin}")
     for seq, type_ in shown:
         click.echo(f"  event {seq} ({type_}) of call {proof['call_id']} is in it")
     click.echo("ok: proved")

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -169,9 +170,24 @@ def checkpoint_text(origin: str, size: int, root: bytes) -> str:
     return f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
 
 
-def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
-    """The checkpoint a note vouches for, once its signature verifies with ``verifier``."""
-    text = verifier.verify(note)
+def open_checkpoint(note: str, verifier: Verifier | Sequence[Verifier]) -> Checkpoint:
+    """The checkpoint a note vouches for, once its signature verifies with ``verifier`` (or with one
+    of several: a log whose key was rotated)."""
+    keys = [verifier] if isinstance(verifier, Verifier) else list(verifier)
+    if not keys:
+        raise NoteError("no public key to check the checkpoint with")
+    failure: NoteError | None = None
+    for key in keys:
+        try:
+            text = key.verify(note)
+        except NoteError as error:  # a known key whose signature fails says more than an unknown key
+            failure = error if failure is None or "does not verify" in str(error) else failure
+            continue
+        verifier = key
+        break
+    else:
+        assert failure is not None
+        raise failure
     lines = text.split("\n")
     try:
         origin, size, root = lines[0], int(lines[1]), base64.b64decode(lines[2], validate=True)

@@ -127,7 +127,7 @@ def prove_consistency(store: SqliteAuditStore, old: int, new: int | None = None)
             "path": [base64.b64encode(h).decode() for h in path]}
 
 
-def verify_consistency_proof(proof: dict[str, Any], verifier: Verifier) -> tuple[int, int]:
+def verify_consistency_proof(proof: dict[str, Any], verifier: Verifier | list[Verifier]) -> tuple[int, int]:
     """(old size, new size) when both checkpoints verify and the older log is a prefix of the newer."""
     try:
         old, new = open_checkpoint(proof["old"], verifier), open_checkpoint(proof["new"], verifier)
@@ -142,7 +142,7 @@ def verify_consistency_proof(proof: dict[str, Any], verifier: Verifier) -> tuple
     return old.size, new.size
 
 
-def verify_proof(proof: dict[str, Any], verifier: Verifier) -> list[tuple[int, str]]:
+def verify_proof(proof: dict[str, Any], verifier: Verifier | list[Verifier]) -> list[tuple[int, str]]:
     """(seq, type) of each event the proof shows in the signed log; raises ProofError otherwise."""
     if not isinstance(proof, dict) or proof.get("schema") != SCHEMA:
         raise ProofError(f"not a proof of schema {SCHEMA}")

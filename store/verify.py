@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import sqlite3
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -89,16 +90,18 @@ def _walk(cursor: sqlite3.Cursor, wanted: frozenset[int], leaves: bool = False) 
     return _Range(count, first_seq, first_prev, last_seq, last_hash, problem, hashes, b"".join(leaf_hashes))
 
 
-def verify(conn: sqlite3.Connection, key: bytes | None = None, *, verifier: Verifier | None = None,
+def verify(conn: sqlite3.Connection, key: bytes | None = None, *, verifier: Verifier | Sequence[Verifier] | None = None,
            witness: FileWitness | None = None, every: int | None = None, workers: int | None = None) -> Report:
     """Check every event's hash against its stored content and its link to the one before it.
 
-    With ``verifier`` (the checkpoints' public key): every signed checkpoint's signature and that the
+    With ``verifier`` (the checkpoints' public key, or the keys of a log whose key was rotated): every signed checkpoint's signature and that the
     log's first `size` events still hash to its Merkle root; with ``every``, that a checkpoint exists
     at each multiple of it after the first checkpoint; with ``witness``, the same for every checkpoint
     the witness holds (it remembers what the log was). With ``key`` (legacy HMAC), the HMAC
     checkpoints of migration 0003."""
     report = Report()
+    if verifier is not None and not isinstance(verifier, Verifier) and not verifier:
+        verifier = None
     want_leaves = verifier is not None
     checkpoints = {seq: (h, mac) for seq, h, mac in conn.execute("SELECT seq, hash, mac FROM checkpoints")} if key else {}
     wanted = frozenset(checkpoints)
@@ -145,7 +148,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None = None, *, verifier: Veri
     return report
 
 
-def _check_tree(conn: sqlite3.Connection, report: Report, leaves: bytes, verifier: Verifier,
+def _check_tree(conn: sqlite3.Connection, report: Report, leaves: bytes, verifier: Verifier | Sequence[Verifier],
                 witness: FileWitness | None, every: int | None) -> None:
     """The signed checkpoints in the store (and the witness's) against the Merkle tree of the events."""
     total = len(leaves) // 32

@@ -236,3 +236,16 @@ def test_keygen_writes_a_pair_the_gateway_and_verify_use_and_never_overwrites(tm
     assert "event 5 is after the last checkpoint: only the chain vouches for them" in result.output
     result = runner.invoke(main, ["audit", "verify", "--config", str(config), "--witness", str(tmp_path / "elsewhere")])
     assert result.exit_code == 1 and "no witness file at" in result.output
+
+
+def test_a_rotated_key_verifies_with_both_public_keys(log: Log) -> None:
+    private, public = keygen(log.dir / "keys-2026", "audit.test.example/prod")  # same log, a new key
+    store = SqliteAuditStore(log.db, signer=Signer.parse(private.read_text()), checkpoint_every=EVERY,
+                             witness=FileWitness(log.witness))
+    calls(store, 23, 9)
+    store.checkpoint()
+    store.close()
+    code, out = log.verify("--public-key", str(public), "--witness", str(log.witness))
+    assert code == 1 and "does not verify" in out  # the old key's checkpoints, under the new key alone
+    code, out = log.verify("--public-key", str(log.public), "--public-key", str(public), "--witness", str(log.witness))
+    assert code == 0 and "32 events, 8 signed checkpoints checked" in out, out
