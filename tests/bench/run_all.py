@@ -50,6 +50,7 @@ def main() -> None:
           "--rounds", "3" if args.quick else "5"]),
         ("OIDC bearer token check per request", [sys.executable, str(HERE / "bench_auth.py"), "--rounds", rounds]),
         ("Masking a 10,000-row result", [sys.executable, str(HERE / "bench_masking.py"), "--rounds", rounds]),
+        ("Shell sandbox: a local command's added cost", [sys.executable, str(HERE / "bench_sandbox.py"), "--rounds", rounds]),
     ]
     command = "python tests/bench/run_all.py" + (" --quick" if args.quick else "")
     sections = []
