@@ -117,7 +117,7 @@ def gateway_files(config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
             names += [conn.key_file, conn.known_hosts, *(u.key_file for u in conn.users)]
     files = [str(config.path(n).resolve()) for n in names if n]
     witness = config.checkpoint_witness()
-    if witness is not None:  # the sandbox must never reach the witness either
+    if witness is not None and witness.path is not None:  # the sandbox must never reach the witness either
         files.append(str(witness.path.resolve()))
     if config.source != "<defaults>":
         files.append(str(Path(config.source).resolve()))

@@ -86,7 +86,8 @@ def checkpoint_command(config_path: str | None) -> None:
                                 checkpoint_every=config.audit.checkpoint_every).checkpoint()
     except StoreError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"signed a checkpoint at {size or 0} events" + (f", witnessed in {witness.path}" if witness else ""))
+    click.echo(f"signed a checkpoint at {size or 0} events"
+               + (f", witnessed in {witness.path or witness.url}" if witness else ""))
 
 
 @audit.command(name="verify")
@@ -123,6 +124,9 @@ def verify_command(config_path: str | None, public_key: tuple[str, ...], witness
         hmac_key = Path(key_file).read_bytes().strip()
     if witness is not None and not verifier:
         raise click.ClickException("checking a witness needs the public key: add --public-key FILE")
+    if witness is not None and witness.path is None:
+        raise click.ClickException(f"the witness is the endpoint {witness.url}: export what it holds to a file "  # type: ignore[union-attr]
+                                   "and give it with --witness FILE")
     if witness is not None and not witness.path.is_file():
         raise click.ClickException(f"no witness file at {witness.path}")
     report = verify(_store(config_path).db.conn, hmac_key, verifier=verifier or None, witness=witness,

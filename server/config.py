@@ -344,7 +344,7 @@ class AuditConfig(_Model):
     checkpoint_key_env: str | None = Field(None, description="environment variable holding the Ed25519 checkpoint signing key")
     checkpoint_key_file: str | None = Field(None, description="file holding the Ed25519 checkpoint signing key (`bastion audit keygen`)")
     checkpoint_every: Annotated[int, Field(gt=0)] = 1000
-    witness: str | None = Field(None, description="file:///path of an append-only file every signed checkpoint is also written to")
+    witness: str | None = Field(None, description="file:///path of an append-only file, or an https:// endpoint, every signed checkpoint is also written to")
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -492,13 +492,13 @@ class Config(_Model):
 
     def checkpoint_witness(self):  # type: ignore[no-untyped-def]
         """The witness every checkpoint is appended to; None when not configured."""
-        from bastion.store.checkpoints import FileWitness
+        from bastion.store.checkpoints import open_witness
         from bastion.store.errors import StoreError
 
         if not self.audit.witness:
             return None
         try:
-            return FileWitness.from_url(self.audit.witness, self.base_dir)
+            return open_witness(self.audit.witness, self.base_dir)
         except StoreError as error:
             raise ConfigError(f"{self.source}: audit.witness: {error}") from None
 

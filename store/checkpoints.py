@@ -278,3 +278,46 @@ class FileWitness:
             except NoteError:
                 continue
         return max(sizes)
+
+
+class HttpWitness:
+    """An HTTP(S) endpoint on another host: each checkpoint is POSTed as JSON `{"time", "note"}` and
+    counts as witnessed on a 2xx answer. What the endpoint keeps, and whether the gateway's operator
+    can change it there, is the endpoint's business (see docs/audit.md); `verify --witness` reads a
+    file exported from it."""
+
+    path = None  # nothing on this host
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        self.url, self.timeout_s = url, timeout_s
+
+    def append(self, entries: list[tuple[str, str]]) -> None:
+        import httpx
+
+        try:
+            with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
+                for time, note in entries:
+                    answer = client.post(self.url, json={"time": time, "note": note})
+                    if not 200 <= answer.status_code < 300:
+                        raise StoreError(f"the witness {self.url} answered {answer.status_code}")
+        except httpx.HTTPError as error:
+            raise StoreError(f"cannot reach the witness {self.url}: {type(error).__name__}") from error
+
+    def notes(self) -> list[str]:
+        raise StoreError(f"the witness is the endpoint {self.url}: export what it holds to a file "
+                         "(one JSON line per checkpoint) and give that to --witness")
+
+    def last_size(self, verifier: Verifier) -> int | None:
+        return None  # unknown here: the store starts from its latest checkpoint
+
+
+def open_witness(url: str, base: Path | None = None) -> FileWitness | HttpWitness:
+    """The witness a config names: `file:///path` (relative paths against ``base``) or `https://...`
+    (plain `http://` on loopback only)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise StoreError(f"a witness over the network is https:// (plain http only on loopback); found `{url}`")
+        return HttpWitness(url)
+    return FileWitness.from_url(url, base)
+

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import sqlite_utils
 
 from bastion.store import events as ev
-from bastion.store.checkpoints import FileWitness, Signer, checkpoint_text
+from bastion.store.checkpoints import FileWitness, HttpWitness, Signer, checkpoint_text
 from bastion.store.errors import StoreError
 from bastion.store.merkle import Frontier, leaf_hash
 from bastion.store.migrations import MIGRATIONS
@@ -37,7 +37,7 @@ def now_iso() -> str:
 
 class SqliteAuditStore:
     def __init__(self, path: str | Path, *, signer: Signer | None = None, checkpoint_every: int = 1000,
-                 witness: FileWitness | None = None) -> None:
+                 witness: FileWitness | HttpWitness | None = None) -> None:
         self.path = Path(path)
         self._queue_lock = threading.Lock()  # guards the queue and who is writing
         self._write_lock = threading.Lock()  # one transaction at a time on the shared connection
@@ -70,7 +70,11 @@ class SqliteAuditStore:
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the audit store at {self.path}: {error}") from error
         if signer is not None and witness is not None:
-            self._witnessed = witness.last_size(signer.verifier)
+            witnessed = witness.last_size(signer.verifier)
+            if witnessed is None:  # a witness it cannot read back: assume it has what the store has
+                row = self.read("SELECT max(size) FROM tree_checkpoints")[0][0]
+                witnessed = row or 0
+            self._witnessed = witnessed
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")

@@ -7,6 +7,7 @@ whole log regenerated with another key; history rewritten (without the key, and 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -249,3 +250,66 @@ def test_a_rotated_key_verifies_with_both_public_keys(log: Log) -> None:
     assert code == 1 and "does not verify" in out  # the old key's checkpoints, under the new key alone
     code, out = log.verify("--public-key", str(log.public), "--public-key", str(public), "--witness", str(log.witness))
     assert code == 0 and "32 events, 8 signed checkpoints checked" in out, out
+
+
+class _Endpoint:
+    """A witness endpoint on loopback: keeps each POSTed body as a line of a file (what its operator
+    would export), or answers 500 when told to."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        endpoint = self
+        self.path, self.failing = path, False
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if endpoint.failing:
+                    self.send_response(500)
+                else:
+                    with open(endpoint.path, "ab") as f:
+                        f.write(body + b"\n")
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/witness"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_http_witness_receives_every_checkpoint_and_a_failing_one_fails_closed(tmp_path: Path) -> None:
+    endpoint = _Endpoint(tmp_path / "exported.jsonl")
+    try:
+        log = Log(tmp_path)
+        log.config.write_text(log.config.read_text().replace(f"file://{log.witness}", endpoint.url))
+        from bastion.server.build import build_gateway
+        from bastion.server.config import load
+
+        store = build_gateway(load(log.config)).store
+        calls(store, 0, 12)
+        assert CliRunner().invoke(main, ["audit", "checkpoint", "--config", str(log.config)]).exit_code == 0
+        code, out = log.verify("--public-key", str(log.public), "--witness", str(endpoint.path))
+        assert code == 0 and "12 events, 3 signed checkpoints checked, 3 witnessed checkpoints" in out, out
+        result = CliRunner().invoke(main, ["audit", "verify", "--config", str(log.config)])
+        assert result.exit_code == 1 and "export what it holds to a file" in result.output
+        endpoint.failing = True
+        with pytest.raises(StoreError, match="answered 500"):
+            calls(store, 12, 3)  # the checkpoint at 15 cannot be witnessed: the append fails
+        endpoint.failing = False
+        calls(store, 15, 1)  # the next transaction witnesses it
+        sizes = [int(json.loads(line)["note"].split("\n")[1]) for line in endpoint.path.read_text().splitlines()]
+        assert sorted(set(sizes)) == [5, 10, 12, 15]  # 12 twice: the CLI's, then this gateway's catching up
+        code, out = log.verify("--public-key", str(log.public), "--witness", str(endpoint.path))
+        assert code == 0, out
+    finally:
+        endpoint.close()
