@@ -70,6 +70,13 @@ def executor(site: Path, *, writable: bool = False, limits: SandboxLimits | None
     return LocalShellExecutor("box", ws, sandbox=sandbox)
 
 
+def _own(ws: Path) -> None:
+    """Give the workspace to the sandbox's uid, as a writable workspace must be (the suite runs as root)."""
+    for path in [ws, *ws.rglob("*")]:
+        if os.getuid() == 0 and not path.is_symlink():
+            os.chown(path, SANDBOX_UID, SANDBOX_UID)
+
+
 async def run(box: LocalShellExecutor, command: str, *, timeout: float = 20) -> ShellResult:
     try:
         return await box.run(ShellRunRequest(command, None, timeout, 1_000_000, Identity("mallory")))
@@ -150,7 +157,7 @@ async def test_read_only_workspace_and_system_folders_cannot_change(site: Path) 
 @requirement("shell:sandbox-filesystem")
 async def test_a_writable_workspace_is_the_only_place_a_command_can_write(site: Path) -> None:
     ws = site / "ws"
-    os.chown(ws, SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    _own(ws)
     snapshot = sorted(str(p) for p in site.rglob("*"))
     result = await run(executor(site, writable=True),
                        "echo built > out.txt; echo x > /tmp/t && cat /tmp/t; echo x > ../escape; echo x > .env; "
@@ -179,9 +186,7 @@ async def test_repository_config_cannot_launch_programs(site: Path) -> None:
     (ws / ".gitattributes").write_text("*.py diff=py filter=x\n")
     (ws / "hooks").mkdir()
     (ws / "hooks" / "post-checkout").write_text(f"#!/bin/sh\ntouch {ws}/RAN-hook\n")
-    for path in [ws, *ws.rglob("*")]:
-        if not path.is_symlink():
-            os.chown(path, SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    _own(ws)
     result = await run(executor(site, writable=True),
                        "git status; git diff; git log -p --show-signature | cat; git show HEAD; git -p log -1; "
                        "git remote -v; git checkout -q -b other; git add -A; git diff --cached --stat; echo end")
@@ -203,7 +208,7 @@ async def test_the_timeout_kills_the_whole_sandbox(site: Path) -> None:
 @requirement("shell:sandbox-limits")
 async def test_resource_limits_hold(site: Path) -> None:
     limits = SandboxLimits(cpu_seconds=2, memory_bytes=256 << 20, file_size_bytes=1 << 20, processes=64)
-    os.chown(site / "ws", SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    _own(site / "ws")
     result = await run(executor(site, writable=True, limits=limits),
                        "head -c 3000000 /dev/zero > big; echo size=$(stat -c %s big); "
                        "python3 -c 'x = bytearray(1 << 30)' 2>&1 | tail -1; ulimit -t; ulimit -u")
@@ -338,8 +343,7 @@ async def test_git_config_reached_another_way_runs_nothing(site: Path, layout: s
 async def test_a_writable_workspace_cannot_plant_git_hooks_or_config(site: Path) -> None:
     ws = site / "ws"
     _repo(ws)
-    for path in [ws, *ws.rglob("*")]:
-        os.chown(path, SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    _own(ws)
     before = (ws / ".git" / "config").read_text()
     await run(executor(site, writable=True), "echo 'touch RAN' > .git/hooks/post-checkout; echo ../x > .git/commondir; "
                                              "printf '[core]\\n\\tfsmonitor = x\\n' >> .git/config; echo built > out")
@@ -353,8 +357,7 @@ async def test_a_hidden_file_moved_away_is_still_hidden_even_with_its_folders_ti
     ws = site / "ws"
     (ws / "sub").mkdir()
     (ws / "sub" / ".env").write_text(f"{CANARY}\n")
-    for path in [ws, *ws.rglob("*")]:
-        os.chown(path, SANDBOX_UID, SANDBOX_UID) if os.getuid() == 0 else None
+    _own(ws)
     box = executor(site, writable=True)
     try:
         for command in ("cat sub/.env",
@@ -424,12 +427,6 @@ async def test_runtimes_that_reserve_much_address_space_still_start(site: Path) 
 
 
 # -- a second red-team round ------------------------------------------------------------------------
-
-def _own(ws: Path) -> None:
-    for path in [ws, *ws.rglob("*")]:
-        if os.getuid() == 0 and not path.is_symlink():
-            os.chown(path, SANDBOX_UID, SANDBOX_UID)
-
 
 async def _calls(box: LocalShellExecutor, *commands: str) -> list[ShellResult]:
     try:
