@@ -55,6 +55,9 @@ def references(config: Config) -> list[Finding]:
             found += _file(config, at + ("password_file",), conn.password_file, "password file")
             found += _env(at + ("mask_key_env",), conn.mask_key_env)
             found += _file(config, at + ("mask_key_file",), conn.mask_key_file, "key file")
+            for index, role in enumerate(conn.roles):
+                found += _env(at + ("roles", index, "password_env"), role.password_env)
+                found += _file(config, at + ("roles", index, "password_file"), role.password_file, "password file")
             if conn.kind == "sqlite" and conn.target and not config.path(conn.target).is_file():
                 found.append(Finding(at + ("target",), f"no SQLite database at {config.path(conn.target)}"))
         elif isinstance(conn, ShellConnectionConfig):

@@ -36,7 +36,9 @@ def test_unset_secrets_and_missing_files_are_each_named_with_their_line(tmp_path
                       'preset = "read-only"\n\n'
                       '[connections.lite]\nkind = "sqlite"\ntarget = "missing.db"\npreset = "read-only"\n\n'
                       '[connections.sh]\nkind = "local"\ncwd = "no-such-folder"\npreset = "inspect"\n\n'
-                      '[connections.pw]\nkind = "postgres"\ntarget = "host=127.0.0.1 user=u"\npassword_file = "pw.txt"\n')
+                      '[connections.pw]\nkind = "postgres"\ntarget = "host=127.0.0.1 user=u"\npassword_file = "pw.txt"\n'
+                      'preset = "read-only"\n[[connections.pw.roles]]\ngroups = ["a"]\nrole = "r"\nlogin = true\n'
+                      'password_file = "role.pw"\n')
     code, out, err = validate(config, "--connect")
     assert code == 1 and "Traceback" not in out + err
     assert err.splitlines() == [
@@ -44,8 +46,9 @@ def test_unset_secrets_and_missing_files_are_each_named_with_their_line(tmp_path
         f"{config}:12: connections.lite.target: no SQLite database at {tmp_path / 'missing.db'}",
         f"{config}:17: connections.sh.cwd: no folder at {tmp_path / 'no-such-folder'}",
         f"{config}:23: connections.pw.password_file: no password file at {tmp_path / 'pw.txt'}",
+        f"{config}:29: connections.pw.roles[0].password_file: no password file at {tmp_path / 'role.pw'}",
         f"{config}:2: audit.checkpoint_key_env: the environment variable `BASTION_TEST_NO_KEY` is not set",
-        "Error: 5 problems (above)"]
+        "Error: 6 problems (above)"]
 
 
 @pytest.mark.postgres
