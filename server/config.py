@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import re
 from dataclasses import replace
 import os
 import tomllib
@@ -12,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bastion.policy import durations
 from bastion.policy.decision import Limits, Verdict
 from bastion.policy.errors import ConfigError
 from bastion.policy.identity import Identity
@@ -294,16 +294,6 @@ class ShellConnectionConfig(_Model):
         return _unique_ids(tuple(r.to_rule(i) for i, r in enumerate(self.rules)))
 
 
-def _seconds(value: str | float) -> float:
-    """A duration: seconds, or `30s`, `10m`, `1h`, `2d`."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value)
-    if not m:
-        raise ValueError(f"expected a duration such as 30s, 10m, 1h; found {value!r}")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
 class AlertConfig(_Model):
     """One alert rule over the event stream."""
 
@@ -319,13 +309,13 @@ class AlertConfig(_Model):
 
     @model_validator(mode="after")
     def _limits(self) -> AlertConfig:
-        _seconds(self.window)
+        durations.seconds(self.window)
         if self.kind != "denials" and self.max_rows is None and self.max_bytes is None:
             raise ValueError(f"a `{self.kind}` alert needs `max_rows` or `max_bytes`")
         return self
 
     def to_rule(self) -> AlertRule:
-        return AlertRule(self.id, self.kind, self.threshold, _seconds(self.window), self.max_rows, self.max_bytes,
+        return AlertRule(self.id, self.kind, self.threshold, durations.seconds(self.window), self.max_rows, self.max_bytes,
                          self.action, self.webhook, self.webhook_format)
 
 
@@ -421,19 +411,19 @@ class ApprovalsConfig(_Model):
 
     @model_validator(mode="after")
     def _durations(self) -> ApprovalsConfig:
-        if _seconds(self.wait) <= 0 or _seconds(self.ttl) <= 0:
+        if durations.seconds(self.wait) <= 0 or durations.seconds(self.ttl) <= 0:
             raise ValueError("`wait` and `ttl` must be positive durations")
-        if _seconds(self.wait) > 600:
+        if durations.seconds(self.wait) > 600:
             raise ValueError("`wait` over 10m outlasts every client's request timeout; a pending call is re-issued instead")
         return self
 
     @property
     def wait_s(self) -> float:
-        return _seconds(self.wait)
+        return durations.seconds(self.wait)
 
     @property
     def ttl_s(self) -> float:
-        return _seconds(self.ttl)
+        return durations.seconds(self.ttl)
 
 
 class Config(_Model):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
+from bastion.policy.durations import ago
 from bastion.store.sqlite_store import SqliteAuditStore
 
 # Exported lines carry this; it changes only with an incompatible change to the event shape.
@@ -15,17 +16,8 @@ EXPORT_SCHEMA = "bastion.audit.event/1"
 
 
 def since(value: str) -> str:
-    """`1h`, `30m`, `2d`, `45s` ago, or an ISO time, as the ISO time the log compares with."""
-    m = re.fullmatch(r"(\d+)\s*([smhd])", value.strip())
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return (datetime.now(timezone.utc) - timedelta(**{unit: int(m.group(1))})).isoformat(timespec="microseconds")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"expected a duration such as 1h, 30m, 2d, or an ISO time; found {value!r}") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat(
-        timespec="microseconds")
+    """`1h`, `30m`, `2d`, `45s` ago (policy/durations.py's grammar), or an ISO time, as the ISO time the log compares with."""
+    return ago(value, datetime.now(timezone.utc)).isoformat(timespec="microseconds")
 
 
 def _terms(text: str) -> list[str]:
