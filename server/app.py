@@ -3,9 +3,11 @@ call (OIDC bearer token, BASTION_TOKEN or the configured one), errors curated fo
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Callable, Literal
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, ParamSpec, TypeVar
 
 import anyio
 
@@ -27,7 +29,10 @@ from bastion.tools.calls import Caller
 from bastion.tools.gateway import Gateway
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
+try:
+    VERSION = version("agent-bastion")  # the one version: pyproject.toml's, as installed
+except PackageNotFoundError:  # a source tree that was never installed
+    VERSION = "0+unknown"
 SESSION_META_KEY = "io.bastion/session"
 
 INSTRUCTIONS = (
@@ -43,6 +48,25 @@ INSTRUCTIONS = (
 # tool's description, and a compact text rendering (server/render.py) for the model to read.
 DESCRIBE_PAGE_TABLES = 100  # at most this many tables per describe answer...
 DESCRIBE_PAGE_CHARS = 12_000  # ...and about this much text; the rest comes with `offset`
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def agent_errors(tool: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """The server's edge: a BastionError raised by a tool reaches the agent as a ToolError carrying
+    its curated text (code, message, rule, hint: `BastionError.for_agent`), never raw exception text.
+    Every tool is registered through it (`create_server`'s ``tool``)."""
+
+    @functools.wraps(tool)
+    async def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await tool(*args, **kwargs)
+        except BastionError as error:
+            raise ToolError(error.for_agent()) from error
+
+    return translated
 
 
 def _result(text: str, structured: dict[str, Any]) -> CallToolResult:
@@ -193,26 +217,28 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
 
     mcp.bastion_context = context  # type: ignore[attr-defined]  # for the confirmation resolvers
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    def tool(**annotations: Any) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        """Register a tool with its annotations, its errors translated at the edge (`agent_errors`)."""
+        def register(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            mcp.tool(annotations=ToolAnnotations(**annotations))(agent_errors(fn))
+            return fn
+
+        return register
+
+    @tool(read_only_hint=True, open_world_hint=False)
     async def list_connections(ctx: Context) -> CallToolResult:
         """Connections you may use, their kind and what their rules allow. Structured: {connections: [{name, kind, description, rules}]}."""
         gw, caller = context(ctx)
-        try:
-            items = await gw.list_connections(caller)
-        except BastionError as error:
-            raise ToolError(error.for_agent()) from error
+        items = await gw.list_connections(caller)
         found = [{k: item[k] for k in ("name", "kind", "description", "rules")} for item in items]
         return _result(render.connections(found), {"connections": found})
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool(read_only_hint=True, open_world_hint=False)
     async def describe(connection: str, ctx: Context, table: str | None = None,
                        offset: Annotated[int, Field(ge=0)] = 0) -> CallToolResult:
         """Tables you may read, one line each: columns, types, masked ones marked; `table` for one. Long lists come in pages: the answer names the next `offset`."""
         gw, caller = context(ctx)
-        try:
-            tables = await gw.describe(caller, connection, table)
-        except BastionError as error:
-            raise ToolError(error.for_agent()) from error
+        tables = await gw.describe(caller, connection, table)
         every = [{"schema": t.schema, "name": t.name, "kind": t.kind,
                   "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable, **({"masked": c.masked} if c.masked else {})}
                               for c in t.columns]} for t in tables]
@@ -220,30 +246,23 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         text = render.tables(page, total=len(every), offset=offset, next_offset=next_offset)
         return _result(text, {"tables": page, "total": len(every), "next_offset": next_offset})
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=True))
+    @tool(read_only_hint=True, open_world_hint=False, idempotent_hint=True)
     async def check(connection: str, text: str, ctx: Context) -> CallToolResult:
         """Would SQL or a shell command be allowed, held or denied, and why, without running it. Structured: {verdict, rules, reason, hint, facts}."""
         gw, caller = context(ctx)
-        try:
-            outcome = await gw.check(caller, connection, text)
-        except BastionError as error:
-            raise ToolError(error.for_agent()) from error
+        outcome = await gw.check(caller, connection, text)
         found = {"verdict": outcome.verdict, "rules": list(outcome.rules), "reason": outcome.reason, "hint": outcome.hint,
                  "facts": outcome.facts}
         return _result(render.check(found), found)
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
-                                          open_world_hint=False))
+    @tool(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
     async def sql_query(connection: str, sql: str, ctx: Context,
                         reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
                         confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_sql)] = None,  # type: ignore[assignment]
                         ) -> CallToolResult:
         """Run SQL under the connection's policy. Structured: {columns, rows, row_count, truncated, duration_ms, call_id}."""
         gw, caller = context(ctx)
-        try:
-            done = await gw.sql_query(caller, connection, sql, reason, confirmed=confirmed(confirmation))
-        except BastionError as error:
-            raise ToolError(error.for_agent()) from error
+        done = await gw.sql_query(caller, connection, sql, reason, confirmed=confirmed(confirmation))
         r = done.result
         # A plain dict: the rows are JSON values already (the executor's budget made them so), and
         # validating a thousand rows again would cost more than the query.
@@ -256,8 +275,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         footer = f"({note}; {out['duration_ms']:g} ms; call_id {done.call_id})"
         return _result(render.table(r.columns, r.rows, footer=footer), out)
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False,
-                                          open_world_hint=False))
+    @tool(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
     async def shell_run(connection: str, command: str, ctx: Context,
                         reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
                         cwd: Annotated[str | None, Field(description="directory inside the connection's own")] = None,
@@ -265,10 +283,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
                         ) -> CallToolResult:
         """Run a shell command under the connection's policy. Structured: {exit_code, stdout, stderr, truncated, timed_out, duration_ms, call_id}."""
         gw, caller = context(ctx)
-        try:
-            done = await gw.shell_run(caller, connection, command, reason, cwd, confirmed=confirmed(confirmation))
-        except BastionError as error:
-            raise ToolError(error.for_agent()) from error
+        done = await gw.shell_run(caller, connection, command, reason, cwd, confirmed=confirmed(confirmation))
         r = done.result
         out = {"exit_code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr, "truncated": r.truncated,
                "timed_out": r.timed_out, "duration_ms": round(done.duration_ms, 3), "call_id": done.call_id}
@@ -277,28 +292,21 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         text += f"\n({status}{'; output truncated' if r.truncated else ''}; {out['duration_ms']:g} ms; call_id {done.call_id})"
         return _result(text, out)
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
+    @tool(read_only_hint=True, open_world_hint=False)
     async def approvals_list(ctx: Context, status: Annotated[Literal["pending", "approved", "denied", "expired", "consumed"] | None,
                                                              Field(description="null for all")] = "pending",
                              ) -> CallToolResult:
         """Held calls you may decide or asked for: text, requester, reason, rule, impact preview. Structured: {holds: [...]}."""
         gw, caller = context(ctx)
-        try:
-            found = await gw.approvals_list(caller, status)
-        except BastionError as error:
-            raise ToolError(error.for_agent()) from error
+        found = await gw.approvals_list(caller, status)
         return _result(render.holds(found), {"holds": found})
 
-    @mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
-                                          open_world_hint=False))
+    @tool(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
     async def approval_decide(hold_id: str, approve: bool, ctx: Context,
                               reason: Annotated[str | None, Field(description="why; required to deny")] = None) -> CallToolResult:
         """Approve or deny a held call (as one of its approvers, not its requester). Structured: the hold, with its new status."""
         gw, caller = context(ctx)
-        try:
-            hold = await gw.approval_decide(caller, hold_id, approve, reason)
-        except BastionError as error:
-            raise ToolError(error.for_agent()) from error
+        hold = await gw.approval_decide(caller, hold_id, approve, reason)
         return _result(render.decided(hold), hold)
 
     return mcp

@@ -149,3 +149,23 @@ async def test_calls_are_grouped_by_a_session_the_client_chose_or_by_the_gateway
     first, second = [e for e in audit(demo_config).iter_all() if e["type"] == ev.REQUESTED][-2:]
     assert first["session"] == "ticket-42"
     assert second["session"] and second["session"] != "ticket-42"  # the MCP session, or process:<id> of this gateway
+
+
+async def test_the_server_names_the_installed_version(demo_config: Path) -> None:
+    from importlib.metadata import version
+
+    async with Client(create_server(load(demo_config)), mode="legacy") as c:
+        assert c.server_info is not None and c.server_info.version == version("agent-bastion")
+
+
+async def test_every_tool_translates_bastion_errors_at_the_edge(client: Client) -> None:
+    # One decorator (server/app.py's agent_errors) for every tool: a Bastion error from any of them
+    # reaches the agent as its curated text with its stable code, never as raw exception text.
+    calls = {"describe": {"connection": "nowhere"}, "check": {"connection": "nowhere", "text": "SELECT 1"},
+             "sql_query": {"connection": "nowhere", "sql": "SELECT 1"},
+             "shell_run": {"connection": "nowhere", "command": "ls"}}
+    for name, arguments in calls.items():
+        result = await client.call_tool(name, arguments)
+        text = text_of(result)
+        assert result.is_error and "[unknown_connection] there is no connection `nowhere`" in text, (name, text)
+        assert "UnknownConnection" not in text and "Traceback" not in text
