@@ -381,6 +381,8 @@ def _column(name: str, value: Any) -> Any:
         return json.dumps(value, ensure_ascii=False, default=str, sort_keys=True)
     if isinstance(value, bool):
         return int(value)
+    if name == "duration_ms":  # a REAL column: an int would read back as 5.0 and no longer hash as written
+        return float(value)
     return value
 
 

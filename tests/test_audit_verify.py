@@ -162,3 +162,13 @@ def test_a_large_log_is_checked_in_parallel_ranges_that_are_linked(tmp_path: Pat
     conn = tamper(path, f"DELETE FROM events WHERE seq = {where}")
     report = verify(conn, workers=2)
     assert not report.ok and report.problems[0][0] == where + 1
+
+
+def test_a_value_the_column_stores_otherwise_still_verifies(tmp_path: Path) -> None:
+    """duration_ms is REAL: an int given to append is stored as a float and hashed as one."""
+    store = SqliteAuditStore(tmp_path / "audit.db", signer=SIGNER, checkpoint_every=2)
+    store.append({"type": ev.FINISHED, "call_id": "c", "duration_ms": 5, "row_count": 1, "truncated": False})
+    store.append({"type": ev.FINISHED, "call_id": "d", "duration_ms": 2.5})
+    report = verify(store.db.conn, verifier=KEY, every=2)
+    assert report.ok and report.covered == 2, report.problems
+
