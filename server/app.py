@@ -25,6 +25,7 @@ from bastion.server import render
 from bastion.server.auth import OidcVerifier, TokenRefused, expired
 from bastion.server.build import build_gateway
 from bastion.server.config import Config
+from bastion.tools.approvals import STATUSES
 from bastion.tools.calls import Caller
 from bastion.tools.gateway import Gateway
 
@@ -34,6 +35,7 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 SESSION_META_KEY = "io.bastion/session"
+HoldStatusName = Literal[STATUSES]  # type: ignore[valid-type]  # the hold statuses, as the tool's schema lists them
 
 INSTRUCTIONS = (
     "Bastion guards database access. Call list_connections first, describe to see tables, then sql_query. "
@@ -293,7 +295,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         return _result(text, out)
 
     @tool(read_only_hint=True, open_world_hint=False)
-    async def approvals_list(ctx: Context, status: Annotated[Literal["pending", "approved", "denied", "expired", "consumed"] | None,
+    async def approvals_list(ctx: Context, status: Annotated[HoldStatusName | None,
                                                              Field(description="null for all")] = "pending",
                              ) -> CallToolResult:
         """Held calls you may decide or asked for: text, requester, reason, rule, impact preview. Structured: {holds: [...]}."""

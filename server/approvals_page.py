@@ -56,12 +56,12 @@ from starlette.routing import Route
 from bastion.policy.approvals import refusal
 from bastion.policy.errors import BastionError, ConfigError, SelfApproval
 from bastion.policy.identity import Identity
-from bastion.server.approvals_web import (MAX_REASON, STORE_UNAVAILABLE, base_url, decide_as, effective_status, http_status,
-                                  list_visible, load_visible, origin)
+from bastion.server.approvals_web import STORE_UNAVAILABLE, base_url, http_status, origin
 from bastion.server.auth import identity_from_claims
 from bastion.server.config import Config
 from bastion.store.approvals import HoldStatus
 from bastion.store.errors import StoreError
+from bastion.tools.approvals import LIST_SCAN, MAX_REASON, decide, effective_status, list_visible, load_visible
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Page:
         identity = self.user(request)
         if identity is None:
             return self.sign_in_first(self.root + "/")
-        holds = await list_visible(self.store, identity, {str(HoldStatus.PENDING)})
+        holds = await list_visible(self.store, identity, [HoldStatus.PENDING], limit=LIST_SCAN)
         now = self.store.clock()
         mine = [h for h in holds if isinstance(refusal(identity, h), SelfApproval)]
         theirs = [h for h in holds if h not in mine]
@@ -204,7 +204,7 @@ class Page:
                                 "Sign in again, then decide.", None, code="signed_out")
         reason = form.get("reason")
         try:
-            held = await decide_as(self.store, identity, hold_id, approve, reason if isinstance(reason, str) else None)
+            held = await decide(self.store, identity, hold_id, approve, reason if isinstance(reason, str) else None)
         except BastionError as error:
             return self.failed(request, error, identity)
         verb = "approved" if approve else "denied"
@@ -382,7 +382,7 @@ def _environment() -> Environment:
                       undefined=StrictUndefined, trim_blocks=True)
     env.filters.update({
         "person": lambda who: person(who.as_record() if isinstance(who, Identity) else who),
-        "status": effective_status,
+        "status": lambda held, now: str(effective_status(held, now)),
         "relative": relative,
         "urlquote": lambda value: quote(value, safe=""),
         "pretty": lambda value: json.dumps(value, indent=2, ensure_ascii=False, default=str),

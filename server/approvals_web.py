@@ -1,12 +1,12 @@
-"""The approvals API and page under /approvals: what both channels share, and the app that mounts them.
+"""The approvals API and page under /approvals: what both HTTP channels share, and the app that mounts them.
 
     /approvals/api/...   server/approvals_api.py    JSON; OIDC bearer access tokens, as on /mcp
     /approvals/...       server/approvals_page.py   HTML; browser login (OIDC code flow), session, CSRF
 
-Both read and decide through the gateway's ApprovalStore (store/approvals.py) with one visibility
-rule (`visible`), one way to decide (`decide_as`: policy's `refusal` first for a clear message, then
-the store, which checks everything again inside its transaction) and one map from Bastion's
-approval errors to HTTP statuses (`HTTP_STATUS`).
+Both list, read and decide through the approvals service every channel calls (tools/approvals.py:
+one visibility rule, one status as shown, one way to decide); this module adds what is HTTP's own:
+one map from Bastion's approval errors to HTTP statuses (`HTTP_STATUS`), the security headers, and
+a hold as the API returns it (`record`).
 
 Without [auth], Bastion cannot tell one approver from another, so both channels answer 404 with an
 explanation: approvers then use `bastion approvals` on the gateway's host.
@@ -14,14 +14,12 @@ explanation: approvers then use `bastion approvals` on the gateway's host.
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -33,13 +31,10 @@ from bastion.policy.errors import (AlreadyVoted, BastionError, HoldClosed, HoldN
                            ReasonRequired, SelfApproval)
 from bastion.policy.identity import Identity
 from bastion.server.config import Config
-from bastion.store.approvals import ApprovalStore, Held, HoldStatus
-from bastion.tools.approvals import concerns
+from bastion.store.approvals import Held, HoldStatus
+from bastion.tools.approvals import effective_status
 
 log = logging.getLogger(__name__)
-
-MAX_REASON = 2000  # characters of an approver's reason
-LIST_SCAN = 1000  # holds read per listing, before the visibility filter
 
 # Every ApprovalError class has its own entry (a test fails when one is missing): a new subclass
 # must be placed on purpose, not inherit its parent's status by accident.
@@ -93,27 +88,6 @@ STORE_UNAVAILABLE = ("store_unavailable", "the approvals store could not be read
                      "Nothing was decided. Try again; if it persists, see the gateway's log.")
 
 
-# -- one rule for all channels --------------------------------------------------------------------
-
-def visible(identity: Identity, held: Held) -> bool:
-    """Who may see a hold: its requester, and the members of its approver groups (the rule every
-    channel shares, tools/approvals.py)."""
-    return concerns(held, identity)
-
-
-def effective_status(held: Held, now: datetime) -> str:
-    """The status to show: a live hold past its expiry is expired, whether or not the store has
-    marked it yet (reading never writes; the store expires it the next time anything touches it)."""
-    if held.status in (HoldStatus.PENDING, HoldStatus.APPROVED) and _moment(held.expires_at) <= now:
-        return str(HoldStatus.EXPIRED)
-    return str(held.status)
-
-
-def _moment(iso: str) -> datetime:
-    moment = datetime.fromisoformat(iso)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 def record(held: Held, identity: Identity, now: datetime, url: str) -> dict[str, Any]:
     """A hold as the API returns it, with what ``identity`` may do about it."""
     why_not = None
@@ -122,49 +96,8 @@ def record(held: Held, identity: Identity, now: datetime, url: str) -> dict[str,
         why_not = f"held call `{held.hold_id}` is {status}"
     elif (refused := refusal(identity, held)) is not None:
         why_not = refused.message
-    return {**held.as_record(), "status": status, "url": url, "can_decide": why_not is None,
+    return {**held.as_record(), "status": str(status), "url": url, "can_decide": why_not is None,
             "cannot_decide": why_not}
-
-
-async def list_visible(store: ApprovalStore, identity: Identity, statuses: set[str]) -> list[Held]:
-    """The holds ``identity`` may see whose effective status is in ``statuses``, newest first.
-    StoreError when the store cannot be read (as `load_visible` and `decide_as`)."""
-    wanted = set(statuses)
-    if HoldStatus.EXPIRED in wanted:  # overdue holds the store has not marked yet are still stored live
-        wanted |= {HoldStatus.PENDING, HoldStatus.APPROVED}
-    holds = await anyio.to_thread.run_sync(functools.partial(store.list, sorted(wanted), limit=LIST_SCAN))
-    now = store.clock()
-    return [h for h in holds if visible(identity, h) and effective_status(h, now) in statuses]
-
-
-async def load_visible(store: ApprovalStore, identity: Identity, hold_id: str) -> Held:
-    """The hold, if ``identity`` may see it; else HoldNotFound or NotAllowedToDecide."""
-    held = await anyio.to_thread.run_sync(store.get, hold_id)
-    if held is None:
-        raise HoldNotFound(f"there is no held call `{hold_id}`",
-                           hint="The list of held calls shows the ids you may see.")
-    if not visible(identity, held):
-        groups = ", ".join(f"`{g}`" for g in held.approver_groups)
-        raise NotAllowedToDecide(f"`{identity.subject}` is not in an approver group of held call `{hold_id}`",
-                                 hint=f"Only its requester and members of {groups} may see it.")
-    return held
-
-
-async def decide_as(store: ApprovalStore, identity: Identity, hold_id: str, approve: bool,
-                    reason: str | None) -> Held:
-    """Vote on a hold as ``identity``; returns the hold after the vote, or raises the ApprovalError
-    that explains the refusal (nothing is recorded then)."""
-    reason = (reason or "").strip() or None
-    if reason is not None and len(reason) > MAX_REASON:
-        raise InvalidInput(f"the reason is {len(reason)} characters long", hint=f"Keep it under {MAX_REASON}.")
-    held = await load_visible(store, identity, hold_id)
-    refused = refusal(identity, held)  # the clear message first; the store checks again in its transaction
-    if refused is not None:
-        raise refused
-    if not approve and reason is None:
-        raise ReasonRequired(f"a denial of held call `{hold_id}` needs a reason",
-                             hint="Say why, so the requester knows what would pass instead.")
-    return await anyio.to_thread.run_sync(functools.partial(store.decide, hold_id, identity, approve, reason))
 
 
 # -- the app --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from bastion.policy.shell.presets import SHELL_PRESETS
 from bastion.policy.shell.rules import ShellPolicy
 from bastion.server import config as config_mod
 from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.tools.approvals import STATUSES as HOLD_STATUSES
 from bastion.tools.guard import safe_check
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -481,7 +482,7 @@ def _hold_line(hold: dict[str, Any]) -> str:
 
 @approvals.command(name="list")
 @config_option
-@click.option("--status", type=click.Choice(["pending", "approved", "denied", "expired", "consumed", "all"]),
+@click.option("--status", type=click.Choice([*HOLD_STATUSES, "all"]),
               default="pending", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def approvals_list(config_path: str | None, status: str, as_json: bool) -> None:

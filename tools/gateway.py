@@ -242,8 +242,11 @@ class Gateway:
         return await self.guard.record_call(caller, "check", connection, text, work, decision=d, facts=vetted.facts)
 
     async def approvals_list(self, caller: Caller, status: str | None = "pending") -> list[dict[str, Any]]:
+        """The holds ``caller`` may see in ``status`` (None: any), as the approvals service lists them."""
         async def work() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-            holds = [approvals.summary(h) for h in await approvals.visible(self.approvals, caller.identity, status)]
+            found = await approvals.list_visible(self.approvals, caller.identity, None if status is None else [status])
+            now = self.approvals.clock()
+            holds = [approvals.summary(h, now) for h in found]
             return holds, {"holds": [h["hold_id"] for h in holds]}
 
         return await self.guard.record_call(caller, "approvals_list", "", status or "", work)
@@ -251,7 +254,8 @@ class Gateway:
     async def approval_decide(self, caller: Caller, hold_id: str, approve: bool, reason: str | None) -> dict[str, Any]:
         async def work() -> tuple[dict[str, Any], dict[str, Any]]:
             held = await approvals.decide(self.approvals, caller.identity, hold_id, approve, reason)
-            return approvals.summary(held), {"hold_id": hold_id, "approve": approve, "status": str(held.status)}
+            summary = approvals.summary(held, self.approvals.clock())
+            return summary, {"hold_id": hold_id, "approve": approve, "status": summary["status"]}
 
         return await self.guard.record_call(caller, "approval_decide", "", f"{'approve' if approve else 'deny'} {hold_id}", work)
 
