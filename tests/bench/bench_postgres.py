@@ -57,8 +57,11 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def setup(database: str) -> str:
+    """The bench database, and the DSN of a login that may only read it (the gateway serves no login
+    that can do more than its rules allow; the peers get the same login)."""
     with psycopg.connect(ADMIN, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(database)))
     params = psycopg.conninfo.conninfo_to_dict(ADMIN) | {"dbname": database}
     dsn = psycopg.conninfo.make_conninfo(**params)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -69,7 +72,8 @@ def setup(database: str) -> str:
         # Vacuumed and analysed now, so autovacuum does not compete with the measurements.
         for table in ("orders", "big_5000", "big_500000", "big_5000000"):
             conn.execute(f"VACUUM ANALYZE {table}")
-    return dsn
+        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(database)))
+    return psycopg.conninfo.make_conninfo(**(params | {"user": database}))
 
 
 def config(tmp: Path, dsn: str) -> Path:
@@ -219,6 +223,7 @@ def bench_database() -> Iterator[tuple[str, Path]]:
     finally:
         with psycopg.connect(ADMIN, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(database)))
 
 
 def main() -> None:

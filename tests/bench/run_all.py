@@ -51,6 +51,8 @@ def main() -> None:
         ("OIDC bearer token check per request", [sys.executable, str(HERE / "bench_auth.py"), "--rounds", rounds]),
         ("Masking a 10,000-row result", [sys.executable, str(HERE / "bench_masking.py"), "--rounds", rounds]),
         ("Shell sandbox: a local command's added cost", [sys.executable, str(HERE / "bench_sandbox.py"), "--rounds", rounds]),
+        ("Beside the peers: DBHub and the reference PostgreSQL server",
+         [sys.executable, str(HERE / "bench_peers.py"), "--rounds", "3" if args.quick else "5"]),
     ]
     command = "python tests/bench/run_all.py" + (" --quick" if args.quick else "")
     sections = []

@@ -1,0 +1,172 @@
+"""Bastion beside the MCP servers people would pick instead, on the same PostgreSQL table.
+
+    .venv/bin/python tests/bench/bench_peers.py [--rounds 5] [--calls 100] [--peers DIR]
+
+Each server is its own process on stdio, driven by the MCP Python SDK's client, as an agent's host
+would: Bastion (`bastion serve`: parse, decide, record durably, cap, run read-only as its login),
+DBHub (`@bytebase/dbhub`) and the reference PostgreSQL server (`@modelcontextprotocol/server-postgres`),
+both installed from npm into a scratch folder (``--peers``; nothing of theirs is kept in this
+repository). Postgres MCP Pro is not on this machine's package index, so it is not measured.
+
+Two workloads, each with varied texts (an agent does not repeat one query): a point query by a
+random id, and a 1,000-row range from a random start. Rounds are interleaved (every server once per
+round, in a shuffled order); the ratio to Bastion is taken per round, and the medians printed. CPU:
+the client's (this process) and the server's (its process tree, from /proc) per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1]))
+
+from bench_postgres import bench_database  # noqa: E402
+
+PEERS = {"@bytebase/dbhub": "1.4.0", "@modelcontextprotocol/server-postgres": "0.6.2"}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def install_peers(folder: Path) -> Path:
+    if not (folder / "node_modules" / ".bin" / "dbhub").exists():
+        if shutil.which("npm") is None:
+            sys.exit("the peers are npm packages: install Node.js and npm (apt-get install -y nodejs npm)")
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(folder),
+                        *(f"{name}@{version}" for name, version in PEERS.items())], check=True)
+    return folder / "node_modules" / ".bin"
+
+
+def url(dsn: str) -> str:
+    p = psycopg.conninfo.conninfo_to_dict(dsn)
+    return f"postgres://{p.get('user', 'postgres')}@{p.get('host', '127.0.0.1')}:{p.get('port', 5432)}/{p['dbname']}?sslmode=disable"
+
+
+def servers(bin_dir: Path, config: Path, dsn: str) -> dict[str, tuple[list[str], Callable[[str], tuple[str, dict[str, Any]]]]]:
+    """name → (command, how a SQL text becomes that server's tool call)."""
+    bastion = str(Path(sys.executable).parent / "bastion")
+    return {
+        "bastion": ([bastion, "serve", "--config", str(config)], lambda q: ("sql_query", {"connection": "pg", "sql": q})),
+        "dbhub": ([str(bin_dir / "dbhub"), "--transport", "stdio", f"--dsn={url(dsn)}"],
+                  lambda q: ("execute_sql", {"sql": q})),
+        "reference": ([str(bin_dir / "mcp-server-postgres"), url(dsn)], lambda q: ("query", {"sql": q})),
+    }
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        if pid in stats:
+            total += (int(stats[pid][11]) + int(stats[pid][12])) / TICKS
+        stack += children.get(pid, [])
+    return total
+
+
+def texts(kind: str, n: int) -> list[str]:
+    if kind == "point":
+        return [f"SELECT id, total, note FROM orders WHERE id = {random.randint(1, 10_000)}" for _ in range(n)]
+    return [f"SELECT id, a, b FROM big_500000 WHERE id >= {s} ORDER BY id LIMIT 1000"
+            for s in (random.randint(1, 499_000) for _ in range(n))]
+
+
+async def measure(command: list[str], call: Callable[[str], tuple[str, dict[str, Any]]], queries: list[str],
+                  cwd: Path) -> tuple[float, float, float]:
+    """ms per call, client CPU ms per call, server CPU ms per call."""
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    before_children = set(_children())
+    params = StdioServerParameters(command=command[0], args=command[1:], cwd=str(cwd), env=dict(os.environ))
+    with open(os.devnull, "w") as quiet:  # the peers print banners on stderr
+        async with Client(stdio_client(params, errlog=quiet)) as client:
+            server = next(iter(set(_children()) - before_children), None)
+            name, args = call(queries[0])
+            first = await client.call_tool(name, args)  # warm: connections, caches, JIT
+            if first.is_error:
+                raise RuntimeError(f"{command[0]}: {first.content[0].text[:300]}")  # type: ignore[union-attr]
+            cpu0, srv0, t0 = _self_cpu(), tree_cpu(server) if server else 0.0, time.perf_counter()
+            for query in queries:
+                name, args = call(query)
+                result = await client.call_tool(name, args)
+                if result.is_error:
+                    raise RuntimeError(f"{command[0]}: {result.content[0].text[:300]}")  # type: ignore[union-attr]
+            elapsed, cpu, srv = time.perf_counter() - t0, _self_cpu() - cpu0, (tree_cpu(server) if server else 0.0) - srv0
+    n = len(queries)
+    return elapsed / n * 1e3, cpu / n * 1e3, srv / n * 1e3
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--peers", type=Path, default=Path("/tmp/bastion-peers"))
+    args = parser.parse_args()
+    bin_dir = install_peers(args.peers)
+    with bench_database() as (dsn, config):
+        table = servers(bin_dir, config, dsn)
+        for kind, calls in (("point", args.calls), ("1,000 rows", max(args.calls // 5, 10))):
+            results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in table}
+            ratios: dict[str, list[float]] = {name: [] for name in table}
+            for _ in range(args.rounds):
+                queries = texts("point" if kind == "point" else "rows", calls)
+                this_round = {}
+                for name in random.sample(list(table), len(table)):
+                    command, call = table[name]
+                    this_round[name] = await measure(command, call, queries, config.parent)
+                    results[name].append(this_round[name])
+                for name in table:
+                    ratios[name].append(this_round[name][0] / this_round["bastion"][0])
+            print(f"{kind}: stdio, one client, {calls} varied calls x {args.rounds} rounds (medians)")
+            print(f"  {'server':<10} {'ms/call':>8} {'x Bastion':>10} {'client CPU ms':>14} {'server CPU ms':>14}")
+            for name, rows in results.items():
+                ms, client, server = (statistics.median(r[i] for r in rows) for i in range(3))
+                print(f"  {name:<10} {ms:8.2f} {statistics.median(ratios[name]):10.2f} {client:14.2f} {server:14.2f}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
