@@ -15,8 +15,6 @@ from bastion.policy.sql.facts import Analysis, Kind, Statement
 _GUARD_HINT = "Send one plain SQL statement per line of intent, as PostgreSQL or SQLite would parse it."
 
 
-_MEMO_SIZE = 4096
-_CATALOG = ("catalog",)  # the memo's entry naming the catalog its decisions were made with
 _MEMO_TEXT_LIMIT = 16 * 1024
 
 
@@ -27,23 +25,19 @@ def decide(identity: Identity, policy: ConnectionPolicy, analysis: Analysis,
     The memo keeps the analysis and catalog it was keyed by alive, so that ``id`` cannot be reused
     meanwhile. ``functions``: the connection's catalog (PostgreSQL); every function reference is
     judged there (policy.sql.catalog). Without it, names decide (a policy checked offline)."""
-    if functions is not None and policy.decisions.get(_CATALOG) is not functions:
+    memo = policy.decisions
+    if functions is not None and memo.scope is not functions:
         # A fresh catalog (read again after its TTL or DDL): decisions by the old one no longer hold,
         # and keeping them would keep every old catalog alive.
-        policy.decisions.clear()
-        policy.decisions[_CATALOG] = functions  # type: ignore[assignment]
+        memo.within(functions)
     key = (identity, id(analysis), id(functions))
-    hit = policy.decisions.get(key)
+    hit = memo.get(key)
     if hit is not None and hit[0][0] is analysis and hit[0][1] is functions:
         return hit[1]
     decision = _decide(identity, policy, analysis, functions)
     # Big texts are not kept (analyse does not cache them either): the memo would hold them alive.
     if sum(len(s.text) for s in analysis.statements) <= _MEMO_TEXT_LIMIT:
-        if len(policy.decisions) >= _MEMO_SIZE:
-            policy.decisions.clear()  # atomic, unlike evicting one entry while another thread may insert
-            if functions is not None:
-                policy.decisions[_CATALOG] = functions  # type: ignore[assignment]
-        policy.decisions[key] = ((analysis, functions), decision)
+        memo.put(key, ((analysis, functions), decision))
     return decision
 
 

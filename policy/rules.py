@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bastion.policy.cache import ClearingCache
 from bastion.policy.decision import Limits, Verdict
 from bastion.policy.identity import Identity
 from bastion.policy.sql.facts import Kind
@@ -67,6 +68,9 @@ def _kinds(kinds: frozenset[Kind]) -> str:
     return ", ".join(sorted(k.value.upper() for k in kinds))
 
 
+DECISION_MEMO_SIZE = 4096  # decide()'s memo, per connection
+
+
 @dataclass(frozen=True)
 class ConnectionPolicy:
     """The rules of one connection, in order."""
@@ -77,7 +81,8 @@ class ConnectionPolicy:
     # Where unqualified table names live (PostgreSQL: the connection's one search-path schema).
     default_schema: str | None = None
     # decide()'s memo: (identity, id(analysis), id(catalog)) → ((analysis, catalog), decision). Not part of the policy's value.
-    decisions: dict[tuple[Any, ...], tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
+    decisions: ClearingCache[tuple[Any, ...], tuple[Any, Any]] = field(
+        default_factory=lambda: ClearingCache(DECISION_MEMO_SIZE), compare=False, repr=False)
 
     def rules_for(self, identity: Identity) -> tuple[SqlRule, ...]:
         return tuple(rule for rule in self.rules if rule.applies_to(identity))

@@ -31,6 +31,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from bastion.policy import Kind
+from bastion.policy.cache import ClearingCache
 from bastion.policy.sql import catalog as function_catalog
 from bastion.policy.sql.catalog import FunctionCatalog
 from bastion.policy.sql.facts import DDL_KINDS, WRITE_KINDS
@@ -116,7 +117,7 @@ class PostgresExecutor:
         self.least_privilege = least_privilege
         self._privilege_verdict: str | None = None if least_privilege is not None else ""
         self._privilege_lock: anyio.Lock | None = None
-        self._setups: dict[tuple[Any, ...], bytes] = {}
+        self._setups: ClearingCache[tuple[Any, ...], bytes] = ClearingCache(1024)  # rendered per (settings, role)
         # The server's functions, operators and types, read by refresh_functions (policy.sql.catalog).
         self.functions: FunctionCatalog | None = None
         self._functions_read_at = float("-inf")
@@ -290,9 +291,7 @@ class PostgresExecutor:
             if role is not None:
                 setup = setup + _ROLE.format(sql.Literal(role))
             rendered = setup.as_bytes(conn)
-            if len(self._setups) >= 1024:
-                self._setups.clear()
-            self._setups[key] = rendered
+            self._setups.put(key, rendered)
         return rendered
 
     async def _run_in_transaction(self, conn: psycopg.AsyncConnection[Any], request: RunRequest) -> QueryResult:
