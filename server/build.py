@@ -171,7 +171,11 @@ def approval_notifier(config: Config, store: SqliteAuditStore) -> ApprovalNotifi
     """Webhooks told about held, approved, denied and expired calls; None when none are configured."""
     if not config.approvals.webhooks:
         return None
-    hooks = [ApprovalWebhook(w.url, w.format, name=f"webhook-{i + 1}") for i, w in enumerate(config.approvals.webhooks)]
+    hooks = []
+    for i, hook in enumerate(config.approvals.webhooks):
+        secret = config.secret(f"approvals.webhooks[{i}]", "secret_env", hook.secret_env, "secret_file", hook.secret_file)
+        hooks.append(ApprovalWebhook(hook.url, hook.format, name=f"webhook-{i + 1}",
+                                     secret=secret.encode() if secret else None))
     return ApprovalNotifier(hooks, approvals_base_url(config), store)
 
 

@@ -393,6 +393,9 @@ class AuthConfig(_Model):
 class WebhookConfig(_Model):
     url: str
     format: Literal["generic", "slack"] = "generic"
+    # Signs each body (X-Bastion-Signature, docs/approvals.md); the secret by reference, never in the file.
+    secret_env: str | None = None
+    secret_file: str | None = None
 
 
 class ApprovalsConfig(_Model):

@@ -20,7 +20,7 @@ from bastion.store import events as ev
 from bastion.store.approvals import ApprovalStore, Held
 from bastion.store.sqlite_store import SqliteAuditStore
 from bastion.tools.notify import ApprovalNotifier, ApprovalWebhook, message
-from bastion.tools.webhooks import post_json
+from bastion.tools.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, post_json, verify_signature
 
 ALICE = Identity("alice", frozenset({"dev"}), email="alice@example.com")
 BOB = Identity("bob", frozenset({"dba"}))
@@ -33,13 +33,15 @@ class Receiver:
 
     def __init__(self) -> None:
         self.received: list[tuple[str, dict[str, Any]]] = []
+        self.raw: list[tuple[bytes, dict[str, str]]] = []  # each body as sent, with its headers
         self.replies: dict[str, list[int]] = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.received.append((self.path, body))
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.raw.append((data, dict(self.headers)))
+                receiver.received.append((self.path, json.loads(data)))
                 queue = receiver.replies.get(self.path)
                 status = queue.pop(0) if queue else 204
                 self.send_response(status)
@@ -191,3 +193,34 @@ def test_the_event_types_for_notices_are_documented() -> None:
     for kind in (ev.HELD, ev.PENDING, ev.APPROVAL_GRANTED, ev.APPROVAL_DENIED, ev.APPROVAL_CONSUMED,
                  ev.APPROVAL_EXPIRED, ev.APPROVAL_PREVIEW, "approval.webhook.delivered", "approval.webhook.failed"):
         assert f"`{kind}`" in docs, kind
+
+
+def test_a_webhook_with_a_secret_is_signed_and_a_receiver_can_check_it(audit: SqliteAuditStore,
+                                                                        receiver: Receiver) -> None:
+    secret = b"a-shared-secret-given-by-reference"
+    approvals, notifier = wired(audit, [ApprovalWebhook(f"{receiver.url}/signed", secret=secret),
+                                        ApprovalWebhook(f"{receiver.url}/plain")])
+    hold(approvals)
+    assert notifier.flush(10)
+    by_path = {path: raw for (path, _), raw in zip(receiver.received, receiver.raw)}
+    body, headers = by_path["/signed"]
+    stamp, signed = headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER]
+    assert signed.startswith("v1=") and verify_signature(secret, stamp, body, signed)
+    assert not verify_signature(secret, stamp, body.replace(b"alice", b"mallo"), signed), "a changed body fails"
+    assert not verify_signature(b"another secret", stamp, body, signed)
+    assert not verify_signature(secret, stamp, body, signed, now=int(stamp) + 3600), "a replayed old notice fails"
+    assert SIGNATURE_HEADER not in by_path["/plain"][1]
+
+
+def test_the_held_notice_carries_the_impact_preview(audit: SqliteAuditStore, receiver: Receiver) -> None:
+    approvals, notifier = wired(audit, [ApprovalWebhook(f"{receiver.url}/generic"),
+                                        ApprovalWebhook(f"{receiver.url}/slack", "slack")])
+    held = hold(approvals)
+    approvals.set_preview(held.hold_id, {"statements": [{"kind": "DELETE", "plan": "Delete on orders", "rows": 42}],
+                                         "rolled_back": True})
+    assert notifier.flush(10)
+    (generic,) = receiver.bodies("/generic")
+    assert generic["preview"]["statements"][0]["rows"] == 42
+    assert generic["impact"] == "DELETE touches 42 rows (dry run, rolled back)"
+    (slack,) = receiver.bodies("/slack")
+    assert "Impact: DELETE touches 42 rows (dry run, rolled back)" in slack["text"]

@@ -16,6 +16,8 @@ before it exits.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from bastion.tools.webhooks import Format, WebhookSender, slack_escape
 Notice = Literal["held", "approved", "denied", "expired"]
 NOTICES: tuple[Notice, ...] = ("held", "approved", "denied", "expired")
 DELIVERY_EVENT = "approval.webhook"  # + ".delivered" / ".failed"
+PREVIEW_WAIT_S = 1.0
 TEXT_LIMIT = 2000  # characters of the held text in a message; the page shows all of it
 
 
@@ -41,6 +44,7 @@ class ApprovalWebhook:
     format: Format = "generic"
     notices: frozenset[str] = field(default_factory=lambda: frozenset(NOTICES))
     name: str = ""
+    secret: bytes | None = field(default=None, repr=False)  # signs each body (tools/webhooks.py)
 
 
 class ApprovalNotifier:
@@ -51,6 +55,9 @@ class ApprovalNotifier:
         self.webhooks = tuple(webhooks)
         self.base_url = base_url.rstrip("/")
         self.sender = WebhookSender(store, retries=retries, backoff_s=backoff_s, timeout_s=timeout_s)
+        # A new hold's notice waits (briefly) for its impact preview, so approvers see it in the chat.
+        self._awaiting_preview: dict[str, threading.Timer] = {}
+        self._lock = threading.Lock()
 
     def link(self, hold_id: str) -> str:
         return f"{self.base_url}/approvals/{hold_id}"
@@ -58,10 +65,17 @@ class ApprovalNotifier:
     def on_change(self, event_type: str, held: Held) -> None:
         """An `ApprovalStore` listener: a new hold (not a joined one) → held; an approval that made
         the hold approved → approved (a first of two approvals says nothing); a denial → denied;
-        an expiry → expired. Consumption and previews are not told."""
+        an expiry → expired. Consumption is not told. A new hold is told once its impact preview is
+        attached, or after `PREVIEW_WAIT_S` without one (not every call has a preview)."""
         notice: Notice | None = None
         if event_type == ev.HELD and not held.joined:
-            notice = "held"
+            timer = threading.Timer(PREVIEW_WAIT_S, self._held, args=(held.hold_id, held))
+            timer.daemon = True
+            with self._lock:
+                self._awaiting_preview[held.hold_id] = timer
+            timer.start()
+        elif event_type == ev.APPROVAL_PREVIEW:
+            self._held(held.hold_id, held)
         elif event_type == ev.APPROVAL_GRANTED and held.status is HoldStatus.APPROVED:
             notice = "approved"
         elif event_type == ev.APPROVAL_DENIED:
@@ -80,7 +94,7 @@ class ApprovalNotifier:
             body = message(notice, held, self.link(held.hold_id), hook.format)
             threads.append(self.sender.send(hook.url, body, event_type=DELIVERY_EVENT, call_id=held.hold_id,
                                             record={"hold_id": held.hold_id, "notice": notice,
-                                                    "webhook": hook.name or f"#{index + 1}"}))
+                                                    "webhook": hook.name or f"#{index + 1}"}, secret=hook.secret))
         return threads
 
     def held(self, held: Held) -> list[Future[None]]:
@@ -95,9 +109,23 @@ class ApprovalNotifier:
     def expired(self, held: Held) -> list[Future[None]]:
         return self.notify("expired", held)
 
+    def _held(self, hold_id: str, held: Held) -> None:
+        """Send the held notice once: with the preview if it came first, else without."""
+        with self._lock:
+            timer = self._awaiting_preview.pop(hold_id, None)
+        if timer is not None:
+            timer.cancel()
+            self.notify("held", held)
+
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait for deliveries under way (see `WebhookSender.flush`)."""
-        return self.sender.flush(timeout_s)
+        """Wait for held notices still waiting for a preview, then for deliveries under way (see
+        `WebhookSender.flush`)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            waiting = list(self._awaiting_preview.values())
+        for timer in waiting:
+            timer.join(max(deadline - time.monotonic(), 0.0))
+        return self.sender.flush(max(deadline - time.monotonic(), 0.0))
 
 
 def _clip(text: str) -> str:
@@ -108,6 +136,20 @@ def _decider(held: Held) -> dict[str, Any] | None:
     """The vote that settled it: the denial, else the last approval."""
     votes = [v for v in held.votes if not v.approve] or [v for v in held.votes if v.approve]
     return votes[-1].as_record() if votes else None
+
+
+def impact(preview: dict[str, Any]) -> str:
+    """One line of a hold's impact preview: rows each statement's rolled-back dry run touched, or the
+    first line of its plan."""
+    if "error" in preview:
+        return f"the preview failed ({preview['error']})"
+    parts = []
+    for item in preview.get("statements") or ():
+        if "rows" in item:
+            parts.append(f"{item.get('kind', '?')} touches {item['rows']} row{'s' if item['rows'] != 1 else ''} (dry run, rolled back)")
+        elif item.get("plan"):
+            parts.append(f"{item.get('kind', '?')}: {str(item['plan']).splitlines()[0]}")
+    return "; ".join(parts) or "no preview"
 
 
 def message(notice: Notice, held: Held, link: str, format: Format = "generic") -> dict[str, Any]:
@@ -131,6 +173,8 @@ def message(notice: Notice, held: Held, link: str, format: Format = "generic") -
         if notice == "denied" and decider and decider.get("reason"):
             lines.append(f"Denied because: {e(decider['reason'])}")
         lines.append("```" + e(_clip(held.text)).replace("```", "`\u200b``") + "```")
+        if notice == "held" and held.preview:
+            lines.append(f"Impact: {e(impact(held.preview))}")
         lines.append(f"<{link}|{'Review and decide' if notice == 'held' else 'Open'}> · expires {held.expires_at}")
         return {"text": "\n".join(lines)}
     return {
@@ -154,4 +198,5 @@ def message(notice: Notice, held: Held, link: str, format: Format = "generic") -
         "expires_at": held.expires_at,
         "created": held.created,
         "preview": held.preview,
+        "impact": impact(held.preview) if held.preview else None,
     }

@@ -7,6 +7,11 @@ reports (that is in the log already); the delivery event says how it went.
     # later, in the background: `alert.webhook.delivered` or `alert.webhook.failed`,
     # result = {"rule": "big", "attempts": n, "detail": "HTTP 204" or the last error}
 
+Signed when the webhook has a secret (by reference in the config): the headers
+``X-Bastion-Timestamp`` (Unix seconds) and ``X-Bastion-Signature: v1=<hex HMAC-SHA256(secret,
+"<timestamp>.<body>")>``, the body being the exact bytes sent — the scheme of Stripe and Slack. A
+receiver checks it with `verify_signature` (or the same three lines) and refuses an old timestamp.
+
 Retried: network errors, timeouts, HTTP 408, 429 and 5xx. Not retried: other 4xx (the receiver
 refused the body; sending it again would not help) and redirects (not followed: a POST turned into
 a GET would look delivered). The URL never appears in the recorded detail: Slack-style URLs hold a
@@ -15,6 +20,8 @@ secret.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -43,20 +50,44 @@ class Delivery:
     detail: str
 
 
+SIGNATURE_HEADER, TIMESTAMP_HEADER = "X-Bastion-Signature", "X-Bastion-Timestamp"
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    return "v1=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: bytes, timestamp: str, body: bytes, signed: str, *, tolerance_s: float = 300,
+                     now: float | None = None) -> bool:
+    """What a receiver does: the signature matches these bytes and the timestamp is recent (a replayed
+    old notice fails)."""
+    try:
+        age = abs((time.time() if now is None else now) - int(timestamp))
+    except ValueError:
+        return False
+    return age <= tolerance_s and hmac.compare_digest(signature(secret, timestamp, body), signed)
+
+
 def post_json(url: str, body: Any, *, retries: int = 3, backoff_s: float = 0.5, timeout_s: float = 5.0,
-              sleep: Callable[[float], None] = time.sleep, client: httpx.Client | None = None) -> Delivery:
+              sleep: Callable[[float], None] = time.sleep, client: httpx.Client | None = None,
+              secret: bytes | None = None) -> Delivery:
     """POST ``body`` as JSON to ``url`` up to ``retries`` times, sleeping ``backoff_s``, then twice
     that, and so on between attempts. Blocking; never raises. (httpx's own transport retries cover
     failed connects only; a 5xx or 429 is retried here, with backoff.)"""
     owned = client is None
     client = client or httpx.Client(follow_redirects=False, headers={"User-Agent": "bastion-webhook"})
+    data = json.dumps(body, ensure_ascii=False, default=str).encode()
     detail = ""
     attempts = max(retries, 1)
     try:
         for attempt in range(1, attempts + 1):
             retry = True
+            headers = {"Content-Type": "application/json"}
+            if secret is not None:  # signed per attempt: a retry carries a fresh timestamp
+                stamp = str(int(time.time()))
+                headers |= {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: signature(secret, stamp, data)}
             try:
-                response = client.post(url, json=body, timeout=timeout_s)
+                response = client.post(url, content=data, headers=headers, timeout=timeout_s)
                 detail = f"HTTP {response.status_code}"
                 if response.is_success:
                     return Delivery(True, attempt, detail)
@@ -94,11 +125,11 @@ class WebhookSender:
         self._lock = threading.Lock()
 
     def send(self, url: str, body: Any, *, event_type: str, call_id: str | None = None,
-             record: dict[str, Any] | None = None) -> Future[None]:
+             record: dict[str, Any] | None = None, secret: bytes | None = None) -> Future[None]:
         """Deliver ``body`` to ``url`` in the background; then append ``<event_type>.delivered`` or
         ``<event_type>.failed`` under ``call_id``, its ``result`` being ``record`` plus ``attempts``
-        and ``detail``."""
-        future = self._pool.submit(self._deliver, url, body, event_type, call_id, dict(record or {}))
+        and ``detail``. Signed with ``secret`` when given."""
+        future = self._pool.submit(self._deliver, url, body, event_type, call_id, dict(record or {}), secret)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
@@ -114,10 +145,11 @@ class WebhookSender:
         with self._lock:
             self._pending.discard(future)
 
-    def _deliver(self, url: str, body: Any, event_type: str, call_id: str | None, record: dict[str, Any]) -> None:
+    def _deliver(self, url: str, body: Any, event_type: str, call_id: str | None, record: dict[str, Any],
+                 secret: bytes | None) -> None:
         try:
             delivery = post_json(url, body, retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s,
-                                 client=self._client)
+                                 client=self._client, secret=secret)
             if self.store is not None:
                 self.store.append({
                     "type": f"{event_type}.{'delivered' if delivery.ok else 'failed'}", "call_id": call_id,
