@@ -128,6 +128,7 @@ class BastionServer(MCPServer):
     """MCPServer whose tool list depends on the caller: approvers' tools are listed to approvers only."""
 
     tool_visible: Callable[[Context, str], bool] = staticmethod(lambda ctx, name: True)  # type: ignore[assignment]
+    verifier: OidcVerifier | None = None  # with [auth]: the HTTP app records requests that bring no token
 
     async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:  # the SDK's list handler, filtered
         result = await super()._handle_list_tools(ctx, params)
@@ -202,6 +203,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
     mcp = BastionServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan,
                         token_verifier=verifier, auth=auth_settings(config))
     mcp.tool_visible = lambda ctx, name: name not in APPROVER_TOOLS or resolve(ctx).in_any(approver_groups)
+    mcp.verifier = verifier
 
     def context(ctx: Context) -> tuple[Gateway, Caller]:
         headers = ctx.headers or {}

@@ -8,6 +8,8 @@ the config allows.
 from __future__ import annotations
 
 import contextvars
+import time
+from collections.abc import Callable
 from typing import Any
 
 from mcp.server import MCPServer
@@ -15,6 +17,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bastion.server.auth import OidcVerifier, TokenRefused
 from bastion.server.config import Config
 from bastion.tools.gateway import Gateway
 
@@ -23,21 +26,56 @@ client_address: contextvars.ContextVar[dict[str, Any] | None] = contextvars.Cont
 
 
 class ClientAddress:
-    """ASGI middleware: note the peer address for this request (the token verifier runs inside it)."""
+    """ASGI middleware: note the peer address for this request (the token verifier runs inside it)
+    and, with [auth], record requests that bring no token (``missing``)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, missing: MissingToken | None = None) -> None:
         self.app = app
+        self.missing = missing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("client"):
             host, port = scope["client"]
             token = client_address.set({"address": host, "port": port})
             try:
+                if self.missing is not None:
+                    await self.missing.check(scope, host)
                 await self.app(scope, receive, send)
             finally:
                 client_address.reset(token)
             return
         await self.app(scope, receive, send)
+
+
+class MissingToken:
+    """With [auth], a request to the MCP endpoint that brings no bearer token is recorded as
+    `auth.refused` (the SDK answers it 401 before any token is checked). At most one event per client
+    address a minute, each saying how many requests it stands for."""
+
+    EVERY_S = 60.0
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, verifier: OidcVerifier, clock: Callable[[], float] = time.monotonic) -> None:
+        self.verifier, self.clock = verifier, clock
+        self._seen: dict[str, tuple[int, float]] = {}  # address → (requests not yet recorded, last recorded)
+
+    async def check(self, scope: Scope, address: str) -> None:
+        if scope["path"].rstrip("/") != "/mcp" or self.verifier.on_refused is None:
+            return
+        if not dict(scope["headers"]).get(b"authorization", b"").lower().startswith(b"bearer "):
+            await self._note(address)
+
+    async def _note(self, address: str) -> None:
+        now = self.clock()
+        unrecorded, last = self._seen.get(address, (0, float("-inf")))
+        if now - last < self.EVERY_S:
+            self._seen[address] = (unrecorded + 1, last)
+            return
+        if len(self._seen) >= self.MAX_ADDRESSES:
+            self._seen.clear()
+        self._seen[address] = (0, now)
+        assert self.verifier.on_refused is not None
+        await self.verifier.on_refused(TokenRefused("no bearer token", channel="mcp", requests=unrecorded + 1))
 
 
 def security(config: Config, host: str) -> TransportSecuritySettings | None:
@@ -54,7 +92,8 @@ def http_app(server: MCPServer, config: Config, gateway: Gateway | None = None, 
         from bastion.server.approvals_web import approvals_app
 
         app.router.routes.append(Mount("/approvals", app=approvals_app(config, gateway, server)))
-    return ClientAddress(app)
+    verifier = getattr(server, "verifier", None)
+    return ClientAddress(app, MissingToken(verifier) if verifier is not None else None)
 
 
 def serve_http(config: Config, host: str, port: int, *, access_log: bool = False) -> None:

@@ -228,3 +228,37 @@ async def test_stdio_runs_as_the_identity_behind_bastion_token(config: Path, oid
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode != 0 and "BASTION_TOKEN was refused: expired" in result.stderr
     assert refusals(config)[-1]["client"] == {"address": "stdio"} and expired not in json.dumps(refusals(config))
+
+
+@requirement("auth:token-checks")
+async def test_requests_without_a_token_are_recorded_once_a_minute_per_address(config: Path,
+                                                                              oidc_provider: OidcProvider) -> None:
+    async with bastion(config) as http:
+        for _ in range(3):
+            response = await http.post("/mcp", json=PING, headers=MCP_HEADERS)
+            assert response.status_code == 401
+        await http.get("/.well-known/oauth-protected-resource/mcp")  # not the MCP endpoint: not recorded
+    (event,) = refusals(config)
+    assert event["error"]["message"] == "no bearer token" and event["error"]["channel"] == "mcp"
+    assert event["client"]["address"] == "127.0.0.1"
+
+
+async def test_the_no_token_record_counts_the_requests_it_stands_for(oidc_provider: OidcProvider) -> None:
+    from bastion.server.auth import OidcVerifier, TokenRules
+    from bastion.server.http import MissingToken
+
+    now = [1000.0]
+    seen: list[dict[str, Any]] = []
+    verifier = OidcVerifier(TokenRules(oidc_provider.issuer, RESOURCE, None))
+
+    async def record(refused: Any) -> None:
+        seen.append(refused.details)
+
+    verifier.on_refused = record
+    missing = MissingToken(verifier, clock=lambda: now[0])
+    scope = {"path": "/mcp", "headers": [(b"content-type", b"application/json")]}
+    for step in (0, 10, 20, 61, 62):
+        now[0] = 1000.0 + step
+        await missing.check(scope, "10.0.0.7")
+    await missing.check({**scope, "headers": [(b"authorization", b"Bearer x")]}, "10.0.0.7")
+    assert seen == [{"channel": "mcp", "requests": 1}, {"channel": "mcp", "requests": 3}]
