@@ -99,11 +99,14 @@ def checkpoint_command(config_path: str | None) -> None:
 @click.option("--every", type=int, help="The checkpoint cadence to require (default: [audit] checkpoint_every).")
 @click.option("--key-env", help="Legacy: environment variable holding the HMAC key of checkpoints before 0006.")
 @click.option("--key-file", type=click.Path(dir_okay=False), help="Legacy: file holding that HMAC key.")
+@click.option("--consistency", nargs=2, type=int, metavar="OLD NEW",
+              help="Only prove that the log signed at OLD events is a prefix of the one signed at NEW.")
 def verify_command(config_path: str | None, public_key: tuple[str, ...], witness_file: str | None, every: int | None,
-                   key_env: str | None, key_file: str | None) -> None:
+                   key_env: str | None, key_file: str | None, consistency: tuple[int, int] | None) -> None:
     """Check the hash chain; with the public key, every signed checkpoint, the Merkle tree they sign
-    and their cadence; with the witness, that the log is still what the witness saw. Exit status 1
-    on any problem.
+    and their cadence; with the witness, that the log is still what the witness saw. With
+    --consistency OLD NEW, prove and check that one checkpoint's log is a prefix of another's (the
+    proof to hand a third party: `bastion audit prove-consistency`). Exit status 1 on any problem.
 
     Example: bastion audit verify --public-key audit-checkpoint.pub --witness /mnt/witness/audit.log
     """
@@ -111,6 +114,18 @@ def verify_command(config_path: str | None, public_key: tuple[str, ...], witness
 
     config = _load(config_path)
     verifier = _public_keys(public_key, config_path, required=False)
+    if consistency:
+        from bastion.store.proofs import ProofError, prove_consistency, verify_consistency_proof
+
+        if not verifier:
+            raise click.ClickException("proving consistency needs the public key: add --public-key FILE")
+        try:
+            old, new = verify_consistency_proof(prove_consistency(_store(config_path), *consistency), verifier)
+        except (StoreError, ProofError) as error:
+            click.echo(f"not proved: {error}")
+            sys.exit(1)
+        click.echo(f"ok: the log of {old} events is a prefix of the log of {new} events, both signed")
+        return
     try:
         witness = FileWitness(witness_file) if witness_file else config.checkpoint_witness()
     except ConfigError as error:

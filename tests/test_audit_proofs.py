@@ -348,6 +348,14 @@ def test_a_consistency_proof_between_two_checkpoints_checks_offline(signed: tupl
     proof["path"] = proof["path"][::-1]
     with pytest.raises(ProofError, match="not a prefix"):
         verify_consistency_proof(proof, signer.verifier)
+    config = tmp_path / "bastion.toml"
+    config.write_text('[audit]\npath = "audit.db"\ncheckpoint_every = 8\n')
+    result = CliRunner().invoke(main, ["audit", "verify", "--consistency", "8", "26", "--public-key", str(public),
+                                       "--config", str(config)])
+    assert result.exit_code == 0 and "the log of 8 events is a prefix of the log of 26 events" in result.output
+    result = CliRunner().invoke(main, ["audit", "verify", "--consistency", "8", "9", "--public-key", str(public),
+                                       "--config", str(config)])
+    assert result.exit_code == 1 and "not proved" in result.output
 
 
 def test_proofs_read_stored_subtrees_not_the_whole_log_and_survive_a_damaged_one(tmp_path: Path) -> None:
