@@ -244,6 +244,8 @@ class Sandbox:
         """The safe copy of one repository config: made once per file version, stored once per content."""
         info = os.stat(path)
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        if len(self._git_cache) >= 4 * MAX_GIT_DIRS:
+            self._git_cache.clear()  # many versions seen: start again (the copies stay, named by content)
         if key not in self._git_cache:
             text = safe_git_config(path) if info.st_size <= MAX_GIT_CONFIG_BYTES else "\n"
             out = runtime / f"gitconfig-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
