@@ -172,7 +172,11 @@ class SqliteAuditStore:
             # The chain covers the row exactly as stored, so a verifier needs nothing but the table;
             # the same bytes are the event's leaf in the Merkle tree.
             values = [_column(k, event.get(k)) for k in ev.FIELDS]
-            data = ev.canonical(values)
+            try:
+                data = ev.canonical(values)
+            except UnicodeEncodeError:  # a client's lone surrogate: stored as U+FFFD, never failing the batch
+                values = [_encodable(v) for v in values]
+                data = ev.canonical(values)
             hash_ = sha256(prev.encode() + b"\n" + data).hexdigest()
             seq += 1
             rows.append((seq, *values, prev, hash_))
@@ -372,6 +376,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # it exists, as another user
     return True
+
+
+def _encodable(value: Any) -> Any:
+    """A string UTF-8 can hold: surrogate pairs joined, lone surrogates replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
 
 
 def _column(name: str, value: Any) -> Any:

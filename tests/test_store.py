@@ -126,3 +126,39 @@ async def test_concurrent_appends_through_the_recorder_share_transactions_and_ke
     assert {e["call_id"] for e in written} == {f"c{n}" for n in range(200)}
     assert verify(store.db.conn).ok
     assert 0 < len(commits) < 100  # group commit: many events per transaction (one fsync)
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this value")
+
+
+@pytest.mark.anyio
+async def test_one_bad_event_never_costs_another_and_a_lone_surrogate_is_stored(tmp_path: Path) -> None:
+    import anyio
+
+    from bastion.policy.errors import AuditUnavailable
+    from bastion.store.verify import verify
+    from bastion.tools.recorder import Recorder
+
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    recorder = Recorder(store)
+    outcomes: dict[str, object] = {}
+
+    async def one(call_id: str, extra: dict) -> None:  # type: ignore[type-arg]
+        try:
+            outcomes[call_id] = await recorder.append({"type": ev.REQUESTED, "call_id": call_id, **extra})
+        except AuditUnavailable as error:
+            outcomes[call_id] = error
+
+    async with anyio.create_task_group() as tg:  # in one group-commit batch, with the bad ones
+        for n in range(50):
+            tg.start_soon(one, f"c{n}", {"text": f"SELECT {n}"})
+        tg.start_soon(one, "surrogate", {"reason": "why \ud800 not", "text": "SELECT 1"})
+        tg.start_soon(one, "unprintable", {"facts": {"x": _Unprintable()}})
+    assert isinstance(outcomes.pop("unprintable"), AuditUnavailable)
+    assert all(isinstance(o, dict) and o["seq"] for o in outcomes.values()), "every other call is recorded"
+    stored = {e["call_id"]: e for e in store.iter_all()}
+    assert set(stored) == {f"c{n}" for n in range(50)} | {"surrogate"}
+    assert stored["surrogate"]["reason"] == "why \ufffd not"
+    assert verify(store.db.conn).ok

@@ -56,11 +56,7 @@ class Recorder:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                written: list[Any] = self.store.append_many([event for _, _, event in batch])
-            except Exception as error:  # every waiter hears of it; the thread goes on
-                failure = error if isinstance(error, StoreError) else StoreError(f"cannot write the audit store: {error}")
-                written = [failure] * len(batch)
+            written = self._write(batch)
             # One wake-up per event loop for the whole batch, not one per event.
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[dict[str, Any]], Any]]] = {}
             for (loop, future, _), outcome in zip(batch, written):
@@ -70,6 +66,22 @@ class Recorder:
                     loop.call_soon_threadsafe(_settle, settled)
                 except RuntimeError:  # that loop has closed: nobody is waiting any more
                     pass
+
+
+    def _write(self, batch: list[_Item]) -> list[Any]:
+        """Each event's stored form, or the error that kept it out. An event the store cannot take
+        (anything but a StoreError: its transaction was rolled back before commit) fails only its own
+        call: the rest of the batch is tried again one by one, so a write a neighbour made is never
+        left without its outcome. A StoreError (the store itself, or a witness after commit) is
+        everyone's."""
+        try:
+            return list(self.store.append_many([event for _, _, event in batch]))
+        except StoreError as error:
+            return [error] * len(batch)
+        except Exception as error:
+            if len(batch) == 1:
+                return [StoreError(f"cannot record this event: {type(error).__name__}: {error}")]
+        return [self._write([item])[0] for item in batch]
 
 
 def _settle(settled: list[tuple[asyncio.Future[dict[str, Any]], Any]]) -> None:
