@@ -437,17 +437,24 @@ def show(call_id: str, config_path: str | None, as_json: bool) -> None:
 
 @main.group()
 def approvals() -> None:
-    """Held calls: list them, show one, approve or deny (as the config's [identity], or $BASTION_TOKEN's).
+    """Held calls: list them, show one, approve or deny: as the person behind $BASTION_TOKEN (required
+    with [auth]), else as the config's [identity].
 
     Example: bastion approvals approve hold-3f9c0a1b2c3d4e5f --config bastion.toml
     """
 
 
 def _approver(config: config_mod.Config) -> tuple[Any, Identity]:
+    """Who votes: with [auth], only the person behind a verified bearer token ($BASTION_TOKEN), never
+    the [identity] a config file declares (anyone can write one); without [auth], that [identity]."""
     from bastion.server.build import build_gateway
 
-    identity = _stdio_identity(config) or config.identity.to_identity()
-    return build_gateway(config), identity
+    identity = _stdio_identity(config)
+    if identity is None and config.auth is not None:
+        raise click.ClickException(
+            "with [auth], approvals are given as a person: set BASTION_TOKEN to your access token from "
+            f"{config.auth.issuer} (for the audience {config.auth.resource}); the config's [identity] is never an approver")
+    return build_gateway(config), identity or config.identity.to_identity()
 
 
 def _run_approvals(config_path: str | None, work: Any) -> Any:

@@ -262,3 +262,24 @@ async def test_the_no_token_record_counts_the_requests_it_stands_for(oidc_provid
         await missing.check(scope, "10.0.0.7")
     await missing.check({**scope, "headers": [(b"authorization", b"Bearer x")]}, "10.0.0.7")
     assert seen == [{"channel": "mcp", "requests": 1}, {"channel": "mcp", "requests": 3}]
+
+
+@requirement("approval:authenticated-approver")
+def test_with_auth_the_approvals_cli_votes_only_as_the_person_behind_a_token(config: Path, oidc_provider: OidcProvider,
+                                                                               user: str) -> None:
+    import subprocess
+    import sys
+
+    bastion_bin = str(Path(sys.executable).parent / "bastion")
+    # A config file may declare any [identity]: with [auth] it never votes.
+    config.write_text(config.read_text().replace("[connections.demo]", '[identity]\nsubject = "made-up-boss"\n'
+                                                 'groups = ["approvers"]\n\n[connections.demo]', 1))
+    base = {"PATH": "/usr/bin:/bin"}
+    refused = subprocess.run([bastion_bin, "approvals", "list", "--config", str(config)], env=base,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "set BASTION_TOKEN" in refused.stderr and "never an approver" in refused.stderr
+    listed = subprocess.run([bastion_bin, "approvals", "list", "--json", "--config", str(config)], capture_output=True,
+                            text=True, timeout=60, env={**base, "BASTION_TOKEN": oidc_provider.token(user, RESOURCE)})
+    assert listed.returncode == 0, listed.stderr
+    events = [e for e in SqliteAuditStore(config.parent / "bastion-audit.db").iter_all() if e["type"] == "call.requested"]
+    assert events and {e["identity"]["subject"] for e in events} == {user}

@@ -248,11 +248,11 @@ async def test_an_approval_from_the_cli_in_another_process_releases_the_waiting_
         with anyio.fail_after(10):
             while not gw.approvals.list("pending"):
                 await anyio.sleep(0.05)
-        listed = await anyio.run_process([sys.executable, "-m", "server", "approvals", "list", "--json",
+        listed = await anyio.run_process([sys.executable, "-m", "bastion.server", "approvals", "list", "--json",
                                           "--config", str(approver_config)])
         hold = json.loads(listed.stdout.decode().splitlines()[0])
         assert hold["text"] == WRITE and hold["requester"]["subject"] == "dev"
-        done = await anyio.run_process([sys.executable, "-m", "server", "approvals", "approve", hold["hold_id"],
+        done = await anyio.run_process([sys.executable, "-m", "bastion.server", "approvals", "approve", hold["hold_id"],
                                         "--config", str(approver_config)])
         assert b"approved" in done.stdout
 
@@ -263,10 +263,10 @@ async def test_an_approval_from_the_cli_in_another_process_releases_the_waiting_
 
 
 def test_the_cli_refuses_a_denial_without_a_reason_and_an_unknown_hold(config: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "server", "approvals", "deny", "hold-0000", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "bastion.server", "approvals", "deny", "hold-0000", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "--reason" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "server", "approvals", "approve", "hold-0000", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "bastion.server", "approvals", "approve", "hold-0000", "--config", str(config)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "hold_not_found" in result.stderr
 

@@ -44,7 +44,7 @@ def serving(config: Path, port: int | None = None) -> Iterator[tuple[subprocess.
     port = port or free_port()
     log = config.parent / f"serve-{port}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config), "--http", f"127.0.0.1:{port}"],
+        proc = subprocess.Popen([sys.executable, "-m", "bastion.server", "serve", "--config", str(config), "--http", f"127.0.0.1:{port}"],
                                 stdout=out, stderr=subprocess.STDOUT)
 
     def up() -> bool:
@@ -102,6 +102,6 @@ async def test_a_server_killed_mid_query_leaves_the_call_interrupted_after_resta
 
 @requirement("inv:loopback-only-http")
 def test_http_refuses_a_non_loopback_address_without_oidc(demo_config: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "server", "serve", "--config", str(demo_config), "--http", "0.0.0.0:8765"],
+    result = subprocess.run([sys.executable, "-m", "bastion.server", "serve", "--config", str(demo_config), "--http", "0.0.0.0:8765"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "loopback addresses only" in result.stderr

@@ -161,7 +161,7 @@ async def http_rate(url: str, tool: str, args: dict[str, str], clients: int, sec
 
 def http_benchmarks(config_path: Path, rounds: int, seconds: float) -> None:
     bastion_port, noop_port = free_port(), free_port()
-    bastion = subprocess.Popen([sys.executable, "-m", "server", "serve", "--config", str(config_path), "--http",
+    bastion = subprocess.Popen([sys.executable, "-m", "bastion.server", "serve", "--config", str(config_path), "--http",
                                 f"127.0.0.1:{bastion_port}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     noop = subprocess.Popen([sys.executable, str(HERE / "noop_server.py"), str(noop_port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
