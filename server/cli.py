@@ -470,9 +470,7 @@ def _run_approvals(config_path: str | None, work: Any) -> Any:
         try:
             return await work(gateway, Caller(identity, {"name": "bastion-cli"}, f"cli:{os.getpid()}"))
         finally:
-            await gateway.close()  # flushes webhook notices before the process ends
-            gateway.approvals.close()
-            gateway.store.close()
+            await gateway.shutdown()  # flushes webhook notices and signs the end of the chain
 
     try:
         return anyio.run(main_)

@@ -130,6 +130,15 @@ class Gateway:
         await self.guard.recorder.append({"type": "auth.refused", "client": client or None,
                                           "error": {"code": "auth_refused", "message": reason, **details}})
 
+    async def shutdown(self) -> None:
+        """The end of a gateway process (the MCP server's, or a CLI command's): connections closed,
+        notices flushed, a signed checkpoint at the end of the chain (a cut tail then shows at the
+        next verify), the approvals and the audit store closed."""
+        await self.close()
+        self.store.checkpoint()
+        self.approvals.close()
+        self.store.close()
+
     async def close(self) -> None:
         if self.notifier is not None:
             await anyio.to_thread.run_sync(self.notifier.flush, 10.0)
