@@ -206,15 +206,18 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         headers = ctx.headers or {}
         gateway: Gateway = ctx.request_context.lifespan_context
         # A session id the client chose (request `_meta` key `io.bastion/session`), else the MCP
-        # session where there is one (legacy HTTP), else this gateway process (stdio).
+        # session where there is one (legacy HTTP) or this gateway process (stdio, stateless HTTP),
+        # with the person in it: four people calling one gateway are four sessions, not one.
         meta = ctx.request_context.meta or {}
         chosen = meta.get(SESSION_META_KEY) if isinstance(meta, dict) else None
-        session = (str(chosen)[:200] if chosen else None) or headers.get("mcp-session-id") or f"process:{gateway.store.instance}"
+        identity = resolve(ctx)
+        base = headers.get("mcp-session-id") or f"process:{gateway.store.instance}"
+        session = str(chosen)[:200] if chosen else f"{base}/{identity.subject}"[:300]
 
         async def progress(elapsed: float, message: str) -> None:
             await ctx.report_progress(elapsed, None, message)  # a no-op unless the client asked for progress
 
-        return gateway, Caller(resolve(ctx), client_of(ctx), session, progress)
+        return gateway, Caller(identity, client_of(ctx), session, progress)
 
     mcp.bastion_context = context  # type: ignore[attr-defined]  # for the confirmation resolvers
 

@@ -148,7 +148,8 @@ async def test_calls_are_grouped_by_a_session_the_client_chose_or_by_the_gateway
     await client.call_tool("sql_query", {"connection": "demo", "sql": "SELECT 2"})
     first, second = [e for e in audit(demo_config).iter_all() if e["type"] == ev.REQUESTED][-2:]
     assert first["session"] == "ticket-42"
-    assert second["session"] and second["session"] != "ticket-42"  # the MCP session, or process:<id> of this gateway
+    # the MCP session (or this gateway process), with the person in it
+    assert second["session"].endswith(f"/{second['identity']['subject']}") and second["session"] != "ticket-42"
 
 
 async def test_the_server_names_the_installed_version(demo_config: Path) -> None:
@@ -169,3 +170,17 @@ async def test_every_tool_translates_bastion_errors_at_the_edge(client: Client) 
         text = text_of(result)
         assert result.is_error and "[unknown_connection] there is no connection `nowhere`" in text, (name, text)
         assert "UnknownConnection" not in text and "Traceback" not in text
+
+
+async def test_people_on_one_gateway_process_are_each_their_own_session(demo_config: Path) -> None:
+    from bastion.policy import Identity
+
+    def who(ctx: object) -> Identity:  # stands in for the bearer token each person's client sends
+        meta = ctx.request_context.meta or {}  # type: ignore[attr-defined]
+        return Identity(str(meta.get("who")), frozenset({"developers"}))
+
+    async with Client(create_server(load(demo_config), identity_for=who)) as client:
+        for person in ("ana", "bo", "ana", "cy"):
+            await client.call_tool("sql_query", {"connection": "demo", "sql": "SELECT 1"}, meta={"who": person})
+    sessions = {e["identity"]["subject"]: e["session"] for e in audit(demo_config).iter_all() if e["type"] == ev.REQUESTED}
+    assert set(sessions) == {"ana", "bo", "cy"} and len(set(sessions.values())) == 3
