@@ -171,9 +171,9 @@ class Sandbox:
         args += ["--dir", SANDBOX_HOME]
         # Folders bubblewrap makes on the way to a bind copy the host's modes; inside they are plain
         # 0755 folders holding nothing else.
-        for folder in reversed(Path(self.workspace).parents):
-            if str(folder) != "/":
-                args += ["--perms", "0755", "--dir", str(folder)]
+        for parent in reversed(Path(self.workspace).parents):
+            if str(parent) != "/":
+                args += ["--perms", "0755", "--dir", str(parent)]
         args += ["--bind" if self.writable else "--ro-bind", self.workspace, self.workspace]
         if self.writable:  # hooks, config, commondir: a repository's own git dir cannot be changed from inside
             for git_dir in walk.git_dirs:
@@ -371,8 +371,8 @@ def safe_git_config(path: str) -> str:
         subsection, _, name = rest.rpartition(".")
         sections.setdefault((section, subsection or None), []).append((name, value))
     lines: list[str] = []
-    for (section, subsection), items in sections.items():
-        lines.append(f"[{section}]" if subsection is None else f'[{section} "{_quote(subsection)}"]')
+    for (section, sub), items in sections.items():
+        lines.append(f"[{section}]" if sub is None else f'[{section} "{_quote(sub)}"]')
         lines += [f'\t{name} = "{_quote(value)}"' for name, value in items]
     return "\n".join(lines) + "\n"
 
