@@ -4,13 +4,15 @@ The kernel is the boundary here, the way a READ ONLY transaction is for SQL: wha
 missed, a command sees only its workspace (read-only unless the connection writes), the system's
 program directories (read-only), a private /tmp and empty HOME, a minimal /dev, its own /proc (its
 own PID namespace), no network (its own network namespace, loopback only), as an unprivileged user
-with no capabilities and resource limits. Nothing else of the host exists inside: not the gateway's
-config, audit store, keys or secrets, not other homes, not /etc's secrets, no host Unix socket.
+with no capabilities, resource limits and a seccomp filter (seccomp.py). Nothing else of the host
+exists inside: not the gateway's config, audit store, keys or secrets, not other homes, not /etc's
+secrets, no host Unix socket. The gateway becomes the sandbox's user before bubblewrap starts, so
+bubblewrap builds the sandbox with that user's rights, never root's.
 
-Repository config cannot launch programs: each `.git/config` in the workspace is replaced inside the
-sandbox by a copy holding only keys that name no program (remotes, branches, identity, format), the
-sandbox's own system config turns off fsmonitor, hooks, pagers, signing and credential helpers, and
-the same settings are given on git's command-line scope for repositories created during the call.
+Repository config cannot launch programs: the config of every git dir in the workspace (found by
+what it holds) is replaced inside by a copy holding only keys that name no program, the sandbox's
+own system config turns off fsmonitor, hooks, pagers, signing and credential helpers, and the same
+settings are given on git's command-line scope for repositories created during the call.
 """
 
 from __future__ import annotations
