@@ -271,6 +271,8 @@ class ShellConnectionConfig(_Model):
         if self.kind == "local" and any(u.key_file for u in self.users):
             raise ValueError("`users[].key_file` applies to ssh connections only")
         ssh_only = ("host", "user", "key_file", "known_hosts")
+        if self.hide and any("/" in pattern for pattern in self.hide):
+            raise ValueError("`hide` patterns match names, not paths: write `id_rsa` or `*.pem`, not a path with `/`")
         if self.kind == "ssh":
             missing = [k for k in ("host", "user", "key_file", "cwd") if getattr(self, k) is None]
             if missing:

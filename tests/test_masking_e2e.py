@@ -69,7 +69,7 @@ def masked_config(tmp_path: Path, demo_db: Path, monkeypatch: pytest.MonkeyPatch
         conn.execute("INSERT INTO notes VALUES (1, ?), (2, 'shipped on time')",
                      (f"customer paid with {CARD}, reach them at someone@example.org",))
     (tmp_path / "ws").mkdir()
-    (tmp_path / "ws" / "deploy.env").write_text("DB_HOST=db.internal\nDB_PASSWORD=hunter2-secret\n"
+    (tmp_path / "ws" / "deploy.cfg").write_text("DB_HOST=db.internal\nDB_PASSWORD=hunter2-secret\n"
                                          "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n")
     config = tmp_path / "bastion.toml"
     config.write_text(CONFIG)
@@ -187,7 +187,7 @@ async def test_detectors_catch_what_no_column_mask_covers(client: Client, masked
 
 @requirement("mask:detectors", "mask:audit-masked")
 async def test_shell_output_goes_through_the_detectors(client: Client, masked_config: Path) -> None:
-    result = await client.call_tool("shell_run", {"connection": "workspace", "command": "cat deploy.env"})
+    result = await client.call_tool("shell_run", {"connection": "workspace", "command": "cat deploy.cfg"})
     assert not result.is_error, result.content[0].text
     stdout = result.structured_content["stdout"]
     assert stdout == ("DB_HOST=db.internal\nDB_PASSWORD=[redacted:password]\n"

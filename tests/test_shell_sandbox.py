@@ -521,3 +521,64 @@ async def test_memory_backed_folders_are_sized(site: Path) -> None:
                        "head -c 100M /dev/zero > ~/f; echo home=$?")
     assert "tmp=1" in result.stdout and "shm=1" in result.stdout and "home=1" in result.stdout, result
     assert "No space left on device" in result.stderr
+
+
+# -- a third red-team round -------------------------------------------------------------------------
+
+@requirement("shell:sandbox-filesystem")
+async def test_a_read_only_sandbox_over_a_writable_workspace_takes_turns_with_it(site: Path) -> None:
+    import anyio
+
+    ws = site / "ws"
+    (ws / "data").mkdir()
+    (ws / "data" / ".env").write_text(f"{CANARY}\n")
+    _own(ws)
+    writer, reader = executor(site, writable=True), executor(site)
+    seen: list[str] = []
+    swap = ("for i in $(seq 200); do mv data data2 && mkdir data && : > data/.env && rm -rf data && mv data2 data; "
+            "done 2>/dev/null")
+
+    async def read() -> None:
+        for _ in range(5):
+            result = await reader.run(ShellRunRequest("cat data/.env data2/.env 2>/dev/null", None, 20, 10_000, Identity("r")))
+            seen.append(result.stdout)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.run, ShellRunRequest(swap, None, 20, 10_000, Identity("w")))
+            await anyio.sleep(0.05)
+            tg.start_soon(read)
+    finally:
+        await writer.close()
+        await reader.close()
+    assert len(seen) == 5 and not any(CANARY in s for s in seen)
+
+
+@requirement("shell:sandbox-missing")
+async def test_many_repositories_made_in_one_call_do_not_lock_the_workspace_out(site: Path) -> None:
+    _own(site / "ws")
+    results = await _calls(executor(site, writable=True),
+                           "mkdir d && cd d && for i in $(seq 520); do mkdir -p g$i/objects && : > g$i/HEAD; done",
+                           "ls d | wc -l")
+    assert results[1].exit_code == 0 and results[1].stdout.strip() == "520"
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_hide_patterns_ignore_case_and_cover_common_secret_files(site: Path) -> None:
+    ws = site / "ws"
+    for name in ("Server.PEM", "prod.env", "terraform.tfstate", "credentials"):
+        (ws / name).write_text(f"{CANARY}\n")
+    (ws / ".aws").mkdir()
+    (ws / ".aws" / "config").write_text(f"{CANARY}\n")
+    for path in [ws, *ws.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    result = await run(executor(site), "cat Server.PEM prod.env terraform.tfstate credentials .aws/config 2>&1")
+    assert CANARY not in result.stdout
+
+
+def test_a_hide_pattern_with_a_path_is_refused() -> None:
+    from bastion.server.config import parse
+
+    with pytest.raises(Exception, match="match names, not paths"):
+        parse({"connections": {"box": {"kind": "local", "preset": "inspect", "hide": ["secrets/db.txt"]}}},
+              source="bastion.toml", base_dir=Path("."))

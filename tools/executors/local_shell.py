@@ -10,7 +10,8 @@ import pwd
 import shutil
 import signal
 import subprocess
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
 
 import anyio
@@ -21,7 +22,7 @@ from bastion.tools.executors.sandbox import Sandbox
 from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-_WRITABLE_WORKSPACES: dict[str, anyio.Lock] = {}
+_WRITABLE_WORKSPACES: dict[str, anyio.Lock] = {}  # workspace + "/" → its lock (see LocalShellExecutor._turn)
 _CHUNK = 65536
 
 
@@ -42,14 +43,20 @@ class LocalShellExecutor:
         self.run_as = run_as
         self.sandbox = sandbox
         self._probed = False
+        if sandbox is not None and sandbox.writable:
+            _WRITABLE_WORKSPACES.setdefault(sandbox.workspace.rstrip("/") + "/", anyio.Lock())
 
     def _turn(self) -> AbstractAsyncContextManager[object]:
-        """A writable workspace runs one command at a time: the walk that finds what to hide and the
-        binds bubblewrap makes from it must see the same folders, and another command could move them
-        in between. Shared by every executor on that workspace (one per mapped user)."""
-        if self.sandbox is None or not self.sandbox.writable:
+        """Commands take turns on any tree a writable sandbox can change: the walk that finds what to
+        hide and the binds bubblewrap makes from it must see the same folders, and a command could
+        move them in between. One lock per writable workspace, taken by every sandbox whose
+        workspace overlaps it (the same folder, one inside the other), read-only ones too."""
+        if self.sandbox is None:
             return nullcontext()
-        return _WRITABLE_WORKSPACES.setdefault(self.sandbox.workspace, anyio.Lock())
+        mine = self.sandbox.workspace.rstrip("/") + "/"
+        locks = [lock for path, lock in sorted(_WRITABLE_WORKSPACES.items())
+                 if path.startswith(mine) or mine.startswith(path)]
+        return _all(locks)
 
     async def _spawn(self, command: str, cwd: str) -> Process:
         if self.sandbox is None:
@@ -114,6 +121,15 @@ class LocalShellExecutor:
     async def close(self) -> None:
         if self.sandbox is not None:
             self.sandbox.close()
+
+
+@asynccontextmanager
+async def _all(locks: list[anyio.Lock]) -> AsyncIterator[None]:
+    """Hold every lock, taken in one (sorted) order so that two callers cannot deadlock."""
+    async with AsyncExitStack() as stack:
+        for lock in locks:
+            await stack.enter_async_context(lock)
+        yield
 
 
 async def _drain(stream: ByteReceiveStream | None, buffer: bytearray, cap: int) -> None:

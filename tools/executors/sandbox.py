@@ -39,8 +39,11 @@ SANDBOX_UID = 64055  # a dedicated id, used when no OS user is mapped: never roo
 SANDBOX_HOME = "/home/agent"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Files in the workspace that hold secrets by convention; hidden (empty) inside the sandbox.
-DEFAULT_HIDE = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
-                ".pgpass", ".netrc", ".git-credentials", ".npmrc", ".pypirc", ".vault-token")
+# Matched against each name (not a path), ignoring case.
+DEFAULT_HIDE = (".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "*.kdbx", "id_rsa*", "id_dsa*",
+                "id_ecdsa*", "id_ed25519*", ".pgpass", ".netrc", ".git-credentials", ".npmrc", ".pypirc",
+                ".vault-token", "credentials", "credentials.json", "*.tfstate", "*.tfstate.backup", ".aws", ".ssh",
+                ".gnupg", ".docker", ".kube")
 # What of the host's /etc programs need: the loader's cache, alternatives (awk, pager), time zone, name
 # service switch, MIME and magic data. Nothing with a secret in it; passwd and group are Bastion's own.
 ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone", "nsswitch.conf",
@@ -62,7 +65,7 @@ GIT_HARDENING = (("core.fsmonitor", "false"), ("core.hooksPath", "/dev/null"), (
 SYSTEM_GITCONFIG = ("[safe]\n\tdirectory = *\n[core]\n\tfsmonitor = false\n\thooksPath = /dev/null\n\tpager = cat\n"
                     "[credential]\n\thelper =\n[protocol]\n\tallow = never\n[help]\n\tformat = web\n[web]\n\tbrowser = false\n")
 MAX_WALK_ENTRIES = 50_000  # folders plus hidden files; a workspace with more is refused
-MAX_GIT_DIRS = 500
+MAX_GIT_DIRS = 500  # repositories whose config is read into a safe copy; more are emptied
 MAX_GIT_CONFIG_BYTES = 256 << 10  # a bigger repository config is empty inside (real ones are a few KiB)
 # In a git dir: replaced by a safe copy (config) or an empty file (the others point git elsewhere).
 GIT_DIR_FILES = ("config", "config.worktree", "commondir")
@@ -306,7 +309,7 @@ def _walk(workspace: str, hide: tuple[str, ...]) -> tuple[Walk, dict[str, tuple[
     """Every name under the workspace to bind over, the repositories' git dirs (found by what they
     hold, whatever they are called or however they are pointed at), and each folder's identity.
     Anything the walk cannot look into fails closed."""
-    hidden = re.compile("|".join(fnmatch.translate(pattern) for pattern in hide) or "(?!)")
+    hidden = re.compile("|".join(fnmatch.translate(pattern) for pattern in hide) or "(?!)", re.IGNORECASE)
     masks: list[tuple[str, str]] = []
     git_dirs: list[str] = []
     folders: dict[str, tuple[int, int]] = {}
@@ -320,6 +323,9 @@ def _walk(workspace: str, hide: tuple[str, ...]) -> tuple[Walk, dict[str, tuple[
             git_dir = "HEAD" in names and ("objects" in names or "commondir" in names)
             if git_dir:
                 git_dirs.append(folder)
+            # Past MAX_GIT_DIRS a repository's config is not read, only emptied: making many is cheap,
+            # and reading each is not.
+            emptied = len(git_dirs) > MAX_GIT_DIRS
             for entry in entries:
                 # d_type from the folder listing: no system call per name
                 link = entry.is_symlink()
@@ -328,7 +334,7 @@ def _walk(workspace: str, hide: tuple[str, ...]) -> tuple[Walk, dict[str, tuple[
                 if git_dir and entry.name in GIT_DIR_FILES:
                     # A plain config becomes its safe copy; a linked or special one, a worktree config or a
                     # pointer to another common dir becomes empty.
-                    masks.append((entry.path, "git-config" if entry.name == "config" and plain else "file"))
+                    masks.append((entry.path, "git-config" if entry.name == "config" and plain and not emptied else "file"))
                 elif link:
                     continue  # a link's target is outside (invisible) or inside (judged where it is)
                 elif hidden.match(entry.name):
@@ -341,9 +347,9 @@ def _walk(workspace: str, hide: tuple[str, ...]) -> tuple[Walk, dict[str, tuple[
             raise TargetUnavailable(f"the sandbox cannot look into {folder!r} ({getattr(error, 'strerror', error)}), "
                                     "so it cannot hide what must be hidden there",
                                     hint="Ask the gateway's operator to remove or fix that folder.") from None
-        if len(folders) + len(masks) > MAX_WALK_ENTRIES or len(git_dirs) > MAX_GIT_DIRS:
-            raise TargetUnavailable("the workspace has too many folders, hidden files or repositories for the sandbox "
-                                    "to check", hint="Point the connection's `cwd` at a smaller folder.")
+        if len(folders) + len(masks) > MAX_WALK_ENTRIES:
+            raise TargetUnavailable("the workspace has too many folders or hidden files for the sandbox to check",
+                                    hint="Point the connection's `cwd` at a smaller folder.")
     return Walk(tuple(masks), tuple(git_dirs)), folders
 
 
