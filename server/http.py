@@ -14,7 +14,10 @@ from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.routing import Mount
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.server.auth import OidcVerifier, TokenRefused
@@ -78,6 +81,22 @@ class MissingToken:
         await self.verifier.on_refused(TokenRefused("no bearer token", channel="mcp", requests=unrecorded + 1))
 
 
+async def healthz(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return PlainTextResponse("ok\n")
+
+
+def readiness(gateway: Gateway) -> Callable[[Request], Any]:
+    """Readiness: 503 while the audit store cannot be written, before any call finds out (nothing
+    runs unrecorded, so a gateway that cannot record is not ready)."""
+    async def readyz(request: Request) -> Response:
+        problem = await anyio.to_thread.run_sync(gateway.store.unwritable)
+        return JSONResponse({"ready": problem is None, **({"problem": problem} if problem else {})},
+                            status_code=503 if problem else 200)
+
+    return readyz
+
+
 def security(config: Config, host: str) -> TransportSecuritySettings | None:
     if config.auth is not None:
         return TransportSecuritySettings(allowed_hosts=config.auth.hosts(), allowed_origins=[])
@@ -92,6 +111,8 @@ def http_app(server: MCPServer, config: Config, gateway: Gateway | None = None, 
         from bastion.server.approvals_web import approvals_app
 
         app.router.routes.append(Mount("/approvals", app=approvals_app(config, gateway, server)))
+        app.router.routes += [Route("/healthz", healthz, methods=["GET"]),
+                              Route("/readyz", readiness(gateway), methods=["GET"])]
     verifier = getattr(server, "verifier", None)
     return ClientAddress(app, MissingToken(verifier) if verifier is not None else None)
 

@@ -271,6 +271,20 @@ class SqliteAuditStore:
             ticket.error = witnessed
             ticket.ready.set()
 
+    def unwritable(self) -> str | None:
+        """Why an append would fail now (read-only, locked, missing folder), or None: takes the write
+        lock for a moment on a connection of its own and writes nothing (a readiness probe)."""
+        try:
+            probe = sqlite3.connect(self.path, timeout=1, isolation_level=None)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+            finally:
+                probe.close()
+        except sqlite3.Error as error:
+            return f"the audit store cannot be written: {error}"
+        return None
+
     def checkpoint(self) -> int | None:
         """Sign a checkpoint at the end of the log now (at shutdown, or `bastion audit checkpoint`) and
         witness it; the tree size it vouches for, or None without a signing key or events."""

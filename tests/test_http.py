@@ -105,3 +105,24 @@ def test_http_refuses_a_non_loopback_address_without_oidc(demo_config: Path) -> 
     result = subprocess.run([sys.executable, "-m", "bastion.server", "serve", "--config", str(demo_config), "--http", "0.0.0.0:8765"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "loopback addresses only" in result.stderr
+
+
+def test_health_and_readiness_say_whether_the_audit_store_can_be_written(demo_config: Path) -> None:
+    import sqlite3
+
+    import httpx
+
+    with serving(demo_config) as (_, url):
+        base = url.removesuffix("/mcp")
+        assert httpx.get(f"{base}/healthz", timeout=10).text == "ok\n"
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json() == {"ready": True}
+        holder = sqlite3.connect(demo_config.parent / "bastion-audit.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        try:
+            locked = httpx.get(f"{base}/readyz", timeout=10)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert locked.status_code == 503 and "database is locked" in locked.json()["problem"]
+        assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
