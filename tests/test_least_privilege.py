@@ -146,5 +146,8 @@ async def test_the_logins_are_read_when_the_gateway_starts(logins: tuple[PgServe
             await gateway.start()
         accepted = [r.getMessage() for r in caplog.records if "accepted by accept_rights" in r.getMessage()]
         assert any("pg_read_server_files" in m for m in accepted) and any("pg_signal_backend" in m for m in accepted)
+        (checked,) = [e for e in gateway.store.iter_all() if e["type"] == "connection.checked"]
+        assert checked["result"]["served"] and {a["right"] for a in checked["result"]["accepted_rights"]} == {
+            "pg_read_server_files", "pg_signal_backend"}
     finally:
         await gateway.close()

@@ -123,6 +123,11 @@ class Gateway:
                 verify = getattr(getattr(connection, "executor", None), "verify_least_privilege", None)
                 if verify is not None:
                     checks.start_soon(_verify_quietly, connection.name, verify)
+        for connection in self.connections.values():  # what was accepted or refused, in the record too
+            report = getattr(getattr(connection, "executor", None), "privilege_record", lambda: None)()
+            if report is not None:
+                await self.guard.recorder.append({"type": "connection.checked", "connection": connection.name,
+                                                  "result": report})
         return interrupted
 
     async def record_auth_refused(self, reason: str, client: dict[str, Any] | None, details: dict[str, Any]) -> None:

@@ -117,6 +117,7 @@ class PostgresExecutor:
         self.least_privilege = least_privilege
         self._privilege_verdict: str | None = None if least_privilege is not None else ""
         self._privilege_lock: anyio.Lock | None = None
+        self.accepted_rights: list[dict[str, str]] = []  # rights the config accepts that a login holds
         self._setups: ClearingCache[tuple[Any, ...], bytes] = ClearingCache(1024)  # rendered per (settings, role)
         # The server's functions, operators and types, read by refresh_functions (policy.sql.catalog).
         self.functions: FunctionCatalog | None = None
@@ -206,6 +207,13 @@ class PostgresExecutor:
             found.append((role, LoginRights.from_row(row) if row else None))
         return found
 
+    def privilege_record(self) -> dict[str, Any] | None:
+        """What the least-privilege check found, for the audit log; None before it has run."""
+        if self._privilege_verdict is None or self.least_privilege is None:
+            return None
+        return {"served": not self._privilege_verdict, "refused_because": self._privilege_verdict or None,
+                "accepted_rights": self.accepted_rights}
+
     async def verify_least_privilege(self) -> str:
         """"" when every login may do no more than the rules need (or the config accepts); else why
         not. Read once; a failure to read is raised (TargetUnavailable) and tried again next call."""
@@ -224,6 +232,7 @@ class PostgresExecutor:
             except psycopg.Error as error:
                 raise translate(error, self.name) from error
             problems = []
+            self.accepted_rights = []
             for role, rights in found:
                 if rights is None:
                     problems.append(f"the mapped role `{role}` does not exist")
@@ -235,6 +244,7 @@ class PostgresExecutor:
                 for e in accepted:
                     if e.right in expected.accepted:
                         log.warning("connection %s: login %s holds %s, accepted by accept_rights", self.name, rights.login, e.right)
+                        self.accepted_rights.append({"login": rights.login, "right": e.right})
             self._privilege_verdict = "; ".join(problems)
             if problems:
                 log.error("connection %s is not served: %s", self.name, self._privilege_verdict)
