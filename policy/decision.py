@@ -21,6 +21,8 @@ class Limits:
     timeout_s: float = 30.0
     # Rows one call may insert, update or delete (checked inside its transaction); None: no bound.
     max_rows_affected: int | None = None
+    # Past that bound: "deny", or "review" (held for approvers, who see the count).
+    over_rows_affected: str = "deny"
 
     def tightest(self, other: Limits) -> Limits:
         bounds = [b for b in (self.max_rows_affected, other.max_rows_affected) if b is not None]
@@ -29,6 +31,7 @@ class Limits:
             max_bytes=min(self.max_bytes, other.max_bytes),
             timeout_s=min(self.timeout_s, other.timeout_s),
             max_rows_affected=min(bounds) if bounds else None,
+            over_rows_affected="review" if "review" == self.over_rows_affected == other.over_rows_affected else "deny",
         )
 
 

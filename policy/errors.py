@@ -99,6 +99,17 @@ class QueryRejected(ExecutionError, code="rejected_by_database"):
         super().__init__(message, detail=detail, hint=hint)
         self.rule = rule
 
+
+class RowsAffectedExceeded(QueryRejected):
+    """A write changed more rows than its rule's max_rows_affected; it was rolled back. The rule
+    may hold such a call for review instead (the count shown to approvers)."""
+
+    def __init__(self, changed: int, bound: int) -> None:
+        super().__init__(f"the call would change {changed:,} rows and its rule allows at most {bound:,} per call; "
+                         "it was rolled back, nothing changed",
+                         hint=f"Narrow the WHERE clause so that at most {bound:,} rows change, or change them in smaller calls.")
+        self.changed, self.bound = changed, bound
+
     def for_agent(self) -> str:
         return f"{super().for_agent()} (rule: {self.rule})" if self.rule else super().for_agent()
 

@@ -63,6 +63,8 @@ class RuleConfig(_Model):
     timeout: Annotated[float, Field(gt=0, le=3600, description="seconds")] = 30.0
     max_rows_affected: Annotated[int, Field(ge=0)] | None = Field(
         None, description="rows one call may insert, update or delete; past it the call is rolled back")
+    over_max_rows_affected: Literal["deny", "review"] = Field(
+        "deny", description="past max_rows_affected: refused, or held for approvers who see the count")
     approvers: list[str] | None = Field(None, description="groups that may approve what this rule holds (default: [approvals] approvers)")
     min_approvals: Annotated[int, Field(ge=1, le=10)] | None = None
     self_confirm: bool = Field(False, description="the requester may confirm what this rule holds (MCP elicitation)")
@@ -73,7 +75,8 @@ class RuleConfig(_Model):
             "id": self.id or (self.preset if self.preset and index == 0 else f"rule-{index + 1}"),
             "subjects": frozenset(self.subjects),
             "groups": frozenset(self.groups),
-            "limits": Limits(self.max_rows, self.max_bytes, self.timeout, self.max_rows_affected),
+            "limits": Limits(self.max_rows, self.max_bytes, self.timeout, self.max_rows_affected,
+                             self.over_max_rows_affected),
         }
         for name in ("allow", "review", "deny"):
             value = getattr(self, name)

@@ -100,3 +100,63 @@ async def test_a_write_past_the_bound_is_rolled_back_and_says_how_many_rows(
     assert failed and "would change 45 rows" in message, message
     with sqlite3.connect(tmp_path / "app.db") as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (50,)
+
+
+@requirement("sql:rows-affected")
+async def test_a_rule_may_hold_a_write_past_the_bound_for_approvers_who_see_the_count(tmp_path: Path) -> None:
+    import anyio
+
+    from bastion.policy import Identity
+    from bastion.policy.errors import BastionError
+    from bastion.server.build import build_gateway
+    from bastion.tools.calls import Caller
+
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
+        conn.executemany("INSERT INTO items VALUES (?, 'new')", [(i,) for i in range(1, 51)])
+    config = tmp_path / "bastion.toml"
+    config.write_text(f"""
+[approvals]
+wait = "10s"
+approvers = ["leads"]
+
+[connections.lite]
+kind = "sqlite"
+target = "{db}"
+
+  [[connections.lite.rules]]
+  id = "bounded"
+  preset = "read-write"
+  max_rows_affected = 10
+  over_max_rows_affected = "review"
+""")
+    gw = build_gateway(load(config))
+    dev, lead = Caller(Identity("dev", frozenset({"developers"}))), Caller(Identity("lea", frozenset({"leads"})))
+
+    async def decide(approve: bool) -> None:
+        with anyio.fail_after(10):
+            while not gw.approvals.list("pending"):
+                await anyio.sleep(0.05)
+        (held,) = gw.approvals.list("pending")
+        assert held.preview and held.preview["statements"][0]["rows"] == 45  # the approver sees the count
+        with sqlite3.connect(db) as conn:  # rolled back while it waits
+            assert conn.execute("SELECT count(*) FROM items WHERE state != 'new'").fetchone() == (0,)
+        await gw.approval_decide(lead, held.hold_id, approve, "cleanup agreed" if approve else "not today")
+
+    try:
+        async with anyio.create_task_group() as tg:  # denied: nothing changes
+            tg.start_soon(decide, False)
+            with pytest.raises(BastionError, match="not today"):
+                await gw.sql_query(dev, "lite", "UPDATE items SET state = 'kept' WHERE id > 5", "cleanup")
+        async with anyio.create_task_group() as tg:  # approved: it runs once, bounded by the count seen
+            tg.start_soon(decide, True)
+            done = await gw.sql_query(dev, "lite", "UPDATE items SET state = 'gone' WHERE id > 5", "cleanup")
+        assert done.result.row_count == 45 and done.decision.limits.max_rows_affected == 10
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT state, count(*) FROM items GROUP BY state ORDER BY state").fetchall() == [
+                ("gone", 45), ("new", 5)]
+        types = [e["type"] for e in gw.store.call(done.call_id)]
+        assert types[0] == "call.requested" and "call.held" in types and types[-1] == "call.finished"
+    finally:
+        await gw.shutdown()

@@ -10,13 +10,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import anyio
 
 from bastion.policy import Decision, Verdict, analyse, decide, hints
-from bastion.policy.errors import ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput
+from bastion.policy.errors import (ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput,
+                                   RowsAffectedExceeded)
 from bastion.store import events as ev
 from bastion.tools.alerts import Alerts
 from bastion.tools.calls import Caller
@@ -205,7 +206,22 @@ class Guard:
             await self._alert(requested, terminal)
             raise denied
         started = time.perf_counter()
-        result = await self._attempt(call_id, started, tool, lambda: execute(vetted))
+        limits = decision.limits
+        hold_past_bound = self.holds is not None and limits is not None and limits.over_rows_affected == "review"
+
+        async def first_run() -> R | RowsAffectedExceeded:
+            try:
+                return await execute(vetted)
+            except RowsAffectedExceeded as over:
+                if hold_past_bound:
+                    return over  # rolled back; held below, not failed
+                raise
+
+        outcome = await self._attempt(call_id, started, tool, first_run)
+        if isinstance(outcome, RowsAffectedExceeded):
+            vetted = await self._held_past_bound(call_id, caller, tool, connection, text, reason, vetted, outcome)
+            outcome = await self._attempt(call_id, started, tool, lambda: execute(vetted))
+        result: R = outcome  # type: ignore[assignment]
         duration_ms = (time.perf_counter() - started) * 1000
         terminal = {"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
                     "duration_ms": round(duration_ms, 3), **result_record(result)}
@@ -218,6 +234,22 @@ class Guard:
                                    detail=error.detail) from error
         await self._alert(requested, terminal)
         return Guarded(call_id, result, duration_ms, decision)
+
+    async def _held_past_bound(self, call_id: str, caller: Caller, tool: str, connection: str, text: str,
+                               reason: str | None, vetted: Vetted, over: RowsAffectedExceeded) -> Vetted:
+        """A write past its rule's max_rows_affected (rolled back), held for approvers who see the
+        count. Returns once approved: it then runs again bounded by that count, so a write that has
+        grown since is refused. Otherwise `Holds.settle` records the end and raises."""
+        assert self.holds is not None and vetted.decision.limits is not None
+        impact = {"statements": [{"kind": "write", "rows": over.changed}], "rolled_back": True,
+                  "max_rows_affected": over.bound}
+
+        async def preview() -> dict[str, Any]:
+            return impact
+
+        await self.holds.settle(call_id, caller, tool, connection, text, reason, vetted.decision, vetted.facts, preview)
+        limits = replace(vetted.decision.limits, max_rows_affected=over.changed, over_rows_affected="deny")
+        return replace(vetted, decision=replace(vetted.decision, limits=limits))
 
     async def _alert(self, requested: dict[str, Any], terminal: dict[str, Any]) -> None:
         """Evaluate the alert rules after a call ended; an alert failure never fails the call."""

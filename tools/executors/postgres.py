@@ -36,7 +36,7 @@ from bastion.policy.sql import catalog as function_catalog
 from bastion.policy.sql.catalog import FunctionCatalog
 from bastion.policy.sql.facts import DDL_KINDS, WRITE_KINDS
 from bastion.policy.sql.privileges import RIGHTS_SQL, LeastPrivilege, LoginRights, excess, explain
-from bastion.policy.errors import ExecutionError, QueryRejected, QueryTimeout, TargetUnavailable
+from bastion.policy.errors import ExecutionError, QueryRejected, QueryTimeout, RowsAffectedExceeded, TargetUnavailable
 from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
                                   TableInfo, no_dry_run_reason)
 
@@ -322,10 +322,7 @@ class PostgresExecutor:
                 changed = sum(max(s.cursor.rowcount, 0) for s, st in zip(sent, request.statements) if st.kind in WRITE_KINDS)
                 if changed > bound:  # type: ignore[operator]
                     await conn.execute("ROLLBACK")
-                    raise QueryRejected(
-                        f"the call would change {changed:,} rows and its rule allows at most {bound:,} per call; "
-                        "it was rolled back, nothing changed",
-                        hint=f"Narrow the WHERE clause so that at most {bound:,} rows change, or change them in smaller calls.")
+                    raise RowsAffectedExceeded(changed, bound)  # type: ignore[arg-type]
             if not whole:
                 await conn.execute("COMMIT")
         except psycopg.Error:

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from bastion.policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
+from bastion.policy.errors import QueryRejected, QueryTimeout, RowsAffectedExceeded, TargetUnavailable
 from bastion.policy.sql import dangerous_functions
 from bastion.policy.sql.facts import WRITE_KINDS
 from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
@@ -186,9 +186,7 @@ def _within_bound(conn: sqlite3.Connection, changed: int, bound: int | None) -> 
     """Past the rule's max_rows_affected the call is rolled back and refused, with the count."""
     if bound is not None and changed > bound:
         _rollback(conn)
-        raise QueryRejected(f"the call would change {changed:,} rows and its rule allows at most {bound:,} per call; "
-                            "it was rolled back, nothing changed",
-                            hint=f"Narrow the WHERE clause so that at most {bound:,} rows change, or change them in smaller calls.")
+        raise RowsAffectedExceeded(changed, bound)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
