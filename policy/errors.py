@@ -99,6 +99,9 @@ class QueryRejected(ExecutionError, code="rejected_by_database"):
         super().__init__(message, detail=detail, hint=hint)
         self.rule = rule
 
+    def for_agent(self) -> str:
+        return f"{super().for_agent()} (rule: {self.rule})" if self.rule else super().for_agent()
+
 
 class RowsAffectedExceeded(QueryRejected):
     """A write changed more rows than its rule's max_rows_affected; it was rolled back. The rule
@@ -109,9 +112,6 @@ class RowsAffectedExceeded(QueryRejected):
                          "it was rolled back, nothing changed",
                          hint=f"Narrow the WHERE clause so that at most {bound:,} rows change, or change them in smaller calls.")
         self.changed, self.bound = changed, bound
-
-    def for_agent(self) -> str:
-        return f"{super().for_agent()} (rule: {self.rule})" if self.rule else super().for_agent()
 
 
 class PendingApproval(BastionError, code="pending_approval"):
