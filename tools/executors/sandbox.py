@@ -17,6 +17,7 @@ settings are given on git's command-line scope for repositories created during t
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import hashlib
 import os
@@ -264,6 +265,7 @@ class Sandbox:
         """Files bubblewrap binds in: readable by the sandbox's group only (a remote URL may carry a name)."""
         if self._runtime is None:
             runtime = Path(tempfile.mkdtemp(prefix="bastion-sandbox-"))
+            atexit.register(shutil.rmtree, runtime, True)  # also when nobody called close()
             uid, gid = self.user()
             name = self.run_as or "agent"
             etc = runtime / "etc"
