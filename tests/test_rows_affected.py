@@ -38,13 +38,18 @@ def ledger(pg_server: PgServer) -> Iterator[tuple[PgServer, str]]:
         pg_server.execute(f'DROP OWNED BY "{login}"; DROP ROLE IF EXISTS "{login}"')
 
 
+def fifty_items(db: Path) -> None:
+    """An SQLite database with 50 rows in `items`, all 'new'."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
+        conn.executemany("INSERT INTO items VALUES (?, 'new')", [(i,) for i in range(1, 51)])
+
+
 @pytest.fixture
 async def client(ledger: tuple[PgServer, str], tmp_path: Path) -> AsyncIterator[Client]:
     pg, login = ledger
     db = tmp_path / "app.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
-        conn.executemany("INSERT INTO items VALUES (?, 'new')", [(i,) for i in range(1, 51)])
+    fifty_items(db)
     config = tmp_path / "bastion.toml"
     config.write_text(f"""
 [identity]
@@ -112,9 +117,7 @@ async def test_a_rule_may_hold_a_write_past_the_bound_for_approvers_who_see_the_
     from bastion.tools.calls import Caller
 
     db = tmp_path / "app.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
-        conn.executemany("INSERT INTO items VALUES (?, 'new')", [(i,) for i in range(1, 51)])
+    fifty_items(db)
     config = tmp_path / "bastion.toml"
     config.write_text(f"""
 [approvals]

@@ -447,30 +447,39 @@ async def test_a_folder_moved_into_something_that_looks_like_a_git_dir_is_still_
     assert all(CANARY not in r.stdout + r.stderr for r in results)
 
 
-@requirement("shell:sandbox-filesystem")
-async def test_commands_in_a_writable_workspace_take_turns_so_a_swap_cannot_race_the_masks(site: Path) -> None:
+async def _swap_while_reading(site: Path, writer: LocalShellExecutor, reader: LocalShellExecutor) -> list[str]:
+    """One call swaps a folder holding a hidden file in and out of sight 200 times; another reads at
+    both names five times meanwhile. What the reads printed."""
     import anyio
 
     ws = site / "ws"
     (ws / "data").mkdir()
     (ws / "data" / ".env").write_text(f"{CANARY}\n")
     _own(ws)
-    box = executor(site, writable=True)
     seen: list[str] = []
     swap = ("for i in $(seq 200); do mv data data2 && mkdir data && : > data/.env && rm -rf data && mv data2 data; "
             "done 2>/dev/null")
 
     async def read() -> None:
         for _ in range(5):
-            result = await box.run(ShellRunRequest("cat data/.env data2/.env 2>/dev/null", None, 20, 10_000, Identity("b")))
+            result = await reader.run(ShellRunRequest("cat data/.env data2/.env 2>/dev/null", None, 20, 10_000, Identity("r")))
             seen.append(result.stdout)
 
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(box.run, ShellRunRequest(swap, None, 20, 10_000, Identity("a")))
+            tg.start_soon(writer.run, ShellRunRequest(swap, None, 20, 10_000, Identity("w")))
+            await anyio.sleep(0.05)
             tg.start_soon(read)
     finally:
-        await box.close()
+        await writer.close()
+        await reader.close()
+    return seen
+
+
+@requirement("shell:sandbox-filesystem")
+async def test_commands_in_a_writable_workspace_take_turns_so_a_swap_cannot_race_the_masks(site: Path) -> None:
+    box = executor(site, writable=True)
+    seen = await _swap_while_reading(site, box, box)
     assert len(seen) == 5 and not any(CANARY in s for s in seen)
 
 
@@ -527,30 +536,7 @@ async def test_memory_backed_folders_are_sized(site: Path) -> None:
 
 @requirement("shell:sandbox-filesystem")
 async def test_a_read_only_sandbox_over_a_writable_workspace_takes_turns_with_it(site: Path) -> None:
-    import anyio
-
-    ws = site / "ws"
-    (ws / "data").mkdir()
-    (ws / "data" / ".env").write_text(f"{CANARY}\n")
-    _own(ws)
-    writer, reader = executor(site, writable=True), executor(site)
-    seen: list[str] = []
-    swap = ("for i in $(seq 200); do mv data data2 && mkdir data && : > data/.env && rm -rf data && mv data2 data; "
-            "done 2>/dev/null")
-
-    async def read() -> None:
-        for _ in range(5):
-            result = await reader.run(ShellRunRequest("cat data/.env data2/.env 2>/dev/null", None, 20, 10_000, Identity("r")))
-            seen.append(result.stdout)
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(writer.run, ShellRunRequest(swap, None, 20, 10_000, Identity("w")))
-            await anyio.sleep(0.05)
-            tg.start_soon(read)
-    finally:
-        await writer.close()
-        await reader.close()
+    seen = await _swap_while_reading(site, executor(site, writable=True), executor(site))
     assert len(seen) == 5 and not any(CANARY in s for s in seen)
 
 

@@ -8,6 +8,7 @@ are dangerous (see ``_no_dynamic_options``).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 
@@ -52,18 +53,29 @@ def _no_dynamic_options(args: Sequence[Word]) -> str | None:
     return None
 
 
+def _fixed_options(check: Check) -> Check:
+    """``check``, after refusing any word that could become an option at run time (_no_dynamic_options)."""
+    @functools.wraps(check)
+    def checked(args: Sequence[Word]) -> str | None:
+        return _no_dynamic_options(args) or check(args)
+
+    return checked
+
+
+def _before_end_of_options(args: Sequence[Word]) -> list[str]:
+    """The words before `--`; after it every word is an operand."""
+    texts = _texts(args)
+    return texts[:texts.index("--")] if "--" in texts else texts
+
+
 def _refuse_options(*refused: str) -> Check:
     """Refuse options by name, in every spelling: -x, -xVALUE, --long, --long=VALUE, abbreviated --lo."""
     shorts = {o for o in refused if len(o) == 2 and o.startswith("-")}
     longs = {o for o in refused if o.startswith("--")}
 
+    @_fixed_options
     def check(args: Sequence[Word]) -> str | None:
-        dynamic = _no_dynamic_options(args)
-        if dynamic:
-            return dynamic
-        for text in _texts(args):
-            if text == "--":
-                break
+        for text in _before_end_of_options(args):
             if text.startswith("--"):
                 name = text.split("=", 1)[0]
                 for long in longs:
@@ -78,12 +90,10 @@ def _refuse_options(*refused: str) -> Check:
     return check
 
 
+@_fixed_options
 def _find(args: Sequence[Word]) -> str | None:
     """find: -exec/-execdir with a command (checked on its own, see ``embedded``); never -ok, -okdir,
     -delete, -fprint*, -fls."""
-    dynamic = _no_dynamic_options(args)
-    if dynamic:
-        return dynamic
     for text in _texts(args):
         if text in ("-ok", "-okdir", "-delete", "-fprint", "-fprint0", "-fprintf", "-fls"):
             return f"`find {text}` asks interactively or changes files"
@@ -310,13 +320,9 @@ def sed(write: bool = False) -> Check:
     """sed: print-only scripts (policy.shell.sed): never e, w, W, r, R or s///e, s///w however spelled;
     no -i (in place) unless ``write``; no scripts from files."""
 
+    @_fixed_options
     def check(args: Sequence[Word]) -> str | None:
-        dynamic = _no_dynamic_options(args)
-        if dynamic:
-            return dynamic
-        for text in _texts(args):
-            if text == "--":
-                break
+        for text in _before_end_of_options(args):
             in_place = (text.startswith("--") and _long(text.split("=", 1)[0], _SED_LONG) == "--in-place") or \
                 (text.startswith("-") and not text.startswith("--") and "i" in text[1:].split("e", 1)[0].split("l", 1)[0])
             if in_place and not write:
@@ -341,12 +347,10 @@ _AWK_LONG = {"--assign": True, "--field-separator": True, "--file": True, "--sou
              "--csv": False, "--version": False, "--help": False}
 
 
+@_fixed_options
 def _awk(args: Sequence[Word]) -> str | None:
     """awk: programs without system(), pipes, output redirection, command getline or indirect calls
     (policy.shell.awk); no program files (-f, --include, --load, --exec)."""
-    dynamic = _no_dynamic_options(args)
-    if dynamic:
-        return dynamic
     programs, why = _programs_and_files(args, "vFfeilE", "bcCOPrsStMN", _AWK_LONG, ("-e", "--source"), "awk",
                                         ("-f", "-i", "-l", "-E", "--file", "--include", "--load", "--exec"))
     if why:
@@ -451,11 +455,9 @@ def _operands(args: Sequence[Word]) -> list[str]:
     return out
 
 
+@_fixed_options
 def _uniq(args: Sequence[Word]) -> str | None:
     """uniq INPUT OUTPUT writes OUTPUT: one operand at most."""
-    dynamic = _no_dynamic_options(args)
-    if dynamic:
-        return dynamic
     if len(_operands(args)) > 1:
         return "`uniq INPUT OUTPUT` writes OUTPUT; pipe instead: `uniq INPUT > /dev/null` is not needed, `uniq INPUT` prints"
     return None
@@ -471,9 +473,9 @@ def _printf(args: Sequence[Word]) -> str | None:
     return None
 
 
+@_fixed_options
 def _xargs_check(args: Sequence[Word]) -> str | None:
-    dynamic = _no_dynamic_options(args)
-    return dynamic or _xargs(args)[1]
+    return _xargs(args)[1]
 
 
 CHECKS: dict[str, Check] = {
