@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import fnmatch
+import functools
 import hashlib
 import os
 import pwd
@@ -162,13 +163,7 @@ class Sandbox:
         walk = self._hidden()
         args = ["--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
                 "--hostname", "sandbox", "--clearenv"]
-        for top in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-            host = Path("/") / top
-            if host.is_symlink():
-                args += ["--symlink", os.readlink(host), f"/{top}"]
-            elif host.is_dir():
-                args += ["--ro-bind", str(host), f"/{top}"]
-        args += ["--ro-bind", str(runtime / "etc"), "/etc",
+        args += [*_system_folders(), "--ro-bind", str(runtime / "etc"), "/etc",
                  "--proc", "/proc", "--dev", "/dev"]
         # Memory-backed folders are sized: without a size, files in /tmp would be memory beyond any limit.
         size = str(self.limits.memory_bytes)
@@ -353,6 +348,20 @@ def _walk(workspace: str, hide: tuple[str, ...]) -> tuple[Walk, dict[str, tuple[
             raise TargetUnavailable("the workspace has too many folders or hidden files for the sandbox to check",
                                     hint="Point the connection's `cwd` at a smaller folder.")
     return Walk(tuple(masks), tuple(git_dirs)), folders
+
+
+@functools.cache
+def _system_folders() -> tuple[str, ...]:
+    """bubblewrap's arguments for /usr and the /bin, /lib... links or folders, as this host lays them
+    out (read once: about 65 µs of stat calls a command otherwise)."""
+    args: list[str] = []
+    for top in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        host = Path("/") / top
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), f"/{top}"]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), f"/{top}"]
+    return tuple(args)
 
 
 def _memfd(name: str, data: bytes) -> int:
