@@ -16,6 +16,7 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.request_state import RequestStateSecurity
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
@@ -197,8 +198,11 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
             await gw.shutdown()
 
     approver_groups = config.approver_groups()
+    state_keys = config.request_state_keys()
     mcp = BastionServer("bastion", version=VERSION, instructions=INSTRUCTIONS, lifespan=lifespan,
-                        token_verifier=verifier, auth=auth_settings(config))
+                        token_verifier=verifier, auth=auth_settings(config),
+                        # Replicas behind one load balancer open each other's sealed state ([http] state_key_*).
+                        request_state_security=RequestStateSecurity(keys=state_keys) if state_keys else None)
     mcp.tool_visible = lambda ctx, name: name not in APPROVER_TOOLS or resolve(ctx).in_any(approver_groups)
     mcp.verifier = verifier
 

@@ -395,6 +395,17 @@ class AuthConfig(_Model):
         return list(dict.fromkeys(hosts))
 
 
+class HttpConfig(_Model):
+    """Streamable HTTP behind a load balancer: what lets any replica answer any request."""
+
+    stateless: bool = Field(False, description="serve 2025-era (legacy) clients without MCP sessions, so any replica can answer any request; "
+                                                "2026-07-28 clients are sessionless either way")
+    # Input-required answers (self-confirmation) carry state sealed by the gateway; every replica must
+    # hold the same key to open what another sealed. By reference, never in the file.
+    state_key_env: str | None = Field(None, description="environment variable with the key sealing request state (the same on every replica)")
+    state_key_file: str | None = Field(None, description="file with the key sealing request state (`openssl rand -hex 32`)")
+
+
 class WebhookConfig(_Model):
     url: str
     format: Literal["generic", "slack"] = "generic"
@@ -439,6 +450,7 @@ class Config(_Model):
     auth: AuthConfig | None = None
     approvals: ApprovalsConfig = ApprovalsConfig()
     audit: AuditConfig = AuditConfig()
+    http: HttpConfig = HttpConfig()
     connections: dict[str, Annotated[ConnectionConfig | ShellConnectionConfig, Field(discriminator="kind")]] = {}
     alerts: list[AlertConfig] = []
     # Set by load(): the folder relative paths are resolved against.
@@ -469,6 +481,18 @@ class Config(_Model):
                 raise ConfigError(f"{self.source}: {where}.{file_key}: `{file}` is not UTF-8 text",
                                   hint="Keep the secret as text, e.g. `openssl rand -hex 32 > FILE`.") from None
         return None
+
+    def request_state_keys(self) -> list[str]:
+        """The keys replicas share to open each other's sealed request state, the sealing key first
+        (the secret holds one key, or several separated by spaces while rotating); [] means a key per
+        process, which suits one gateway."""
+        secret = self.secret("http", "state_key_env", self.http.state_key_env, "state_key_file", self.http.state_key_file)
+        keys = (secret or "").split()
+        for key in keys:
+            if len(key.encode()) < 32:
+                raise ConfigError(f"{self.source}: http.state_key: found a key of {len(key.encode())} bytes; expected at least 32",
+                                  hint="Make one with `openssl rand -hex 32` and give every replica the same.")
+        return keys
 
     def checkpoint_signer(self):  # type: ignore[no-untyped-def]
         """The audit checkpoints' Ed25519 signing key, by reference; None when not configured."""

@@ -106,7 +106,8 @@ def security(config: Config, host: str) -> TransportSecuritySettings | None:
 def http_app(server: MCPServer, config: Config, gateway: Gateway | None = None, host: str = "127.0.0.1") -> ClientAddress:
     """The MCP endpoint at /mcp and, given the ``gateway`` the server runs on, the approvals API
     and page under /approvals."""
-    app = server.streamable_http_app(transport_security=security(config, host), host=host)
+    app = server.streamable_http_app(transport_security=security(config, host), host=host,
+                                     stateless_http=config.http.stateless)
     if gateway is not None:
         from bastion.server.approvals_web import approvals_app
 
