@@ -186,13 +186,17 @@ def demo(directory: str | None, listen: str | None, persona: str, access_log: bo
     _serve(config, listen, access_log)
 
 
-def _stdio_identity(config: config_mod.Config) -> Identity | None:
-    """The identity behind $BASTION_TOKEN, or None; a refused token is recorded and stops the start."""
+def _stdio_identity(config: config_mod.Config, *, logged_in: bool = False) -> Identity | None:
+    """The identity behind $BASTION_TOKEN (or, with ``logged_in``, the token `bastion login` kept),
+    or None; a refused token is recorded and stops the command."""
     import anyio
 
+    from bastion.server import login
     from bastion.server.auth import TokenRefused, identity_for_token
 
-    token = os.environ.get("BASTION_TOKEN")
+    token, source = os.environ.get("BASTION_TOKEN"), "BASTION_TOKEN"
+    if not token and logged_in and config.auth is not None:
+        token, source = login.stored(config.auth), "the token from `bastion login`"
     if not token:
         return None
     if config.auth is None:
@@ -206,7 +210,56 @@ def _stdio_identity(config: config_mod.Config) -> Identity | None:
                           "error": {"code": "auth_refused", "message": refused.reason, **refused.details}})
         finally:
             store.close()
-        raise click.ClickException(f"BASTION_TOKEN was refused: {refused.reason}") from None
+        raise click.ClickException(f"{source} was refused: {refused.reason}") from None
+
+
+@main.command("login")
+@config_option
+def login_command(config_path: str | None) -> None:
+    """Sign in with your identity provider (OIDC device flow) so that `bastion approvals` votes as you.
+
+    Prints a link and a code; open it on any device and sign in. The access token is kept in your
+    state folder (~/.local/state/bastion, yours only) until it expires.
+
+    Example: bastion login --config bastion.toml
+    """
+    import httpx
+
+    from bastion.server import login
+
+    config = _load(config_path)
+    if config.auth is None:
+        raise click.ClickException("the config has no [auth] section: there is no identity provider to sign in with")
+    try:
+        cli_client = login.client_id(config.auth, config.source)
+    except ConfigError as error:
+        raise click.ClickException(_config_message(error)) from None
+    try:
+        with httpx.Client(timeout=10.0) as http:
+            code = login.start(config.auth, cli_client, http)
+            where = code.verification_uri_complete or code.verification_uri
+            click.echo(f"To sign in, open {where} and confirm the code {code.user_code}", err=True)
+            token = login.wait(config.auth, cli_client, code, http)
+    except login.LoginFailed as failed:
+        raise click.ClickException(f"sign-in failed: {failed}") from None
+    path = login.save(config.auth, token)
+    identity = _stdio_identity(config, logged_in=True) if not os.environ.get("BASTION_TOKEN") else None
+    click.echo(f"signed in{f' as {identity.subject}' if identity else ''}; token kept in {path}", err=True)
+
+
+@main.command("logout")
+@config_option
+def logout_command(config_path: str | None) -> None:
+    """Forget the token `bastion login` kept for this config's issuer.
+
+    Example: bastion logout --config bastion.toml
+    """
+    from bastion.server import login
+
+    config = _load(config_path)
+    if config.auth is None:
+        raise click.ClickException("the config has no [auth] section")
+    click.echo("signed out" if login.forget(config.auth) else "no kept token", err=True)
 
 
 # -- check --------------------------------------------------------------------------------------
@@ -437,8 +490,8 @@ def show(call_id: str, config_path: str | None, as_json: bool) -> None:
 
 @main.group()
 def approvals() -> None:
-    """Held calls: list them, show one, approve or deny: as the person behind $BASTION_TOKEN (required
-    with [auth]), else as the config's [identity].
+    """Held calls: list them, show one, approve or deny: as the person behind $BASTION_TOKEN or
+    `bastion login` (required with [auth]), else as the config's [identity].
 
     Example: bastion approvals approve hold-3f9c0a1b2c3d4e5f --config bastion.toml
     """
@@ -449,10 +502,10 @@ def _approver(config: config_mod.Config) -> tuple[Any, Identity]:
     the [identity] a config file declares (anyone can write one); without [auth], that [identity]."""
     from bastion.server.build import build_gateway
 
-    identity = _stdio_identity(config)
+    identity = _stdio_identity(config, logged_in=True)
     if identity is None and config.auth is not None:
         raise click.ClickException(
-            "with [auth], approvals are given as a person: set BASTION_TOKEN to your access token from "
+            "with [auth], approvals are given as a person: run `bastion login`, or set BASTION_TOKEN to your access token from "
             f"{config.auth.issuer} (for the audience {config.auth.resource}); the config's [identity] is never an approver")
     return build_gateway(config), identity or config.identity.to_identity()
 

@@ -361,6 +361,7 @@ class AuthConfig(_Model):
     email_claim: str = "email"
     name_claim: str = "name"
     allowed_hosts: list[str] = Field([], description="Host headers HTTP accepts (default: the resource URL's host)")
+    cli_client_id: str | None = Field(None, description="public OIDC client `bastion login` signs in as (device flow, RFC 8628)")
 
     @field_validator("issuer", "resource", "jwks_uri")
     @classmethod

@@ -13,13 +13,17 @@ Standard endpoints
     GET  /authorize                           login form: ``<select id="sub" name="sub">`` of the users,
                                               buttons ``#sign-in`` and ``#deny``; PKCE S256 is required
     POST /authorize                           one-time code (60 s), 303 to redirect_uri?code=&state=&iss=
-    POST /token                               authorization_code (PKCE, client_secret_basic or _post) and
-                                              client_credentials (clients with ``service_claims``)
+    POST /token                               authorization_code (PKCE, client_secret_basic or _post),
+                                              client_credentials (clients with ``service_claims``) and the
+                                              device code grant (RFC 8628; public clients, no secret)
+    POST /device/code                         device authorization: device_code, user_code, verification_uri
+    GET  /device                              sign-in page for a user code: ``#sub``, ``#sign-in``, ``#deny``
+    POST /device                              approve or deny that user code as the chosen user
     GET  /userinfo                            the user's claims, for a bearer access token
 
 Test control (JSON)
     POST /admin/users    {"sub", ...claims}                    define or replace a user
-    POST /admin/clients  {"client_id", "client_secret", "redirect_uris", "resource", "service_claims"}
+    POST /admin/clients  {"client_id", "client_secret", "redirect_uris", "resource", "service_claims", "public"}
     POST /admin/token    {"sub", "aud", "scope", "expires_in", "nbf_offset", "alg", "client_id",
                           "extra": {claim: value or null to remove}, "header": {...},
                           "unpublished_key": bool}  ->  {"access_token"}
@@ -55,6 +59,8 @@ from starlette.routing import Route
 
 Key = RSAKey | ECKey
 CODE_TTL = 60
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_TTL = 120
 
 
 def _rsa() -> RSAKey:
@@ -80,6 +86,7 @@ class Provider:
         self.users: dict[str, dict[str, Any]] = {}
         self.clients: dict[str, dict[str, Any]] = {}
         self.codes: dict[str, dict[str, Any]] = {}
+        self.devices: dict[str, dict[str, Any]] = {}  # device_code → the pending device sign-in
         self.stats: Counter[str] = Counter()
 
     # -- tokens -------------------------------------------------------------------------------------
@@ -124,7 +131,8 @@ class Provider:
             "issuer": base, "authorization_endpoint": f"{base}/authorize", "token_endpoint": f"{base}/token",
             "jwks_uri": f"{base}/jwks", "userinfo_endpoint": f"{base}/userinfo",
             "id_token_signing_alg_values_supported": ["RS256", "ES256"], "code_challenge_methods_supported": ["S256"],
-            "grant_types_supported": ["authorization_code", "client_credentials"], "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "client_credentials", DEVICE_GRANT], "response_types_supported": ["code"],
+            "device_authorization_endpoint": f"{base}/device/code",
             "subject_types_supported": ["public"], "scopes_supported": ["openid", "profile", "email", "groups"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         })
@@ -199,6 +207,8 @@ class Provider:
 
     async def token(self, request: Request) -> JSONResponse:
         form = await request.form()
+        if form.get("grant_type") == DEVICE_GRANT:
+            return self._device_token(form)
         client = self._authenticate(request, form)
         if client is None:
             return _error(401, "invalid_client", "unknown client or wrong secret")
@@ -228,6 +238,66 @@ class Provider:
             "token_type": "Bearer", "expires_in": 300, "scope": scope,
         })
 
+    # -- device flow (RFC 8628) ---------------------------------------------------------------------
+
+    async def device_code(self, request: Request) -> JSONResponse:
+        form = await request.form()
+        client = self.clients.get(str(form.get("client_id", "")))
+        if client is None or not client.get("public"):
+            return _error(401, "invalid_client", "unknown client, or not a public client")
+        device_code, user_code = secrets.token_urlsafe(24), f"{secrets.token_hex(2)}-{secrets.token_hex(2)}".upper()
+        self.devices[device_code] = {"client_id": client["client_id"], "user_code": user_code, "sub": None,
+                                     "denied": False, "scope": str(form.get("scope", "")), "polled": 0.0,
+                                     "resource": form.get("resource") or client.get("resource"),
+                                     "expires": time.time() + DEVICE_TTL}
+        page = f"{self.issuer}/device"
+        return JSONResponse({"device_code": device_code, "user_code": user_code, "verification_uri": page,
+                             "verification_uri_complete": f"{page}?{urlencode({'user_code': user_code})}",
+                             "expires_in": DEVICE_TTL, "interval": 1})
+
+    def _device(self, user_code: str) -> dict[str, Any] | None:
+        return next((d for d in self.devices.values() if d["user_code"] == user_code and d["expires"] > time.time()), None)
+
+    async def device_form(self, request: Request) -> Response:
+        user_code = request.query_params.get("user_code", "")
+        options = "".join(f'<option value="{html.escape(sub)}">{html.escape(sub)}</option>' for sub in self.users)
+        return HTMLResponse(
+            "<!doctype html><title>Test OIDC device sign-in</title>"
+            f'<form id="device" method="post" action="{html.escape(self.prefix)}/device">'
+            f'<input id="user_code" name="user_code" value="{html.escape(user_code)}">'
+            f'<select id="sub" name="sub">{options}</select> <button id="sign-in" type="submit">Sign in</button> '
+            '<button id="deny" type="submit" name="deny" value="1">Deny</button></form>')
+
+    async def device_submit(self, request: Request) -> Response:
+        form = await request.form()
+        device = self._device(str(form.get("user_code", "")).upper())
+        if device is None:
+            return HTMLResponse("<p id='error'>unknown or expired code</p>", status_code=400)
+        if form.get("deny"):
+            device["denied"] = True
+        elif str(form.get("sub", "")) in self.users:
+            device["sub"] = str(form["sub"])
+        else:
+            return HTMLResponse("<p id='error'>unknown user</p>", status_code=400)
+        return HTMLResponse("<p id='done'>You may close this window.</p>")
+
+    def _device_token(self, form: Any) -> JSONResponse:
+        device = self.devices.get(str(form.get("device_code", "")))
+        if device is None or device["client_id"] != form.get("client_id"):
+            return _error(400, "invalid_grant", "unknown device_code, or issued to another client")
+        now = time.time()
+        if device["expires"] <= now:
+            return _error(400, "expired_token", "the device code expired")
+        if device["denied"]:
+            return _error(400, "access_denied", "the user denied the sign-in")
+        if device["sub"] is None:
+            too_soon = now - device["polled"] < 0.5
+            device["polled"] = now
+            return _error(400, "slow_down" if too_soon else "authorization_pending", "waiting for the user")
+        del self.devices[str(form["device_code"])]  # one use
+        return JSONResponse({"access_token": self.access_token(device["sub"], device["resource"], device["scope"], device["client_id"]),
+                             "token_type": "Bearer", "expires_in": 300, "scope": device["scope"]})
+
     async def userinfo(self, request: Request) -> JSONResponse:
         auth = request.headers.get("authorization", "")
         challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
@@ -250,7 +320,7 @@ class Provider:
         body = await request.json()
         client = {"client_id": body["client_id"], "client_secret": body["client_secret"],
                   "redirect_uris": list(body.get("redirect_uris", [])), "resource": body.get("resource"),
-                  "service_claims": body.get("service_claims")}
+                  "service_claims": body.get("service_claims"), "public": bool(body.get("public"))}
         self.clients[client["client_id"]] = client
         return JSONResponse({k: v for k, v in client.items() if k != "client_secret"})
 
@@ -287,6 +357,9 @@ class Provider:
             Route(f"{p}/authorize", self.authorize_form, methods=["GET"]),
             Route(f"{p}/authorize", self.authorize_submit, methods=["POST"]),
             Route(f"{p}/token", self.token, methods=["POST"]),
+            Route(f"{p}/device/code", self.device_code, methods=["POST"]),
+            Route(f"{p}/device", self.device_form, methods=["GET"]),
+            Route(f"{p}/device", self.device_submit, methods=["POST"]),
             Route(f"{p}/userinfo", self.userinfo, methods=["GET", "POST"]),
             Route(f"{p}/admin/users", self.add_user, methods=["POST"]),
             Route(f"{p}/admin/clients", self.add_client, methods=["POST"]),

@@ -64,11 +64,12 @@ class OidcProvider:
         return str(self._post("/admin/rotate", {"keep_old": keep_old})["kid"])
 
     def register_client(self, client_id: str, secret: str, redirect_uris: list[str], resource: str | None = None,
-                        service_claims: dict[str, Any] | None = None) -> None:
+                        service_claims: dict[str, Any] | None = None, public: bool = False) -> None:
         """A client for /authorize and /token; ``resource`` is its access tokens' ``aud`` unless the request
-        names one (RFC 8707); ``service_claims`` (with an optional ``sub``) enables client_credentials."""
+        names one (RFC 8707); ``service_claims`` (with an optional ``sub``) enables client_credentials;
+        ``public`` lets it use the device flow without a secret."""
         self._post("/admin/clients", {"client_id": client_id, "client_secret": secret, "redirect_uris": redirect_uris,
-                                      "resource": resource, "service_claims": service_claims})
+                                      "resource": resource, "service_claims": service_claims, "public": public})
 
     def jwks(self) -> dict[str, Any]:
         """The published keys, read without counting as a /jwks fetch."""
