@@ -7,7 +7,7 @@ import functools
 import logging
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, ParamSpec, TypeVar
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, ParamSpec, TypeVar, cast
 
 import anyio
 
@@ -128,7 +128,7 @@ APPROVER_TOOLS = frozenset({"approvals_list", "approval_decide"})
 class BastionServer(MCPServer):
     """MCPServer whose tool list depends on the caller: approvers' tools are listed to approvers only."""
 
-    tool_visible: Callable[[Context, str], bool] = staticmethod(lambda ctx, name: True)  # type: ignore[assignment]
+    tool_visible: Callable[[Context, str], bool] = staticmethod(lambda ctx, name: True)
     verifier: OidcVerifier | None = None  # with [auth]: the HTTP app records requests that bring no token
 
     async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:  # the SDK's list handler, filtered
@@ -208,7 +208,8 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
 
     def context(ctx: Context) -> tuple[Gateway, Caller]:
         headers = ctx.headers or {}
-        gateway: Gateway = ctx.request_context.lifespan_context
+        # The lifespan yields the Gateway; tools take the SDK's Context, whose lifespan type defaults to a dict.
+        gateway = cast(Gateway, ctx.request_context.lifespan_context)
         # A session id the client chose (request `_meta` key `io.bastion/session`), else the MCP
         # session where there is one (legacy HTTP) or this gateway process (stdio, stateless HTTP),
         # with the person in it: four people calling one gateway are four sessions, not one.

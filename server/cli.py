@@ -135,7 +135,7 @@ def _serve(config: config_mod.Config, listen: str | None, access_log: bool) -> N
         raise click.ClickException(found.message) from None
 
 
-def _bastion_error_in(group: BaseExceptionGroup) -> BastionError | None:  # type: ignore[type-arg]
+def _bastion_error_in(group: BaseExceptionGroup[BaseException]) -> BastionError | None:
     for error in group.exceptions:
         if isinstance(error, BastionError):
             return error
@@ -648,7 +648,7 @@ def replay(ident: str, config_path: str | None, sandbox: str | None, include_wri
     import anyio
 
     from bastion.server.build import build_gateway
-    from bastion.tools.replay import rerun, timeline
+    from bastion.tools.replay import Rerun, rerun, timeline
 
     config = _load(config_path)
     store = _store(config_path)
@@ -663,7 +663,7 @@ def replay(ident: str, config_path: str | None, sandbox: str | None, include_wri
     if not sandbox:
         return
 
-    async def go() -> list:  # type: ignore[type-arg]
+    async def go() -> list[Rerun]:
         gateway = build_gateway(config)
         try:
             return await rerun(gateway, steps, sandbox, include_writes=include_writes)
@@ -707,7 +707,7 @@ def backtest(config_path: str, log_path: str | None, since_: str | None, example
     path = Path(log_path) if log_path else draft.path(draft.audit.path)
     if not path.exists():
         raise click.ClickException(f"no audit log at {path}")
-    policies = {**draft.policies(), **draft.shell_policies()}
+    policies: dict[str, ConnectionPolicy | ShellPolicy] = {**draft.policies(), **draft.shell_policies()}
     from bastion.server.cli_audit import draft_connections
 
     egress = {a.id: a.action for a in draft.alerts if a.kind == "egress"}

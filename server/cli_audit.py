@@ -14,7 +14,7 @@ import click
 
 from bastion.policy.errors import ConfigError
 from bastion.server.cli import _load, _store, audit, config_option
-from bastion.store.checkpoints import FileWitness, Verifier, keygen
+from bastion.store.checkpoints import FileWitness, HttpWitness, Verifier, keygen
 from bastion.store.errors import StoreError
 
 
@@ -87,7 +87,7 @@ def checkpoint_command(config_path: str | None) -> None:
     except StoreError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"signed a checkpoint at {size or 0} events"
-               + (f", witnessed in {witness.path or witness.url}" if witness else ""))
+               + (f", witnessed in {witness.url if isinstance(witness, HttpWitness) else witness.path}" if witness else ""))
 
 
 @audit.command(name="verify")
@@ -139,8 +139,8 @@ def verify_command(config_path: str | None, public_key: tuple[str, ...], witness
         hmac_key = Path(key_file).read_bytes().strip()
     if witness is not None and not verifier:
         raise click.ClickException("checking a witness needs the public key: add --public-key FILE")
-    if witness is not None and witness.path is None:
-        raise click.ClickException(f"the witness is the endpoint {witness.url}: export what it holds to a file "  # type: ignore[union-attr]
+    if isinstance(witness, HttpWitness):
+        raise click.ClickException(f"the witness is the endpoint {witness.url}: export what it holds to a file "
                                    "and give it with --witness FILE")
     if witness is not None and not witness.path.is_file():
         raise click.ClickException(f"no witness file at {witness.path}")

@@ -22,6 +22,7 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 Path_ = tuple[str | int, ...]
 
@@ -82,7 +83,7 @@ def key_lines(text: str) -> dict[Path_, int]:
             depth += line.count("[") + line.count("{") - line.count("]") - line.count("}")
             continue
         if line.startswith("[["):
-            path = _split_key(line[2:line.find("]]")])
+            path: Path_ = _split_key(line[2:line.find("]]")])
             counts[path] = counts.get(path, -1) + 1
             table = path + (counts[path],)
             where.setdefault(path, number)
@@ -191,7 +192,7 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def _what(item: dict[str, Any], path: Path_, model: type[BaseModel]) -> str:
+def _what(item: ErrorDetails, path: Path_, model: type[BaseModel]) -> str:
     """Found and expected, in plain words, for one pydantic error."""
     kind, ctx, value = item["type"], item.get("ctx") or {}, item.get("input")
     found = f"found {_shown(value)}"

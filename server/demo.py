@@ -92,12 +92,12 @@ def build_database(path: Path) -> Path:
         path.unlink()
     rng = random.Random(42)
     db = sqlite_utils.Database(path)
-    db["customers"].insert_all(
+    db.table("customers").insert_all(
         ({"id": i, "name": f"{rng.choice(FIRST)} {rng.choice(LAST)}", "email": f"user{i}@example.com",
           "phone": f"+1-555-{rng.randint(100, 999)}-{rng.randint(1000, 9999)}",
           "city": rng.choice(CITIES), "created_at": f"2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"}
          for i in range(1, 201)), pk="id")
-    db["products"].insert_all(
+    db.table("products").insert_all(
         ({"id": i, "name": name, "category": cat, "price": price} for i, (name, cat, price) in enumerate(PRODUCTS, 1)), pk="id")
     orders, items = [], []
     for order_id in range(1, 1001):
@@ -108,8 +108,8 @@ def build_database(path: Path) -> Path:
             product = rng.randint(1, len(PRODUCTS))
             items.append({"order_id": order_id, "product_id": product, "quantity": rng.randint(1, 4),
                           "unit_price": PRODUCTS[product - 1][2]})
-    db["orders"].insert_all(orders, pk="id", foreign_keys=[("customer_id", "customers", "id")])
-    db["order_items"].insert_all(items, foreign_keys=[("order_id", "orders", "id"), ("product_id", "products", "id")])
+    db.table("orders").insert_all(orders, pk="id", foreign_keys=[("customer_id", "customers", "id")])
+    db.table("order_items").insert_all(items, foreign_keys=[("order_id", "orders", "id"), ("product_id", "products", "id")])
     db.create_view("order_totals", """
         SELECT o.id AS order_id, o.customer_id, o.status, sum(i.quantity * i.unit_price) AS total
         FROM orders o JOIN order_items i ON i.order_id = o.id GROUP BY o.id""")

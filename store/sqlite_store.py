@@ -165,7 +165,8 @@ class SqliteAuditStore:
         last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         prev, seq = (last[1], last[0]) if last else (ev.GENESIS, 0)
         tree = self._tree_at(conn, seq, prev) if self._signer else None
-        rows, checkpoints, nodes = [], [], []
+        rows, checkpoints = [], []
+        nodes: list[tuple[int, int, bytes]] = []
         every = self.checkpoint_every
         sha256 = hashlib.sha256
         for event in events:

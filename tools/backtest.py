@@ -11,6 +11,7 @@ egress rule with the same action and its rules still allow the call. What cannot
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,7 @@ def _masked(connection: Any, decision: Decision, text: str) -> Decision:
 
 
 def redecide(policy: ConnectionPolicy | ShellPolicy, connection: Any, identity: Identity, text: str,
-             recorded: dict[str, Any], egress: dict[str, str]) -> tuple[Decision | None, str | None]:
+             recorded: dict[str, Any], egress: Mapping[str, str]) -> tuple[Decision | None, str | None]:
     """The draft's decision on one recorded call, or (None, why) when it keeps its recorded verdict."""
     decision = safe_check(policy, identity, text)
     rules = recorded.get("rules") or []
@@ -88,7 +89,7 @@ def redecide(policy: ConnectionPolicy | ShellPolicy, connection: Any, identity: 
 
 def backtest(store: SqliteAuditStore, policies: dict[str, ConnectionPolicy | ShellPolicy], *,
              after: str | None = None, examples: int = 5, connections: dict[str, Any] | None = None,
-             egress: dict[str, str] | None = None) -> Backtest:
+             egress: Mapping[str, str] | None = None) -> Backtest:
     """Decide every recorded guarded call again under ``policies`` (the draft), as the identity that
     made it; ``connections`` (the draft's, catalogs read) re-check masking, ``egress`` (egress alert
     rule id → action) says which recorded egress refusals the draft keeps."""
@@ -105,8 +106,9 @@ def backtest(store: SqliteAuditStore, policies: dict[str, ConnectionPolicy | She
         identity = Identity(ident.get("subject", "?"), frozenset(ident.get("groups") or ()))
         name = event.get("connection") or ""
         policy = policies.get(name)
+        decision: Decision | None
         if policy is None:
-            decision: Decision | None = Decision.deny("default-deny", f"the draft has no connection `{name}`")
+            decision = Decision.deny("default-deny", f"the draft has no connection `{name}`")
         else:
             connection = (connections or {}).get(name) if connections is not None else None
             decision, kept = redecide(policy, connection if connections is not None else None, identity,

@@ -187,7 +187,7 @@ class Guard:
         if vetted.run_as and decision.verdict is not Verdict.DENY:
             requested["decision"]["run_as"] = vetted.run_as
         reviewable = decision.verdict is Verdict.REVIEW and vetted.plan is not None and self.holds is not None
-        self_confirmed = reviewable and confirmed and self.holds.self_confirm(connection, decision)  # type: ignore[union-attr]
+        self_confirmed = reviewable and confirmed and self.holds is not None and self.holds.self_confirm(connection, decision)
         if self_confirmed:
             requested["decision"]["confirmed_by"] = caller.identity.subject
         # ③ Durable before anything runs: if this raises, nothing ran.
@@ -200,8 +200,8 @@ class Guard:
                                     (lambda: preview(vetted)) if preview else None)
         elif not (decision.allowed or self_confirmed) or vetted.plan is None:
             denied = denial_for(decision)
-            terminal = {"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
-                        "error": error_record(denied)}
+            terminal: dict[str, Any] = {"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
+                                        "error": error_record(denied)}
             await self._record(terminal)
             await self._alert(requested, terminal)
             raise denied
@@ -221,7 +221,7 @@ class Guard:
         if isinstance(outcome, RowsAffectedExceeded):
             vetted = await self._held_past_bound(call_id, caller, tool, connection, text, reason, vetted, outcome)
             outcome = await self._attempt(call_id, started, tool, lambda: execute(vetted))
-        result: R = outcome  # type: ignore[assignment]
+        result: R = outcome
         duration_ms = (time.perf_counter() - started) * 1000
         terminal = {"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
                     "duration_ms": round(duration_ms, 3), **result_record(result)}

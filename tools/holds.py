@@ -94,13 +94,14 @@ class Holds:
 
     @staticmethod
     def _ticker(caller: Caller, held: Held) -> Callable[[float], Awaitable[None]] | None:
-        if caller.progress is None:
+        progress = caller.progress
+        if progress is None:
             return None
         groups = ", ".join(f"`{g}`" for g in held.approver_groups)
 
         async def tick(elapsed: float) -> None:
             try:
-                await caller.progress(elapsed, f"held for approval by {groups}, {elapsed:.0f} s (approval {held.hold_id})")
+                await progress(elapsed, f"held for approval by {groups}, {elapsed:.0f} s (approval {held.hold_id})")
             except Exception:  # progress is a courtesy; never fail the wait over it
                 log.debug("progress notification failed", exc_info=True)
 

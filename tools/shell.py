@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dataclasses import replace
@@ -45,7 +46,7 @@ def vet_shell(connection: ShellConnection, caller: Caller, command: str, cwd: st
     return fail_closed(vet)
 
 
-def runner(connection: ShellConnection, caller: Caller, cwd: str):  # type: ignore[no-untyped-def]
+def runner(connection: ShellConnection, caller: Caller, cwd: str) -> Callable[[Vetted], Awaitable[ShellResult]]:
     async def execute(vetted: Vetted) -> ShellResult:
         limits = vetted.decision.limits
         assert limits is not None
@@ -59,9 +60,8 @@ def runner(connection: ShellConnection, caller: Caller, cwd: str):  # type: igno
 
 
 def result_record(result: ShellResult) -> dict[str, Any]:
-    record = {"result": {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
-                         "timed_out": result.timed_out},
-              "truncated": result.truncated}
+    body: dict[str, Any] = {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
+                            "timed_out": result.timed_out}
     if result.masking:  # detections per kind; never a value
-        record["result"]["masking"] = result.masking
-    return record
+        body["masking"] = result.masking
+    return {"result": body, "truncated": result.truncated}

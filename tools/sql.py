@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bastion.policy import Decision, Verdict, analyse, decide
 from bastion.policy.errors import ExecutionError
+from bastion.policy.sql.catalog import FunctionCatalog
 from bastion.tools import masking
 from bastion.tools.calls import Caller
 from bastion.tools.connections import Connection
-from bastion.tools.executors.base import QueryResult, RunRequest
+from bastion.tools.executors.base import QueryResult, RunRequest, reads_functions
 from bastion.tools.guard import Vetted, fail_closed, scoped
 
 
@@ -18,7 +20,7 @@ async def prepare(connection: Connection, text: str | None = None) -> None:
     catalog masking follows, and the functions, operators and types every call is judged against."""
     await masking.refresh(connection, text)
     executor = connection.executor
-    if not hasattr(executor, "refresh_functions"):
+    if not reads_functions(executor):
         return
     unresolved = False
     if text is not None and executor.functions is not None and not executor.functions_stale():
@@ -32,10 +34,10 @@ async def prepare(connection: Connection, text: str | None = None) -> None:
     await executor.refresh_functions(unresolved)
 
 
-def _functions(connection: Connection) -> tuple[Any, bool]:
+def _functions(connection: Connection) -> tuple[FunctionCatalog | None, bool]:
     """The function catalog to judge by, and whether one is required but missing (fail closed)."""
     executor = connection.executor
-    if not hasattr(executor, "refresh_functions"):
+    if not reads_functions(executor):
         return None, False
     return executor.functions, executor.functions is None
 
@@ -60,7 +62,7 @@ def vet_sql(connection: Connection, caller: Caller, text: str) -> Vetted:
     return fail_closed(vet)
 
 
-def runner(connection: Connection, caller: Caller):  # type: ignore[no-untyped-def]
+def runner(connection: Connection, caller: Caller) -> Callable[[Vetted], Awaitable[QueryResult]]:
     async def execute(vetted: Vetted) -> QueryResult:
         decision = vetted.decision
         assert decision.limits is not None
@@ -77,14 +79,13 @@ def runner(connection: Connection, caller: Caller):  # type: ignore[no-untyped-d
 
 
 def result_record(result: QueryResult) -> dict[str, Any]:
-    record = {"result": {"columns": result.columns, "rows": result.rows}, "row_count": result.row_count,
-              "truncated": result.truncated}
+    body: dict[str, Any] = {"columns": result.columns, "rows": result.rows}
     if result.masking:  # which columns were masked by which rule, detections per kind; never a value
-        record["result"]["masking"] = result.masking
-    return record
+        body["masking"] = result.masking
+    return {"result": body, "row_count": result.row_count, "truncated": result.truncated}
 
 
-def previewer(connection: Connection, caller: Caller):  # type: ignore[no-untyped-def]
+def previewer(connection: Connection, caller: Caller) -> Callable[[Vetted], Awaitable[dict[str, Any]]]:
     """The impact preview of a held SQL call, run as the requester's role: EXPLAIN, and for UPDATE,
     DELETE and MERGE a dry run in a transaction that is always rolled back, counting the rows."""
     async def preview(vetted: Vetted) -> dict[str, Any]:

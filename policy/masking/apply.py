@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from bastion.policy.masking.detectors import Detectors
 from bastion.policy.masking.maskers import REDACTED, mask
@@ -31,13 +31,15 @@ def mask_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], plan: Mas
     record: dict[str, Any] = {}
     if masked:
         record["columns"] = _names(columns, masks)
-    out = rows if in_place else [list(r) for r in rows]
+    # in_place: the caller promised a list of lists (the docstring), so the cells can be written.
+    out: list[list[Any]] = cast("list[list[Any]]", rows) if in_place else [list(r) for r in rows]
     if not rows or (not masked and not scanned):
-        return out, record  # type: ignore[return-value]
+        return out, record
     # Columns are masked and scanned whole (a masker once per distinct value; the detectors over a
     # column as one text), then written back into the rows.
     by_column: list[Sequence[Any]] = list(zip(*rows))
-    changed: dict[int, Sequence[Any]] = {j: _mask_column(masks[j].masker, by_column[j], key) for j in masked}  # type: ignore[union-attr]
+    changed: dict[int, Sequence[Any]] = {j: _mask_column(m.masker, by_column[j], key)
+                                         for j, m in enumerate(masks) if m is not None}
     if scanned:
         replaced, counts = detectors.scan_columns([by_column[j] for j in scanned], [columns[j] for j in scanned])
         changed.update((j, cells) for j, cells in zip(scanned, replaced) if cells is not None)
@@ -46,7 +48,7 @@ def mask_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], plan: Mas
     for j, cells in changed.items():
         for row, cell in zip(out, cells):
             row[j] = cell
-    return out, record  # type: ignore[return-value]
+    return out, record
 
 
 def mask_text(text: str, kinds: frozenset[str]) -> tuple[str, dict[str, int]]:

@@ -61,7 +61,8 @@ class Catalog:
         for name, cols in self.tables.items():
             schema, _, table = name.partition(".")
             nested.setdefault(schema, {})[table] = {c: "UNKNOWN" for c in cols}
-        return MappingSchema(nested, dialect=self.dialect, normalize=False)
+        # A shallow copy: MappingSchema asks for dict[str, object], and dict is invariant in its values.
+        return MappingSchema(dict[str, object](nested), dialect=self.dialect, normalize=False)
 
 
 EMPTY_SQLITE = Catalog("sqlite", "main")

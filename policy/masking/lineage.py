@@ -103,7 +103,7 @@ def projections(prepared: Prepared, catalog: Catalog, indexes: range) -> tuple[O
     return tuple(outputs)
 
 
-def column_sources(column: exp.Column, scope: Scope, catalog: Catalog, rows: dict[str, Sources] | None = None) -> Sources:
+def column_sources(column: exp.Column | exp.TableColumn, scope: Scope, catalog: Catalog, rows: dict[str, Sources] | None = None) -> Sources:
     """What one column reference in ``scope`` derives from: a table's column, or whatever the
     derived table, CTE or outer query it names derives that column from. ``rows``: see node_sources."""
     found = Sources()
@@ -145,8 +145,9 @@ def node_sources(node: Node, catalog: Catalog, rows: dict[str, Sources] | None =
     found = Sources()
     for n in node.walk():
         # sqlglot's lineage does not follow a whole-row reference (PostgreSQL `c` for a row of c).
-        for ref in n.expression.find_all(exp.TableColumn) if rows is not None else ():
-            found.add(rows.get(ref.name) or _unknown_row(ref.name))
+        if rows is not None:
+            for ref in n.expression.find_all(exp.TableColumn):
+                found.add(rows.get(ref.name) or _unknown_row(ref.name))
         if n.downstream:
             continue
         if isinstance(n.expression, exp.Table):
@@ -256,7 +257,7 @@ def _view_lineage(catalog: Catalog, view: str) -> Lineage:
         return Lineage(tuple(Output(n, resolved=False, why=why) for n in names), why=why)
 
 
-def _view_query(definition: str, dialect: str) -> exp.Expression:
+def _view_query(definition: str, dialect: str) -> exp.Query:
     tree = sqlglot.parse_one(definition, read=dialect)
     if isinstance(tree, exp.Create):
         tree = tree.expression
@@ -290,11 +291,11 @@ def _column_name(leaf: str, dialect: str) -> str:
     return ident.this if isinstance(ident, exp.Identifier) else column.name
 
 
-def _has_star(selects: list[exp.Expression]) -> bool:
+def _has_star(selects: list[exp.Expr]) -> bool:
     return any(isinstance(s, exp.Star) or (isinstance(s, exp.Column) and isinstance(s.this, exp.Star)) for s in selects)
 
 
-def _without_counted_columns(prepared: Prepared) -> tuple[exp.Expression, Scope]:
+def _without_counted_columns(prepared: Prepared) -> tuple[exp.Query, Scope]:
     """The tree with each bare column counted by count() taken out (a count derives nothing from
     what it counts). A copy, and only when there is such a count: the prepared tree stays as is."""
     counts = [c for c in prepared.tree.find_all(exp.Count) if _counted_columns(c)]

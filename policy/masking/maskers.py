@@ -62,7 +62,7 @@ def mask(masker: str, value: Any, key: bytes | None = None) -> Any:
     if masker == "email":
         at = text.rfind("@") if isinstance(text, str) else -1
         # Without an @ there is no domain to keep: the whole value is hidden.
-        return "***" + text[at:] if 0 <= at < len(text) - 1 else REDACTED
+        return "***" + text[at:] if isinstance(text, str) and 0 <= at < len(text) - 1 else REDACTED
     if masker == "partial":
         if isinstance(text, bytes):
             text = text.hex()

@@ -179,9 +179,9 @@ def _column_mask(output: Output, rules: MaskRules, fail: ColumnMask) -> ColumnMa
                           f"masked because its lineage could not be resolved: {output.why}")
     if not found:
         return None
-    masker = strongest(c.masker for c in found)
-    assert masker is not None
-    return ColumnMask(masker, tuple(dict.fromkeys(c.rule for c in found)),
+    best = strongest(c.masker for c in found)
+    assert best is not None  # found is not empty
+    return ColumnMask(best, tuple(dict.fromkeys(c.rule for c in found)),
                       tuple(sorted({s for s in output.sources if rules.column(s)})), output.name)
 
 

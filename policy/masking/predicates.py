@@ -27,6 +27,7 @@ list flows into the enclosing condition, so it is followed out to it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -38,7 +39,7 @@ from bastion.policy.masking.lineage import column_sources, relation_name, whole_
 from bastion.policy.masking.qualified import Prepared
 from bastion.policy.masking.rules import PROBING, MaskRules
 
-_COMPARISONS: dict[type[exp.Expression], str] = {
+_COMPARISONS: dict[type[exp.Expr], str] = {
     exp.EQ: "equality", exp.NEQ: "equality", exp.NullSafeEQ: "equality", exp.NullSafeNEQ: "equality",
     exp.In: "equality",
     exp.Like: "like", exp.ILike: "like", exp.SimilarTo: "like", exp.Glob: "like", exp.StartsWith: "like",
@@ -76,7 +77,8 @@ def predicate_uses(prepared: Prepared, catalog: Catalog) -> tuple[PredicateUse, 
     aliases = _aliases(prepared, catalog)
     rows = whole_rows(prepared, catalog)
     found = []
-    for column in prepared.tree.find_all(exp.Column, exp.TableColumn):
+    references: Iterator[exp.Column | exp.TableColumn] = prepared.tree.find_all(exp.Column, exp.TableColumn)
+    for column in references:
         if isinstance(column.this, exp.Star):
             continue
         placed = _classify(column, scopes)
@@ -127,13 +129,13 @@ def _sensitive(column: str, rules: MaskRules) -> tuple[str, str] | None:
     return (found.masker, found.rule) if found else None
 
 
-def _classify(column: exp.Expression, scopes: dict[int, Scope]) -> tuple[str, str, Scope] | None:
+def _classify(column: exp.Expr, scopes: dict[int, Scope]) -> tuple[str, str, Scope] | None:
     """(use, clause, the scope the column resolves in), or None when the column only feeds an
     output of its query (lineage's business) or a FROM item."""
     use: str | None = None
     clause: str | None = None
     innermost: Scope | None = None
-    node: exp.Expression = column
+    node: exp.Expr = column
     while node.parent is not None:
         parent, key = node.parent, node.arg_key
         if use is None:
@@ -153,7 +155,7 @@ def _classify(column: exp.Expression, scopes: dict[int, Scope]) -> tuple[str, st
     return use or _CLAUSE_USE[clause], clause, innermost
 
 
-def _clause(parent: exp.Expression, key: str) -> str | None:
+def _clause(parent: exp.Expr, key: str | None) -> str | None:
     if isinstance(parent, (exp.Div, exp.IntDiv, exp.Mod)) and key == "expression":
         return "divisor"  # whether it errors depends on the value, wherever it is
     if isinstance(parent, (exp.Limit, exp.Offset, exp.Fetch)):

@@ -30,7 +30,7 @@ class Prepared:
     """A qualified query. Its first ``outputs`` projections are the statement's result columns;
     the ``writes`` projections after them are values the statement writes, to the named columns."""
 
-    tree: exp.Expression
+    tree: exp.Query
     scope: Scope
     outputs: int
     writes: tuple[str, ...] = ()
@@ -45,6 +45,8 @@ def prepare(text: str, catalog: Catalog) -> list[Prepared]:
     for query, outputs, writes in _queries_of(tree, catalog):
         qualified = qualify(query, dialect=catalog.dialect, schema=catalog.schema, db=catalog.default_schema,
                             validate_qualify_columns=False, identify=False)
+        if not isinstance(qualified, exp.Query):  # _queries_of gives queries; fail closed if not
+            raise OptimizeError(f"not a query: {type(qualified).__name__}")
         scope = build_scope(qualified)
         if scope is None:
             raise OptimizeError("no scope for the statement's query")
@@ -58,7 +60,7 @@ def prepare(text: str, catalog: Catalog) -> list[Prepared]:
     return parts
 
 
-def _queries_of(tree: exp.Expression, catalog: Catalog) -> list[tuple[exp.Expression, int, tuple[str, ...]]]:
+def _queries_of(tree: exp.Expr, catalog: Catalog) -> list[tuple[exp.Expr, int, tuple[str, ...]]]:
     if isinstance(tree, exp.Select) and tree.args.get("into") is not None:
         # SELECT INTO: its rows go into a new table, none come back.
         into = tree.args["into"].this
@@ -76,7 +78,7 @@ def _queries_of(tree: exp.Expression, catalog: Catalog) -> list[tuple[exp.Expres
     return []
 
 
-def _update_or_delete(tree: exp.Update | exp.Delete, catalog: Catalog) -> tuple[exp.Expression, int, tuple[str, ...]]:
+def _update_or_delete(tree: exp.Update | exp.Delete, catalog: Catalog) -> tuple[exp.Expr, int, tuple[str, ...]]:
     returning = _returning(tree)
     target = tree.this
     tables = [target.copy()] + [t.copy() for t in tree.args.get("using") or []]
@@ -96,7 +98,7 @@ def _update_or_delete(tree: exp.Update | exp.Delete, catalog: Catalog) -> tuple[
     return select, _ALL if returning else 0, names
 
 
-def _insert(tree: exp.Insert, catalog: Catalog) -> list[tuple[exp.Expression, int, tuple[str, ...]]]:
+def _insert(tree: exp.Insert, catalog: Catalog) -> list[tuple[exp.Expr, int, tuple[str, ...]]]:
     target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
     table = _table_name(target, catalog)
     listed = [_ident(c) for c in tree.this.expressions] if isinstance(tree.this, exp.Schema) else None
@@ -115,7 +117,7 @@ def _insert(tree: exp.Insert, catalog: Catalog) -> list[tuple[exp.Expression, in
     return parts
 
 
-def _selectable(query: exp.Expression) -> exp.Expression:
+def _selectable(query: exp.Expr) -> exp.Expr:
     """VALUES as a SELECT that qualify and scope understand: its i-th projection is the tuple of
     every row's i-th value (what a column of the VALUES derives from)."""
     if not isinstance(query, exp.Values):
@@ -127,12 +129,12 @@ def _selectable(query: exp.Expression) -> exp.Expression:
         for i in range(width)])
 
 
-def _returning(tree: exp.Expression) -> list[exp.Expression]:
+def _returning(tree: exp.Expr) -> list[exp.Expr]:
     returning = tree.args.get("returning")
     return [e.copy() for e in returning.expressions] if returning is not None else []
 
 
-def _ident(node: exp.Expression) -> str:
+def _ident(node: exp.Expr) -> str:
     ident = node.this if isinstance(node, exp.Column) else node
     if isinstance(ident, exp.Identifier):
         return ident.this if ident.quoted else ident.this.lower()

@@ -288,8 +288,9 @@ class _Walker:
         if not parts or (parts[0].kind, getattr(parts[0], "word", None)) != ("reservedword", "if") \
                 or (parts[-1].kind, getattr(parts[-1], "word", None)) != ("reservedword", "fi"):
             return None
-        keywords, bodies = [], []
-        expected = ("if",)
+        keywords: list[str] = []
+        bodies: list[Any] = []  # bashlex nodes (bashlex has no type hints)
+        expected: tuple[str, ...] = ("if",)
         for part in parts[:-1]:
             if part.kind == "reservedword":
                 if part.word not in expected or len(keywords) != len(bodies):

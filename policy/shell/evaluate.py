@@ -200,13 +200,14 @@ def check_arguments(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Itera
         if command.program is None or named_command(command, rule) is not None:
             continue
         name, _ = program_name(command.program, rule)
+        check: programs.Check | None
         if name == "git":
             check = programs.git(rule.git_subcommands)
         elif name in ("sed", "gsed") and writes:
             check = programs.sed(write=True)
         else:
             check = programs.CHECKS.get(name or "")
-        why = check(command.args) if check else None
+        why = check(command.args) if check is not None else None
         if why:
             yield Outcome("none", f"{rule.id}:argument", why, hint=_argument_hint(name or "", why, rule))
 

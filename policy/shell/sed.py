@@ -124,7 +124,7 @@ class _Reader:
         In a regular expression a bracket expression is one unit: `s/[/]/x/` replaces a slash."""
         if delimiter in ("\n", "\\", ""):
             raise _Refused("the sed script uses a delimiter this reader cannot follow")
-        out = []
+        out: list[str] = []
         while True:
             c = self.take()
             if not c:

@@ -54,7 +54,7 @@ class Word:
         """Whether pathname expansion could turn this word into a different option: it starts with `-`
         and a glob comes before any `=` (`-*`, `--out*`; not `--include=*.py`, whose matches are the
         same option with another value)."""
-        head = []
+        head: list[str] = []
         for segment in self.segments:
             if segment.kind == GLOB:
                 text = "".join(head)
@@ -124,7 +124,7 @@ _ANSI_SIMPLE = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": 
 
 def _ansi_c(src: str, i: int) -> tuple[str, int]:
     """Decode $'...' starting after the opening quote at ``i``; returns (text, index after the close)."""
-    out = []
+    out: list[str] = []
     while i < len(src):
         c = src[i]
         if c == "'":
@@ -328,7 +328,8 @@ def expand_braces(tokens: list[Token], budget: Budget = _UNLIMITED) -> list[list
     for open_at, token in enumerate(tokens):
         if token[0] != _BRACE or token[1] != "{":
             continue
-        depth, commas = 0, []
+        depth = 0
+        commas: list[int] = []
         for j in range(open_at, len(tokens)):
             kind, text = tokens[j][0], tokens[j][1]
             if kind != _BRACE:

@@ -53,7 +53,7 @@ def _fail(dialect: str, rule: str, reason: str) -> Analysis:
     return Analysis(dialect=dialect, statements=(), error=reason, error_rule=rule)
 
 
-def _parse_one(piece: str, dialect: str) -> exp.Expression:
+def _parse_one(piece: str, dialect: str) -> exp.Expr:
     trees = [t for t in sqlglot.parse(piece, read=dialect) if t is not None]
     if len(trees) != 1:
         raise SqlglotError(f"expected one statement, found {len(trees)}")

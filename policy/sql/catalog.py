@@ -30,11 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from bastion.policy.outcome import Outcome
 from bastion.policy.rules import SqlRule
 from bastion.policy.sql import dangerous_functions, postgres_parser
 from bastion.policy.sql.facts import WRITE_KINDS, FunctionRef, Statement
+
+Row = tuple[Any, ...]  # a catalog query's row, as the driver returns it
 
 # What tools/ runs to read the catalog. A function is built in when PostgreSQL's initdb made it:
 # in pg_catalog, owned by the bootstrap superuser (OID 10), with an OID below FirstNormalObjectId.
@@ -149,9 +152,9 @@ class FunctionCatalog:
     views: Mapping[str, tuple[frozenset[FunctionRef], frozenset[str]] | None] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, procs: Iterable[tuple], operators: Iterable[tuple], types: Iterable[tuple],  # type: ignore[type-arg]
-              search_path: Iterable[str], relations: Iterable[tuple] = (),  # type: ignore[type-arg]
-              inherits: Iterable[tuple] = (), views: Iterable[tuple] = ()) -> FunctionCatalog:  # type: ignore[type-arg]
+    def build(cls, procs: Iterable[Row], operators: Iterable[Row], types: Iterable[Row],
+              search_path: Iterable[str], relations: Iterable[Row] = (),
+              inherits: Iterable[Row] = (), views: Iterable[Row] = ()) -> FunctionCatalog:
         """From the rows of PROCS_SQL, OPERATORS_SQL, TYPES_SQL, RELATIONS_SQL, INHERITS_SQL and VIEWS_SQL."""
         by_oid = {int(r[0]): Proc(int(r[0]), r[1], r[2], int(r[3]), int(r[4]), bool(r[5]), str(r[6]), bool(r[7]))
                   for r in procs}
@@ -293,19 +296,19 @@ def judge(rule: SqlRule, stmt: Statement, catalog: FunctionCatalog) -> Outcome |
             if outcome is not None:
                 return outcome
     # A view runs what its definition calls, as if the text had called it.
-    for view, ref in catalog.view_calls(catalog.tables(stmt)[0]):
-        if ref is None:
+    for view, called in catalog.view_calls(catalog.tables(stmt)[0]):
+        if called is None:
             return Outcome("none", f"{rule.id}:function", f"the definition of view `{view}` cannot be read, so Bastion "
                            "cannot tell which functions reading it runs", hint="Read the tables it is built on instead.")
-        if ref.how in ("call", "attribute") and runs_sql_text(ref.name):
-            return sql_text_outcome(rule, f"{ref.label}` in view `{view}")
-        procs = catalog.resolve(ref)
+        if called.how in ("call", "attribute") and runs_sql_text(called.name):
+            return sql_text_outcome(rule, f"{called.label}` in view `{view}")
+        procs = catalog.resolve(called)
         if procs is None:
-            return Outcome("none", f"{rule.id}:function", f"the view `{view}` calls `{ref.label}`, which PostgreSQL cannot "
+            return Outcome("none", f"{rule.id}:function", f"the view `{view}` calls `{called.label}`, which PostgreSQL cannot "
                            "resolve on this connection's search path; what Bastion cannot resolve, it does not run",
                            hint="Read the tables it is built on instead.")
         for proc in procs:
-            outcome = judge_function(rule, proc, ref, view=view)
+            outcome = judge_function(rule, proc, called, view=view)
             if outcome is not None:
                 return outcome
     return None
@@ -350,7 +353,7 @@ def judge_function(rule: SqlRule, proc: Proc, ref: FunctionRef, view: str | None
 def changes_state(stmt: Statement, catalog: FunctionCatalog) -> bool:
     """Whether a reference in ``stmt`` may run a volatile function that is not harmless (or one
     Bastion cannot resolve): such a call cannot run in a READ ONLY transaction."""
-    refs: list[FunctionRef | None] = list(stmt.calls) + [ref for _, ref in catalog.view_calls(catalog.tables(stmt)[0])]
+    refs: list[FunctionRef | None] = [*stmt.calls, *(ref for _, ref in catalog.view_calls(catalog.tables(stmt)[0]))]
     for ref in refs:
         procs = catalog.resolve(ref) if ref is not None else None
         if procs is None:

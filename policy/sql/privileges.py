@@ -14,6 +14,7 @@ only when every excess right is named in its config's ``accept_rights`` (docs/id
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # Role attributes, by the name a config accepts them under.
 ATTRIBUTES: dict[str, str] = {
@@ -65,7 +66,7 @@ class LoginRights:
     writable: tuple[str, ...] = ()
 
     @classmethod
-    def from_row(cls, row: tuple) -> LoginRights:  # type: ignore[type-arg]
+    def from_row(cls, row: tuple[Any, ...]) -> LoginRights:
         login, superuser, bypassrls, createrole, replication, createdb, held, owns, writable = row
         flags = {"superuser": superuser, "bypassrls": bypassrls, "createrole": createrole,
                  "replication": replication, "createdb": createdb}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlglot import exp
 
 from bastion.policy.sql.facts import Kind, Statement
 
 # Top-level node class → kind. Order matters only for subclasses (none overlap here).
-_KIND_OF_NODE: tuple[tuple[type[exp.Expression], Kind], ...] = (
+_KIND_OF_NODE: tuple[tuple[type[exp.Expr], Kind], ...] = (
     (exp.Select, Kind.SELECT),
     (exp.SetOperation, Kind.SELECT),
     (exp.Subquery, Kind.SELECT),
@@ -70,10 +72,10 @@ KIND_OF_KEYWORD: dict[str, Kind] = {
 # Func subclasses that are operators (AND, OR, ||), not calls by name.
 _OPERATORS = (exp.Connector,)
 _DML = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
-_DML_KIND = {exp.Insert: Kind.INSERT, exp.Update: Kind.UPDATE, exp.Delete: Kind.DELETE, exp.Merge: Kind.MERGE}
+_DML_KIND: dict[type[exp.Expr], Kind] = {exp.Insert: Kind.INSERT, exp.Update: Kind.UPDATE, exp.Delete: Kind.DELETE, exp.Merge: Kind.MERGE}
 
 
-def kind_of(tree: exp.Expression) -> Kind:
+def kind_of(tree: exp.Expr) -> Kind:
     if isinstance(tree, exp.Command):
         return KIND_OF_KEYWORD.get(str(tree.this).upper(), Kind.OTHER)
     for cls, kind in _KIND_OF_NODE:
@@ -82,13 +84,13 @@ def kind_of(tree: exp.Expression) -> Kind:
     return Kind.OTHER
 
 
-def ident(node: exp.Expression | str | None) -> str:
+def ident(node: exp.Expr | str | None) -> str:
     """An identifier as the database sees it: unquoted names fold to lower case."""
     if node is None:
         return ""
     if isinstance(node, exp.Identifier):
         return node.this if node.quoted else node.this.lower()
-    if isinstance(node, exp.Expression):
+    if isinstance(node, exp.Expr):
         return node.name.lower()
     return str(node).lower()
 
@@ -99,7 +101,7 @@ def function_name(node: exp.Func) -> str:
     return node.sql_name().lower()
 
 
-def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Statement:
+def statement_facts(tree: exp.Expr, text: str, default_schema: str) -> Statement:
     kind = kind_of(tree)
     nodes = _by_type(tree)  # one walk; every fact below reads these lists
     if isinstance(tree, exp.Command) or nodes.commands:
@@ -121,7 +123,7 @@ def statement_facts(tree: exp.Expression, text: str, default_schema: str) -> Sta
         if not table.args.get("db"):
             unqualified.add(name)
 
-    kinds = {kind}
+    kinds: set[Kind] = {kind}
     unfiltered: set[Kind] = set()
     for node in nodes.dml:
         node_kind = _DML_KIND[type(node)]
@@ -152,16 +154,16 @@ class _Nodes:
     __slots__ = ("commands", "tables", "dml", "selects", "functions", "ctes", "locking")
 
     def __init__(self) -> None:
-        self.commands: list[exp.Expression] = []
+        self.commands: list[exp.Expr] = []
         self.tables: list[exp.Table] = []
-        self.dml: list[exp.Expression] = []
+        self.dml: list[exp.Expr] = []
         self.selects: list[exp.Select] = []
         self.functions: list[exp.Func] = []
         self.ctes: list[exp.CTE] = []
         self.locking = False
 
 
-def _by_type(tree: exp.Expression) -> _Nodes:
+def _by_type(tree: exp.Expr) -> _Nodes:
     out = _Nodes()
     for node in tree.walk():
         kind = type(node)
@@ -206,14 +208,14 @@ def qualified(table: exp.Table, default_schema: str) -> str:
     return f"{schema}.{name}"
 
 
-def _filters_rows(where: exp.Expression | None) -> bool:
+def _filters_rows(where: exp.Expr | None) -> bool:
     """Whether a WHERE can leave rows out. ``WHERE true``, ``WHERE 1=1``, ``WHERE id = id`` and
     ``WHERE true OR id = 1`` cannot: a condition restricts only if it tests a column, and an OR
     restricts only if every branch does."""
     return where is not None and _restricts(where.this)
 
 
-def _restricts(cond: exp.Expression) -> bool:
+def _restricts(cond: exp.Expr) -> bool:
     while isinstance(cond, exp.Paren):
         cond = cond.this
     if isinstance(cond, exp.And):
@@ -225,7 +227,7 @@ def _restricts(cond: exp.Expression) -> bool:
     return cond.find(exp.Column) is not None
 
 
-def _cte_names(ctes: list[exp.Expression]) -> set[str]:
+def _cte_names(ctes: Sequence[exp.Expr]) -> set[str]:
     return {ident(cte.args["alias"].this) for cte in ctes if cte.args.get("alias")}
 
 
@@ -236,9 +238,9 @@ def _is_cte_reference(table: exp.Table) -> bool:
     if table.args.get("db"):
         return False
     name = ident(table.this)
-    child: exp.Expression = table
-    node: exp.Expression | None = table.parent
-    came_from_cte: exp.Expression | None = None
+    child: exp.Expr = table
+    node: exp.Expr | None = table.parent
+    came_from_cte: exp.Expr | None = None
     while node is not None:
         if isinstance(node, exp.With):
             came_from_cte = child
@@ -253,11 +255,11 @@ def _is_cte_reference(table: exp.Table) -> bool:
     return False
 
 
-def _write_targets(tree: exp.Expression, nodes: _Nodes) -> set[int]:
+def _write_targets(tree: exp.Expr, nodes: _Nodes) -> set[int]:
     """ids of the Table nodes a statement writes to (DML targets, DDL objects, SELECT INTO)."""
     targets: set[int] = set()
 
-    def mark(node: exp.Expression | None) -> None:
+    def mark(node: exp.Expr | None) -> None:
         if node is None:
             return
         if isinstance(node, exp.Table):

@@ -7,9 +7,10 @@ import datetime as dt
 import decimal
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, TypeGuard
 
 from bastion.policy import Identity, Kind, Limits, Statement
+from bastion.policy.sql.catalog import FunctionCatalog
 
 
 @dataclass
@@ -85,6 +86,21 @@ class SqlExecutor(Protocol):
     async def catalog(self) -> list[TableInfo]: ...
 
     async def close(self) -> None: ...
+
+
+class FunctionReadingExecutor(SqlExecutor, Protocol):
+    """An executor that reads the database's functions, operators and types (PostgreSQL's): calls
+    are judged against them (tools/sql.py)."""
+
+    functions: FunctionCatalog | None
+
+    def functions_stale(self, unresolved: bool = False) -> bool: ...
+
+    async def refresh_functions(self, unresolved: bool = False) -> FunctionCatalog | None: ...
+
+
+def reads_functions(executor: SqlExecutor) -> TypeGuard[FunctionReadingExecutor]:
+    return hasattr(executor, "refresh_functions")
 
 
 class RowBudget:
