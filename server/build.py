@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from bastion.policy.errors import ConfigError
 from bastion.policy.sql.facts import WRITE_KINDS
 from bastion.policy.sql.privileges import LeastPrivilege
 from bastion.server.config import Config, ConnectionConfig, ShellConnectionConfig
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 from bastion.store.errors import StoreError
 from bastion.tools.connections import AnyConnection, Connection, ShellConnection
 from bastion.tools.executors.base import SqlExecutor
@@ -107,9 +108,10 @@ def writes(conn: ShellConnectionConfig) -> bool:
 
 def gateway_files(config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The gateway's own databases (audit store, SQLite targets) and its other files (config, keys, secrets)."""
-    databases = [config.audit.path] + [_target(config, name, conn) for name, conn in config.connections.items()
+    databases = ([] if config.audit.url else [config.audit.path]) + [_target(config, name, conn) for name, conn in config.connections.items()
                                        if isinstance(conn, ConnectionConfig) and conn.kind == "sqlite"]
-    names: list[str | None] = [config.audit.checkpoint_key_file, config.approvals.web_client_secret_file]
+    names: list[str | None] = [config.audit.checkpoint_key_file, config.audit.password_file,
+                               config.approvals.web_client_secret_file]
     for conn in config.connections.values():
         if isinstance(conn, ConnectionConfig):
             names += [conn.password_file, conn.mask_key_file, *(r.password_file for r in conn.roles)]
@@ -141,11 +143,7 @@ def build_gateway(config: Config) -> Gateway:
             connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
                                                 build_shell_executor(config, name, conn), description,
                                                 scopings[name], per_user, masking=config.masking(name))
-    try:
-        store = SqliteAuditStore(config.path(config.audit.path), signer=config.checkpoint_signer(),
-                                 checkpoint_every=config.audit.checkpoint_every, witness=config.checkpoint_witness())
-    except StoreError as error:
-        raise ConfigError(f"{config.source}: audit.path: {error}") from None
+    store = open_audit_store(config)
     gateway = Gateway(connections, store, tuple(a.to_rule() for a in config.alerts),
                       approval_policies=config.approval_policies(), wait_s=config.approvals.wait_s)
     notifier = approval_notifier(config, store)
@@ -167,7 +165,7 @@ def approvals_base_url(config: Config) -> str:
     return "http://127.0.0.1:8765"
 
 
-def approval_notifier(config: Config, store: SqliteAuditStore) -> ApprovalNotifier | None:
+def approval_notifier(config: Config, store: AuditStore) -> ApprovalNotifier | None:
     """Webhooks told about held, approved, denied and expired calls; None when none are configured."""
     if not config.approvals.webhooks:
         return None
@@ -177,6 +175,26 @@ def approval_notifier(config: Config, store: SqliteAuditStore) -> ApprovalNotifi
         hooks.append(ApprovalWebhook(hook.url, hook.format, name=f"webhook-{i + 1}",
                                      secret=secret.encode() if secret else None))
     return ApprovalNotifier(hooks, approvals_base_url(config), store)
+
+
+def open_audit_store(config: Config, *, checkpoints: bool = True) -> AuditStore:
+    """The audit store the config names: PostgreSQL at `[audit] url`, else SQLite at `path`; with
+    ``checkpoints``, signing and witnessing as configured (a gateway; reading needs neither)."""
+    from bastion.store.postgres_store import PostgresAuditStore
+    from bastion.store.sqlite_store import SqliteAuditStore
+
+    audit = config.audit
+    signing: dict[str, Any] = {}
+    if checkpoints:
+        signing = {"signer": config.checkpoint_signer(), "checkpoint_every": audit.checkpoint_every,
+                   "witness": config.checkpoint_witness()}
+    try:
+        if audit.url:
+            password = config.secret("audit", "password_env", audit.password_env, "password_file", audit.password_file)
+            return PostgresAuditStore(audit.url, password=password, **signing)
+        return SqliteAuditStore(config.path(audit.path), **signing)
+    except StoreError as error:
+        raise ConfigError(f"{config.source}: audit.{'url' if audit.url else 'path'}: {error}") from None
 
 
 def audit_path(config: Config) -> Path:

@@ -19,6 +19,7 @@ from bastion.policy.presets import PRESETS
 from bastion.policy.shell.presets import SHELL_PRESETS
 from bastion.policy.shell.rules import ShellPolicy
 from bastion.server import config as config_mod
+from bastion.store.audit_store import AuditStore
 from bastion.store.sqlite_store import SqliteAuditStore
 from bastion.tools.approvals import STATUSES as HOLD_STATUSES
 from bastion.tools.guard import safe_check
@@ -204,7 +205,9 @@ def _stdio_identity(config: config_mod.Config, *, logged_in: bool = False) -> Id
     try:
         return anyio.run(identity_for_token, config.auth.token_rules(), token.strip())
     except TokenRefused as refused:
-        store = SqliteAuditStore(config.path(config.audit.path))
+        from bastion.server.build import open_audit_store
+
+        store = open_audit_store(config, checkpoints=False)
         try:
             store.append({"type": "auth.refused", "client": {"address": "stdio"},
                           "error": {"code": "auth_refused", "message": refused.reason, **refused.details}})
@@ -357,12 +360,17 @@ def audit() -> None:
     """Read the audit log."""
 
 
-def _store(config_path: str | None) -> SqliteAuditStore:
+def _store(config_path: str | None) -> AuditStore:
     config = _load(config_path)
     path = config.path(config.audit.path)
-    if not path.exists():
+    if not config.audit.url and not path.exists():
         raise click.ClickException(f"no audit log at {path} yet (it is created when `bastion serve` first runs)")
-    return SqliteAuditStore(path)
+    from bastion.server.build import open_audit_store
+
+    try:
+        return open_audit_store(config, checkpoints=False)
+    except ConfigError as error:
+        raise click.ClickException(error.message) from None
 
 
 def _line(event: dict[str, Any]) -> str:
@@ -614,7 +622,7 @@ def validate(config_path: str | None, connect: bool) -> None:
         kind = config.connections[name].kind
         click.echo(f"  {name} ({kind} shell in {shell_policy.cwd}): "
                    + (" | ".join(r.summary() for r in shell_policy.rules) or "no rules (everything denied)"))
-    click.echo(f"  audit log: {config.path(config.audit.path)}")
+    click.echo(f"  audit log: {config.audit.url or config.path(config.audit.path)}")
     found = checks.references(config)
     if connect and not found:  # a missing secret would only fail the connection again
         try:
@@ -704,14 +712,18 @@ def backtest(config_path: str, log_path: str | None, since_: str | None, example
     from bastion.tools.backtest import backtest as run_backtest
 
     draft = _load(config_path)
-    path = Path(log_path) if log_path else draft.path(draft.audit.path)
-    if not path.exists():
-        raise click.ClickException(f"no audit log at {path}")
+    if log_path or not draft.audit.url:
+        path = Path(log_path) if log_path else draft.path(draft.audit.path)
+        if not path.exists():
+            raise click.ClickException(f"no audit log at {path}")
+        log: AuditStore = SqliteAuditStore(path)
+    else:
+        log = _store(config_path)
     policies: dict[str, ConnectionPolicy | ShellPolicy] = {**draft.policies(), **draft.shell_policies()}
     from bastion.server.cli_audit import draft_connections
 
     egress = {a.id: a.action for a in draft.alerts if a.kind == "egress"}
-    result = run_backtest(SqliteAuditStore(path), policies, after=since(since_) if since_ else None, examples=examples,
+    result = run_backtest(log, policies, after=since(since_) if since_ else None, examples=examples,
                           connections=draft_connections(draft), egress=egress)
     click.echo(f"{result.calls} recorded calls decided again; {result.changed()} would change")
     for why, count in sorted(result.not_rechecked.items()):

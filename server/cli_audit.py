@@ -76,16 +76,15 @@ def checkpoint_command(config_path: str | None) -> None:
         raise click.ClickException(error.message) from None
     if signer is None:
         raise click.ClickException("no signing key configured ([audit] checkpoint_key_file or checkpoint_key_env)")
-    from bastion.store.sqlite_store import SqliteAuditStore
+    from bastion.server.build import open_audit_store
 
     path = config.path(config.audit.path)
-    if not path.exists():
+    if not config.audit.url and not path.exists():
         raise click.ClickException(f"no audit log at {path}")
     try:
-        size = SqliteAuditStore(path, signer=signer, witness=witness,
-                                checkpoint_every=config.audit.checkpoint_every).checkpoint()
-    except StoreError as error:
-        raise click.ClickException(str(error)) from None
+        size = open_audit_store(config).checkpoint()
+    except (StoreError, ConfigError) as error:
+        raise click.ClickException(getattr(error, "message", None) or str(error)) from None
     click.echo(f"signed a checkpoint at {size or 0} events"
                + (f", witnessed in {witness.url if isinstance(witness, HttpWitness) else witness.path}" if witness else ""))
 
@@ -144,7 +143,7 @@ def verify_command(config_path: str | None, public_key: tuple[str, ...], witness
                                    "and give it with --witness FILE")
     if witness is not None and not witness.path.is_file():
         raise click.ClickException(f"no witness file at {witness.path}")
-    report = verify(_store(config_path).db.conn, hmac_key, verifier=verifier or None, witness=witness,
+    report = verify(_store(config_path).conn, hmac_key, verifier=verifier or None, witness=witness,
                     every=every or config.audit.checkpoint_every)
     click.echo(f"{report.events} events, {report.checkpoints} signed checkpoints checked"
                + (f", {report.witnessed} witnessed checkpoints" if witness is not None else "")

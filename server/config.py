@@ -347,11 +347,42 @@ class IdentityConfig(_Model):
 
 
 class AuditConfig(_Model):
-    path: str = "bastion-audit.db"
+    """Where the audit log (and holds, votes, alerts) lives: a SQLite file (`path`, the default) or a
+    PostgreSQL database several gateways share (`url`)."""
+
+    path: str = Field("bastion-audit.db", description="the SQLite audit store's file (when no `url` is set)")
+    url: str | None = Field(None, description="postgresql://user@host/db of a PostgreSQL audit store shared by several gateways (no password)")
+    password_env: str | None = Field(None, description="environment variable holding the password of `url`'s user")
+    password_file: str | None = Field(None, description="file holding the password of `url`'s user")
     checkpoint_key_env: str | None = Field(None, description="environment variable holding the Ed25519 checkpoint signing key")
     checkpoint_key_file: str | None = Field(None, description="file holding the Ed25519 checkpoint signing key (`bastion audit keygen`)")
     checkpoint_every: Annotated[int, Field(gt=0)] = 1000
     witness: str | None = Field(None, description="file:///path of an append-only file, or an https:// endpoint, every signed checkpoint is also written to")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_named_by_url(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "kind" in data:
+                raise ValueError("[audit] has no `kind`: a PostgreSQL store is chosen by `url = \"postgresql://user@host/db\"`, "
+                                 "a SQLite one by `path`")
+            path = data.get("path")
+            if isinstance(path, str) and path.split(":", 1)[0].lower() in ("postgres", "postgresql"):
+                raise ValueError(f"`path` is a SQLite file, not `{path.split('@')[-1]}`: a PostgreSQL store is "
+                                 "`url = \"postgresql://...\"`")
+            if "url" in data and "path" in data:
+                raise ValueError("give the audit store either `path` (SQLite) or `url` (PostgreSQL), not both")
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            if value.split(":", 1)[0].lower() not in ("postgres", "postgresql"):
+                raise ValueError(f"`url` is a postgresql://user@host/db URL; for a SQLite file use `path`")
+            if _has_inline_password(value):
+                raise ValueError("the URL holds a password; put it in `password_env` or `password_file` instead")
+        return value
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")

@@ -71,8 +71,10 @@ def references(config: Config) -> list[Finding]:
     audit = config.audit
     found += _env(("audit", "checkpoint_key_env"), audit.checkpoint_key_env)
     found += _file(config, ("audit", "checkpoint_key_file"), audit.checkpoint_key_file, "key file")
-    folder = config.path(audit.path).parent
-    if not folder.is_dir():
+    if audit.url:
+        found += _env(("audit", "password_env"), audit.password_env)
+        found += _file(config, ("audit", "password_file"), audit.password_file, "password file")
+    elif not (folder := config.path(audit.path).parent).is_dir():
         found.append(Finding(("audit", "path"), f"no folder {folder} to keep the audit log in"))
     approvals = config.approvals
     found += _env(("approvals", "web_client_secret_env"), approvals.web_client_secret_env)

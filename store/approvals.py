@@ -1,5 +1,5 @@
-"""Held calls and approvals, in the audit store's SQLite file (tables `holds` and `votes`,
-migration ``0005_approvals``).
+"""Held calls and approvals, in the audit store's database (tables `holds` and `votes`, migration
+``0005_approvals``), SQLite or PostgreSQL alike.
 
 A call whose verdict is review is *held*: `hold()` creates a hold for its binding (the hash of
 requester subject, connection, tool and exact text; policy/approvals.py), or joins the live one
@@ -11,8 +11,9 @@ A hold's life::
        │  └─────decide(deny, reason)───────────▶ denied
        └──────────expiry (ttl)─────────────────▶ expired ◀──expiry── approved (never used)
 
-Every change of state is one ``BEGIN IMMEDIATE`` transaction on this store's own connection, and
-its audit event is appended in that same transaction (`SqliteAuditStore.append_in`): the state and
+Every change of state is one write transaction (``BEGIN IMMEDIATE``: the store's write lock) on
+this store's own connection, and
+its audit event is appended in that same transaction (`AuditStore.append_in`): the state and
 its event commit together or not at all, and several gateway processes sharing the file see one
 order of events. Events (store/events.py), all carrying the hold's facts in ``result``:
 
@@ -40,7 +41,6 @@ import inspect
 import json
 import logging
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -57,7 +57,7 @@ from bastion.policy.errors import HoldClosed, HoldNotFound, ReasonRequired
 from bastion.policy.identity import Identity
 from bastion.store import events as ev
 from bastion.store.errors import StoreError
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore, Connection
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class ApprovalStore:
     ``listeners`` are called after each committed change (see the module docstring).
     """
 
-    def __init__(self, audit: SqliteAuditStore, *, clock: Clock | None = None,
+    def __init__(self, audit: AuditStore, *, clock: Clock | None = None,
                  listeners: Iterable[Listener] = ()) -> None:
         self.audit = audit
         self.clock = clock or _utc_now
@@ -178,14 +178,11 @@ class ApprovalStore:
         self._lock = threading.Lock()  # one transaction at a time on the writer connection
         self._read_lock = threading.Lock()
         try:
-            # The audit store has migrated the file (0005_approvals) and set WAL mode.
-            self._conn = sqlite3.connect(audit.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA synchronous=FULL")  # per connection: a decision that returned is on disk
-            self._reader = sqlite3.connect(audit.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._reader.row_factory = sqlite3.Row
-        except sqlite3.Error as error:
-            raise StoreError(f"cannot open the approvals in {audit.path}: {error}") from error
+            # The audit store has migrated the database (0005_approvals).
+            self._conn = audit.connect()
+            self._reader = audit.connect()
+        except audit.Error as error:
+            raise StoreError(f"cannot open the approvals in {audit.where()}: {error}") from error
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(event_type, held)`` after every committed change: ``call.held`` (check
@@ -267,7 +264,7 @@ class ApprovalStore:
                     conn.execute("INSERT INTO votes (hold_id, approver, approve, reason, at, identity) "
                                  "VALUES (?, ?, ?, ?, ?, ?)",
                                  (hold_id, approver.subject, int(approve), reason, now, _json(approver.as_record())))
-                except sqlite3.IntegrityError:  # unreachable under BEGIN IMMEDIATE; the UNIQUE constraint backs it
+                except self.audit.IntegrityError:  # unreachable under BEGIN IMMEDIATE; the UNIQUE constraint backs it
                     failure = refusal(approver, self._get(conn, hold_id))
                 if failure is None:
                     approvals = held.approvals + 1 if approve else held.approvals
@@ -342,14 +339,17 @@ class ApprovalStore:
         """Wait until the hold leaves pending (approved, denied, expired — decided by this process or
         by any other sharing the file) or ``timeout_s`` passes; returns the hold as it is then
         (still pending on timeout: the hold lives on). A hold whose expiry passes while waiting is
-        marked expired. Each poll is one primary-key SELECT, off the event loop.
+        marked expired. Each poll is one primary-key SELECT, off the event loop; on PostgreSQL a
+        change made by any gateway ends the sleep between polls at once (NOTIFY).
 
         ``on_tick(elapsed_s)`` (sync or async) is called about every ``tick_s`` seconds while
         pending, for progress notifications. Cancelling the wait leaves the hold as it is.
         """
         started = time.monotonic()
         next_tick = tick_s
+        await anyio.to_thread.run_sync(self.audit.listen)
         while True:
+            seen = self.audit.hold_version(hold_id)
             row = await anyio.to_thread.run_sync(self._status, hold_id)
             if row is None:
                 raise HoldNotFound(f"there is no held call `{hold_id}`")
@@ -367,7 +367,8 @@ class ApprovalStore:
                 if inspect.isawaitable(ticked):
                     await ticked
                 next_tick = elapsed + tick_s
-            await anyio.sleep(min(poll_s, max(timeout_s - elapsed, 0.0)))
+            # Woken early where the backend is told of a change (PostgreSQL: NOTIFY from any gateway).
+            await self.audit.hold_changed(hold_id, min(poll_s, max(timeout_s - elapsed, 0.0)), seen)
         held = await anyio.to_thread.run_sync(self.get, hold_id)
         assert held is not None  # holds are never deleted
         return held
@@ -404,25 +405,25 @@ class ApprovalStore:
     # -- internals -------------------------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: SQLite's write lock, across processes)."""
         with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as error:
+            except self.audit.Error as error:
                 raise StoreError(f"cannot write the approvals: {error}") from error
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as error:
                 conn.execute("ROLLBACK")
-                if isinstance(error, sqlite3.Error):
+                if isinstance(error, self.audit.Error):
                     raise StoreError(f"cannot write the approvals: {error}") from error
                 raise
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> Iterator[Connection]:
         with self._read_lock:
             try:
                 # One snapshot for the hold and its votes.
@@ -431,14 +432,14 @@ class ApprovalStore:
                     yield self._reader
                 finally:
                     self._reader.execute("COMMIT")
-            except sqlite3.Error as error:
+            except self.audit.Error as error:
                 raise StoreError(f"cannot read the approvals: {error}") from error
 
     def _status(self, hold_id: str) -> tuple[str, str] | None:
         with self._read_lock:
             try:
                 row = self._reader.execute("SELECT status, expires_at FROM holds WHERE hold_id = ?", (hold_id,)).fetchone()
-            except sqlite3.Error as error:
+            except self.audit.Error as error:
                 raise StoreError(f"cannot read the approvals: {error}") from error
         return None if row is None else (row[0], row[1])
 
@@ -447,7 +448,7 @@ class ApprovalStore:
             changes = self._expire(conn, _iso(self.clock()), hold_id=hold_id)
         self._notify(changes)
 
-    def _expire(self, conn: sqlite3.Connection, now: str, *, binding: str | None = None,
+    def _expire(self, conn: Connection, now: str, *, binding: str | None = None,
                 hold_id: str | None = None) -> builtins.list[tuple[str, Held]]:
         """Inside a transaction: live holds past their expiry (all, or one binding's, or one) → expired."""
         sql = "SELECT * FROM holds WHERE status IN ('pending', 'approved') AND expires_at <= ?"
@@ -468,7 +469,7 @@ class ApprovalStore:
             out.append((ev.APPROVAL_EXPIRED, held))
         return out
 
-    def _get(self, conn: sqlite3.Connection, hold_id: str) -> Held:
+    def _get(self, conn: Connection, hold_id: str) -> Held:
         row = conn.execute("SELECT * FROM holds WHERE hold_id = ?", (hold_id,)).fetchone()
         if row is None:
             raise HoldNotFound(f"there is no held call `{hold_id}`",
@@ -476,7 +477,7 @@ class ApprovalStore:
         return self._held(conn, row)
 
     @staticmethod
-    def _held(conn: sqlite3.Connection, row: sqlite3.Row, *, joined: bool = False) -> Held:
+    def _held(conn: Connection, row: Any, *, joined: bool = False) -> Held:
         votes = tuple(
             Vote(v["approver"], bool(v["approve"]), v["reason"], v["at"],
                  json.loads(v["identity"]) if v["identity"] else None)

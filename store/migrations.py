@@ -1,6 +1,54 @@
-"""Named, recorded schema migrations for the SQLite audit store. Append new ones; never edit old ones."""
+"""Named, recorded schema migrations: `migrate` (any backend) and the SQLite store's list. Append new
+ones; never edit old ones. store/pg_migrations.py holds PostgreSQL's, under the same names.
+
+A store opened by code older than its schema (a migration recorded that the code does not know)
+is refused: the older code could write rows the newer schema reads otherwise.
+"""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from bastion.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from bastion.store.audit_store import Connection
+
+
+class SchemaTooNew(StoreError):
+    """The store was migrated by a newer Bastion than this one."""
+
+
+def migrate(conn: Connection, migrations: tuple[tuple[str, str], ...], where: str) -> list[str]:
+    """Apply the migrations ``conn``'s database has not recorded, in order, in one transaction under
+    the write lock (two gateways starting together migrate once); the names applied. Raises
+    `SchemaTooNew` when the database records one this code does not know."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
+        known = [name for name, _ in migrations]
+        unknown = [name for name in done if name not in known]
+        if unknown:
+            raise SchemaTooNew(
+                f"the audit store at {where} has schema migration `{unknown[-1]}`, newer than this Bastion "
+                f"(it knows up to `{known[-1]}`): upgrade Bastion on this host, as the gateway that migrated it was")
+        applied = []
+        for name, sql in migrations:
+            if name in done:
+                continue
+            for statement in sql.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO _migrations VALUES (?, ?)",
+                         (name, datetime.now(timezone.utc).isoformat(timespec="microseconds")))
+            applied.append(name)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return applied
 
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     (

@@ -28,7 +28,7 @@ from bastion.store.merkle import (SINK_LEVEL, _split, consistency_path, inclusio
                                   verify_consistency, verify_inclusion)
 
 if TYPE_CHECKING:
-    from bastion.store.sqlite_store import SqliteAuditStore
+    from bastion.store.audit_store import AuditStore
 
 SCHEMA = "bastion.audit.proof/1"
 CONSISTENCY = "bastion.audit.consistency/1"
@@ -43,7 +43,7 @@ class _Subtrees:
     """Subtree hashes of the log's tree: a perfect subtree of 1024 leaves or more from `tree_nodes`
     where it is there, anything else from its halves, down to the events themselves."""
 
-    def __init__(self, store: SqliteAuditStore, cached: bool = True) -> None:
+    def __init__(self, store: AuditStore, cached: bool = True) -> None:
         self.store, self.cached = store, cached
         self.read = 0  # events read, for the curious
 
@@ -68,7 +68,7 @@ class _Subtrees:
         return node_hash(self(a, a + k), self(a + k, b))
 
 
-def _checkpoint_at(store: SqliteAuditStore, size: int | None, covering: int) -> tuple[int, bytes, str]:
+def _checkpoint_at(store: AuditStore, size: int | None, covering: int) -> tuple[int, bytes, str]:
     if size is None:
         rows = store.read("SELECT size, root, note FROM tree_checkpoints WHERE size >= ? ORDER BY size DESC LIMIT 1",
                           (covering,))
@@ -81,7 +81,7 @@ def _checkpoint_at(store: SqliteAuditStore, size: int | None, covering: int) -> 
     return rows[0][0], bytes.fromhex(rows[0][1]), rows[0][2]
 
 
-def prove(store: SqliteAuditStore, call_id: str, size: int | None = None) -> dict[str, Any]:
+def prove(store: AuditStore, call_id: str, size: int | None = None) -> dict[str, Any]:
     """The inclusion proof of ``call_id``'s events against the latest signed checkpoint that covers
     them (or the one at ``size``). Reads the call's events, the stored subtrees of its path and at
     most about two thousand other events; a path that does not reach the checkpoint's root (a damaged
@@ -106,7 +106,7 @@ def prove(store: SqliteAuditStore, call_id: str, size: int | None = None) -> dic
     return {"schema": SCHEMA, "call_id": call_id, "checkpoint": note, "events": proved}
 
 
-def prove_consistency(store: SqliteAuditStore, old: int, new: int | None = None) -> dict[str, Any]:
+def prove_consistency(store: AuditStore, old: int, new: int | None = None) -> dict[str, Any]:
     """The consistency proof between the signed checkpoints at ``old`` and ``new`` events (default:
     the latest)."""
     if new is None:

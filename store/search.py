@@ -1,4 +1,5 @@
-"""Search and export over the audit log: full-text (FTS5) with filters, and JSON Lines for SIEMs."""
+"""Search and export over the audit log: full-text (SQLite's FTS5; words matched with ILIKE on
+PostgreSQL) with filters, and JSON Lines for SIEMs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from bastion.policy.durations import ago
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 
 # Exported lines carry this; it changes only with an incompatible change to the event shape.
 EXPORT_SCHEMA = "bastion.audit.event/1"
@@ -20,11 +21,16 @@ def since(value: str) -> str:
     return ago(value, datetime.now(timezone.utc)).isoformat(timespec="microseconds")
 
 
+# The fields a word may match in, as SQLite's full-text table indexes them (migration 0004_search).
+_WORD_COLUMNS = ("e.text", "json_extract(e.identity, '$.subject')", "e.connection", "e.tool",
+                 "json_extract(e.decision, '$.verdict')")
+
+
 def _terms(text: str) -> list[str]:
     return ['"' + w.replace('"', '""') + '"' for w in re.findall(r"\w+", text)]
 
 
-def search(store: SqliteAuditStore, text: str = "", *, user: str | None = None, connection: str | None = None,
+def search(store: AuditStore, text: str = "", *, user: str | None = None, connection: str | None = None,
            verdict: str | None = None, tool: str | None = None, after: str | None = None,
            before: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Requested calls matching ``text`` (all words, any field) and the filters, newest first.
@@ -57,6 +63,11 @@ def search(store: SqliteAuditStore, text: str = "", *, user: str | None = None, 
         if high is None:
             return []
         bounds.append(f"events_fts.rowid <= {int(high)}")
+    if match and not store.full_text:  # PostgreSQL: every word in some field, case-insensitively
+        for word in re.findall(r"\w+", text):
+            exact.append("(" + " OR ".join(f"{column} ILIKE ?" for column in _WORD_COLUMNS) + ")")
+            params += [f"%{word}%"] * len(_WORD_COLUMNS)
+        match = []
     if not match:  # no words at all: the newest requested calls that pass the filters
         where = " AND ".join(["e.type = 'call.requested'", *exact, *(b.replace("events_fts.rowid", "e.seq") for b in bounds)])
         return store._query(f"SELECT e.* FROM events e WHERE {where} ORDER BY e.seq DESC LIMIT ?", (*params, limit))
@@ -66,7 +77,7 @@ def search(store: SqliteAuditStore, text: str = "", *, user: str | None = None, 
     return store._query(sql, (" AND ".join(match), *params, limit))
 
 
-def export(store: SqliteAuditStore, *, after_seq: int = 0) -> Iterator[str]:
+def export(store: AuditStore, *, after_seq: int = 0) -> Iterator[str]:
     """Every event after ``after_seq`` as one JSON line; resume from the last exported seq."""
     seq = after_seq
     while batch := store.after(seq, 5000):

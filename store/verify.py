@@ -16,8 +16,10 @@ import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from bastion.store import events as ev
+from bastion.store.audit_store import Connection
 from bastion.store.checkpoints import Checkpoint, FileWitness, NoteError, Verifier, open_checkpoint
 from bastion.store.merkle import Frontier, leaf_hash
 
@@ -61,7 +63,7 @@ def _check_range(path: str, low: int, high: int, wanted: frozenset[int], leaves:
         conn.close()
 
 
-def _walk(cursor: sqlite3.Cursor, wanted: frozenset[int], leaves: bool = False) -> _Range:
+def _walk(cursor: Any, wanted: frozenset[int], leaves: bool = False) -> _Range:
     n_fields = len(ev.FIELDS)
     count, problem, hashes = 0, None, {}
     first_seq = first_prev = last_hash = None
@@ -90,7 +92,7 @@ def _walk(cursor: sqlite3.Cursor, wanted: frozenset[int], leaves: bool = False) 
     return _Range(count, first_seq, first_prev, last_seq, last_hash, problem, hashes, b"".join(leaf_hashes))
 
 
-def verify(conn: sqlite3.Connection, key: bytes | None = None, *, verifier: Verifier | Sequence[Verifier] | None = None,
+def verify(conn: Connection, key: bytes | None = None, *, verifier: Verifier | Sequence[Verifier] | None = None,
            witness: FileWitness | None = None, every: int | None = None, workers: int | None = None) -> Report:
     """Check every event's hash against its stored content and its link to the one before it.
 
@@ -106,7 +108,8 @@ def verify(conn: sqlite3.Connection, key: bytes | None = None, *, verifier: Veri
     checkpoints = {seq: (h, mac) for seq, h, mac in conn.execute("SELECT seq, hash, mac FROM checkpoints")} if key else {}
     wanted = frozenset(checkpoints)
     low, high, total = conn.execute("SELECT min(seq), max(seq), count(*) FROM events").fetchone()
-    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    # A SQLite file is checked in ranges by several processes; a PostgreSQL store in one walk.
+    path = conn.execute("PRAGMA database_list").fetchone()[2] if isinstance(conn, sqlite3.Connection) else None
     workers = workers or min(os.cpu_count() or 1, 4)
     if total and total >= _PARALLEL_FROM and workers > 1 and path:
         step = (high - low) // workers + 1
@@ -148,7 +151,7 @@ def verify(conn: sqlite3.Connection, key: bytes | None = None, *, verifier: Veri
     return report
 
 
-def _check_tree(conn: sqlite3.Connection, report: Report, leaves: bytes, verifier: Verifier | Sequence[Verifier],
+def _check_tree(conn: Connection, report: Report, leaves: bytes, verifier: Verifier | Sequence[Verifier],
                 witness: FileWitness | None, every: int | None) -> None:
     """The signed checkpoints in the store (and the witness's) against the Merkle tree of the events."""
     total = len(leaves) // 32

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.postgres_server", "tests.sshd_server", "tests.oidc_server"]
+pytest_plugins = ["tests.postgres_server", "tests.sshd_server", "tests.oidc_server", "tests.store_backends"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,6 +22,8 @@ from bastion.store.approvals import ApprovalStore, Held, HoldStatus
 from bastion.store.errors import StoreError
 from bastion.store.sqlite_store import SqliteAuditStore
 from bastion.store.verify import verify
+from bastion.store import AuditStore, open_store
+from tests.store_backends import StoreAt
 
 ALICE = Identity("alice", frozenset({"dev", "dba"}))  # the requester, and herself a dba
 BOB = Identity("bob", frozenset({"dba"}))
@@ -46,10 +48,8 @@ class Clock:
 
 
 @pytest.fixture
-def audit(tmp_path: Path) -> Iterator[SqliteAuditStore]:
-    store = SqliteAuditStore(tmp_path / "audit.db")
-    yield store
-    store.close()
+def audit(store_at: StoreAt) -> AuditStore:
+    return store_at.open()
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def approvals(audit: SqliteAuditStore, clock: Clock) -> Iterator[ApprovalStore]:
+def approvals(audit: AuditStore, clock: Clock) -> Iterator[ApprovalStore]:
     store = ApprovalStore(audit, clock=clock)
     yield store
     store.close()
@@ -71,13 +71,13 @@ def hold(store: ApprovalStore, call_id: str = "call-1", *, text: str = TEXT, who
                       reason="remove the duplicate order")
 
 
-def types(audit: SqliteAuditStore, call_id: str | None = None) -> list[str]:
+def types(audit: AuditStore, call_id: str | None = None) -> list[str]:
     events = audit.call(call_id) if call_id else list(audit.iter_all())
     return [e["type"] for e in events]
 
 
-def assert_chain_ok(audit: SqliteAuditStore) -> None:
-    conn = sqlite3.connect(audit.path)
+def assert_chain_ok(audit: AuditStore) -> None:
+    conn = audit.connect()
     try:
         report = verify(conn)
     finally:
@@ -88,7 +88,7 @@ def assert_chain_ok(audit: SqliteAuditStore) -> None:
 # -- holding -------------------------------------------------------------------------------------
 
 
-def test_a_hold_stores_the_call_and_records_call_held(approvals: ApprovalStore, audit: SqliteAuditStore) -> None:
+def test_a_hold_stores_the_call_and_records_call_held(approvals: ApprovalStore, audit: AuditStore) -> None:
     held = hold(approvals)
     assert held.status is HoldStatus.PENDING and not held.joined and held.hold_id.startswith("hold-")
     assert held.binding == binding_hash("alice", "prod", "sql_execute", TEXT)
@@ -104,7 +104,7 @@ def test_a_hold_stores_the_call_and_records_call_held(approvals: ApprovalStore, 
     assert approvals.live_for(held.binding) == held
 
 
-def test_the_identical_call_re_issued_joins_the_pending_hold(approvals: ApprovalStore, audit: SqliteAuditStore) -> None:
+def test_the_identical_call_re_issued_joins_the_pending_hold(approvals: ApprovalStore, audit: AuditStore) -> None:
     first = hold(approvals, "call-1")
     again = hold(approvals, "call-2")
     assert again.hold_id == first.hold_id and again.joined and again.call_id == "call-1"
@@ -112,8 +112,8 @@ def test_the_identical_call_re_issued_joins_the_pending_hold(approvals: Approval
     assert audit.call("call-2")[0]["result"]["joined"] is True
 
 
-def test_identical_calls_from_several_threads_make_one_hold(tmp_path: Path) -> None:
-    audit = SqliteAuditStore(tmp_path / "audit.db")
+def test_identical_calls_from_several_threads_make_one_hold(store_at: StoreAt) -> None:
+    audit = store_at.open()
     stores = [ApprovalStore(audit), ApprovalStore(audit)]
     ids: list[str] = []
     threads = [threading.Thread(target=lambda i=i: ids.append(hold(stores[i % 2], f"call-{i}").hold_id))
@@ -146,7 +146,7 @@ def test_another_requester_with_the_same_text_gets_their_own_hold(approvals: App
 # -- deciding ------------------------------------------------------------------------------------
 
 
-def test_an_approval_approves_and_is_recorded_under_the_hold(approvals: ApprovalStore, audit: SqliteAuditStore) -> None:
+def test_an_approval_approves_and_is_recorded_under_the_hold(approvals: ApprovalStore, audit: AuditStore) -> None:
     held = hold(approvals)
     decided = approvals.decide(held.hold_id, BOB, True, "checked the id")
     assert decided.status is HoldStatus.APPROVED and decided.decided_at == "2030-01-01T12:00:00.000000+00:00"
@@ -158,7 +158,7 @@ def test_an_approval_approves_and_is_recorded_under_the_hold(approvals: Approval
 
 
 def test_self_approval_is_refused_by_the_store_even_for_an_approver(approvals: ApprovalStore,
-                                                                   audit: SqliteAuditStore) -> None:
+                                                                   audit: AuditStore) -> None:
     held = hold(approvals)
     before = types(audit)
     with pytest.raises(SelfApproval) as caught:
@@ -178,7 +178,7 @@ def test_someone_in_no_approver_group_is_refused(approvals: ApprovalStore) -> No
     assert approvals.get(held.hold_id).status is HoldStatus.PENDING  # type: ignore[union-attr]
 
 
-def test_two_approvals_are_needed_from_two_different_approvers(approvals: ApprovalStore, audit: SqliteAuditStore) -> None:
+def test_two_approvals_are_needed_from_two_different_approvers(approvals: ApprovalStore, audit: AuditStore) -> None:
     held = hold(approvals, policy=ApprovalPolicy(frozenset({"dba"}), min_approvals=2))
     once = approvals.decide(held.hold_id, BOB, True)
     assert once.status is HoldStatus.PENDING and once.approvals == 1
@@ -191,7 +191,7 @@ def test_two_approvals_are_needed_from_two_different_approvers(approvals: Approv
     assert [e["result"]["approvals"] for e in audit.call(held.hold_id)] == [1, 2]
 
 
-def test_a_denial_needs_a_reason_and_then_denies(approvals: ApprovalStore, audit: SqliteAuditStore) -> None:
+def test_a_denial_needs_a_reason_and_then_denies(approvals: ApprovalStore, audit: AuditStore) -> None:
     held = hold(approvals)
     for empty in (None, "", "   "):
         with pytest.raises(ReasonRequired):
@@ -223,7 +223,7 @@ def test_deciding_an_unknown_hold_says_so(approvals: ApprovalStore) -> None:
 # -- using an approval ---------------------------------------------------------------------------
 
 
-def test_an_approval_is_single_use(approvals: ApprovalStore, audit: SqliteAuditStore) -> None:
+def test_an_approval_is_single_use(approvals: ApprovalStore, audit: AuditStore) -> None:
     held = hold(approvals)
     assert approvals.consume(held.hold_id, "call-2", held.binding) is False  # not approved yet
     approvals.decide(held.hold_id, BOB, True)
@@ -247,9 +247,9 @@ def test_an_approved_hold_is_joined_by_the_re_issued_call_which_may_use_it(appro
     assert approvals.consume(again.hold_id, "call-2", again.binding) is True
 
 
-def test_two_stores_on_one_file_racing_to_consume_use_it_once(tmp_path: Path) -> None:
-    audit = SqliteAuditStore(tmp_path / "audit.db")
-    first, second = ApprovalStore(audit), ApprovalStore(SqliteAuditStore(tmp_path / "audit.db"))
+def test_two_stores_on_one_file_racing_to_consume_use_it_once(store_at: StoreAt) -> None:
+    audit = store_at.open()
+    first, second = ApprovalStore(audit), ApprovalStore(store_at.open())
     held = hold(first)
     first.decide(held.hold_id, BOB, True)
     barrier = threading.Barrier(8)
@@ -270,19 +270,19 @@ def test_two_stores_on_one_file_racing_to_consume_use_it_once(tmp_path: Path) ->
 
 
 def _consume_in_another_process(path: str, hold_id: str, binding: str, call_id: str, barrier: Any, out: Any) -> None:
-    store = ApprovalStore(SqliteAuditStore(path))
+    store = ApprovalStore(open_store(path))
     barrier.wait(60)
     out.put((call_id, store.consume(hold_id, call_id, binding)))
 
 
-def test_processes_racing_to_consume_use_it_once(tmp_path: Path) -> None:
-    audit = SqliteAuditStore(tmp_path / "audit.db")
+def test_processes_racing_to_consume_use_it_once(store_at: StoreAt) -> None:
+    audit = store_at.open()
     approvals = ApprovalStore(audit)
     held = hold(approvals)
     approvals.decide(held.hold_id, BOB, True)
     barrier, out = SPAWN.Barrier(4), SPAWN.Queue()
     processes = [SPAWN.Process(target=_consume_in_another_process,
-                               args=(str(audit.path), held.hold_id, held.binding, f"call-p{i}", barrier, out))
+                               args=(store_at.target, held.hold_id, held.binding, f"call-p{i}", barrier, out))
                  for i in range(4)]
     for p in processes:
         p.start()
@@ -300,7 +300,7 @@ def test_processes_racing_to_consume_use_it_once(tmp_path: Path) -> None:
 # -- expiry --------------------------------------------------------------------------------------
 
 
-def test_a_pending_hold_expires(approvals: ApprovalStore, audit: SqliteAuditStore, clock: Clock) -> None:
+def test_a_pending_hold_expires(approvals: ApprovalStore, audit: AuditStore, clock: Clock) -> None:
     held = hold(approvals)
     clock.advance(599)
     assert approvals.expire_due() == []
@@ -315,7 +315,7 @@ def test_a_pending_hold_expires(approvals: ApprovalStore, audit: SqliteAuditStor
     assert approvals.live_for(held.binding) is None
 
 
-def test_an_unused_approval_expires_and_can_no_longer_be_used(approvals: ApprovalStore, audit: SqliteAuditStore,
+def test_an_unused_approval_expires_and_can_no_longer_be_used(approvals: ApprovalStore, audit: AuditStore,
                                                              clock: Clock) -> None:
     held = hold(approvals)
     approvals.decide(held.hold_id, BOB, True)
@@ -327,7 +327,7 @@ def test_an_unused_approval_expires_and_can_no_longer_be_used(approvals: Approva
     assert audit.call(held.hold_id)[-1]["result"]["was"] == "approved"
 
 
-def test_deciding_an_overdue_hold_expires_it_and_refuses(approvals: ApprovalStore, audit: SqliteAuditStore,
+def test_deciding_an_overdue_hold_expires_it_and_refuses(approvals: ApprovalStore, audit: AuditStore,
                                                          clock: Clock) -> None:
     held = hold(approvals)
     clock.advance(700)
@@ -337,7 +337,7 @@ def test_deciding_an_overdue_hold_expires_it_and_refuses(approvals: ApprovalStor
     assert types(audit, held.hold_id) == [ev.APPROVAL_EXPIRED]
 
 
-def test_the_same_call_after_expiry_is_held_anew(approvals: ApprovalStore, audit: SqliteAuditStore,
+def test_the_same_call_after_expiry_is_held_anew(approvals: ApprovalStore, audit: AuditStore,
                                                  clock: Clock) -> None:
     held = hold(approvals, "call-1")
     clock.advance(601)
@@ -360,9 +360,9 @@ async def test_a_wait_that_times_out_leaves_the_hold_pending_and_ticks(approvals
 
 
 @pytest.mark.anyio
-async def test_a_wait_returns_when_another_store_on_the_file_decides(tmp_path: Path) -> None:
-    audit = SqliteAuditStore(tmp_path / "audit.db")
-    waiting, deciding = ApprovalStore(audit), ApprovalStore(SqliteAuditStore(tmp_path / "audit.db"))
+async def test_a_wait_returns_when_another_store_on_the_file_decides(store_at: StoreAt) -> None:
+    audit = store_at.open()
+    waiting, deciding = ApprovalStore(audit), ApprovalStore(store_at.open())
     held = hold(waiting)
 
     async def approve_on_first_tick(elapsed: float) -> None:
@@ -374,18 +374,18 @@ async def test_a_wait_returns_when_another_store_on_the_file_decides(tmp_path: P
 
 
 def _approve_when_told(path: str, hold_id: str, go: Any) -> None:
-    store = ApprovalStore(SqliteAuditStore(path))
+    store = ApprovalStore(open_store(path))
     if go.wait(60):
         store.decide(hold_id, BOB, True, "approved from another process")
 
 
 @pytest.mark.anyio
-async def test_a_wait_is_released_by_an_approval_given_in_another_process(tmp_path: Path) -> None:
-    audit = SqliteAuditStore(tmp_path / "audit.db")
+async def test_a_wait_is_released_by_an_approval_given_in_another_process(store_at: StoreAt) -> None:
+    audit = store_at.open()
     approvals = ApprovalStore(audit)
     held = hold(approvals)
     go = SPAWN.Event()
-    approver = SPAWN.Process(target=_approve_when_told, args=(str(audit.path), held.hold_id, go))
+    approver = SPAWN.Process(target=_approve_when_told, args=(store_at.target, held.hold_id, go))
     approver.start()
     try:
         with anyio.fail_after(60):
@@ -401,7 +401,7 @@ async def test_a_wait_is_released_by_an_approval_given_in_another_process(tmp_pa
 
 
 @pytest.mark.anyio
-async def test_a_hold_expiring_during_a_wait_ends_it_as_expired(approvals: ApprovalStore, audit: SqliteAuditStore,
+async def test_a_hold_expiring_during_a_wait_ends_it_as_expired(approvals: ApprovalStore, audit: AuditStore,
                                                                 clock: Clock) -> None:
     held = hold(approvals)
     with anyio.fail_after(10):
@@ -428,7 +428,7 @@ async def test_waiting_on_an_unknown_hold_says_so(approvals: ApprovalStore) -> N
 # -- the log -------------------------------------------------------------------------------------
 
 
-def test_every_transition_leaves_its_event_and_the_chain_verifies(approvals: ApprovalStore, audit: SqliteAuditStore,
+def test_every_transition_leaves_its_event_and_the_chain_verifies(approvals: ApprovalStore, audit: AuditStore,
                                                                   clock: Clock) -> None:
     audit.append({"type": ev.REQUESTED, "call_id": "call-1", "text": TEXT})
     used = hold(approvals, "call-1")
@@ -449,8 +449,8 @@ def test_every_transition_leaves_its_event_and_the_chain_verifies(approvals: App
     assert_chain_ok(audit)
 
 
-def test_approval_events_interleave_with_group_committed_appends_in_one_chain(tmp_path: Path) -> None:
-    audit = SqliteAuditStore(tmp_path / "audit.db")
+def test_approval_events_interleave_with_group_committed_appends_in_one_chain(store_at: StoreAt) -> None:
+    audit = store_at.open()
     approvals = ApprovalStore(audit)
 
     def append_many(n: int) -> None:
@@ -473,8 +473,8 @@ def test_approval_events_interleave_with_group_committed_appends_in_one_chain(tm
     assert_chain_ok(audit)
 
 
-def test_a_call_ended_as_pending_is_not_open_and_not_interrupted_at_start_up(tmp_path: Path) -> None:
-    audit = SqliteAuditStore(tmp_path / "audit.db")
+def test_a_call_ended_as_pending_is_not_open_and_not_interrupted_at_start_up(store_at: StoreAt) -> None:
+    audit = store_at.open()
     audit.append({"type": ev.REQUESTED, "call_id": "waited"})
     audit.append({"type": ev.HELD, "call_id": "waited", "result": {"hold_id": "hold-x"}})
     audit.append({"type": ev.PENDING, "call_id": "waited"})
@@ -486,18 +486,20 @@ def test_a_call_ended_as_pending_is_not_open_and_not_interrupted_at_start_up(tmp
     assert types(audit, "waited") == [ev.REQUESTED, ev.HELD, ev.PENDING]
 
 
-def test_votes_are_append_only(approvals: ApprovalStore, audit: SqliteAuditStore) -> None:
+def test_votes_are_append_only(approvals: ApprovalStore, audit: AuditStore) -> None:
     held = hold(approvals)
     approvals.decide(held.hold_id, BOB, True)
     for sql in ("UPDATE votes SET approve = 0", "DELETE FROM votes"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            audit.db.execute(sql)
+        with pytest.raises(audit.Error, match="append-only"):
+            audit.conn.execute(sql)
 
 
-def test_the_database_allows_one_live_hold_per_binding(approvals: ApprovalStore, audit: SqliteAuditStore) -> None:
+def test_the_database_allows_one_live_hold_per_binding(approvals: ApprovalStore, audit: AuditStore) -> None:
     held = hold(approvals)
-    with pytest.raises(sqlite3.IntegrityError):
-        audit.db.execute("INSERT INTO holds SELECT 'hold-copy', binding, call_id, created, expires_at, status, requester, "
+    with pytest.raises(audit.IntegrityError):
+        audit.conn.execute("INSERT INTO holds (hold_id, binding, call_id, created, expires_at, status, requester, "
+                           "requester_subject, connection, tool, text, text_hash, facts, reason, rule, approver_groups, "
+                           "min_approvals, preview, decided_at, consumed_by_call) SELECT 'hold-copy', binding, call_id, created, expires_at, status, requester, "
                          "requester_subject, connection, tool, text, text_hash, facts, reason, rule, approver_groups, "
                          "min_approvals, preview, decided_at, consumed_by_call FROM holds WHERE hold_id = ?",
                          [held.hold_id])
@@ -518,7 +520,7 @@ def test_list_filters_by_status_newest_first(approvals: ApprovalStore, clock: Cl
     assert approvals.get(a.hold_id).as_record()["votes"][0]["approver"] == "bob"  # type: ignore[union-attr]
 
 
-def test_listeners_hear_each_committed_change_and_cannot_break_one(audit: SqliteAuditStore, clock: Clock) -> None:
+def test_listeners_hear_each_committed_change_and_cannot_break_one(audit: AuditStore, clock: Clock) -> None:
     heard: list[tuple[str, str, bool]] = []
 
     def broken(kind: str, held: Held) -> None:

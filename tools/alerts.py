@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from bastion.policy import Decision, Identity
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 from bastion.tools.webhooks import WebhookSender
 
 Kind = Literal["denials", "large-result", "egress"]
@@ -34,7 +34,7 @@ def _ago(seconds: float) -> str:
 
 
 class Alerts:
-    def __init__(self, rules: tuple[AlertRule, ...], store: SqliteAuditStore, *, retries: int = 3,
+    def __init__(self, rules: tuple[AlertRule, ...], store: AuditStore, *, retries: int = 3,
                  backoff_s: float = 0.5) -> None:
         self.rules = rules
         self.store = store

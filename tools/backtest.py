@@ -18,7 +18,7 @@ from typing import Any
 from bastion.policy import ConnectionPolicy, Identity, Verdict, analyse
 from bastion.policy.decision import Decision
 from bastion.policy.shell.rules import ShellPolicy
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 from bastion.tools import masking
 from bastion.tools.guard import Vetted, fail_closed, safe_check
 
@@ -87,7 +87,7 @@ def redecide(policy: ConnectionPolicy | ShellPolicy, connection: Any, identity: 
     return decision, None
 
 
-def backtest(store: SqliteAuditStore, policies: dict[str, ConnectionPolicy | ShellPolicy], *,
+def backtest(store: AuditStore, policies: dict[str, ConnectionPolicy | ShellPolicy], *,
              after: str | None = None, examples: int = 5, connections: dict[str, Any] | None = None,
              egress: Mapping[str, str] | None = None) -> Backtest:
     """Decide every recorded guarded call again under ``policies`` (the draft), as the identity that

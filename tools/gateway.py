@@ -19,7 +19,7 @@ from bastion.policy.errors import BastionError, InvalidInput, QueryRejected, Unk
 from bastion.policy.patterns import matches
 from bastion.policy.presets import SENSITIVE_CATALOG_PATTERNS
 from bastion.store.approvals import ApprovalStore
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 from bastion.tools import approvals, masking, shell, sql
 from bastion.tools.alerts import AlertRule, Alerts
 from bastion.tools.calls import Caller
@@ -58,7 +58,7 @@ class CheckResult:
 
 
 class Gateway:
-    def __init__(self, connections: dict[str, AnyConnection], store: SqliteAuditStore,
+    def __init__(self, connections: dict[str, AnyConnection], store: AuditStore,
                  alerts: tuple[AlertRule, ...] = (), *,
                  approval_policies: dict[str, dict[str, tuple[ApprovalPolicy, bool]]] | None = None,
                  wait_s: float = 60.0) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from bastion.store import events as ev
 from bastion.store.approvals import Held, HoldStatus
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 from bastion.tools.webhooks import Format, WebhookSender, slack_escape
 
 Notice = Literal["held", "approved", "denied", "expired"]
@@ -50,7 +50,7 @@ class ApprovalWebhook:
 class ApprovalNotifier:
     """Sends approval notices to webhooks; see the module docstring."""
 
-    def __init__(self, webhooks: Sequence[ApprovalWebhook], base_url: str, store: SqliteAuditStore | None, *,
+    def __init__(self, webhooks: Sequence[ApprovalWebhook], base_url: str, store: AuditStore | None, *,
                  retries: int = 3, backoff_s: float = 0.5, timeout_s: float = 5.0) -> None:
         self.webhooks = tuple(webhooks)
         self.base_url = base_url.rstrip("/")

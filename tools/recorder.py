@@ -14,14 +14,14 @@ from typing import Any
 
 from bastion.policy.errors import AuditUnavailable
 from bastion.store import StoreError
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 
 _BATCH = 256  # events per transaction at most, so one slow batch does not grow without bound
 _Item = tuple[asyncio.AbstractEventLoop, "asyncio.Future[dict[str, Any]]", dict[str, Any]]
 
 
 class Recorder:
-    def __init__(self, store: SqliteAuditStore) -> None:
+    def __init__(self, store: AuditStore) -> None:
         self.store = store
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 from bastion.policy import Identity
 from bastion.policy.errors import BastionError, InvalidInput
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 from bastion.tools.calls import Caller
 from bastion.tools.gateway import Gateway
 
@@ -40,7 +40,7 @@ class Step:
     truncated: bool = False
 
 
-def timeline(store: SqliteAuditStore, ident: str) -> list[Step]:
+def timeline(store: AuditStore, ident: str) -> list[Step]:
     """The calls of a call id, or of a session (the MCP session id, or the gateway process for stdio)."""
     requested = [e for e in store.call(ident) if e["type"] == "call.requested"]
     if not requested:
@@ -50,7 +50,7 @@ def timeline(store: SqliteAuditStore, ident: str) -> list[Step]:
     return [_step(store, event) for event in requested]
 
 
-def _step(store: SqliteAuditStore, requested: dict[str, Any]) -> Step:
+def _step(store: AuditStore, requested: dict[str, Any]) -> Step:
     events = store.call(requested["call_id"])
     last = events[-1]
     decision = requested.get("decision") or {}

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import httpx
 
-from bastion.store.sqlite_store import SqliteAuditStore
+from bastion.store.audit_store import AuditStore
 
 log = logging.getLogger(__name__)
 Format = Literal["generic", "slack"]
@@ -114,7 +114,7 @@ class WebhookSender:
     command that approved a call) calls it before it exits, or its notifications die with it.
     """
 
-    def __init__(self, store: SqliteAuditStore | None, *, retries: int = 3, backoff_s: float = 0.5,
+    def __init__(self, store: AuditStore | None, *, retries: int = 3, backoff_s: float = 0.5,
                  timeout_s: float = 5.0) -> None:
         self.store = store
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
