@@ -69,7 +69,7 @@ class Row(tuple[Any, ...]):
         row._names = names
         return row
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             return tuple.__getitem__(self, self._names[key])
         return tuple.__getitem__(self, key)
@@ -109,9 +109,9 @@ class PgConnection:
 
 def connect(url: str, password: str | None = None) -> PgConnection:
     """A connection in autocommit, rows by name and position."""
-    params = {"password": password} if password else {}
-    raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=10,
-                          application_name="bastion-audit", **params)
+    dsn = conninfo.make_conninfo(url, password=password) if password else url
+    raw = psycopg.connect(dsn, autocommit=True, row_factory=_row_factory, connect_timeout=10,
+                          application_name="bastion-audit")
     return PgConnection(raw)
 
 
@@ -153,7 +153,7 @@ class PostgresAuditStore(AuditStore):
         parts = urlsplit(self.url)
         host = parts.hostname or ""
         if not host:
-            host = conninfo.conninfo_to_dict(self.url).get("host", "") or "localhost"
+            host = str(conninfo.conninfo_to_dict(self.url).get("host", "") or "localhost")
         return f"postgresql://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
     def unwritable(self) -> str | None:
@@ -161,13 +161,14 @@ class PostgresAuditStore(AuditStore):
         try:
             probe = connect(self.url, self._password)
             try:
-                recovery, insert = probe.execute(
+                row = probe.execute(
                     "SELECT pg_is_in_recovery(), has_table_privilege(format('%I.events', current_schema()), 'INSERT')"
                 ).fetchone()
             finally:
                 probe.close()
         except psycopg.Error as error:
             return f"the audit store cannot be written: {_first_line(error)}"
+        recovery, insert = row if row is not None else (False, False)
         if recovery:
             return "the audit store cannot be written: the PostgreSQL server is a read-only standby"
         if not insert:
