@@ -65,9 +65,11 @@ class Decision:
         if self.hint:
             out["hint"] = self.hint
         if self.limits:
-            out["limits"] = {"max_rows": self.limits.max_rows, "max_bytes": self.limits.max_bytes, "timeout_s": self.limits.timeout_s}
+            limits: dict[str, object] = {"max_rows": self.limits.max_rows, "max_bytes": self.limits.max_bytes,
+                                         "timeout_s": self.limits.timeout_s}
             if self.limits.max_rows_affected is not None:
-                out["limits"]["max_rows_affected"] = self.limits.max_rows_affected  # type: ignore[index]
+                limits["max_rows_affected"] = self.limits.max_rows_affected
+            out["limits"] = limits
         if self.verdict is Verdict.ALLOW:
             out["read_only"] = self.read_only
         return out

@@ -6,6 +6,7 @@ later) can build one without tools/ or policy/ knowing where it came from.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -25,8 +26,8 @@ class Identity:
     source: str = "config"
     claims: dict[str, object] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
-    def in_any(self, groups: object) -> bool:
-        return any(g in self.groups for g in groups)  # type: ignore[attr-defined]
+    def in_any(self, groups: Iterable[str]) -> bool:
+        return any(g in self.groups for g in groups)
 
     def as_record(self) -> dict[str, object]:
         """The identity as the audit log stores it (claims stay out: they may hold tokens)."""

@@ -7,7 +7,7 @@ import functools
 import logging
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Awaitable, Callable, Literal, ParamSpec, TypeAlias, TypeVar, cast
 
 import anyio
 
@@ -36,7 +36,11 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 SESSION_META_KEY = "io.bastion/session"
-HoldStatusName = Literal[STATUSES]  # type: ignore[valid-type]  # the hold statuses, as the tool's schema lists them
+# The hold statuses, as the tool's schema lists them (a Literal built at run time; str to a type checker).
+if TYPE_CHECKING:
+    HoldStatusName: TypeAlias = str
+else:
+    HoldStatusName = Literal[STATUSES]
 
 INSTRUCTIONS = (
     "Bastion guards database access. Call list_connections first, describe to see tables, then sql_query. "
@@ -108,7 +112,9 @@ async def _ask(ctx: Context, connection: str, text: str, cwd: str | None = None)
     capabilities = ctx.client_capabilities
     if capabilities is None or capabilities.elicitation is None:
         return Confirmation(confirm=False)
-    gw, caller = ctx.mcp_server.bastion_context(ctx)  # type: ignore[attr-defined]
+    server = ctx.mcp_server
+    assert isinstance(server, BastionServer)
+    gw, caller = server.bastion_context(ctx)
     question = await gw.confirmation_for(caller, connection, text, cwd)
     return Elicit(question, Confirmation) if question else Confirmation(confirm=False)
 
@@ -130,6 +136,7 @@ class BastionServer(MCPServer):
 
     tool_visible: Callable[[Context, str], bool] = staticmethod(lambda ctx, name: True)
     verifier: OidcVerifier | None = None  # with [auth]: the HTTP app records requests that bring no token
+    bastion_context: Callable[[Context], tuple[Gateway, Caller]]  # set by create_server
 
     async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:  # the SDK's list handler, filtered
         result = await super()._handle_list_tools(ctx, params)
@@ -224,7 +231,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
 
         return gateway, Caller(identity, client_of(ctx), session, progress)
 
-    mcp.bastion_context = context  # type: ignore[attr-defined]  # for the confirmation resolvers
+    mcp.bastion_context = context  # for the confirmation resolvers
 
     def tool(**annotations: Any) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
         """Register a tool with its annotations, its errors translated at the edge (`agent_errors`)."""
@@ -267,7 +274,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
     @tool(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
     async def sql_query(connection: str, sql: str, ctx: Context,
                         reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
-                        confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_sql)] = None,  # type: ignore[assignment]
+                        confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_sql)] = None,  # type: ignore[assignment]  # the SDK always fills it; the default only lets it follow `reason`
                         ) -> CallToolResult:
         """Run SQL under the connection's policy. Structured: {columns, rows, row_count, truncated, duration_ms, call_id}."""
         gw, caller = context(ctx)
@@ -278,8 +285,9 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         out = {"columns": r.columns, "rows": r.rows, "row_count": r.row_count, "truncated": r.truncated,
                "duration_ms": round(done.duration_ms, 3), "call_id": done.call_id}
         note = f"{r.row_count} row{'s' if r.row_count != 1 else ''}"
-        if r.truncated:
-            note += f" (truncated at the limit of {done.decision.limits.max_rows} rows / {done.decision.limits.max_bytes} bytes)"  # type: ignore[union-attr]
+        limits = done.decision.limits
+        if r.truncated and limits is not None:
+            note += f" (truncated at the limit of {limits.max_rows} rows / {limits.max_bytes} bytes)"
         note += render.masking_note(r.masking)
         footer = f"({note}; {out['duration_ms']:g} ms; call_id {done.call_id})"
         return _result(render.table(r.columns, r.rows, footer=footer), out)
@@ -288,7 +296,7 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
     async def shell_run(connection: str, command: str, ctx: Context,
                         reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
                         cwd: Annotated[str | None, Field(description="directory inside the connection's own")] = None,
-                        confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_shell)] = None,  # type: ignore[assignment]
+                        confirmation: Annotated[ElicitationResult[Confirmation], Resolve(ask_shell)] = None,  # type: ignore[assignment]  # the SDK always fills it; the default only lets it follow `cwd`
                         ) -> CallToolResult:
         """Run a shell command under the connection's policy. Structured: {exit_code, stdout, stderr, truncated, timed_out, duration_ms, call_id}."""
         gw, caller = context(ctx)

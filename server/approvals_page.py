@@ -122,6 +122,7 @@ class Page:
         self.origin = origin(self.base)
         self.root = urlsplit(self.base).path.rstrip("/") + "/approvals"  # our paths as the browser sees them
         self.rules = config.auth.token_rules()
+        self.issuer = config.auth.issuer
         self.client = oauth_client(config)
         self.redirect_uri = f"{self.base}/approvals/callback"
 
@@ -233,7 +234,7 @@ class Page:
         except (httpx.HTTPError, ValueError, KeyError, RuntimeError) as error:
             log.warning("approvals page: the identity provider's discovery failed: %s", error)
             return self.message(request, 502, "The identity provider could not be reached",
-                                f"Bastion could not read {self.config.auth.issuer}'s OIDC discovery document.",  # type: ignore[union-attr]
+                                f"Bastion could not read {self.issuer}'s OIDC discovery document.",
                                 "Try again in a moment.", None, code="provider_unreachable")
         return response
 
@@ -249,7 +250,7 @@ class Page:
             log.warning("approvals page: exchanging the code failed: %s", error)
             return await self.sign_in_failed(request, "browser sign-in failed (the identity provider did not answer)")
         claims = dict(token.get("userinfo") or {})
-        if claims.get("iss") != self.config.auth.issuer or not claims.get("sub"):  # type: ignore[union-attr]
+        if claims.get("iss") != self.issuer or not claims.get("sub"):
             return await self.sign_in_failed(request, "browser sign-in failed (no id_token from the configured issuer)")
         identity = identity_from_claims(claims, self.rules)
         next_path = self.safe_next(request.session.get("next"))

@@ -169,7 +169,7 @@ class Gateway:
             raise InvalidInput(f"`{name}` is a {connection.kind} connection", hint=f"Use {tool} for it.")
         return connection
 
-    async def _resolve(self, caller: Caller, tool: str, name: str, text: str, kind: type[AnyConnection],
+    async def _resolve(self, caller: Caller, tool: str, name: str, text: str, kind: type[AnyConnection] | None,
                        reason: str | None = None) -> Any:
         try:
             return self.connection(caller, name, kind)
@@ -241,7 +241,7 @@ class Gateway:
         return _hinted(target, sql.vet_sql(target, caller, text), text)
 
     async def check(self, caller: Caller, connection: str, text: str) -> CheckResult:
-        target = await self._resolve(caller, "check", connection, text, (Connection, ShellConnection))  # type: ignore[arg-type]
+        target = await self._resolve(caller, "check", connection, text, None)  # either kind
         try:
             validate_text(text, what="text")
         except InvalidInput as error:

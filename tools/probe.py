@@ -7,7 +7,6 @@ role's attributes and write grants), `true` on a shell. Each returns what it fou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 
@@ -16,6 +15,7 @@ from bastion.policy.errors import BastionError
 from bastion.policy.sql.facts import Kind
 from bastion.policy.sql.privileges import excess, explain
 from bastion.tools.connections import Connection, ShellConnection
+from bastion.tools.executors.postgres import PostgresExecutor
 from bastion.tools.executors.shell_base import ShellRunRequest
 
 PROBE_TIMEOUT_S = 15.0
@@ -48,8 +48,8 @@ async def probe_sql(connection: Connection) -> Probe:
             tables = await connection.executor.catalog()
             problems: tuple[str, ...] = ()
             login = ""
-            if connection.executor.dialect == "postgres":
-                login, problems = await _postgres_login(connection)
+            if isinstance(connection.executor, PostgresExecutor):
+                login, problems = await _postgres_login(connection, connection.executor)
     except TimeoutError:
         return Probe(False, f"no answer within {PROBE_TIMEOUT_S:g} s")
     except BastionError as error:
@@ -59,10 +59,12 @@ async def probe_sql(connection: Connection) -> Probe:
     return Probe(True, f"answers{login}; {len(tables)} tables and views readable", problems)
 
 
-async def _postgres_login(connection: Connection) -> tuple[str, tuple[str, ...]]:
-    pool: Any = await connection.executor._pool()  # type: ignore[attr-defined]
+async def _postgres_login(connection: Connection, executor: PostgresExecutor) -> tuple[str, tuple[str, ...]]:
+    pool = await executor._pool()
     async with pool.connection(timeout=PROBE_TIMEOUT_S) as conn:
-        user, superuser, bypassrls, createrole = await (await conn.execute(LOGIN_SQL)).fetchone()
+        row = await (await conn.execute(LOGIN_SQL)).fetchone()
+        assert row is not None  # a query of current_user's own pg_roles row: always one
+        user, superuser, bypassrls, createrole = row
         writable = [row[0] for row in await (await conn.execute(WRITABLE_SQL)).fetchall()]
     problems = []
     if superuser:
@@ -77,10 +79,10 @@ async def _postgres_login(connection: Connection) -> tuple[str, tuple[str, ...]]
                         f"{' and more' if len(writable) == 5 else ''}: grant it SELECT only")
     # What else the gateway refuses to serve at start (tools/executors/postgres.py): the rights the
     # checks above do not name, of the login and of each mapped role, unless accept_rights names them.
-    expected = getattr(connection.executor, "least_privilege", None)
+    expected = executor.least_privilege
     if expected is not None:
         named = {"superuser", "bypassrls", "createrole", "write-grants"}
-        for role, rights in await connection.executor.login_rights():  # type: ignore[attr-defined]
+        for role, rights in await executor.login_rights():
             if rights is None:
                 problems.append(f"the mapped role `{role}` does not exist")
                 continue

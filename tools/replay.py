@@ -136,7 +136,8 @@ def compare(recorded: dict[str, Any], recorded_count: int | None, now: dict[str,
             continue
         shown += 1
         if was is None:
-            out.append(f"row {index + 1}: only now: " + ", ".join(f"{c}={value(is_, i, c, False)}"  # type: ignore[arg-type]
+            assert is_ is not None  # not both None: they compared equal above
+            out.append(f"row {index + 1}: only now: " + ", ".join(f"{c}={value(is_, i, c, False)}"
                                                                 for i, c in enumerate(columns)))
         elif is_ is None:
             out.append(f"row {index + 1}: only recorded: " + ", ".join(f"{c}={value(was, i, c, True)}"

@@ -147,9 +147,10 @@ def _ansi_c(src: str, i: int) -> tuple[str, int]:
             out.append(chr(int(m.group(), 16)) if m else "\\" + n)
             i += 2 + (len(m.group()) if m else 0)
         elif n in "01234567":
-            m = re.match(r"[0-7]{1,3}", src[i + 1 :])
-            out.append(chr(int(m.group(), 8) & 0xFF))  # type: ignore[union-attr]
-            i += 1 + len(m.group())  # type: ignore[union-attr]
+            digits = re.match(r"[0-7]{1,3}", src[i + 1 :])
+            assert digits is not None  # n, the first character there, is an octal digit
+            out.append(chr(int(digits.group(), 8) & 0xFF))
+            i += 1 + len(digits.group())
         elif n == "c":
             raise WordError("control-character escapes ($'\\c...') are not accepted")
         else:
@@ -268,9 +269,10 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
         elif c in "@!+" and src.startswith("(", i + 1):
             raise WordError("extended glob patterns are not accepted")
         elif c == "~" and (i == 0 or (assignment_like and src[i - 1] in "=:")):
-            m = re.compile(r"~[^/:]*").match(src, i)
-            out.append((TILDE, m.group(), False, -1))  # type: ignore[union-attr]
-            i = m.end()  # type: ignore[union-attr]
+            tilde = re.compile(r"~[^/:]*").match(src, i)
+            assert tilde is not None  # src[i] is "~"
+            out.append((TILDE, tilde.group(), False, -1))
+            i = tilde.end()
         elif c in "{,}":
             out.append((_BRACE, c, False, -1))
             i += 1

@@ -7,6 +7,7 @@ An Outcome is ``allow``, ``review``, ``deny`` (an explicit prohibition: it beats
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from collections.abc import Iterable
 from typing import Callable
 
 from bastion.policy.decision import Verdict
@@ -23,8 +24,8 @@ def _dangerous(dialect: str) -> dict[str, dangerous_functions.FunctionRisk]:
     return dangerous_functions.POSTGRES if dialect == "postgres" else dangerous_functions.SQLITE
 
 
-def _upper(kinds: object) -> str:
-    return ", ".join(sorted(k.value.upper() for k in kinds))  # type: ignore[attr-defined]
+def _upper(kinds: Iterable[Kind]) -> str:
+    return ", ".join(sorted(k.value.upper() for k in kinds))
 
 
 def check_denied_kinds(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:

@@ -70,7 +70,7 @@ class LocalShellExecutor:
         launch = await anyio.to_thread.run_sync(sandbox.launch, command, cwd)  # walks the workspace for hidden files
         try:
             return await anyio.open_process(launch.argv, cwd="/", env={"PATH": SAFE_PATH}, start_new_session=True,
-                                            stdin=subprocess.DEVNULL, pass_fds=launch.pass_fds, **launch.spawn)  # type: ignore[arg-type]
+                                            stdin=subprocess.DEVNULL, pass_fds=launch.pass_fds, **launch.spawn)
         finally:
             launch.close()
 

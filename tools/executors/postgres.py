@@ -320,9 +320,9 @@ class PostgresExecutor:
             results = [await s.collect() for s in sent]
             if counted:
                 changed = sum(max(s.cursor.rowcount, 0) for s, st in zip(sent, request.statements) if st.kind in WRITE_KINDS)
-                if changed > bound:  # type: ignore[operator]
+                if bound is not None and changed > bound:  # counted: bound is set
                     await conn.execute("ROLLBACK")
-                    raise RowsAffectedExceeded(changed, bound)  # type: ignore[arg-type]
+                    raise RowsAffectedExceeded(changed, bound)
             if not whole:
                 await conn.execute("COMMIT")
         except psycopg.Error:

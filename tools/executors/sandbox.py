@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from bastion.policy.errors import TargetUnavailable
 from bastion.tools.executors.seccomp import filter_program
@@ -81,6 +82,14 @@ class SandboxLimits:
     processes: int = 512
 
 
+class SpawnUser(TypedDict, total=False):
+    """subprocess's and anyio's arguments that start a process as another user (empty: as the gateway)."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
 @dataclass
 class Launch:
     """One sandboxed command ready to start: bubblewrap reads its arguments and the seccomp filter
@@ -89,7 +98,7 @@ class Launch:
 
     argv: list[str]
     pass_fds: tuple[int, ...]
-    spawn: dict[str, object]
+    spawn: SpawnUser
 
     def close(self) -> None:
         for fd in self.pass_fds:
@@ -126,7 +135,7 @@ class Sandbox:
                                     "never runs as either", hint="Map the connection's users to an unprivileged account.")
         return entry.pw_uid, entry.pw_gid
 
-    def spawn_user(self) -> dict[str, object]:
+    def spawn_user(self) -> SpawnUser:
         """How the gateway becomes the sandbox's user before bubblewrap starts. bubblewrap itself then
         runs unprivileged in a user namespace: every path it follows, it follows with that user's rights."""
         uid, gid = self.user()
@@ -207,7 +216,7 @@ class Sandbox:
         launch = self.launch("test -r . -a -x . || exit 99", self.workspace)
         try:
             result = subprocess.run(launch.argv, capture_output=True, timeout=20, env={"PATH": SANDBOX_PATH},
-                                    pass_fds=launch.pass_fds, **launch.spawn)  # type: ignore[call-overload]
+                                    pass_fds=launch.pass_fds, **launch.spawn)
         except (OSError, subprocess.SubprocessError) as exc:
             raise TargetUnavailable(f"the shell sandbox cannot start: {exc}", hint=INSTALL_HINT) from None
         finally:
