@@ -110,8 +110,8 @@ async def test_the_agent_and_the_log_get_the_same_masked_rows(client: Client, ma
     (event,) = [e for e in finished(masked_config) if "result" in e and e.get("tool") == "sql_query"]
     assert event["result"]["rows"] == rows  # type: ignore[index]
     assert event["result"]["masking"] == {"columns": {  # type: ignore[comparison-overlap]
-        "email": {"masker": "redact", "rules": ["mask:main.customers.email"], "from": ["main.customers.email"]},
-        "phone": {"masker": "partial", "rules": ["mask:main.customers.phone"], "from": ["main.customers.phone"]}}}
+        "email": {"masker": "redact", "rules": ["mask:main.customers.email"], "from": ["main.customers.email"], "at": "source"},
+        "phone": {"masker": "partial", "rules": ["mask:main.customers.phone"], "from": ["main.customers.phone"], "at": "source"}}}
     log = audit_text(masked_config)
     leaked = [v for v in sensitive_values(masked_config.parent / "demo.db") if v in log]
     assert not leaked, leaked[:3]
@@ -124,7 +124,8 @@ async def test_derived_outputs_and_views_are_masked(client: Client, masked_confi
     result = await client.call_tool("sql_query", {"connection": "demo", "sql": sql})
     assert not result.is_error, result.content[0].text
     for e, who, contact, top in result.structured_content["rows"]:
-        assert e == who == contact == "[redacted]" and top.startswith("****")
+        # Masked at the source: what is built from the email is built from its masked value.
+        assert e == contact == "[redacted]" and who.endswith(" <[redacted]>") and top.startswith("****")
     log = audit_text(masked_config)
     assert not [v for v in sensitive_values(masked_config.parent / "demo.db") if v in log]
 
@@ -139,8 +140,13 @@ async def test_a_hashed_column_keeps_equal_values_equal_across_calls(client: Cli
 
 @requirement("mask:inference-channel")
 async def test_probing_a_redacted_column_is_denied_and_says_why(client: Client, masked_config: Path) -> None:
-    refused = await client.call_tool("sql_query", {"connection": "demo",
-                                                   "sql": "SELECT count(*) FROM customers WHERE email LIKE 'user1%'"})
+    # A read is masked at the source: its condition sees '[redacted]', never the address.
+    probed = await client.call_tool("sql_query", {"connection": "demo",
+                                                  "sql": "SELECT count(*) FROM customers WHERE email LIKE 'user1%'"})
+    assert not probed.is_error and probed.structured_content["rows"] == [[0]], probed.content[0].text
+    # A write runs as written (its sources are what it writes): there the channel is still denied.
+    refused = await client.call_tool("sql_query", {"connection": "rw",
+                                                   "sql": "UPDATE customers SET name = name WHERE email LIKE 'user1%'"})
     assert refused.is_error
     text = refused.content[0].text
     assert "`main.customers.email` is masked (redact)" in text and "mask:main.customers.email" in text
@@ -159,8 +165,12 @@ async def test_check_says_which_columns_are_masked(client: Client) -> None:
     masked = {c["column"]: c["masker"] for c in outcome["facts"]["masking"]["columns"]}
     assert masked == {"email": "redact", "phone": "partial"}
     probe = (await client.call_tool("check", {"connection": "demo", "text": "SELECT id FROM customers WHERE email = 'x'"})).structured_content
-    assert probe["verdict"] == "deny" and probe["facts"]["masking"]["predicates"] == [
+    # Masked at the source, the comparison sees the masked value: allowed, still listed, and the
+    # text that runs is shown.
+    assert probe["verdict"] == "allow" and probe["facts"]["masking"]["predicates"] == [
         {"column": "main.customers.email", "use": "equality", "clause": "where"}]
+    (rewritten,) = probe["facts"]["masking"]["at_source"]
+    assert rewritten["relations"] == ["main.customers"] and "'[redacted]'" in rewritten["text"]
 
 
 @requirement("mask:views")
@@ -288,11 +298,15 @@ async def test_postgres_masks_columns_views_and_materialized_views(crm_config: P
                                                     "FROM customers c JOIN contacts v USING (id) JOIN domains d USING (id) ORDER BY c.id"})
         assert not rows.is_error, rows.content[0].text
         for ident, email, phone, ssn, address, domain, whole in rows.structured_content["rows"]:
-            assert email == address == domain == whole == "[redacted]"
+            assert email == address == domain == "[redacted]"
+            # The hash in SQL at the source is the Python masker's.
             assert phone == mask("hash", f"+1-555-010-{ident:04d}", KEY.encode())
             assert ssn == "[redacted:ssn]"  # no column mask: the detector caught it
+            # The whole row is the masked row (the detectors still run over it).
+            assert whole["email"] == "[redacted]" and whole["phone"] == phone and whole["ssn"] == "[redacted:ssn]", whole
+        # The view's column is masked where the view is scanned: the condition sees '[redacted]'.
         probe = await client.call_tool("sql_query", {"connection": "crm", "sql": "SELECT id FROM contacts WHERE address LIKE 'person1%'"})
-        assert probe.is_error and "mask:crm.customers.email" in probe.content[0].text
+        assert not probe.is_error and probe.structured_content["rows"] == [], probe.content[0].text
         described = (await client.call_tool("describe", {"connection": "crm"})).structured_content["tables"]
         masked = {(t["name"], c["name"]): c["masked"] for t in described for c in t["columns"] if c.get("masked")}
         assert masked == {("customers", "email"): "redact", ("customers", "phone"): "hash",

@@ -171,16 +171,25 @@ preset = "read-only"
     assert SECRET not in log_text(path)
 
 
-@requirement("mask:inference-channel")
+@requirement("mask:inference-channel", "mask:at-source")
 async def test_arithmetic_limit_offset_and_division_cannot_spell_out_a_masked_value(
         client: Client, config: Path, vault: tuple[PgServer, str, str]) -> None:
     pg = vault[0]
     oracle = "SELECT count(*) FROM vault.accounts a, generate_series(1, ascii(substr(a.secret, 1, 1))) WHERE a.id = 1"
     assert pg.execute(oracle) == [(ord(SECRET[0]),)]  # straight to the server, the count is the first letter
-    for text in (oracle.replace("vault.", ""),
-                 "SELECT count(*) FROM accounts a CROSS JOIN LATERAL generate_series(1, length(a.secret)) g WHERE a.id = 1",
-                 "SELECT id FROM accounts ORDER BY id LIMIT (SELECT ascii(secret) FROM accounts WHERE id = 1)",
-                 "SELECT id FROM accounts ORDER BY id OFFSET (SELECT ascii(substr(secret, 2, 1)) - 100 FROM accounts WHERE id = 1)",
-                 "SELECT 1 / (ascii(substr(secret, 1, 1)) - 116) FROM accounts WHERE id = 1"):
-        refused = await client.call_tool("sql_query", {"connection": "vault", "sql": text})
-        assert refused.is_error and "vault.accounts.secret" in refused.content[0].text, (text, refused.content[0].text)
+    # Masked at the source, each oracle runs and answers about '[redacted]', never the secret
+    # (these were denied as inference channels before; tests/test_masking_source.py shows by
+    # changing the secret that no answer depends on it).
+    masked = "[redacted]"
+    for text, rows in ((oracle.replace("vault.", ""), [[ord(masked[0])]]),
+                       ("SELECT count(*) FROM accounts a CROSS JOIN LATERAL generate_series(1, length(a.secret)) g WHERE a.id = 1",
+                        [[len(masked)]]),
+                       ("SELECT count(*) FROM (SELECT id FROM accounts ORDER BY id LIMIT (SELECT ascii(secret) - 90 FROM accounts WHERE id = 1)) t",
+                        [[ord(masked[0]) - 90]]),
+                       ("SELECT count(*) FROM (SELECT id FROM accounts ORDER BY id OFFSET (SELECT ascii(substr(secret, 2, 1)) - 100 FROM accounts WHERE id = 1)) t",
+                        [[50 - (ord(masked[1]) - 100)]]),
+                       ("SELECT 1 / (ascii(substr(secret, 1, 1)) - 116) FROM accounts WHERE id = 1", [[0]])):
+        answer = await client.call_tool("sql_query", {"connection": "vault", "sql": text})
+        assert not answer.is_error and SECRET not in answer.content[0].text, (text, answer.content[0].text)
+        assert answer.structured_content["rows"] == rows, text
+    assert SECRET not in log_text(config)

@@ -7,6 +7,9 @@
   (or none: then every output of a sensitive relation is masked, fail closed).
 - ``vet`` adds the mask plan to a decision: its verdict on inference channels and write flows
   (a deny wins, a review holds an allowed call), and its summary in the facts `check` shows.
+- ``at_source`` gives the executor what runs instead: each plain read of a relation with masked
+  columns rewritten so that every scan returns masked values (policy/masking/source.py), with the
+  keyed hash's bind parameters (PostgreSQL) or function (SQLite).
 - ``mask_query`` masks a result as it comes back from the executor, before anything records or
   returns it: the agent and the audit log get the same rows, and the record of what was masked.
 - ``mask_shell`` runs the detectors over a shell's stdout and stderr.
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +33,12 @@ import anyio
 from bastion.policy import Decision, Statement, Verdict
 from bastion.policy.errors import BastionError
 from bastion.policy.presets import STATS_CATALOG
-from bastion.policy.masking import Catalog, MaskPlan, MaskRules, mask_result, mask_text, plan, strongest
+from bastion.policy.masking import Catalog, MaskPlan, MaskRules, mask, mask_result, mask_text, plan, strongest
 from bastion.policy.masking.lineage import view_lineage
 from bastion.policy.masking.plan import sensitive_relations
+from bastion.policy.masking.source import AtSource, hmac_pads
 from bastion.policy.sql.facts import DDL_KINDS
-from bastion.tools.executors.base import QueryResult, TableInfo
+from bastion.tools.executors.base import QueryResult, TableInfo, json_value
 from bastion.tools.executors.shell_base import ShellResult
 
 if TYPE_CHECKING:
@@ -60,6 +66,8 @@ class Masking:
     _read_at: float = field(default=float("-inf"), repr=False)
     _retry_at: float = field(default=float("-inf"), repr=False)
     _lock: anyio.Lock | None = field(default=None, repr=False)
+    # The SQLite function of the keyed hash at the source: a name no agent can guess or call.
+    hash_function: str = field(default_factory=lambda: f"bastion_mask_hash_{secrets.token_hex(8)}", repr=False)
 
     @property
     def columns(self) -> bool:
@@ -111,8 +119,61 @@ class Masking:
                    and not name.split(".", 1)[-1].startswith(_SYSTEM_PREFIXES)
                    for s in analysis.statements for name in s.effective.reads | s.effective.writes)
 
-    def plan(self, connection: Connection, statements: tuple[Statement, ...]) -> MaskPlan:
-        return plan(statements, self.catalog(connection.dialect, connection.policy.default_schema or "main"), self.rules)
+    def plan(self, connection: Connection, statements: Sequence[Statement]) -> MaskPlan:
+        at_source = AtSource(self.key is not None, self.hash_function if connection.dialect == "sqlite" else None)
+        return plan(statements, self.catalog(connection.dialect, connection.policy.default_schema or "main"), self.rules,
+                    at_source)
+
+    def sqlite_hash(self) -> Callable[[Any], Any]:
+        """The keyed hash as SQLite calls it: the Python masker over the value as the result would hold it."""
+        key = self.key
+        seen: dict[Any, Any] = {}  # one call's values repeat (a card on every order): hashed once each
+
+        def keyed_hash(value: Any) -> Any:
+            try:
+                return seen[value]
+            except KeyError:
+                hashed = mask("hash", json_value(value), key)
+                if len(seen) < 100_000:
+                    seen[value] = hashed
+                return hashed
+
+        return keyed_hash
+
+
+@dataclass(frozen=True)
+class AtSourceRun:
+    """What the executor runs for a call masked at the source."""
+
+    statements: tuple[Statement, ...]
+    params: tuple[Mapping[str, Any] | None, ...] = ()
+    functions: Mapping[str, Callable[[Any], Any]] | None = None
+
+
+def at_source(connection: Connection, statements: Sequence[Statement], found: MaskPlan | None) -> AtSourceRun:
+    """The statements with their masked scans rewritten (the plan's), and what those need: the
+    hash key's bind parameters on PostgreSQL, the hash function on SQLite."""
+    masking = connection.masking
+    if found is None or not found.rewrites or masking is None:
+        return AtSourceRun(tuple(statements))
+    runs, params = [], []
+    keyed = False
+    for statement, rewritten in zip(statements, found.rewrites):
+        runs.append(statement if rewritten is None else replace(statement, text=rewritten.text))
+        pads = hmac_pads(masking.key) if rewritten is not None and rewritten.keyed and masking.key else None
+        params.append(pads)
+        keyed = keyed or (rewritten is not None and masking.key is not None)
+    functions = {masking.hash_function: masking.sqlite_hash()} if keyed and connection.dialect == "sqlite" else None
+    return AtSourceRun(tuple(runs), tuple(params) if any(params) else (), functions)
+
+
+def plan_for(connection: Connection, statements: Sequence[Statement]) -> MaskPlan | None:
+    """The mask plan a call runs and is masked by (one plan for both: the catalog may be read again
+    in between)."""
+    masking = connection.masking
+    if masking is None or not masking.rules.active:
+        return None
+    return masking.plan(connection, statements)
 
 
 async def refresh(connection: Connection, text: str | None = None) -> None:
@@ -156,8 +217,10 @@ def vet(connection: Connection, statements: tuple[Statement, ...] | None, facts:
     return decision
 
 
-def mask_query(connection: Connection, statements: tuple[Statement, ...], result: QueryResult) -> QueryResult:
-    """The result as the agent and the log may see it; ``result.masking`` records what was done."""
+def mask_query(connection: Connection, statements: tuple[Statement, ...], result: QueryResult,
+               found: MaskPlan | None = None) -> QueryResult:
+    """The result as the agent and the log may see it; ``result.masking`` records what was done.
+    ``found``: the plan the statements ran by (columns masked at the source are not masked again)."""
     masking = connection.masking
     if masking is None:
         return result
@@ -165,7 +228,8 @@ def mask_query(connection: Connection, statements: tuple[Statement, ...], result
         masking.forget()  # the schema may have changed under the catalog
     if not masking.rules.active:
         return result
-    found = masking.plan(connection, statements)
+    if found is None:
+        found = masking.plan(connection, statements)
     rows, record = mask_result(result.columns, result.rows, found, key=masking.key, in_place=True)
     result.rows = rows
     result.masking = record

@@ -67,13 +67,17 @@ def runner(connection: Connection, caller: Caller) -> Callable[[Vetted], Awaitab
         decision = vetted.decision
         assert decision.limits is not None
         role = vetted.run_as["as"] if vetted.run_as else None
+        # Masked columns masked where they are scanned: the executor runs the rewritten reads.
+        found = masking.plan_for(connection, vetted.plan)
+        run = masking.at_source(connection, vetted.plan, found)
         try:
-            result = await connection.executor.run(RunRequest(vetted.plan, decision.read_only, decision.limits, caller.identity, role))
+            result = await connection.executor.run(RunRequest(run.statements, decision.read_only, decision.limits,
+                                                              caller.identity, role, run.params, run.functions))
         except ExecutionError as error:
             # A database error can quote a masked value: masked before the agent or the log sees it.
             raise masking.mask_error(connection, error) from error
         # ⑥ Masked before anything records or returns it: the agent and the log see the same rows.
-        return masking.mask_query(connection, vetted.plan, result)
+        return masking.mask_query(connection, vetted.plan, result, found)
 
     return execute
 

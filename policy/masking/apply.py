@@ -25,11 +25,14 @@ def mask_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], plan: Mas
     ``in_place``: ``rows`` is a list of lists the caller gives up; its cells are replaced where
     they change (saves copying a large result)."""
     masks = plan.for_result(len(columns))
-    masked = [j for j, m in enumerate(masks) if m is not None]
+    # Recorded, but masked here only when not masked at the source already.
+    masked = [j for j, m in enumerate(masks) if m is not None and not m.at_source]
     detectors = _detectors(plan.detectors)
-    scanned = [j for j, m in enumerate(masks) if m is None] if detectors.kinds else []
+    # A masker's output holds nothing to find; a column masked at the source is scanned still (its
+    # value may hold other columns too: `row_to_json(c)`).
+    scanned = [j for j, m in enumerate(masks) if m is None or m.at_source] if detectors.kinds else []
     record: dict[str, Any] = {}
-    if masked:
+    if any(m is not None for m in masks):
         record["columns"] = _names(columns, masks)
     # in_place: the caller promised a list of lists (the docstring), so the cells can be written.
     out: list[list[Any]] = cast("list[list[Any]]", rows) if in_place else [list(r) for r in rows]

@@ -19,7 +19,7 @@ statements may run at all given how they use sensitive columns.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlglot.errors import SqlglotError
@@ -31,6 +31,7 @@ from bastion.policy.masking.lineage import Output, lineage, projections, view_li
 from bastion.policy.masking.maskers import STRENGTH, at_least, strongest
 from bastion.policy.masking.qualified import Prepared, prepare
 from bastion.policy.masking.rules import MaskRules
+from bastion.policy.masking.source import AtSource, SourceRewrite, rewrite
 from bastion.policy.sql.facts import Kind, Statement
 
 UNRESOLVED_RULE = "mask:unresolved"
@@ -51,6 +52,8 @@ class ColumnMask:
     sources: tuple[str, ...] = ()
     output: str = ""
     note: str | None = None
+    # Its value was masked where the relation is scanned (source.py): it comes back masked already.
+    at_source: bool = False
 
     def as_record(self) -> dict[str, Any]:
         out: dict[str, Any] = {"masker": self.masker, "rules": list(self.rules)}
@@ -58,6 +61,8 @@ class ColumnMask:
             out["from"] = list(self.sources)
         if self.note:
             out["note"] = self.note
+        if self.at_source:
+            out["at"] = "source"
         return out
 
 
@@ -72,6 +77,8 @@ class MaskPlan:
     decision: Decision | None = None
     uses: tuple[dict[str, str], ...] = ()
     detectors: frozenset[str] = frozenset()
+    # Per statement: the text to run instead, with masked scans (None: run it as written).
+    rewrites: tuple[SourceRewrite | None, ...] = ()
 
     def for_result(self, width: int) -> tuple[ColumnMask | None, ...]:
         """The mask of each column of a result ``width`` columns wide."""
@@ -98,30 +105,40 @@ class MaskPlan:
             out["verdict"] = self.decision.as_record()
         if self.detectors:
             out["detectors"] = sorted(self.detectors)
+        rewritten = [{"statement": i, "text": r.text, "relations": sorted(r.relations)}
+                     for i, r in enumerate(self.rewrites) if r is not None]
+        if rewritten:
+            out["at_source"] = rewritten
         return out
 
 
-def plan(statements: Sequence[Statement], catalog: Catalog, rules: MaskRules) -> MaskPlan:
-    """The plan for a call's statements (outputs are the last statement's)."""
+def plan(statements: Sequence[Statement], catalog: Catalog, rules: MaskRules, at_source: AtSource | None = None) -> MaskPlan:
+    """The plan for a call's statements (outputs are the last statement's). ``at_source``: plain
+    reads are rewritten so that masked columns are masked where they are scanned (source.py)."""
     if not rules.columns:
         return MaskPlan(detectors=rules.detectors)
-    parts = [statement_plan(s, catalog, rules) for s in statements]
+    parts = [statement_plan(s, catalog, rules, at_source) for s in statements]
     decisions = [p.decision for p in parts if p.decision is not None]
     # A denied use denies the call; else a held one holds it.
     decision = next((d for d in decisions if d.verdict is Verdict.DENY), decisions[0] if decisions else None)
     last = parts[-1] if parts else MaskPlan()
     uses = tuple(dict(t) for t in dict.fromkeys(tuple(u.items()) for p in parts for u in p.uses))
-    return MaskPlan(last.columns, last.known, last.fallback, decision, uses, rules.detectors)
+    rewrites = tuple(p.rewrites[0] if p.rewrites else None for p in parts)
+    return MaskPlan(last.columns, last.known, last.fallback, decision, uses, rules.detectors,
+                    rewrites if any(rewrites) else ())
 
 
-def statement_plan(statement: Statement, catalog: Catalog, rules: MaskRules) -> MaskPlan:
+def statement_plan(statement: Statement, catalog: Catalog, rules: MaskRules, at_source: AtSource | None = None) -> MaskPlan:
     """One statement's plan, kept with the catalog it was worked out against (and gone with it)."""
-    key = ("plan", statement.text, rules)
+    key = ("plan", statement.text, rules, at_source)
     found = catalog.memo.get(key)
     if found is None:
+        # Only a plain read is masked at its scans: a write's sources are what it writes.
+        plain_read = statement.kind is Kind.SELECT and statement.explained is None and statement.is_read
         found = _statement_plan(statement.text, statement.kind, statement.explained is not None,
                                 statement.explain_analyze, statement.explained.text if statement.explained else "",
-                                catalog, rules, statement.effective.reads | statement.effective.writes)
+                                catalog, rules, statement.effective.reads | statement.effective.writes,
+                                at_source if plain_read else None)
         if len(catalog.memo) < _MEMO_LIMIT:
             catalog.memo[key] = found
     return found
@@ -131,12 +148,19 @@ _MEMO_LIMIT = 20_000  # plans and view lineages kept per catalog (a catalog live
 
 
 def _statement_plan(text: str, kind: Kind, explain: bool, analyze: bool, inner: str, catalog: Catalog,
-                    rules: MaskRules, relations: frozenset[str]) -> MaskPlan:
+                    rules: MaskRules, relations: frozenset[str], at_source: AtSource | None) -> MaskPlan:
     sensitive = sensitive_relations(relations, catalog, rules)
     if not sensitive:
         return MaskPlan()  # nothing read or written can derive from a sensitive column
     fail = ColumnMask(_fail_masker(sensitive, catalog, rules), (UNRESOLVED_RULE,),
                       note="masked because its lineage could not be resolved")
+    if at_source is not None:
+        try:
+            rewritten = rewrite(text, catalog, rules, sensitive, keyed=at_source.keyed, hash_function=at_source.hash_function)
+        except (SqlglotError, ValueError, KeyError, AttributeError, TypeError, RecursionError):
+            rewritten = None  # analysed below as written: it is denied there if it cannot be followed
+        if rewritten is not None and rewritten.complete:
+            return _at_source(_analyse(text, catalog, rules, fail, at_source=True), rewritten)
     if explain:
         # EXPLAIN returns a plan, not rows; EXPLAIN ANALYZE also runs the statement (its row counts
         # and timings answer a predicate as well as rows would), so that statement's channels count.
@@ -151,11 +175,19 @@ def _statement_plan(text: str, kind: Kind, explain: bool, analyze: bool, inner: 
     return _analyse(text, catalog, rules, fail)
 
 
-def _analyse(text: str, catalog: Catalog, rules: MaskRules, fail: ColumnMask) -> MaskPlan:
+def _at_source(found: MaskPlan, rewritten: SourceRewrite) -> MaskPlan:
+    """A plan whose masked values come from the rewritten scans: outputs are not masked again
+    (a hash of a hash is not the hash), only recorded; the lineage says which and why."""
+    columns = tuple(replace(c, at_source=True) if c is not None else None for c in found.columns)
+    fallback = replace(found.fallback, at_source=True) if found.fallback is not None else None
+    return replace(found, columns=columns, fallback=fallback, rewrites=(rewritten,))
+
+
+def _analyse(text: str, catalog: Catalog, rules: MaskRules, fail: ColumnMask, at_source: bool = False) -> MaskPlan:
     try:
         parts = prepare(text, catalog)
         uses = tuple(u for part in parts for u in predicates.predicate_uses(part, catalog))
-        decision = predicates.judge(uses, rules) or _writes_decision(parts, catalog, rules)
+        decision = predicates.judge(uses, rules, at_source=at_source) or _writes_decision(parts, catalog, rules)
         columns: tuple[ColumnMask | None, ...] = ()
         known = True
         if parts and parts[-1].outputs:

@@ -93,9 +93,11 @@ def predicate_uses(prepared: Prepared, catalog: Catalog) -> tuple[PredicateUse, 
     return tuple(found)
 
 
-def judge(uses: tuple[PredicateUse, ...], rules: MaskRules) -> Decision | None:
+def judge(uses: tuple[PredicateUse, ...], rules: MaskRules, at_source: bool = False) -> Decision | None:
     """The rules' verdict on the uses of sensitive columns: the first denied use denies, else the
-    first held use holds; None when every use is allowed."""
+    first held use holds; None when every use is allowed. ``at_source``: the statement's scans are
+    masked (source.py), so a condition sees the masked value, not the raw one: the default denials
+    (which guard raw values) do not apply, only verdicts the connection configured."""
     held: Decision | None = None
     for use in uses:
         for column in sorted(use.columns):
@@ -103,6 +105,8 @@ def judge(uses: tuple[PredicateUse, ...], rules: MaskRules) -> Decision | None:
             if sensitive is None:
                 continue
             masker, rule = sensitive
+            if at_source and (masker, use.use) not in rules.configured:
+                continue
             verdict = rules.predicate_verdict(masker, use.use)
             if verdict is Verdict.ALLOW:
                 continue

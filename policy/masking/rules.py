@@ -64,6 +64,8 @@ class MaskRules:
     predicates: tuple[tuple[str, str, Verdict], ...] = DEFAULT_PREDICATES
     # Value detectors to run over every text result (see policy.masking.detectors.KINDS).
     detectors: frozenset[str] = frozenset()
+    # The (masker, use) pairs the connection set itself (``mask_predicates``), not by default.
+    configured: frozenset[tuple[str, str]] = frozenset()
     _memo: dict[str, SensitiveColumn | None] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @classmethod
@@ -71,9 +73,10 @@ class MaskRules:
               detectors: Iterable[str] = ()) -> MaskRules:
         """From config-shaped data: pattern → masker; predicate overrides on top of the defaults."""
         merged = {(m, u): v for m, u, v in DEFAULT_PREDICATES}
-        merged.update({(m, u): v for m, u, v in predicates})
+        overrides = {(m, u): v for m, u, v in predicates}
+        merged.update(overrides)
         return cls(tuple(SensitiveColumn(p, m, f"mask:{p}") for p, m in columns.items()),
-                   tuple((m, u, v) for (m, u), v in sorted(merged.items())), frozenset(detectors))
+                   tuple((m, u, v) for (m, u), v in sorted(merged.items())), frozenset(detectors), frozenset(overrides))
 
     @property
     def active(self) -> bool:

@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, Sequence, TypeGuard
 
 from bastion.policy import Identity, Kind, Limits, Statement
@@ -56,6 +57,10 @@ class RunRequest:
     identity: Identity
     # The database role to run as (PostgreSQL `SET LOCAL ROLE`); None runs as the gateway's login.
     role: str | None = None
+    # Masking at the source: per statement, the bind parameters its rewritten text takes (PostgreSQL,
+    # psycopg `%(name)s`; None: none, run as plain text); SQLite functions the rewritten texts call.
+    params: Sequence[Mapping[str, Any] | None] = ()
+    functions: Mapping[str, Callable[[Any], Any]] | None = None
 
 
 # Impact previews of held statements (approvers see them). A dry run happens inside a transaction

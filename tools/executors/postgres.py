@@ -312,7 +312,8 @@ class PostgresExecutor:
             async with conn.pipeline():
                 await conn.execute(_BEGIN[request.read_only])
                 await conn.execute(self._setup(conn, request))
-                sent = [await _Sent.send(conn, n, statement, request.limits) for n, statement in enumerate(request.statements)]
+                sent = [await _Sent.send(conn, n, statement, request.limits, request.params[n] if request.params else None)
+                        for n, statement in enumerate(request.statements)]
                 # A bounded write commits only once its row count is known to be within the bound.
                 whole = all(s.whole for s in sent) and not counted
                 if whole:
@@ -407,18 +408,20 @@ class _Sent:
         self.whole = declared is None or size > budget.limits.max_rows
 
     @classmethod
-    async def send(cls, conn: psycopg.AsyncConnection[Any], n: int, statement: Any, limits: Any) -> _Sent:
+    async def send(cls, conn: psycopg.AsyncConnection[Any], n: int, statement: Any, limits: Any,
+                   params: Any = None) -> _Sent:
+        """``params``: the bind parameters of a text masked at the source (its `%` are doubled)."""
         budget = RowBudget(limits)
         size = min(_FETCH_BATCH, limits.max_rows + 1)
         cur = conn.cursor()
         # Plain SELECTs stream through a server-side cursor: memory stays flat however big the table.
         if statement.kind is Kind.SELECT and statement.is_read:
             name = f'"bastion_rows_{n}"'  # plain strings, no parameters: psycopg sends them as they are
-            await cur.execute(f"DECLARE {name} NO SCROLL CURSOR FOR {statement.text}")
+            await cur.execute(f"DECLARE {name} NO SCROLL CURSOR FOR {statement.text}", params)
             await cur.execute(f"FETCH FORWARD {size} FROM {name}")
             return cls(cur, budget, size, name)
         # In a pipeline every statement goes through the extended protocol, which refuses two.
-        await cur.execute(statement.text)
+        await cur.execute(statement.text, params)
         return cls(cur, budget, size, None)
 
     async def collect(self) -> QueryResult:
