@@ -42,7 +42,7 @@ def mask_result(columns: Sequence[str], rows: Sequence[Sequence[Any]], plan: Mas
     # column as one text), then written back into the rows.
     by_column: list[Sequence[Any]] = list(zip(*rows))
     changed: dict[int, Sequence[Any]] = {j: _mask_column(m.masker, by_column[j], key)
-                                         for j, m in enumerate(masks) if m is not None}
+                                         for j, m in enumerate(masks) if m is not None and not m.at_source}
     if scanned:
         replaced, counts = detectors.scan_columns([by_column[j] for j in scanned], [columns[j] for j in scanned])
         changed.update((j, cells) for j, cells in zip(scanned, replaced) if cells is not None)

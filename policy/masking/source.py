@@ -81,7 +81,7 @@ def masked_columns(relation: str, catalog: Catalog, rules: MaskRules) -> dict[st
     that cannot be followed)."""
     key = ("source-columns", rules, relation)
     if key in catalog.memo:
-        return catalog.memo[key]  # type: ignore[no-any-return]
+        return catalog.memo[key]
     columns = catalog.columns(relation)
     found: dict[str, str] | None = None
     if columns is not None:
@@ -160,8 +160,8 @@ def _is_cte(table: exp.Table) -> bool:
     if table.args.get("db") is not None:
         return False
     name = _ident(table.this)
-    through: exp.Expression | None = None  # the CTE whose body the name is in, on the way up
-    node: exp.Expression | None = table
+    through: exp.Expr | None = None  # the CTE whose body the name is in, on the way up
+    node: exp.Expr | None = table
     while node is not None:
         with_ = node.args.get("with_")
         if isinstance(with_, exp.With):
@@ -203,7 +203,7 @@ def _masked_scan(table: exp.Table, relation: str, written: str, catalog: Catalog
         dialect = catalog.dialect
         inner = exp.Table(this=table.this.copy(), db=_copy(table.args.get("db")), catalog=_copy(table.args.get("catalog")),
                           only=table.args.get("only"))
-        selects: list[exp.Expression] = []
+        selects: list[exp.Expr] = []
         uses_key = False
         for column in catalog.columns(relation) or ():
             ref = exp.column(column, quoted=True)
@@ -219,7 +219,7 @@ def _masked_scan(table: exp.Table, relation: str, written: str, catalog: Catalog
         if not aliased:
             derived.set("alias", exp.TableAlias(this=table.this.copy()))
         catalog.memo[key] = built = (derived.sql(dialect=dialect), uses_key)
-    return built  # type: ignore[no-any-return]
+    return built
 
 
 def _copy(node: exp.Expression | None) -> exp.Expression | None:
