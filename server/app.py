@@ -28,6 +28,7 @@ from bastion.server.build import build_gateway
 from bastion.server.config import Config
 from bastion.tools.approvals import STATUSES
 from bastion.tools.calls import Caller
+from bastion.tools.containers import ACTIONS as CONTAINER_ACTIONS, container_call
 from bastion.tools.gateway import Gateway
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,14 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     VERSION = "0+unknown"
 SESSION_META_KEY = "io.bastion/session"
-# The hold statuses, as the tool's schema lists them (a Literal built at run time; str to a type checker).
+# The hold statuses and the container actions, as the tools' schemas list them (Literals built at
+# run time; str to a type checker).
 if TYPE_CHECKING:
     HoldStatusName: TypeAlias = str
+    ContainerActionName: TypeAlias = str
 else:
     HoldStatusName = Literal[STATUSES]
+    ContainerActionName = Literal[CONTAINER_ACTIONS]
 
 INSTRUCTIONS = (
     "Bastion guards database access. Call list_connections first, describe to see tables, then sql_query. "
@@ -210,7 +214,11 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
                         token_verifier=verifier, auth=auth_settings(config),
                         # Replicas behind one load balancer open each other's sealed state ([http] state_key_*).
                         request_state_security=RequestStateSecurity(keys=state_keys) if state_keys else None)
-    mcp.tool_visible = lambda ctx, name: name not in APPROVER_TOOLS or resolve(ctx).in_any(approver_groups)
+    # The container tool is listed only where a container connection is configured: every other
+    # gateway's agents read one tool less on every turn.
+    hidden = set() if any(c.kind == "container" for c in config.connections.values()) else {"container"}
+    mcp.tool_visible = lambda ctx, name: name not in hidden and (name not in APPROVER_TOOLS
+                                                                  or resolve(ctx).in_any(approver_groups))
     mcp.verifier = verifier
 
     def context(ctx: Context) -> tuple[Gateway, Caller]:
@@ -308,6 +316,21 @@ def create_server(config: Config, *, identity_for: IdentityResolver | None = Non
         text = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr else "")
         text += f"\n({status}{'; output truncated' if r.truncated else ''}; {out['duration_ms']:g} ms; call_id {done.call_id})"
         return _result(text, out)
+
+    @tool(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
+    async def container(connection: str, action: ContainerActionName, ctx: Context, tail: int = 100,
+                        since: str = "", grep: str = "",
+                        reason: Annotated[str | None, Field(description="one line: why you run this")] = None,
+                        ) -> CallToolResult:
+        """Logs, inspect (env values redacted), start/stop/restart (held for approval) of a container connection's container; commands inside it: shell_run. logs takes tail (default 100), since (15m, or a date/time), grep (a text). Structured: {action, output, details, truncated, call_id}."""
+        gw, caller = context(ctx)
+        done = await container_call(gw, caller, connection, action, tail=tail if action == "logs" else None,
+                                    since=since or None, grep=grep or None, reason=reason)
+        r = done.result
+        out = {"action": r.action, "output": r.output, "details": r.details, "truncated": r.truncated,
+               "duration_ms": round(done.duration_ms, 3), "call_id": done.call_id}
+        note = f"{'output truncated; ' if r.truncated else ''}{out['duration_ms']:g} ms; call_id {done.call_id}"
+        return _result(f"{r.output}\n({note}{render.masking_note(r.masking)})", out)
 
     @tool(read_only_hint=True, open_world_hint=False)
     async def approvals_list(ctx: Context, status: Annotated[HoldStatusName | None,

@@ -66,6 +66,8 @@ def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig,
     if conn.kind == "local":
         return LocalShellExecutor(name, config.shell_cwd(conn), run_as=user,
                                   sandbox=build_sandbox(config, name, conn, user))
+    if conn.kind == "container":
+        return build_container_executor(config, name, conn, user)
     from bastion.tools.executors.ssh import SshExecutor
 
     assert conn.host and conn.user and conn.key_file and conn.cwd
@@ -74,6 +76,18 @@ def build_shell_executor(config: Config, name: str, conn: ShellConnectionConfig,
                        known_hosts=config.path(conn.known_hosts) if conn.known_hosts else None,
                        accept_unknown_hosts=conn.accept_unknown_hosts,
                        sandbox=remote_bwrap(conn.cwd, writes(conn)) if conn.remote_isolation == "bubblewrap" else None)
+
+
+def build_container_executor(config: Config, name: str, conn: ShellConnectionConfig, user: str | None) -> ShellExecutor:
+    """Commands run inside the container through its runtime's CLI, as ``user`` (never root: checked
+    by the config and again inside the container on every exec)."""
+    from bastion.tools.executors.container import ContainerExecutor, ContainerRuntime
+
+    assert conn.user is not None
+    runtime = ContainerRuntime(name, runtime=conn.runtime or "docker",
+                               path=str(config.path(conn.runtime_path)) if conn.runtime_path else None,
+                               args=tuple(conn.runtime_args or ()), container=conn.container, label=conn.label)
+    return ContainerExecutor(runtime, user=user or conn.user, cwd=config.shell_cwd(conn), shell=conn.shell or "sh")
 
 
 def build_sandbox(config: Config, name: str, conn: ShellConnectionConfig, user: str | None) -> Sandbox | None:
@@ -140,9 +154,15 @@ def build_gateway(config: Config) -> Gateway:
             if conn.kind == "local" and conn.isolation == "none":
                 log.warning("connection `%s` is %s", name, UNSANDBOXED)
                 description = f"{description} ({UNSANDBOXED})".lstrip()
-            connections[name] = ShellConnection(name, conn.kind, shell_policies[name],
-                                                build_shell_executor(config, name, conn), description,
-                                                scopings[name], per_user, masking=config.masking(name))
+            shell_class = ShellConnection
+            extra: dict[str, Any] = {}
+            if conn.kind == "container":  # a shell connection with the container tool's actions
+                from bastion.tools.containers import ContainerConnection, verdicts
+
+                shell_class, extra = ContainerConnection, {"actions": verdicts(conn.actions)}
+            connections[name] = shell_class(name, conn.kind, shell_policies[name],
+                                            build_shell_executor(config, name, conn), description,
+                                            scopings[name], per_user, masking=config.masking(name), **extra)
     store = open_audit_store(config)
     gateway = Gateway(connections, store, tuple(a.to_rule() for a in config.alerts),
                       approval_policies=config.approval_policies(), wait_s=config.approvals.wait_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 from dataclasses import replace
 import os
+import re
 import tomllib
 from pathlib import Path
 from collections.abc import Sequence
@@ -254,11 +255,16 @@ class ShellRuleConfig(_Model):
         return replace(base, **overrides)
 
 
-class ShellConnectionConfig(_Model):
-    """A shell connection: the gateway's own host (local) or one reached over SSH."""
+# `exec --user`: a name or a uid, optionally with a group (a uid or gid of 0 is refused apart).
+_CONTAINER_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}|[0-9]{1,10}"
+_CONTAINER_USER = re.compile(rf"^({_CONTAINER_NAME})(:({_CONTAINER_NAME}))?$")
 
-    kind: Literal["local", "ssh"]
-    cwd: str | None = Field(None, description="working directory (local: default the config's folder; ssh: required)")
+
+class ShellConnectionConfig(_Model):
+    """A shell connection: the gateway's own host (local), one reached over SSH, or a container."""
+
+    kind: Literal["local", "ssh", "container"]
+    cwd: str | None = Field(None, description="working directory (local: default the config's folder; ssh: required; container: default /)")
     host: str | None = None
     port: Annotated[int, Field(gt=0, lt=65536)] = 22
     user: str | None = None
@@ -280,10 +286,44 @@ class ShellConnectionConfig(_Model):
     max_processes: Annotated[int, Field(gt=0, le=65536)] = 512
     # SSH: the remote account is the boundary; this also wraps each command in the host's own bubblewrap.
     remote_isolation: Literal["none", "bubblewrap"] = Field("none", description="ssh: run each command in bwrap on the host")
+    # Container (docs/containers.md): commands run inside it through the runtime's CLI, as `user`.
+    runtime: Literal["docker", "podman"] | None = Field(None, description="container: the runtime's CLI (default docker)")
+    runtime_path: str | None = Field(None, description="container: the CLI's path (default: found on PATH)")
+    runtime_args: list[str] | None = Field(None, description="container: global options before the subcommand, e.g. [\"--host\", \"unix:///run/docker.sock\"]")
+    container: str | None = Field(None, description="container: its name or id")
+    label: Annotated[str, Field(pattern=r"^[A-Za-z0-9_./-]+(=[^\s]*)?$")] | None = Field(
+        None, description="container: `key=value` picking the one running container that carries it")
+    shell: str | None = Field(None, description="container: the shell inside that runs the rebuilt command (default sh)")
+    actions: dict[Literal["logs", "inspect", "start", "stop", "restart"], VerdictName] | None = Field(
+        None, description="container: the `container` tool's actions → verdict (default logs, inspect allow; start, stop, restart review)")
+
+    @model_validator(mode="after")
+    def _container_fields(self) -> ShellConnectionConfig:
+        container_only = ("runtime", "runtime_path", "runtime_args", "container", "label", "shell", "actions")
+        if self.kind != "container":
+            if any(getattr(self, k) is not None for k in container_only):
+                raise ValueError(f"{', '.join(container_only)} apply to container connections only")
+            return self
+        if (self.container is None) == (self.label is None):
+            raise ValueError("a container connection names exactly one of `container` and `label`")
+        if self.user is None:
+            raise ValueError("a container connection needs `user`: the unprivileged user commands run as inside it")
+        for user in [self.user, *(u.user for u in self.users)]:
+            if not _CONTAINER_USER.match(user):
+                raise ValueError(f"`{user}` is not a user for `exec --user` (name, uid, name:group or uid:gid)")
+            if any(part == "root" or (part.isdigit() and int(part) == 0) for part in user.split(":")):
+                raise ValueError(f"`{user}` is root: Bastion never runs a command inside a container as root (uid or gid 0)")
+        if self.cwd is not None and not self.cwd.startswith("/"):
+            raise ValueError("`cwd` of a container connection must be an absolute path inside the container")
+        if any(getattr(self, k) is not None for k in ("host", "key_file", "known_hosts")) or self.accept_unknown_hosts:
+            raise ValueError("host, key_file, known_hosts and accept_unknown_hosts apply to ssh connections only")
+        if self.hide is not None or self.isolation != "bubblewrap" or self.remote_isolation != "none":
+            raise ValueError("`isolation`, `hide` and `remote_isolation` do not apply to a container: the container is the boundary")
+        return self
 
     @model_validator(mode="after")
     def _ssh_fields(self) -> ShellConnectionConfig:
-        if self.kind == "local" and any(u.key_file for u in self.users):
+        if self.kind != "ssh" and any(u.key_file for u in self.users):
             raise ValueError("`users[].key_file` applies to ssh connections only")
         ssh_only = ("host", "user", "key_file", "known_hosts")
         if self.hide and any("/" in pattern for pattern in self.hide):
@@ -297,6 +337,8 @@ class ShellConnectionConfig(_Model):
             if self.hide is not None or self.isolation != "bubblewrap":
                 raise ValueError("`isolation` and `hide` apply to local connections; on ssh see `remote_isolation` "
                                  "(docs/shell.md)")
+        elif self.kind == "container":
+            pass  # its keys: _container_fields
         elif self.remote_isolation != "none":
             raise ValueError("`remote_isolation` applies to ssh connections; a local one is always sandboxed")
         elif any(getattr(self, k) is not None for k in ssh_only):
@@ -620,7 +662,7 @@ class Config(_Model):
                 for name, c in self.connections.items()}
 
     def shell_cwd(self, connection: ShellConnectionConfig) -> str:
-        if connection.kind == "ssh":
+        if connection.kind in ("ssh", "container"):
             return connection.cwd or "/"
         return str(self.path(connection.cwd).resolve()) if connection.cwd else str(self.base_dir.resolve())
 

@@ -27,7 +27,7 @@ from pydantic_core import ErrorDetails
 Path_ = tuple[str | int, ...]
 
 # Tags pydantic adds to a location for a discriminated union's branch or a validator: not keys.
-_CONNECTION_KINDS = ("postgres", "sqlite", "local", "ssh")
+_CONNECTION_KINDS = ("postgres", "sqlite", "local", "ssh", "container")
 
 _TYPE_NAMES = {
     "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",

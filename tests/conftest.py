@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.postgres_server", "tests.sshd_server", "tests.oidc_server", "tests.store_backends"]
+pytest_plugins = ["tests.postgres_server", "tests.sshd_server", "tests.oidc_server", "tests.store_backends",
+                  "tests.container_runtime"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -63,7 +63,7 @@ def test_an_unknown_value_names_what_is_expected(tmp_path: Path) -> None:
     path = write(tmp_path, '[connections.x]\nkind = "oracle"\ntarget = "x"\n')
     with pytest.raises(ConfigError) as caught:
         load(path)
-    assert caught.value.message == f"{path}:2: connections.x.kind: found \"oracle\"; expected one of 'postgres', 'sqlite', 'local', 'ssh'"
+    assert caught.value.message == f"{path}:2: connections.x.kind: found \"oracle\"; expected one of 'postgres', 'sqlite', 'local', 'ssh', 'container'"
     path = write(tmp_path, '[connections.x]\nkind = "sqlite"\ntarget = "x"\n\n[[connections.x.rules]]\npreset = "readonly"\n')
     with pytest.raises(ConfigError) as caught:
         load(path)

@@ -8,22 +8,20 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
 
 import anyio
-from anyio.abc import ByteReceiveStream, Process
+from anyio.abc import Process
 
 from bastion.policy.errors import TargetUnavailable
 from bastion.tools.executors.sandbox import Sandbox
-from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped
+from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped, drain_capped, kill_group
 
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _WRITABLE_WORKSPACES: dict[str, anyio.Lock] = {}  # workspace + "/" → its lock (see LocalShellExecutor._turn)
-_CHUNK = 65536
 
 
 def scrubbed_env(cwd: str, home: str | None = None) -> dict[str, str]:
@@ -103,14 +101,14 @@ class LocalShellExecutor:
             try:
                 with anyio.move_on_after(request.timeout_s) as scope:
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(_drain, process.stdout, out, request.max_output_bytes)
-                        tg.start_soon(_drain, process.stderr, err, request.max_output_bytes)
+                        tg.start_soon(drain_capped, process.stdout, out, request.max_output_bytes)
+                        tg.start_soon(drain_capped, process.stderr, err, request.max_output_bytes)
                     await process.wait()
                 timed_out = scope.cancelled_caught
             finally:
                 # Timeout, cancellation or an error: the whole process group goes, not just bash.
                 if process.returncode is None or timed_out:
-                    _kill_group(process)
+                    kill_group(process)
                     with anyio.CancelScope(shield=True):
                         await process.wait()
                 await process.aclose()
@@ -130,19 +128,3 @@ async def _all(locks: list[anyio.Lock]) -> AsyncIterator[None]:
         for lock in locks:
             await stack.enter_async_context(lock)
         yield
-
-
-async def _drain(stream: ByteReceiveStream | None, buffer: bytearray, cap: int) -> None:
-    """Read to the end; keep at most cap + 1 bytes (the extra byte says "truncated")."""
-    if stream is None:
-        return
-    async for chunk in stream:
-        if len(buffer) <= cap:
-            buffer.extend(chunk[: cap + 1 - len(buffer)])
-
-
-def _kill_group(process: Process) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

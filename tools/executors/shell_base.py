@@ -1,9 +1,14 @@
-"""The interface shell executors (local, SSH) implement, and the result they return."""
+"""The interface shell executors (local, SSH, container) implement, the result they return, and the
+helpers for a command run as a local process group (local shell, a container runtime's client)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from anyio.abc import ByteReceiveStream, Process
 
 from bastion.policy import Identity
 
@@ -44,3 +49,20 @@ def decode_capped(data: bytes, cap: int) -> tuple[str, bool]:
     if len(data) <= cap:
         return data.decode("utf-8", "replace"), False
     return data[:cap].decode("utf-8", "ignore"), True
+
+
+async def drain_capped(stream: ByteReceiveStream | None, buffer: bytearray, cap: int) -> None:
+    """Read to the end; keep at most cap + 1 bytes (the extra byte says "truncated")."""
+    if stream is None:
+        return
+    async for chunk in stream:
+        if len(buffer) <= cap:
+            buffer.extend(chunk[: cap + 1 - len(buffer)])
+
+
+def kill_group(process: Process) -> None:
+    """SIGKILL the process group ``process`` leads (it was started with start_new_session)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
