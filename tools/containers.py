@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ MAX_TAIL = 10_000
 _SINCE = re.compile(r"^(\d{1,6}(s|m|h)|\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)?)$")
 
 
-def verdicts(configured: dict[str, str] | None) -> dict[str, Verdict]:
+def verdicts(configured: Mapping[Any, str] | None) -> dict[str, Verdict]:
     """The connection's verdict per action: the defaults, overridden by its `actions`."""
     return {**DEFAULT_VERDICTS, **{a: Verdict(v) for a, v in (configured or {}).items()}}
 
@@ -117,7 +118,7 @@ def vet_action(connection: ContainerConnection, caller: Caller, wanted: Action) 
     return fail_closed(vet)
 
 
-def runner(connection: ContainerConnection):  # type: ignore[no-untyped-def]
+def runner(connection: ContainerConnection) -> Callable[[Vetted], Awaitable[ContainerAnswer]]:
     async def execute(vetted: Vetted) -> ContainerAnswer:
         wanted: Action = vetted.plan
         limits = vetted.decision.limits
