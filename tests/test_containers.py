@@ -27,6 +27,7 @@ from bastion.store import events as ev
 from bastion.tools.calls import Caller
 from bastion.tools.containers import container_call
 from bastion.tools.gateway import Gateway
+from tests.conftest import requirement
 from tests.container_runtime import Container
 
 pytestmark = pytest.mark.anyio
@@ -79,6 +80,7 @@ def events(gw: Gateway, call_id: str) -> list[dict]:  # type: ignore[type-arg]
     return gw.store.call(call_id)
 
 
+@requirement("container:vetted-exec", "container:scrubbed-env")
 async def test_an_allowed_command_runs_inside_as_the_unprivileged_user_and_is_recorded(tmp_path: Path,
                                                                                       container: Container) -> None:
     config = write_config(tmp_path, container, target=container.name)
@@ -95,6 +97,7 @@ async def test_an_allowed_command_runs_inside_as_the_unprivileged_user_and_is_re
     assert finished["type"] == ev.FINISHED and finished["result"]["stdout"] == out
 
 
+@requirement("container:vetted-exec")
 async def test_a_refused_command_never_reaches_the_container(gateway: Gateway, container: Container) -> None:
     for command in (f"rm -f /tmp/{MARK}-x", f"echo x > /tmp/{MARK}-refused", f"sh -c 'touch /tmp/{MARK}-refused'"):
         with pytest.raises(Denied):
@@ -104,6 +107,7 @@ async def test_a_refused_command_never_reaches_the_container(gateway: Gateway, c
     assert len(denied) == 3  # each refusal is in the record
 
 
+@requirement("container:never-root")
 async def test_a_name_that_is_uid_0_inside_is_refused_before_the_command_runs(tmp_path: Path, container: Container) -> None:
     gw = build_gateway(load(write_config(tmp_path, container, user="toor")))  # `toor` is uid 0 in the image
     await gw.start()
@@ -115,6 +119,7 @@ async def test_a_name_that_is_uid_0_inside_is_refused_before_the_command_runs(tm
     assert not container.exists(f"/tmp/{MARK}-as-root")
 
 
+@requirement("container:kill-inside")
 async def test_a_timed_out_command_is_killed_inside_the_container(tmp_path: Path, container: Container) -> None:
     gw = build_gateway(load(write_config(tmp_path, container, timeout=1)))
     await gw.start()
@@ -126,6 +131,7 @@ async def test_a_timed_out_command_is_killed_inside_the_container(tmp_path: Path
     assert "sleep 3451" not in container.processes()
 
 
+@requirement("container:kill-inside")
 async def test_a_cancelled_call_kills_the_process_inside_the_container(gateway: Gateway, container: Container) -> None:
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
@@ -156,6 +162,7 @@ async def test_logs_tail_and_grep_are_masked_and_recorded(gateway: Gateway) -> N
     assert requested["decision"]["verdict"] == "allow"
 
 
+@requirement("container:env-redacted")
 async def test_inspect_shows_state_and_redacts_environment_values(gateway: Gateway, container: Container) -> None:
     done = await container_call(gateway, AGENT, "app", "inspect")
     details = done.result.details
@@ -165,6 +172,7 @@ async def test_inspect_shows_state_and_redacts_environment_values(gateway: Gatew
     assert "canary-6f1d2e" not in done.result.output and "canary-6f1d2e" not in str(list(gateway.store.iter_all()))
 
 
+@requirement("container:lifecycle-review")
 async def test_a_restart_waits_for_approval_then_runs_once_approved(gateway: Gateway, container: Container) -> None:
     started = container.inspect()["State"]["StartedAt"]
     with pytest.raises(PendingApproval) as pending:
@@ -202,3 +210,26 @@ async def test_a_missing_container_is_a_clear_error(tmp_path: Path, container: C
         await gw.shutdown()
     assert missing.value.message == f"connection `app` is unavailable: there is no container `bastion-no-such-{os.getpid()}`"
     assert "Start the container" in (missing.value.hint or "")
+
+
+@requirement("container:host-reach")
+@pytest.mark.parametrize(("flag", "reason"), [("--privileged", "it runs privileged"),
+                                              ("--pid=host", "it shares the host's pid namespace")])
+async def test_no_exec_into_a_container_that_reaches_the_host(tmp_path: Path, container: Container, flag: str,
+                                                             reason: str) -> None:
+    podman = container.podman
+    name = f"bastion-test-{os.getpid()}-host-{flag.strip('-').split('=')[0]}"
+    podman.run("run", "-d", "--name", name, flag, podman.image, "sleep", "1000000")
+    try:
+        gw = build_gateway(load(write_config(tmp_path, container, target=name)))
+        await gw.start()
+        try:
+            with pytest.raises(TargetUnavailable, match=reason):
+                await gw.shell_run(AGENT, "app", f"touch /tmp/{MARK}-host", None)
+            inspected = await container_call(gw, AGENT, "app", "inspect")  # diagnosis without exec still works
+        finally:
+            await gw.shutdown()
+        assert inspected.result.details is not None and inspected.result.details["running"] is True
+        assert podman.run("exec", name, "test", "-e", f"/tmp/{MARK}-host", check=False).returncode == 1
+    finally:
+        podman.run("rm", "-f", "-t", "0", name, check=False)

@@ -12,6 +12,7 @@ from bastion.policy.errors import ConfigError
 from bastion.server.build import build_gateway
 from bastion.server.config import load
 from bastion.tools.containers import ContainerConnection
+from tests.conftest import requirement
 
 
 def config(tmp_path: Path, body: str) -> Path:
@@ -20,6 +21,7 @@ def config(tmp_path: Path, body: str) -> Path:
     return path
 
 
+@requirement("container:never-root")
 @pytest.mark.parametrize("user", ["root", "0", "00", "app:0", "root:app", "1000:root"])
 def test_root_is_refused_at_config_time(tmp_path: Path, user: str) -> None:
     with pytest.raises(ConfigError, match="is root: Bastion never runs a command inside a container as root"):

@@ -141,7 +141,7 @@ async def _logs(runtime: ContainerRuntime, wanted: Action, cap: int, timeout: fl
     words = ["logs", "--tail", str(wanted.tail)] + (["--since", wanted.since] if wanted.since else []) + [target.id]
     # Without grep the runtime's own tail bounds it; with grep, read up to 8x the cap before filtering.
     result = await runtime.cli(*words, cap=cap if not wanted.grep else cap * 8, timeout=timeout, merge=True)
-    runtime._check(result, "logs")
+    runtime.check(result, "logs")
     text = result.stdout.decode("utf-8", "replace")
     truncated = len(result.stdout) > (cap if not wanted.grep else cap * 8)
     if wanted.grep:
@@ -156,7 +156,7 @@ async def _logs(runtime: ContainerRuntime, wanted: Action, cap: int, timeout: fl
 async def _lifecycle(runtime: ContainerRuntime, action: str, timeout: float) -> ContainerAnswer:
     target = await runtime.target()
     result = await runtime.cli(action, target.id, timeout=max(timeout, 30.0))
-    runtime._check(result, action)
+    runtime.check(result, action)
     after = await runtime.target()
     state = after.raw.get("State") or {}
     return ContainerAnswer(action, result.stdout.decode("utf-8", "replace").strip(),

@@ -156,7 +156,7 @@ class ContainerRuntime:
         ref = self.container
         if ref is None:
             found = await self.cli("ps", "-q", "--no-trunc", "--filter", f"label={self.label}")
-            self._check(found, "ps")
+            self.check(found, "ps")
             ids = found.stdout.decode().split()
             if len(ids) != 1:
                 what = "no running container has" if not ids else f"{len(ids)} running containers have"
@@ -165,7 +165,7 @@ class ContainerRuntime:
                                             "or name the container with `container`.")
             ref = ids[0]
         found = await self.cli("inspect", "--type", "container", ref)
-        self._check(found, "inspect")
+        self.check(found, "inspect")
         try:
             raw = json.loads(found.stdout)[0]
         except (ValueError, IndexError, KeyError) as error:
@@ -173,7 +173,7 @@ class ContainerRuntime:
                                    detail=f"{type(error).__name__}: {error}") from error
         return Target(str(raw.get("Id", ref)), str(raw.get("Name", ref)).lstrip("/"), raw)
 
-    def _check(self, result: CliResult, verb: str) -> None:
+    def check(self, result: CliResult, verb: str) -> None:
         if result.code == 0:
             return
         if _NOT_FOUND.search(result.stderr):
