@@ -7,6 +7,7 @@
     ├── Denied                        denied          (carries the Decision)
     │   └── ApprovalRequired          approval_required
     ├── AuditUnavailable              audit_unavailable
+    ├── RateLimited                   rate_limited    (an identity's concurrent calls or calls per minute)
     ├── ApprovalError                 approval_error  (deciding or using a held call)
     │   ├── HoldNotFound              hold_not_found
     │   ├── HoldClosed                hold_closed     (approved, denied, expired or used already)
@@ -73,6 +74,14 @@ class ApprovalRequired(Denied, code="approval_required"):
     def __init__(self, decision: Any) -> None:
         super().__init__(decision)
         self.message = f"{decision.reason}: this needs approval, and this gateway cannot hold it for approvers"
+
+
+class RateLimited(BastionError, code="rate_limited"):
+    """Over a per-identity limit ([limits]); ``retry_after_s`` says when a call would pass."""
+
+    def __init__(self, message: str, *, retry_after_s: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_s = retry_after_s
 
 
 class AuditUnavailable(BastionError, code="audit_unavailable"):

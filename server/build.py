@@ -13,6 +13,7 @@ from bastion.policy.sql.privileges import LeastPrivilege
 from bastion.server.config import Config, ConnectionConfig, ShellConnectionConfig
 from bastion.store.audit_store import AuditStore
 from bastion.store.errors import StoreError
+from bastion.store.limits import CallLimits
 from bastion.tools.connections import AnyConnection, Connection, ShellConnection
 from bastion.tools.executors.base import SqlExecutor
 from bastion.tools.executors.local_shell import LocalShellExecutor
@@ -164,12 +165,15 @@ def build_gateway(config: Config) -> Gateway:
                                             build_shell_executor(config, name, conn), description,
                                             scopings[name], per_user, masking=config.masking(name), **extra)
     store = open_audit_store(config)
+    limits = config.limits
     gateway = Gateway(connections, store, tuple(a.to_rule() for a in config.alerts),
                       approval_policies=config.approval_policies(), wait_s=config.approvals.wait_s)
     notifier = approval_notifier(config, store)
     if notifier is not None:
         gateway.approvals.subscribe(notifier.on_change)
         gateway.notifier = notifier
+    if limits.concurrent_calls is not None or limits.calls_per_minute is not None:
+        gateway.guard.limits = CallLimits(store, concurrent=limits.concurrent_calls, per_minute=limits.calls_per_minute)
     return gateway
 
 

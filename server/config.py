@@ -500,6 +500,13 @@ class WebhookConfig(_Model):
     secret_file: str | None = None
 
 
+class LimitsConfig(_Model):
+    """Per identity, across every gateway sharing the audit store (store/limits.py); none by default."""
+
+    concurrent_calls: Annotated[int, Field(gt=0)] | None = Field(None, description="calls one identity may have running at once (a held call is running while it waits)")
+    calls_per_minute: Annotated[int, Field(gt=0)] | None = Field(None, description="calls one identity may start in any 60 s")
+
+
 class ApprovalsConfig(_Model):
     """Held calls: how long a tool call waits, how long a hold lives, who approves by default, who is told."""
 
@@ -536,6 +543,7 @@ class Config(_Model):
     auth: AuthConfig | None = None
     approvals: ApprovalsConfig = ApprovalsConfig()
     audit: AuditConfig = AuditConfig()
+    limits: LimitsConfig = LimitsConfig()
     http: HttpConfig = HttpConfig()
     connections: dict[str, Annotated[ConnectionConfig | ShellConnectionConfig, Field(discriminator="kind")]] = {}
     alerts: list[AlertConfig] = []

@@ -406,21 +406,9 @@ class ApprovalStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``: SQLite's write lock, across processes)."""
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except self.audit.Error as error:
-                raise StoreError(f"cannot write the approvals: {error}") from error
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as error:
-                conn.execute("ROLLBACK")
-                if isinstance(error, self.audit.Error):
-                    raise StoreError(f"cannot write the approvals: {error}") from error
-                raise
+        """One write transaction (``BEGIN IMMEDIATE``: the store's write lock, across processes)."""
+        with self._lock, self.audit.write_transaction(self._conn, "the approvals") as conn:
+            yield conn
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:

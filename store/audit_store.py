@@ -17,11 +17,12 @@ import os
 import socket
 import threading
 import uuid
-
-import anyio
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Iterator, Protocol, Sequence
+
+import anyio
 
 from bastion.store import events as ev
 from bastion.store.checkpoints import FileWitness, HttpWitness, Signer, checkpoint_text
@@ -340,6 +341,24 @@ class AuditStore:
             self.append({"type": ev.INTERRUPTED, "call_id": call_id,
                          "error": {"code": "interrupted", "message": "the gateway stopped before the call ended"}})
         return open_calls
+
+    @contextmanager
+    def write_transaction(self, conn: Connection, what: str) -> Iterator[Connection]:
+        """One write transaction on ``conn`` (one of this store's connections, used by one thread at a
+        time): ``BEGIN IMMEDIATE`` (the write lock, across processes) … COMMIT, or ROLLBACK on any
+        error; a database error becomes a StoreError that says it could not write ``what``."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except self.Error as error:
+            raise StoreError(f"cannot write {what}: {error}") from error
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as error:
+            conn.execute("ROLLBACK")
+            if isinstance(error, self.Error):
+                raise StoreError(f"cannot write {what}: {error}") from error
+            raise
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -197,4 +197,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             BEGIN SELECT RAISE(ABORT, 'audit tree nodes are append-only'); END
         """,
     ),
+    (
+        # Per-identity limits ([limits], store/limits.py): one row per admitted call, so that
+        # concurrent calls and calls per minute are counted across every gateway sharing the store.
+        # Not the record (that is `events`): rows end, and are pruned once out of every window.
+        "0008_call_slots",
+        """
+        CREATE TABLE call_slots (call_id TEXT PRIMARY KEY, subject TEXT NOT NULL, started TEXT NOT NULL,
+                                 ended TEXT, instance TEXT NOT NULL);
+        CREATE INDEX call_slots_subject ON call_slots (subject, started)
+        """,
+    ),
 )

@@ -126,4 +126,12 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE TABLE tree_nodes (level INTEGER NOT NULL, idx BIGINT NOT NULL, hash TEXT NOT NULL,
                                  PRIMARY KEY (level, idx));""" + _append_only("tree_nodes", "audit tree nodes"),
     ),
+    (
+        "0008_call_slots",
+        """
+        CREATE TABLE call_slots (call_id TEXT PRIMARY KEY, subject TEXT NOT NULL, started TEXT NOT NULL,
+                                 ended TEXT, instance TEXT NOT NULL);
+        CREATE INDEX call_slots_subject ON call_slots (subject, started)
+        """,
+    ),
 )

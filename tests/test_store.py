@@ -68,7 +68,7 @@ def test_calls_left_open_are_closed_as_interrupted(store_at: StoreAt) -> None:
 def test_migrations_are_recorded_and_not_rerun(store_at: StoreAt) -> None:
     store_at.open().close()
     store = store_at.open()
-    assert [r["name"] for r in store.read("SELECT name FROM _migrations ORDER BY name")] == ["0001_events", "0002_instances", "0003_checkpoints", "0004_search", "0005_approvals", "0006_tree_checkpoints", "0007_tree_nodes"]
+    assert [r["name"] for r in store.read("SELECT name FROM _migrations ORDER BY name")] == ["0001_events", "0002_instances", "0003_checkpoints", "0004_search", "0005_approvals", "0006_tree_checkpoints", "0007_tree_nodes", "0008_call_slots"]
 
 
 def test_the_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ def test_a_store_migrated_by_an_older_version_is_upgraded_in_place(store_at: Sto
     older = store_at.open()
     older.append({"type": ev.REQUESTED, "call_id": "before"})
     # As if the last migration had not existed yet: forget it and undo what it made.
-    last, table = full[-1][0], "tree_nodes"
+    last, table = full[-1][0], "call_slots"
     older.conn.execute("DELETE FROM _migrations WHERE name = ?", (last,))
     older.conn.execute(f"DROP TABLE {table}")
     store = store_at.open()

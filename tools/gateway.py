@@ -118,6 +118,8 @@ class Gateway:
         interrupted = self.store.close_interrupted()
         if interrupted:
             log.warning("marked %d calls left open by a previous run as interrupted", len(interrupted))
+            if self.guard.limits is not None:  # their per-identity slots end with them
+                self.guard.limits.release(interrupted)
         async with anyio.create_task_group() as checks:
             for connection in self.connections.values():
                 verify = getattr(getattr(connection, "executor", None), "verify_least_privilege", None)

@@ -17,8 +17,10 @@ import anyio
 
 from bastion.policy import Decision, Verdict, analyse, decide, hints
 from bastion.policy.errors import (ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput,
-                                   RowsAffectedExceeded)
+                                   RateLimited, RowsAffectedExceeded)
 from bastion.store import events as ev
+from bastion.store.errors import StoreError
+from bastion.store.limits import CallLimits
 from bastion.tools.alerts import Alerts
 from bastion.tools.calls import Caller
 from bastion.tools.holds import Holds
@@ -131,6 +133,7 @@ class Guard:
         self.recorder = recorder
         self.alerts = alerts
         self.holds: Holds | None = None  # set by the gateway: review verdicts are held for approvers
+        self.limits: CallLimits | None = None  # set by the gateway: [limits] per identity
         self._vet_limiter = anyio.CapacityLimiter(2)
 
     def _base(self, call_id: str, caller: Caller, tool: str, connection: str, text: str, reason: str | None) -> dict[str, Any]:
@@ -159,11 +162,33 @@ class Guard:
             return fail_closed(vet)
         return await anyio.to_thread.run_sync(fail_closed, vet, limiter=self._vet_limiter)
 
-    async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None, *,
+    async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None,
+                  **options: Any) -> Guarded[Any]:
+        """`guarded`, within the caller's per-identity limits (``limits``, counted in the store across
+        gateways): over one, the call is refused and recorded, and the agent told when to retry."""
+        if self.limits is None:
+            return await self.guarded(caller, tool, connection, text, reason, **options)
+        call_id = new_call_id()
+        try:
+            await anyio.to_thread.run_sync(self.limits.admit, caller.identity.subject, call_id)
+        except RateLimited as error:
+            await self.refuse(caller, tool, connection, text, reason, error)
+            raise
+        except StoreError as error:
+            raise AuditUnavailable("the audit store cannot be written, so nothing was run",
+                                   hint="Tell the gateway's operator; retry once the audit store is writable.",
+                                   detail=str(error)) from error
+        try:
+            return await self.guarded(caller, tool, connection, text, reason, call_id=call_id, **options)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.limits.release, [call_id])
+
+    async def guarded(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None, *,
                   what: str, vet: Callable[[], Vetted], execute: Callable[[Vetted], Awaitable[R]],
                   result_record: Callable[[R], dict[str, Any]], max_bytes: int = MAX_TEXT_BYTES,
                   preview: Callable[[Vetted], Awaitable[dict[str, Any]]] | None = None,
-                  confirmed: bool = False) -> Guarded[R]:
+                  confirmed: bool = False, call_id: str | None = None) -> Guarded[R]:
         """① vet (analyse + decide) ③ record ④ deny, or hold until approved, or ⑤ run ⑦ record.
         ``what`` names the text in errors; ``preview`` shows approvers a held call's impact;
         ``confirmed``: the requester confirmed it themself (MCP elicitation), which a rule with
@@ -181,7 +206,7 @@ class Guard:
                 vetted = Vetted(vetted.facts, blocked, vetted.plan if blocked.verdict is Verdict.REVIEW else None,
                                 vetted.run_as)
         decision = vetted.decision
-        call_id = new_call_id()
+        call_id = call_id or new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, reason)
         requested["facts"], requested["decision"] = vetted.facts, decision.as_record()
         if vetted.run_as and decision.verdict is not Verdict.DENY:
