@@ -27,7 +27,7 @@ from sqlglot import exp
 from bastion.policy import analyse
 from bastion.policy.masking import MASKERS, Catalog, MaskRules, mask
 from bastion.policy.masking.plan import statement_plan
-from bastion.policy.masking.source import AtSource, _psycopg_text, hmac_pads, masker_sql
+from bastion.policy.masking.source import AtSource, _psycopg_text, _unmasked_pg_scan, hmac_pads, masker_sql
 from bastion.server.app import create_server
 from bastion.server.config import load
 from bastion.store import SqliteAuditStore
@@ -340,15 +340,39 @@ def test_the_rewrite_masks_every_scan_and_leaves_ctes_writes_and_the_rest_of_the
         f"SELECT p.secret FROM {scan.format('people')} p WHERE p.secret LIKE 'a%'")
     assert rewritten("SELECT * FROM ONLY app.people") == f"SELECT * FROM {scan.format('ONLY app.people')} AS people"
     # A CTE named like the table: its body reads the table (masked), the main query reads the CTE.
-    assert rewritten("WITH people AS (SELECT * FROM people) SELECT * FROM people") == (
-        f"WITH people AS (SELECT * FROM {scan.format('people')} AS people) SELECT * FROM people")
+    assert rewritten("WITH p AS (SELECT * FROM people) SELECT * FROM p") == (
+        f"WITH p AS (SELECT * FROM {scan.format('people')} AS people) SELECT * FROM p")
+    # PostgreSQL's own parser must agree that every scan is masked: it cannot tell the CTE `people`
+    # from the table without scoping, so that text runs as written under the output-side rules.
+    assert rewritten("WITH people AS (SELECT * FROM people) SELECT * FROM people") is None
+    assert _unmasked_pg_scan(f"SELECT * FROM {scan.format('people')} a, app.people b", frozenset({"app.people"}),
+                             catalog, rules) == "app.people"
     # Every branch, subquery and lateral.
     text = rewritten("SELECT note FROM other UNION SELECT (SELECT max(secret) FROM people) FROM other o, "
                      "LATERAL (SELECT secret FROM people q WHERE q.id = o.id) l")
     assert text is not None and text.count(scan.format("people")) == 2
-    # Writes, locking reads and TABLESAMPLE run as written, under the output-side rules.
-    for text in ("UPDATE other SET note = 'x' WHERE id IN (SELECT id FROM people WHERE secret IS NULL)",
+    # Writes, locking reads, TABLESAMPLE and texts naming Bastion's own parameters run as written.
+    for text in ("SELECT secret, bastion_mask_hash_0011('x') FROM people","UPDATE other SET note = 'x' WHERE id IN (SELECT id FROM people WHERE secret IS NULL)",
                  "SELECT id FROM people FOR UPDATE", "SELECT secret FROM people TABLESAMPLE SYSTEM (50)",
                  "EXPLAIN ANALYZE SELECT secret FROM people"):
         assert rewritten(text) is None, text
 
+
+
+@requirement("mask:at-source")
+async def test_the_sqlite_hash_function_cannot_hash_a_value_of_the_agents_choosing(sqlite_config: Path) -> None:
+    async with Client(create_server(load(sqlite_config))) as client:
+        names = {}
+        for connection in ("app", "rw"):  # `check` shows the text that runs, the function's name in it
+            checked = (await client.call_tool("check", {"connection": connection, "text": "SELECT card FROM people"})).structured_content
+            (rewritten,) = checked["facts"]["masking"]["at_source"]
+            names[connection] = re.search(r"bastion_mask_hash_[0-9a-f]+", rewritten["text"], re.I).group()  # type: ignore[union-attr]
+        # In the statement masked at the source, or beside it in the same call (a write that would
+        # store the hash of a chosen value where it can be read back).
+        for connection, text in (("app", f"SELECT card, {names['app']}('{CARD}') FROM people WHERE id = 2"),
+                                 ("rw", f"INSERT INTO other VALUES (5, {names['rw']}('{CARD}')); SELECT card FROM people WHERE id = 2")):
+            refused = await client.call_tool("sql_query", {"connection": connection, "sql": text})
+            assert refused.is_error, (text, refused.content[0].text)
+            assert mask("hash", CARD, KEY.encode()) not in refused.content[0].text
+    with sqlite3.connect(sqlite_config.parent / "app.db") as conn:
+        assert conn.execute("SELECT count(*) FROM other WHERE id = 5").fetchone() == (0,)

@@ -163,7 +163,9 @@ def at_source(connection: Connection, statements: Sequence[Statement], found: Ma
         pads = hmac_pads(masking.key) if rewritten is not None and rewritten.keyed and masking.key else None
         params.append(pads)
         keyed = keyed or (rewritten is not None and masking.key is not None)
-    functions = {masking.hash_function: masking.sqlite_hash()} if keyed and connection.dialect == "sqlite" else None
+    # Never for a call that names the function itself (in any statement): it would hash values of its choosing.
+    named = any("bastion_mask_" in s.text.lower() for s in statements)
+    functions = {masking.hash_function: masking.sqlite_hash()} if keyed and connection.dialect == "sqlite" and not named else None
     return AtSourceRun(tuple(runs), tuple(params) if any(params) else (), functions)
 
 

@@ -29,9 +29,11 @@ function the executor registers (``hash_function``), which holds the key in the 
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -112,6 +114,9 @@ def rewrite(text: str, catalog: Catalog, rules: MaskRules, sensitive: frozenset[
     """``text`` with every scan of a relation in ``sensitive`` masked at the source. ``keyed``: the
     connection has a hash key (else ``hash`` redacts, as the Python masker does); on SQLite the
     keyed hash calls ``hash_function``. Raises sqlglot errors when the text cannot be parsed."""
+    if "bastion_mask_" in text.lower():
+        # The names of the key's parameters and of the SQLite hash function are Bastion's own.
+        return SourceRewrite(text, frozenset(), False, why="the statement names Bastion's masking parameters or functions")
     tree = sqlglot.parse_one(text, read=catalog.dialect)
     splices: list[tuple[int, int, str]] = []
     done: set[str] = set()
@@ -138,8 +143,14 @@ def rewrite(text: str, catalog: Catalog, rules: MaskRules, sensitive: frozenset[
     complete = not missed and sensitive <= done | {r.lower() for r in done}
     why = None if complete else (f"`{missed[0]}` is read where it cannot be masked at the source" if missed
                                  else "a sensitive relation is read other than by a table reference")
+    if complete and catalog.dialect != "sqlite":
+        # PostgreSQL's own parser must see every scan of a sensitive relation inside a masking
+        # derived table: a scan sqlglot did not see (or saw as a CTE) leaves the text as written.
+        unmasked = _unmasked_pg_scan(_with_numbered_params(out), sensitive, catalog, rules)
+        if unmasked is not None:
+            complete, why = False, f"PostgreSQL's parser sees a scan of `{unmasked}` the rewrite does not mask"
     if uses_key and catalog.dialect != "sqlite":
-        if _AGENT_PARAMETER.search(text) or "bastion_mask_" in text.lower():
+        if _AGENT_PARAMETER.search(text):
             # The key travels as bind parameters: a `$1` of the agent's would read it.
             return SourceRewrite(text, frozenset(), False, why="the statement has a bind parameter ($n)")
         out = _psycopg_text(out)
@@ -268,6 +279,61 @@ def masker_sql(masker: str, value: exp.Expression, dialect: str, *, keyed: bool 
         masked = exp.DPipe(this=exp.Literal.string("****"), expression=_substr(text.copy(), start))
     return exp.Case(ifs=[exp.If(this=exp.Is(this=value.copy(), expression=exp.Null()), true=exp.Null())],
                     default=masked), uses_key
+
+
+def _with_numbered_params(text: str) -> str:
+    """The key's placeholders as PostgreSQL's `$n`, for its parser."""
+    for n, name in enumerate(KEY_PARAMS, 1):
+        text = text.replace(f"%({name})s", f"${n}")
+    return text
+
+
+def _unmasked_pg_scan(text: str, sensitive: frozenset[str], catalog: Catalog, rules: MaskRules) -> str | None:
+    """The first sensitive relation PostgreSQL's parser sees scanned other than as the only table
+    of a masking derived table (`(SELECT <each catalog column, masked ones not bare> FROM t) AS a`)."""
+    from pglast import parser as pg  # PostgreSQL's own parser (policy.sql uses it as its second opinion)
+
+    tree = json.loads(pg.parse_sql_json(text))
+    for scan, ancestors in _range_vars(tree, ()):
+        relation = f"{scan.get('schemaname') or catalog.default_schema}.{scan.get('relname', '')}"
+        if relation not in sensitive:
+            continue
+        masks = masked_columns(relation, catalog, rules) or {}
+        shape = [a for a in ancestors[-4:]]
+        if len(shape) != 4 or shape[0][0] != "RangeSubselect" or shape[1] != ("subquery", None) \
+                or shape[2][0] != "SelectStmt" or shape[3] != ("fromClause", None):
+            return relation
+        select = shape[2][1]
+        if set(select) - {"targetList", "fromClause", "limitOption", "op"} or len(select["fromClause"]) != 1:
+            return relation
+        targets = [t.get("ResTarget", {}) for t in select.get("targetList", ())]
+        if [_target_name(t) for t in targets] != list(catalog.columns(relation) or ()):
+            return relation
+        if any(name in masks and "ColumnRef" in t.get("val", {}) for name, t in zip(catalog.columns(relation) or (), targets)):
+            return relation
+    return None
+
+
+def _range_vars(node: Any, ancestors: tuple[tuple[str, Any], ...]) -> Iterator[tuple[dict[str, Any], tuple[tuple[str, Any], ...]]]:
+    """Every RangeVar of a pglast JSON tree, with its ancestors: (node type, body) or (field, None)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _range_vars(item, ancestors)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "RangeVar":
+                yield value, ancestors
+            elif key[:1].isupper() and isinstance(value, dict):
+                yield from _range_vars(value, (*ancestors, (key, value)))
+            elif isinstance(value, (dict, list)):
+                yield from _range_vars(value, (*ancestors, (key, None)))
+
+
+def _target_name(target: dict[str, Any]) -> str | None:
+    if "name" in target:
+        return str(target["name"])
+    fields = target.get("val", {}).get("ColumnRef", {}).get("fields", ())
+    return str(fields[-1].get("String", {}).get("sval")) if fields else None
 
 
 def _substr(*args: exp.Expression) -> exp.Expression:
