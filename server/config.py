@@ -218,8 +218,9 @@ class ShellRuleConfig(_Model):
     git_subcommands: list[str] | None = None
     program_dirs: list[str] | None = None
     operators: list[Literal["|", "|&", "&&", "||", ";", "&", "newline"]] | None = None
-    constructs: list[Literal["subshell", "group", "for", "while", "until", "if", "function", "command-substitution",
-                             "process-substitution", "heredoc", "herestring"]] | None = None
+    constructs: list[Literal["subshell", "group", "for", "while", "until", "if", "case", "conditional", "arithmetic",
+                             "function", "command-substitution", "process-substitution", "heredoc",
+                             "herestring"]] | None = None
     redirects: Literal["none", "read", "write"] | None = None
     write_paths: list[str] | None = None
     deny_paths: list[str] | None = None

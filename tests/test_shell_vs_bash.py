@@ -57,7 +57,8 @@ from bastion.policy.shell.decide import vet_shell_text
 from bastion.policy.shell.facts import Command, Node, ShellAnalysis
 from bastion.policy.shell.presets import INSPECT
 from bastion.policy.shell.rules import ShellPolicy
-from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, TILDE, Segment, Word
+from bastion.policy.shell.rebuild import _Builder
+from bastion.policy.shell.words import ARITH, CMDSUB, GLOB, LIT, PARAM, TILDE, Segment, Word
 
 HERE = Path(__file__).resolve().parent
 CORPUS = tomllib.loads((HERE / "golden" / "shell_cases.toml").read_text())["case"]
@@ -122,6 +123,25 @@ EXTRA: list[tuple[str, str]] = [
     ("comment inside a substitution", "echo $(ls # x\n)"),
     ("newline at the start of a substitution", "echo $(\nls -la\n)"),
     ("line continuation inside a substitution", "echo $(ls \\\n-la)"),
+    # tree-sitter-bash constructs (issue 14): case, [[ ]], arithmetic, here-documents in pipelines.
+    ("case picks the matching branch", "for f in *.py README.md; do case $f in *.py) echo py $f;; *) echo other $f;; esac; done"),
+    ("case with quoted and alternative patterns", "case README.md in 'a b'|README.*) ls -la;; *) cat x;; esac"),
+    ("case branch with no commands", "case x in y) ls;; x) ;; esac; echo done"),
+    ("[[ ]] file test picks the branch", "[[ -f main.py && ! -d main.py ]] && echo file || echo none"),
+    ("[[ ]] pattern with a leading glob", "for f in *.c; do [[ $f == *.c ]] && echo c $f; done"),
+    ("[[ ]] quoted pattern matches literally", "[[ a.c == 'a'.? ]] && echo yes; [[ a.c == 'a.?' ]] || echo no"),
+    ("[[ ]] regular expression", "[[ main.py =~ ^ma(in|x)\\.py$ ]] && echo match"),
+    ("[[ ]] string order", "[[ a < b ]] && echo lt"),
+    ("[[ -eq ]] on a loop over integers", "for n in 1 2 3; do [[ $n -eq 2 ]] && echo two $n; done"),
+    ("arithmetic over a brace range", "for n in {1..4}; do (( n % 2 == 0 )) && echo even $n; done"),
+    ("arithmetic expansion of a known integer", "for n in 3 4; do echo $(( n * 2 )) \"$((n+1))\"; done"),
+    ("arithmetic assignment then use", "(( k = 2 + 3 )); echo $k $((k*k)); (( k > 9 )) || echo small"),
+    ("arithmetic on an unknown variable", "(( USER > 1 )) && ls"),
+    ("arithmetic on a loop over file contents", "for n in $(cat notes.txt); do (( n > 1 )) && ls; done"),
+    ("until loop then echo", "until true; do ls; done; echo after"),
+    ("here-document into a pipeline", "cat <<'EOF' | grep -c a\na\nb\nEOF"),
+    ("substitution inside a ${:-} default of ls", "echo ${x:-$(ls)}"),
+    ("function definition", "f() { ls; }; f"),
 ]
 
 _BRACKET = ("guard bug: words.lex closes a bracket expression at the first `]`, but bash takes a `]` right after "
@@ -397,6 +417,22 @@ def _started(analysis: ShellAnalysis, sandbox: Sandbox) -> list[tuple[int, dict[
                 elif keyword == "else":
                     return run(item, env)
             return True
+        if node.kind == "arithmetic":
+            status, updates = _arithmetic(node.ops[0], env)
+            env.update(updates)
+            return status == 0
+        if node.kind in ("test", "case"):
+            command = analysis.commands[node.index]
+            for word in command.argv:
+                substitute(word, env)
+            if node.kind == "test":
+                return _bash_status(_Builder(analysis).test(node), env, sandbox) == 0
+            branches = " ".join(f"{' | '.join(_Builder(analysis).word(p) for p in command.argv[k:k + int(n)])} ) exit {i} ;;"
+                                for i, (k, n) in enumerate(_offsets(node.ops)))
+            chosen = _bash_status(f"case {_Builder(analysis).word(command.argv[1])} in {branches} esac; exit 99",
+                                  env, sandbox)
+            return True if chosen == 99 else run(node.items[chosen], env) if node.items[chosen].items or \
+                node.items[chosen].kind != "list" else True
         if node.kind == "for" and node.items:
             for word in node.words:
                 substitute(word, env)
@@ -428,6 +464,8 @@ def _expand(word: Word, sandbox: Sandbox, bindings: dict[str, str] | None = None
             value = (bindings or {}).get(segment.text, env.get(segment.text, ""))
         elif segment.kind == CMDSUB:
             value = ""
+        elif segment.kind == ARITH:
+            value = _bash_output(f"printf %s $(({segment.text}))", bindings or {})
         elif segment.kind == GLOB:
             text.append(segment.text)
             pattern.append(segment.text)
@@ -540,12 +578,53 @@ def _host(path: str, sandbox: Sandbox) -> str:
     return sandbox.host_path(path) if path.startswith("/") else os.path.join(sandbox.host_path(sandbox.work), path)
 
 
+def _offsets(counts: tuple[str, ...]) -> Iterator[tuple[int, int]]:
+    """(first argv index, pattern count) of each case branch: argv is `case`, the word, the patterns."""
+    at = 2
+    for count in counts:
+        yield at, int(count)
+        at += int(count)
+
+
+def _literal_only(text: str) -> None:
+    # Evaluated by the host's bash: only vetted integers, variables and patterns, never a substitution.
+    assert "`" not in text and "<(" not in text and not re.search(r"\$\((?!\()", text), text
+
+
+def _bash_output(script: str, bindings: dict[str, str]) -> str:
+    _literal_only(script)
+    env = {"PATH": "/usr/bin:/bin", **bindings}
+    return subprocess.run([BASH or "bash", "--noprofile", "--norc", "-c", script], capture_output=True, text=True,
+                          env=env, timeout=10).stdout
+
+
+def _bash_status(script: str, bindings: dict[str, str], sandbox: Sandbox) -> int:
+    """The exit status of a [[ ]] or case, evaluated by bash in the sandbox's working directory
+    (file tests see its files) with the loop variables bound."""
+    _literal_only(script)
+    env = {**sandbox.env(), "PATH": "/usr/bin:/bin", **bindings}
+    return subprocess.run([BASH or "bash", "--noprofile", "--norc", "-c", script], capture_output=True, env=env,
+                          cwd=sandbox.host_path(sandbox.work), timeout=10).returncode
+
+
+def _arithmetic(expression: str, bindings: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """Status of (( expression )) and the variables it leaves (names of the expression only)."""
+    names = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)))
+    shown = "".join(f'printf "%s=%s\\n" {n} "${{{n}}}"; ' for n in names)
+    script = f"(( {expression} )); s=$?; {shown}exit $s"
+    _literal_only(script)
+    done = subprocess.run([BASH or "bash", "--noprofile", "--norc", "-c", script], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", **bindings}, timeout=10)
+    updates = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return done.returncode, {k: v for k, v in updates.items() if v or k in bindings}
+
+
 def _expected(analysis: ShellAnalysis, sandbox: Sandbox) -> list[Argv]:
     out = []
     for index, bindings in _started(analysis, sandbox):
         command = analysis.commands[index]
-        if command.program is None:
-            continue  # a redirection alone, such as $(< file): no program starts
+        if command.program is None or command.context in ("case", "conditional"):
+            continue  # a redirection alone, such as $(< file), or the words of a case or [[ ]]
         if command.program.value in _KEPT_BUILTINS:
             continue  # bash runs it itself: nothing to log
         argv: list[str] = []

@@ -1,2 +1,2 @@
-"""Shell analysis and rules: bash text → facts (bashlex for structure, our own word lexer for
+"""Shell analysis and rules: bash text → facts (tree-sitter-bash for structure, our own word lexer for
 quoting and expansions), decided by shell rules. Pure: no I/O."""

@@ -19,8 +19,9 @@ _HINT = "Send plain commands with literal program names, joined by | && || ;."
 def decide_shell(identity: Identity, policy: ShellPolicy, analysis: ShellAnalysis) -> Decision:
     # The text could not be fully understood: deny.
     if analysis.error is not None:
-        return Decision.deny(analysis.error_rule or "guard:parse-error", analysis.error, hint=_HINT)
-    if not analysis.commands:
+        return Decision.deny(analysis.error_rule or "guard:parse-error", analysis.error,
+                             hint=analysis.error_hint or _HINT)
+    if not analysis.commands and (analysis.structure is None or analysis.structure.kind != "arithmetic"):
         return Decision.deny("guard:empty", "the text holds no command", hint=_HINT)
     # A program name computed at run time ($cmd, $(...), a glob) cannot be checked: deny.
     for command in analysis.commands:

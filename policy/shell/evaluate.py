@@ -10,6 +10,7 @@ from fnmatch import fnmatchcase
 
 from bastion.policy.outcome import Outcome, first_outcome
 from bastion.policy.shell import programs
+from bastion.policy.shell.analyze import FILE_TESTS
 from bastion.policy.shell.facts import Command, Node, ShellAnalysis
 from bastion.policy.shell.rules import ShellRule
 from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PROCSUB, TILDE, Segment, Word
@@ -18,8 +19,13 @@ _WRITE_OPS = (">", ">>", ">|", "&>", "&>>", "<>")
 _HOME = "/~home"  # how a leading ~ is written in paths checked against deny_paths
 # Programs with no option that runs a program or writes a file: a command substitution's output
 # (of a command that passes on its own) may become their arguments, options included.
+# A `case` word and the operands of [[ ]] are compared, never split, globbed or run: sinks too (their
+# arithmetic operators are decided by policy.shell.arithmetic before any rule).
 _SUBSTITUTION_SINKS = frozenset({"echo", "cat", "ls", "grep", "egrep", "fgrep", "head", "tail", "wc", "stat",
-                                 "du", "basename", "dirname", "realpath", "readlink", "nl", "cut", "cd"})
+                                 "du", "basename", "dirname", "realpath", "readlink", "nl", "cut", "cd", "[[", "case"})
+# Facts that are parts of a construct, not programs (policy.shell.analyze): `while read`, the word and
+# patterns of a `case`, the words of [[ ]].
+_STRUCTURAL = frozenset({"while-read", "case", "conditional"})
 # Programs that write the files they name: their operands must lie where the rule may write.
 _WRITERS = frozenset({"cp", "mv", "rm", "rmdir", "mkdir", "touch", "tee", "ln", "patch"})
 
@@ -86,8 +92,8 @@ def check_constructs(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
 def check_programs(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
     """``rm -rf /`` → not covered: `rm` is not in the rule's programs; ``env rm`` → denied outright."""
     for command in all_commands(analysis):
-        if command.program is None or command.context == "while-read":
-            continue  # `while read name` was read as a whole (policy.shell.analyze: while_read)
+        if command.program is None or command.context in _STRUCTURAL:
+            continue  # read as a whole (policy.shell.analyze: while_loop, case, test)
         if not command.program.literal or command.program.ansi_c:
             yield Outcome("none", f"{rule.id}:program", f"the program name `{command.program.value}` is computed at run time",
                           hint="Write the program's name literally.")
@@ -252,7 +258,7 @@ def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
                                   f"the output of a {segment.kind.replace('-', ' ')} cannot be checked as an argument of `{name}`",
                                   hint="Run the inner command on its own first, then use its result literally.")
         for word in command.args:
-            if word.glob_option:
+            if word.glob_option and command.context not in _STRUCTURAL:  # patterns there match text, not files
                 yield Outcome("none", f"{rule.id}:expansion", f"`{word.value}` could match a file named like an option",
                               hint=f"Start the pattern with `./` (`./{word.value}`).")
             if word.ansi_c and word.value.startswith("-"):
@@ -286,6 +292,10 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
             continue
         words = list(command.args) + [r.target for r in command.redirects
                                       if r.target and r.op not in ("<<", "<<-", "<<<")]  # text, not a path
+        if command.context == "case":
+            continue  # a word and patterns matched as text
+        if command.context == "conditional":  # only the operands of file tests name paths
+            words = [w for k, w in enumerate(command.args[1:], 1) if command.args[k - 1].value in FILE_TESTS]
         name = command.program.value.rsplit("/", 1)[-1] if command.program else ""
         recursive = programs.reads_recursively(name, command.args)
         if recursive and sum(not w.value.startswith("-") for w in command.args) <= 1:

@@ -30,7 +30,8 @@ class Command:
     argv: tuple[Word, ...]
     assignments: tuple[str, ...] = ()
     redirects: tuple[Redirect, ...] = ()
-    # Where it sits: "top", "command-substitution", "process-substitution".
+    # Where it sits: "top", "command-substitution", "process-substitution"; or what it is: "while-read",
+    # "case" (the word and patterns of a case), "conditional" (the words of [[ ]]).
     context: str = "top"
 
     @property
@@ -59,7 +60,10 @@ class Command:
 @dataclass(frozen=True)
 class Node:
     """The command's structure, for rebuilding it: ``command`` (index into commands), ``list`` and
-    ``pipeline`` (items joined by ops), ``subshell`` and ``group`` (one item), or an unrebuildable kind."""
+    ``pipeline`` (items joined by ops), ``subshell`` and ``group`` (one item), ``for``, ``while`` (ops:
+    while or until; items: condition, body), ``if`` (ops: keywords), ``case`` (index: the `case` fact
+    holding the word and patterns; ops: patterns per branch; items: branch bodies), ``test`` (index:
+    the `[[` fact; ops: each word's role), ``arithmetic`` (ops: the expression), or an unrebuildable kind."""
 
     kind: str
     index: int = -1
@@ -84,6 +88,7 @@ class ShellAnalysis:
     constructs: frozenset[str] = frozenset()  # subshell group for while until if function arithmetic heredoc ...
     error: str | None = None
     error_rule: str | None = None
+    error_hint: str | None = None  # what would pass instead, when the text was refused before any rule
     structure: Node | None = None
     # Absolute start offset of each command/process substitution → its structure.
     substitutions: tuple[tuple[int, Node], ...] = ()
@@ -117,7 +122,7 @@ def _loops(node: Node | None) -> list[object]:
     out: list[object] = []
     if node.kind == "for":
         out.append((node.name, tuple(word_shape(w) for w in node.words)))
-    elif node.kind in ("if", "while"):
+    elif node.kind in ("if", "while", "case", "test", "arithmetic"):
         out.append((node.kind, node.ops, len(node.items)))
     for item in node.items:
         out.extend(_loops(item))

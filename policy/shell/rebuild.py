@@ -11,7 +11,7 @@ import shlex
 
 from bastion.policy.shell.analyze import analyse_shell
 from bastion.policy.shell.facts import Command, Node, Redirect, ShellAnalysis
-from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PROCSUB, TILDE, Word
+from bastion.policy.shell.words import ARITH, CMDSUB, GLOB, LIT, PARAM, PROCSUB, TILDE, Word
 
 
 class RebuildError(ValueError):
@@ -58,7 +58,15 @@ class _Builder:
             return f"for {node.name} in {words} ; do {inner if inner.endswith((';', '&')) else inner + ' ;'} done"
         if node.kind == "while" and node.items:
             body = self.node(node.items[1]).rstrip()
-            return f"while {self.node(node.items[0])} ; do {body if body.endswith((';', '&')) else body + ' ;'} done"
+            condition = self.node(node.items[0]).rstrip()
+            condition = condition if condition.endswith((";", "&")) else condition + " ;"
+            return f"{node.ops[0]} {condition} do {body if body.endswith((';', '&')) else body + ' ;'} done"
+        if node.kind == "case":
+            return self.case(node)
+        if node.kind == "test":
+            return self.test(node)
+        if node.kind == "arithmetic" and node.ops:
+            return f"(( {node.ops[0]} ))"  # only integers, known variables and operators (policy.shell.arithmetic)
         if node.kind == "if" and node.items:
             out = []
             for keyword, item in zip(node.ops, node.items, strict=True):
@@ -70,7 +78,31 @@ class _Builder:
         if node.kind == "group":
             inner = self.node(node.items[0]).rstrip()
             return f"{{ {inner if inner.endswith((';', '&')) else inner + ' ;'} }}"
+        if node.kind in ("while", "until", "for"):
+            raise RebuildError(f"this `{node.kind}` loop is not run by Bastion: only `for NAME in WORDS; do ...; done` "
+                               "and `... | while read NAME; do ...; done` are (a loop with another condition may never end)")
         raise RebuildError(f"`{node.kind}` blocks are not run by Bastion")
+
+    def case(self, node: Node) -> str:
+        """``case WORD in PATTERN|PATTERN) BODY ;; ... esac``: patterns keep their globs, the rest quoted."""
+        header = self.analysis.commands[node.index].argv
+        out = [f"case {self.word(header[1])} in"]
+        at = 2
+        for count, body in zip(node.ops, node.items, strict=True):
+            patterns = header[at : at + int(count)]
+            at += int(count)
+            inner = self.node(body).rstrip() if body.items or body.kind != "list" else ""
+            out.append(f"{' | '.join(self.word(p) for p in patterns)} ) {inner} ;;")
+        return " ".join(out) + " esac"
+
+    def test(self, node: Node) -> str:
+        """``[[ ... ]]``: operators as written, operands quoted (a pattern keeps its globs), a regex as
+        written (policy.shell.analyze accepts only one with nothing quoted or expanded)."""
+        argv = self.analysis.commands[node.index].argv
+        out = ["[["]
+        for role, word in zip(node.ops, argv[1:-1], strict=True):
+            out.append(word.value if role in ("op", "regex") else self.word(word))
+        return " ".join(out) + " ]]"
 
     def command(self, command: Command) -> str:
         if command.context == "while-read" and command.assignments == ("IFS=",):
@@ -116,6 +148,8 @@ class _Builder:
             elif segment.kind == PROCSUB:
                 opener = self.analysis.text[segment.start]
                 out.append(f"{opener}({self.node(self.substitutions[segment.start])})")
+            elif segment.kind == ARITH:
+                out.append(f"$(({segment.text}))")  # vetted: integers, known variables, operators
             else:
                 raise RebuildError(f"`{segment.kind}` expansions are not run by Bastion")
         return "".join(out) or "''"
@@ -130,6 +164,8 @@ class _Builder:
                 out.append(f"${{{segment.text}}}")
             elif segment.kind == CMDSUB:
                 out.append(f"$({self.node(self.substitutions[segment.start])})")
+            elif segment.kind == ARITH:
+                out.append(f"$(({segment.text}))")
             else:
                 raise RebuildError(f"`{segment.kind}` expansions are not run by Bastion")
         out.append('"')

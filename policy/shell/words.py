@@ -1,8 +1,8 @@
 """One bash word → segments, after quote removal, with every expansion marked.
 
-bashlex gives the structure (commands, operators, where substitutions start and end); this lexer
-reads each word's own source text the way bash does, because bashlex neither decodes ANSI-C quoting
-($'\\x72m') nor marks globs and braces. Brace expansion is done here, statically, as bash does it
+tree-sitter-bash gives the structure (commands, operators, where substitutions start and end); this
+lexer reads each word's own source text the way bash does (ANSI-C quoting such as $'\\x72m', globs,
+braces, tildes), so the rules judge the words bash would make. Brace expansion is done here, statically, as bash does it
 before anything else, so rules see the words bash would run.
 """
 
@@ -161,7 +161,7 @@ def _ansi_c(src: str, i: int) -> tuple[str, int]:
 
 def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[str, str, bool, int]]:
     """Raw tokens (kind, text, quoted, abs_start) of one word. ``subs`` maps the absolute start of each
-    command/process substitution bashlex found to (absolute end, kind)."""
+    command/process substitution, arithmetic and ${...} expansion the parser found to (absolute end, kind)."""
     out: list[tuple[str, str, bool, int]] = []
     i, n = 0, len(src)
     ansi = False
@@ -175,6 +175,9 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
     def substitution(at: int, quoted: bool) -> int:
         end, kind = subs[offset + at]
         rel_end = end - offset
+        if kind == ARITH:
+            out.append((kind, src[at + 3 : rel_end - 2], quoted, offset + at))
+            return rel_end
         opener = 1 if src[at] == "`" else 2
         out.append((kind, src[at + opener : rel_end - 1], quoted, offset + at))
         return rel_end
@@ -182,11 +185,14 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
     def parameter(at: int, quoted: bool) -> int:
         """$name, ${name}, $1, $@ ... or a complex ${...}; returns the index after it."""
         if src.startswith("${", at):
-            close = src.find("}", at + 2)
-            if close < 0:
+            if offset + at in subs:  # the parser's end: a ${...} may hold quotes, braces, substitutions
+                close = subs[offset + at][0] - offset - 1
+            else:
+                close = src.find("}", at + 2)
+            if close < 0 or src[close] != "}":
                 raise WordError("unterminated ${...}")
             body = src[at + 2 : close]
-            if "$(" in body or "`" in body:
+            if offset + at not in subs and ("$(" in body or "`" in body):
                 raise WordError("a substitution inside ${...} is not accepted")
             kind = PARAM if _NAME.fullmatch(body) else PARAM_COMPLEX
             out.append((kind, body, quoted, -1))
@@ -214,10 +220,10 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
             text, i = _ansi_c(src, i + 2)
             ansi = True
             lit(text, True)
+        elif offset + i in subs and not src.startswith("${", i):
+            i = substitution(i, False)
         elif src.startswith("$((", i) or src.startswith("$[", i):
             raise WordError("arithmetic expansion is not accepted")
-        elif offset + i in subs:
-            i = substitution(i, False)
         elif src.startswith("$(", i) or c == "`" or (c in "<>" and src.startswith("(", i + 1)):
             raise WordError("a substitution the parser did not recognise is not accepted")
         elif c == "$" and i + 1 < n and (src[i + 1] in "{_" or src[i + 1].isalnum() or src[i + 1] in _SPECIAL_PARAMS):
@@ -235,7 +241,7 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
                     if src[i + 1] != "\n":
                         lit(src[i + 1], True)
                     i += 2
-                elif offset + i in subs:
+                elif offset + i in subs and not src.startswith("${", i):
                     i = substitution(i, True)
                 elif src.startswith("$((", i) or src.startswith("$[", i):
                     raise WordError("arithmetic expansion is not accepted")
@@ -284,13 +290,16 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
     return out
 
 
-def words(src: str, offset: int, subs: dict[int, tuple[int, str]], budget: Budget = _UNLIMITED) -> list[Word]:
-    """The words bash makes of one source word: lexed, then brace-expanded (within ``budget``)."""
+def words(src: str, offset: int, subs: dict[int, tuple[int, str]], budget: Budget = _UNLIMITED,
+          pattern: bool = False) -> list[Word]:
+    """The words bash makes of one source word: lexed, then brace-expanded (within ``budget``).
+    A ``pattern`` (a case pattern, an operand of [[ ]]) is neither brace-expanded nor globbed
+    against files, so it keeps its braces and its leading glob."""
     tokens = lex(src, offset, subs)
     ansi = any(t[0] == "ansi" for t in tokens)
     tokens = [t for t in tokens if t[0] != "ansi"]
     out = []
-    expansions = expand_braces(tokens, budget)
+    expansions = [tokens] if pattern else expand_braces(tokens, budget)
     for expanded in expansions:
         if len(expansions) > 1 and not any(text or quoted for _, text, quoted, _ in expanded):
             continue  # a{,b}'s empty alternative: bash drops an empty unquoted word
@@ -312,7 +321,7 @@ def words(src: str, offset: int, subs: dict[int, tuple[int, str]], budget: Budge
         lead = 0
         while lead < len(segments) and segments[lead].kind == LIT and not segments[lead].text:
             lead += 1
-        if lead < len(segments) and segments[lead].kind == GLOB:
+        if lead < len(segments) and segments[lead].kind == GLOB and not pattern:
             segments[:lead] = [Segment(LIT, "./")]
         budget.spend(len(segments))
         out.append(Word(src, tuple(segments), ansi))
