@@ -233,3 +233,32 @@ async def test_no_exec_into_a_container_that_reaches_the_host(tmp_path: Path, co
         assert podman.run("exec", name, "test", "-e", f"/tmp/{MARK}-host", check=False).returncode == 1
     finally:
         podman.run("rm", "-f", "-t", "0", name, check=False)
+
+
+@requirement("container:host-reach")
+async def test_a_container_replaced_or_stopped_under_its_name_is_checked_again(tmp_path: Path,
+                                                                              container: Container) -> None:
+    podman = container.podman
+    name = f"bastion-test-{os.getpid()}-replaced"
+
+    def replace(*flags: str) -> None:
+        podman.run("rm", "-f", "-t", "0", name, check=False)
+        podman.run("run", "-d", "--name", name, *flags, podman.image, "sleep", "1000000")
+
+    replace()
+    gw = build_gateway(load(write_config(tmp_path, container, target=name)))
+    await gw.start()
+    try:
+        assert (await gw.shell_run(AGENT, "app", "id -u", None)).result.stdout == "1000\n"  # checked, id kept
+        replace("--pid=host")  # the same name, now a container that reaches the host
+        with pytest.raises(TargetUnavailable, match="shares the host's pid namespace"):
+            await gw.shell_run(AGENT, "app", f"touch /tmp/{MARK}-replaced", None)
+        assert podman.run("exec", name, "test", "-e", f"/tmp/{MARK}-replaced", check=False).returncode == 1
+        replace()
+        assert (await gw.shell_run(AGENT, "app", "id -u", None)).result.stdout == "1000\n"
+        podman.run("stop", "-t", "0", name)
+        with pytest.raises(TargetUnavailable, match=f"container `{name}` is not running"):
+            await gw.shell_run(AGENT, "app", "id -u", None)
+    finally:
+        await gw.shutdown()
+        podman.run("rm", "-f", "-t", "0", name, check=False)

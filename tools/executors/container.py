@@ -106,6 +106,7 @@ class ContainerRuntime:
         self.name, self.runtime, self.args = name, runtime, tuple(args)
         self.path = path
         self.container, self.label = container, label
+        self._checked: Target | None = None  # the container that last passed `running`: exec goes to its id
 
     @property
     def wanted(self) -> str:
@@ -184,8 +185,16 @@ class ContainerRuntime:
                                hint="Ask the gateway's operator: is the runtime running, and may the gateway reach its socket?",
                                detail=result.stderr.strip()[:2000])
 
-    async def running(self) -> Target:
-        """The target, refused unless it runs and an exec there stays inside the container."""
+    async def running(self, *, reuse: bool = False) -> Target:
+        """The target, refused unless it runs and an exec there stays inside the container.
+
+        With ``reuse``, the container that passed last, by its id, without asking the runtime again
+        (an inspect costs about as much as the exec): whether a container is privileged or shares a
+        host namespace is fixed when it is created, so an id once checked stays checked. A container
+        since removed, replaced under its name or stopped makes the exec fail before the wrapper
+        starts, and the executor then asks again without ``reuse``."""
+        if reuse and self._checked is not None:
+            return self._checked
         target = await self.target()
         if not target.running:
             status = target.raw.get("State", {}).get("Status", "not running")
@@ -195,6 +204,7 @@ class ContainerRuntime:
         if reach is not None:
             raise self.unavailable(f"Bastion does not exec into container `{target.name}`: {reach}, so a command "
                                    "there reaches the host", hint="Use the `container` tool's logs and inspect for it.")
+        self._checked = target
         return target
 
 
@@ -213,7 +223,18 @@ class ContainerExecutor:
         return [f"PATH={SAFE_PATH}", f"HOME={cwd}", "LANG=C.UTF-8", "TERM=dumb", "PAGER=cat", f"USER={self.user}"]
 
     async def run(self, request: ShellRunRequest) -> ShellResult:
-        target = await self.runtime.running()
+        target = await self.runtime.running(reuse=True)
+        try:
+            return await self._exec(target, request)
+        except _NotStarted as failed:
+            # Nothing ran (the wrapper never started). The container may be gone, replaced or
+            # stopped since it was checked: resolve it again, and try the new one once.
+            fresh = await self.runtime.running()
+            if fresh.id == target.id:
+                raise failed.error from None
+            return await self._exec(fresh, request)
+
+    async def _exec(self, target: Target, request: ShellRunRequest) -> ShellResult:
         cwd = request.cwd or self.cwd
         process = await self.runtime.spawn(
             "exec", "-i", "--user", self.user, "--workdir", cwd, target.id,
@@ -235,10 +256,10 @@ class ContainerExecutor:
             await process.aclose()
         header, body = _split_header(bytes(out))
         if header is None:  # the wrapper never started: the runtime refused the exec
-            raise self.runtime.unavailable(
+            raise _NotStarted(self.runtime.unavailable(
                 f"the command could not start in container `{target.name}`",
                 hint=f"The container needs `sh` and `env`, the user `{self.user}` and the directory `{cwd}`.",
-                detail=err.decode("utf-8", "replace").strip()[:2000])
+                detail=err.decode("utf-8", "replace").strip()[:2000]))
         if header[1] == "refused":
             raise self.runtime.unavailable(f"the user `{self.user}` is root (uid 0) inside container `{target.name}`; "
                                            "Bastion never runs a command there as root",
@@ -275,6 +296,14 @@ class ContainerExecutor:
 
     async def close(self) -> None:
         pass
+
+
+class _NotStarted(Exception):
+    """The exec ended before the wrapper printed its header: nothing ran."""
+
+    def __init__(self, error: TargetUnavailable) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _split_header(out: bytes) -> tuple[tuple[str, str] | None, bytes]:
