@@ -18,8 +18,8 @@ A function passes a rule when (checked in this order):
 1. it is not one of ``SQL_TEXT``: functions that run SQL text or read a table named in a string
    (ts_stat, query_to_xml, table_to_xml, crosstab, dblink, ...): denied whatever the rule says;
 2. the rule names it in ``allow_functions`` (``name`` or ``schema.name``);
-3. it is built in (``BUILTIN_SQL``: in pg_catalog, owned by the bootstrap superuser, created by
-   initdb), not on Bastion's list of dangerous functions, and not one of ``REVEALING``;
+3. it is built in (``BUILTIN_SQL``: in pg_catalog or information_schema, owned by the bootstrap
+   superuser, created by initdb), not on Bastion's list of dangerous functions, and not one of ``REVEALING``;
 4. it is immutable or stable, or one of ``HARMLESS_VOLATILE``; any other volatile function counts
    as a write, which only a rule allowing INSERT, UPDATE, DELETE or MERGE covers.
 
@@ -40,8 +40,9 @@ from bastion.policy.sql.facts import WRITE_KINDS, FunctionRef, Statement
 Row = tuple[Any, ...]  # a catalog query's row, as the driver returns it
 
 # What tools/ runs to read the catalog. A function is built in when PostgreSQL's initdb made it:
-# in pg_catalog, owned by the bootstrap superuser (OID 10), with an OID below FirstNormalObjectId.
-BUILTIN_SQL = "(p.oid < 16384 AND n.nspname = 'pg_catalog' AND p.proowner = 10)"
+# in pg_catalog (or information_schema, whose views call its _pg_* helpers), owned by the bootstrap
+# superuser (OID 10), with an OID below FirstNormalObjectId.
+BUILTIN_SQL = "(p.oid < 16384 AND n.nspname IN ('pg_catalog', 'information_schema') AND p.proowner = 10)"
 PROCS_SQL = f"""
 SELECT p.oid::int8, n.nspname, p.proname, p.pronargs, p.pronargdefaults, p.provariadic <> 0, p.provolatile::text,
        {BUILTIN_SQL}
@@ -65,11 +66,13 @@ FROM d JOIN pg_catalog.pg_class p ON p.oid = d.parent JOIN pg_catalog.pg_namespa
        JOIN pg_catalog.pg_class c ON c.oid = d.child JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 """
 # Views' definitions, printed with search_path = pg_catalog (so every other name comes qualified):
-# reading a view runs the functions and operators it calls.
+# reading a view runs the functions and operators it calls. The system views too: pg_locks runs the
+# volatile pg_lock_status(), pg_stat_ssl the other-session pg_stat_get_activity(), and they are
+# judged by those functions like any view, not by a list of view names.
 VIEWS_SQL = """
 SELECT n.nspname || '.' || c.relname, pg_catalog.pg_get_viewdef(c.oid)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'
+WHERE c.relkind = 'v' AND n.nspname !~ '^pg_(toast|temp_)'
 """
 # A cast to a type runs the type's input function (from a literal) or a cast function into it.
 TYPES_SQL = """

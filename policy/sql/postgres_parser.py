@@ -6,6 +6,7 @@ every function called anywhere, with names decoded as the server decodes them.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -294,6 +295,7 @@ def relations(node: Any, out: set[str]) -> None:
         relations(value, out)
 
 
+@functools.lru_cache(maxsize=4096)  # the same definitions come back at every catalog read
 def view_facts(definition: str) -> tuple[frozenset[FunctionRef], frozenset[str]] | None:
     """The function references and relations of a view's definition; None when it cannot be parsed."""
     try:

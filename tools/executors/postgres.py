@@ -48,7 +48,9 @@ _BEGIN = {True: "BEGIN READ ONLY", False: "BEGIN"}
 _SETTINGS = sql.SQL(
     "SELECT set_config('standard_conforming_strings', 'on', true), set_config('statement_timeout', {}, true),"
     " set_config('search_path', {}, true), set_config('application_name', {}, true),"
-    " set_config('bastion.user', {}, true), set_config('bastion.groups', {}, true)")
+    " set_config('bastion.user', {}, true), set_config('bastion.groups', {}, true),"
+    # random()'s seed outlives DISCARD ALL: a caller's setseed() must not decide the next one's random().
+    " setseed(hashtext(gen_random_uuid()::text)::float8 / 2147483648)")
 # set_config('role', ..., true) is SET LOCAL ROLE: the server checks membership, and the role ends with the transaction.
 _ROLE = sql.SQL(", set_config('role', {}, true)")
 
@@ -467,12 +469,15 @@ def translate(error: psycopg.Error, connection: str) -> ExecutionError:
     """A database error as the agent may see it: SQLSTATE and the server's primary message; a lost
     or refused connection (SQLSTATE class 08, or none at all) as the target being unavailable."""
     sqlstate = getattr(error, "sqlstate", None)
-    if isinstance(error, psycopg.OperationalError) and (sqlstate is None or sqlstate.startswith("08")):
+    # 08P01 is the statement's fault (a $1 with no value bound), not a lost connection.
+    if isinstance(error, psycopg.OperationalError) and (sqlstate is None or sqlstate.startswith("08")) and sqlstate != "08P01":
         return TargetUnavailable(f"connection `{connection}` is unavailable", detail=_scrub(error))
     diag = getattr(error, "diag", None)
     primary = getattr(diag, "message_primary", None) or "the database rejected the statement"
     sqlstate = sqlstate or "?"
     hint = getattr(diag, "message_hint", None)
+    if sqlstate == "08P01":
+        hint = "Bastion binds no parameters: write each value into the SQL text instead of $1, $2, ..."
     return QueryRejected(f"PostgreSQL error {sqlstate}: {primary}", hint=hint, detail=_scrub(error))
 
 
