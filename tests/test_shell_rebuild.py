@@ -96,3 +96,54 @@ def test_two_here_documents_on_one_line_are_refused_with_a_hint() -> None:
     # tree-sitter-bash cannot parse them: the parse fails closed and the hint says what passes.
     analysis = analyse_shell("cat <<'A' | grep -c x; cat <<'B'\nx\nA\ny\nB")
     assert analysis.error is not None and analysis.error_hint
+
+
+def _random_operand(rng: random.Random) -> str:
+    """A shell word for a pattern or an operand: pieces unquoted (glob characters live), single- or
+    double-quoted (literal), or escaped."""
+    pieces = []
+    for _ in range(rng.randint(1, 4)):
+        choice = rng.randrange(5)
+        text = "".join(rng.choice("ab.*?[]x-") for _ in range(rng.randint(1, 3)))
+        if choice == 0:
+            pieces.append("".join(c for c in text if c not in "[]") or "a")  # live globs, no brackets
+        elif choice == 1:
+            pieces.append(shlex.quote(text))
+        elif choice == 2:
+            pieces.append('"' + text + '"')
+        elif choice == 3:
+            pieces.append("\\" + text[0])
+        else:
+            pieces.append(rng.choice(["[ab]", "[!a]", "?", "*"]))
+    return "".join(pieces)
+
+
+@requirement("shell:rebuild", "shell:quoting")
+def test_rebuilt_conditionals_and_cases_match_what_bash_makes_of_the_original(tmp_path: Path) -> None:
+    """[[ ]] and case compare words with patterns, without globbing files or brace expansion: the
+    rebuilt text (literals quoted by Bastion, globs left live) must take the same branches as the
+    agent's text in real bash, for random mixes of quoted and unquoted pattern characters."""
+    rng = random.Random(14)
+    texts = []
+    for _ in range(150):
+        subject, pattern = _random_operand(rng), _random_operand(rng)
+        texts.append(f"[[ {subject} == {pattern} ]] && echo y || echo n")
+        texts.append(f"[[ {subject} != {pattern} && -n {subject} ]] && echo y || echo n")
+        texts.append(f"case {subject} in {pattern}|{_random_operand(rng)}) echo y ;; *) echo n ;; esac")
+    texts += ["[[ abc =~ ^a.c$ ]] && echo y || echo n", "[[ a.c =~ ^a(x|\\.)c$ ]] && echo y || echo n",
+              "[[ b < c ]] && echo y || echo n", "[[ -f x || ! -e y ]] && echo y || echo n"]
+    (tmp_path / "x").touch()
+    checked = 0
+    for text in texts:
+        analysis = analyse_shell(text)
+        if analysis.error is not None:
+            continue  # refused with a reason (e.g. a regex with a backslash): nothing runs
+        try:
+            rebuilt = rebuild(analysis)
+        except RebuildError:
+            continue  # tree-sitter reads the rebuilt text otherwise: refused (guard:rebuild), nothing runs
+        runs = [subprocess.run(["bash", "--noprofile", "--norc", "-c", t], cwd=tmp_path, capture_output=True,
+                               env={"PATH": "/usr/bin:/bin"}, timeout=10) for t in (text, rebuilt)]
+        assert runs[0].stdout == runs[1].stdout and runs[0].returncode == runs[1].returncode, (text, rebuilt)
+        checked += 1
+    assert checked >= 250, checked

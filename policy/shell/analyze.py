@@ -30,6 +30,7 @@ _WORD_KINDS = frozenset({"word", "string", "raw_string", "ansi_c_string", "trans
                          "arithmetic_expansion", "brace_expression", "number", "extglob_pattern"})
 _INSIDE_WORDS = _WORD_KINDS | {"string_content", "variable_name", "special_variable_name", "subscript", "regex",
                                 "test_operator", "variable_assignment"}
+_TEST_METACHARACTERS = frozenset({"(", ")", "&&", "||", "<", ">"})
 _SUBSTITUTIONS = {"command_substitution": w.CMDSUB, "process_substitution": w.PROCSUB}
 # Constructs that are facts only: the commands in them are checked, but Bastion does not run them.
 _HINT_PLAIN = "Send plain commands with literal program names, joined by | && || ; or newlines."
@@ -739,12 +740,22 @@ class _Walker:
                 close = next((i for i, c in enumerate(parts) if c.type == ")"), None)
                 if close is None:
                     raise _Unsupported("a case branch of an unexpected shape is not accepted")
-                patterns = [c for c in parts[:close] if c.is_named]
                 if parts and parts[0].type == "(":
                     raise _Unsupported("a case pattern opened with `(` is not accepted", "Write `PATTERN)`.")
+                # PATTERN|PATTERN: tree-sitter may split one pattern (`*"x"`) into several nodes.
+                patterns: list[list[tree_sitter.Node]] = [[]]
+                for part in parts[:close]:
+                    if part.type == "|":
+                        patterns.append([])
+                    elif part.is_named and part.type != "comment":
+                        patterns[-1].append(part)
+                    else:
+                        raise _Unsupported(f"`{part.type}` in a case pattern is not accepted")
                 count = 0
                 for pattern in patterns:
-                    made = self.word_nodes([pattern], context, pattern=True)
+                    if not pattern:
+                        raise _Unsupported("an empty case pattern is not accepted")
+                    made = self.argument_words(pattern, context, pattern=True)
                     if len(made) != 1:
                         raise _Unsupported("a case pattern must be one word")
                     header.append(made[0])
@@ -778,33 +789,58 @@ class _Walker:
         if (opener, closer) != ("[[", "]]"):
             raise _Unsupported("a test of an unexpected shape is not accepted")
         self.constructs.add("conditional")
-        tokens = self.test_tokens(children[1:-1])
+        groups = self.test_words(self.test_tokens(children[1:-1]))
         argv = [w.Word("[[", (w.Segment(w.LIT, "[["),))]
         roles: list[str] = []
-        for k, (role, token) in enumerate(tokens):
-            text = self.source(token)
-            if role == "op":
+        for k, group in enumerate(groups):
+            first, last = group[0][1], group[-1][1]
+            start, end = self.pos(first.start_byte), self.pos(last.end_byte)
+            text = self.text[start:end]
+            if len(group) == 1 and group[0][0] == "op":
                 if text in ("-v", "-R"):
                     raise ArithmeticError(f"`[[ {text} NAME ]]` evaluates an array subscript as arithmetic",
                                           "Test the variable with `[[ -n ${NAME+set} ]]`.")
                 argv.append(w.Word(text, (w.Segment(w.LIT, text),)))
-            elif role == "regex":
-                argv.append(self.regex(token))
+                roles.append("op")
+            elif k > 0 and roles[-1] == "op" and argv[-1].value == "=~":
+                argv.append(self.regex(text))
+                roles.append("regex")
             else:
-                made = self.word_nodes([token], context, pattern=True)
+                made = self.word_nodes([node for _, node in group], context, pattern=True)
                 if len(made) != 1:
                     raise _Unsupported("a [[ ]] operand must be one word")
                 argv.append(made[0])
-            roles.append(role)
+                roles.append("word")
         # Arithmetic operators evaluate both operands as expressions.
-        for k, (role, token) in enumerate(tokens):
-            if role == "op" and self.source(token) in ARITHMETIC_TEST_OPERATORS:
+        for k, group in enumerate(groups):
+            if roles[k] == "op" and argv[k + 1].value in ARITHMETIC_TEST_OPERATORS:
                 for side in (k - 1, k + 1):
-                    if 0 <= side < len(tokens) and tokens[side][0] != "op":
-                        self.integers.operand(tokens[side][1], self.source)
+                    if 0 <= side < len(groups) and roles[side] != "op":
+                        if len(groups[side]) != 1:
+                            raise ArithmeticError(f"`{argv[side + 1].source}` is used in arithmetic, where bash "
+                                                  "evaluates its value as an expression")
+                        self.integers.operand(groups[side][0][1], self.source)
         argv.append(w.Word("]]", (w.Segment(w.LIT, "]]"),)))
         head = self.command_of("conditional", tuple(argv), [], [])
         return Node("test", index=head.index, ops=tuple(roles))
+
+    def test_words(self, tokens: list[tuple[str, tree_sitter.Node]]) -> list[list[tuple[str, tree_sitter.Node]]]:
+        """Tokens with nothing between them are one bash word (tree-sitter reads `~/x` in [[ ]] as
+        the operator ~ before /x); only the metacharacters ( ) && || < > stand alone."""
+        groups: list[list[tuple[str, tree_sitter.Node]]] = []
+        for role, node in tokens:
+            if groups:
+                previous = groups[-1][-1][1]
+                gap = self.text[self.pos(previous.end_byte) : self.pos(node.start_byte)].replace("\\\n", "")
+                alone = {previous.type, node.type} & _TEST_METACHARACTERS and not (
+                    previous.is_named and node.is_named)
+                if not gap and not alone:
+                    groups[-1].append((role, node))
+                    continue
+                if gap.strip(" \t\n"):
+                    raise _Unsupported(f"cannot read the words around {gap.strip(' ')[:40]!r}")
+            groups.append([(role, node)])
+        return groups
 
     def test_tokens(self, nodes: list[tree_sitter.Node]) -> list[tuple[str, tree_sitter.Node]]:
         """A test expression flattened in source order: ("op", operator) and ("word"|"regex", operand)."""
@@ -824,10 +860,9 @@ class _Walker:
                 raise _Unsupported(f"bash construct `{node.type.replace('_', ' ')}` in a test is not accepted")
         return out
 
-    def regex(self, node: tree_sitter.Node) -> w.Word:
+    def regex(self, text: str) -> w.Word:
         """The right side of =~, taken as written: only when nothing in it is quoted or expands (a
         quoted part matches literally, an expansion runs)."""
-        text = self.source(node)
         if re.search(r"""['"`\\]|\$[A-Za-z_{(0-9@*#?$!-]""", text):
             raise _Unsupported("a regular expression with quotes, backslashes or expansions is not accepted",
                                "Write the regular expression plainly after =~, or compare with == and a pattern.")
