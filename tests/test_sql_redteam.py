@@ -16,11 +16,16 @@ import psycopg
 import pytest
 from mcp import Client
 
+from bastion.policy import Identity, Limits
+from bastion.policy.errors import QueryTimeout
 from bastion.server.app import create_server
 from bastion.server.config import load
 from bastion.store import SqliteAuditStore
+from bastion.tools.executors.base import RunRequest
+from bastion.tools.executors.postgres import PostgresExecutor
 from tests.conftest import requirement
-from tests.postgres_server import PgServer
+from tests.postgres_server import PgServer, wait_until
+from tests.test_identity_engine import forged
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 TAG = f"rt{os.getpid()}_{uuid.uuid4().hex[:4]}"
@@ -220,3 +225,19 @@ async def test_a_parameter_placeholder_is_the_statements_fault_not_a_lost_connec
     assert refused and "08P01" in shown and "unavailable" not in shown and "write each value" in shown, shown
     refused, shown = await call(alice, "SELECT count(*) FROM accounts")
     assert not refused and "20" in shown, shown
+
+
+async def test_a_statement_timeout_turned_off_by_sql_still_meets_the_gateways_clock(shop: Shop) -> None:
+    """statement_timeout is only a setting: a statement that got past the guard can turn it off.
+    Sent straight to the executor, the stall is cut by the gateway's own clock and cancelled on the
+    server (nothing of it keeps running)."""
+    ex = PostgresExecutor("rt", shop.pg.dsn(user=shop.gateway), search_path="redteam", role_logins={shop.alice: None})
+    stall = f"SELECT pg_sleep(8) /* {TAG} */"
+    try:
+        with pytest.raises(QueryTimeout):
+            await ex.run(RunRequest(forged("SET LOCAL statement_timeout = 0", stall), False, Limits(timeout_s=0.5),
+                                    Identity("alice@example.com", frozenset({"support"})), shop.alice))
+        assert wait_until(lambda: not shop.pg.execute(
+            "SELECT pid FROM pg_stat_activity WHERE query = %s AND state = 'active'", (stall,)), timeout=3)
+    finally:
+        await ex.close()

@@ -269,13 +269,19 @@ class PostgresExecutor:
             async with pool.connection(timeout=self.connect_timeout) as conn:
                 # Taken up front: once the call is cancelled, the connection itself may be gone.
                 canceller = conn.pgconn.get_cancel()
-                try:
-                    return await self._run_in_transaction(conn, request)
-                except anyio.get_cancelled_exc_class():
-                    # A cancelled call cancels the query on the server, not just the wait for it.
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(_cancel_quietly, canceller)
-                    raise
+                # statement_timeout is a setting SQL can change (SET, set_config): the gateway's own
+                # clock is the backstop, at the longest a call of these statements may honestly take.
+                with anyio.fail_after(_backstop_s(request)):
+                    try:
+                        return await self._run_in_transaction(conn, request)
+                    except anyio.get_cancelled_exc_class():
+                        # A cancelled call cancels the query on the server, not just the wait for it.
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(_cancel_quietly, canceller)
+                        raise
+        except TimeoutError as error:
+            raise QueryTimeout(f"the call ran past the {limits.timeout_s:g} s limit of each of its statements and was cancelled",
+                               hint="Narrow the query (WHERE, LIMIT) or ask for a longer timeout.") from error
         except PoolTimeout as error:
             raise TargetUnavailable(f"connection `{self.name}` is unavailable: the database did not accept a connection in time",
                                     detail=str(error)) from error
@@ -441,6 +447,12 @@ class _Sent:
             await cur.execute(f"FETCH FORWARD {self.size} FROM {self.declared}")
             batch = await cur.fetchall()
         return self.budget.result(columns)
+
+
+def _backstop_s(request: RunRequest) -> float:
+    """Each statement and each FETCH of a read has statement_timeout to itself, plus a second."""
+    fetches = -(-request.limits.max_rows // _FETCH_BATCH)
+    return request.limits.timeout_s * (len(request.statements) + fetches + 1) + 1.0
 
 
 async def _extended(conn: psycopg.AsyncConnection[Any], query: Any) -> psycopg.AsyncCursor[Any]:
