@@ -38,6 +38,7 @@ from bastion.policy.sql import dangerous_functions, postgres_parser
 from bastion.policy.sql.facts import WRITE_KINDS, FunctionRef, Statement
 
 Row = tuple[Any, ...]  # a catalog query's row, as the driver returns it
+_MEMO_SIZE = 8192  # references resolved and judged, per catalog
 
 # What tools/ runs to read the catalog. A function is built in when PostgreSQL's initdb made it:
 # in pg_catalog (or information_schema, whose views call its _pg_* helpers), owned by the bootstrap
@@ -153,6 +154,15 @@ class FunctionCatalog:
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Each view's function references and the relations it reads (None: its definition cannot be parsed).
     views: Mapping[str, tuple[frozenset[FunctionRef], frozenset[str]] | None] = field(default_factory=dict)
+    # What resolve() and judge() found for a reference, kept while this catalog is the one in force
+    # (it is immutable): an `=` has about sixty candidates, judged once, not on every new text.
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def _remember(self, key: Any, value: Any) -> Any:
+        if len(self._memo) >= _MEMO_SIZE:  # a bound, not an LRU: texts name few distinct references
+            self._memo.clear()
+        self._memo[key] = value
+        return value
 
     @classmethod
     def build(cls, procs: Iterable[Row], operators: Iterable[Row], types: Iterable[Row],
@@ -246,6 +256,12 @@ class FunctionCatalog:
     def resolve(self, ref: FunctionRef) -> tuple[Proc, ...] | None:
         """The functions ``ref`` may run; None when PostgreSQL could resolve it to nothing Bastion
         knows. An attribute that names no one-argument function is a column: ``()``."""
+        key = ("resolve", ref)
+        if key in self._memo:
+            return self._memo[key]
+        return self._remember(key, self._resolve(ref))
+
+    def _resolve(self, ref: FunctionRef) -> tuple[Proc, ...] | None:
         if ref.how == "operator":
             found = tuple(p for s, p in self.operators.get((ref.name, ref.nargs), ()) if self._in_scope(ref.schema, s))
             return found or None
@@ -294,10 +310,9 @@ def judge(rule: SqlRule, stmt: Statement, catalog: FunctionCatalog) -> Outcome |
                            f"`{ref.label}` with {ref.nargs} argument(s) is not something PostgreSQL can resolve on this "
                            f"connection's search path ({', '.join(catalog.search_path)}); what Bastion cannot resolve, it does not run",
                            hint="Check the name and the number of arguments, or qualify it with its schema.")
-        for proc in procs:
-            outcome = judge_function(rule, proc, ref)
-            if outcome is not None:
-                return outcome
+        outcome = _judge_all(rule, catalog, procs, ref)
+        if outcome is not None:
+            return outcome
     # A view runs what its definition calls, as if the text had called it.
     for view, called in catalog.view_calls(catalog.tables(stmt)[0]):
         if called is None:
@@ -310,11 +325,23 @@ def judge(rule: SqlRule, stmt: Statement, catalog: FunctionCatalog) -> Outcome |
             return Outcome("none", f"{rule.id}:function", f"the view `{view}` calls `{called.label}`, which PostgreSQL cannot "
                            "resolve on this connection's search path; what Bastion cannot resolve, it does not run",
                            hint="Read the tables it is built on instead.")
-        for proc in procs:
-            outcome = judge_function(rule, proc, called, view=view)
-            if outcome is not None:
-                return outcome
+        outcome = _judge_all(rule, catalog, procs, called, view)
+        if outcome is not None:
+            return outcome
     return None
+
+
+def _judge_all(rule: SqlRule, catalog: FunctionCatalog, procs: tuple[Proc, ...], ref: FunctionRef,
+               view: str | None = None) -> Outcome | None:
+    """The first of ``procs`` (what ``ref`` resolved to) that ``rule`` does not cover; None if all
+    pass. Remembered on the catalog per (rule, reference, view): the same rule object, or judged again."""
+    key = ("judge", id(rule), ref, view)
+    hit = catalog._memo.get(key)
+    if hit is not None and hit[0] is rule:
+        return hit[1]
+    outcome = next((o for proc in procs if (o := judge_function(rule, proc, ref, view=view)) is not None), None)
+    catalog._remember(key, (rule, outcome))
+    return outcome
 
 
 def sql_text_outcome(rule: SqlRule, label: str) -> Outcome:

@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import sqlglot
 
@@ -104,6 +105,64 @@ def guard_rounds(texts: list[str], rounds: int) -> None:
     print(f"  analyse + decide (cache hit)    {h:8.1f}   goal <= 20 µs")
 
 
+def point_queries(n: int = 200) -> list[str]:
+    """The point query an agent repeats with a new id each time (bench_peers.py's)."""
+    rng = random.Random(11)
+    return [f"SELECT id, total, note FROM orders WHERE id = {rng.randint(1, 10_000)}" for _ in range(n)]
+
+
+def catalog_rounds(texts: list[str], rounds: int) -> None:
+    """The decision as a PostgreSQL connection makes it: every function, operator and cast judged
+    against the server's own catalog (read from the PostgreSQL at $BASTION_TEST_PG_DSN), beside the
+    two-parser floor, same texts, same run. "memo emptied" empties the catalog's memo of resolved
+    and judged references before each text (what every new text cost before the memo)."""
+    import json
+
+    from pglast import parser as pglast_parser
+
+    from bench_postgres import ADMIN
+    from bastion.tools.executors.postgres import PostgresExecutor
+
+    async def read() -> object:
+        executor = PostgresExecutor("bench", ADMIN)
+        try:
+            catalog = await executor.refresh_functions()
+        finally:
+            await executor.close()
+        if catalog is None:
+            raise SystemExit(f"cannot read the function catalog at {ADMIN}: start PostgreSQL or set BASTION_TEST_PG_DSN")
+        return catalog
+
+    catalog: Any = asyncio.run(read())
+    policy = ConnectionPolicy("bench", "postgres", (READ_ONLY,))
+    who = Identity("bench")
+
+    def both_parsers(text: str) -> None:
+        sqlglot.parse(text, read="postgres")
+        json.loads(pglast_parser.parse_sql_json(text))
+
+    def judged(text: str) -> None:
+        analyze_module._analyse_cached.cache_clear()
+        policy.decisions.clear()
+        decide(who, policy, analyse(text, "postgres"), catalog)
+
+    def judged_afresh(text: str) -> None:
+        catalog._memo.clear()
+        judged(text)
+
+    floor, memo, afresh = [], [], []
+    for _ in range(rounds):
+        floor.append(timed(both_parsers, texts))
+        afresh.append(timed(judged_afresh, texts))
+        memo.append(timed(judged, texts))
+    b, a, m = (statistics.median(x) for x in (floor, afresh, memo))
+    print(f"1b. guard decision on PostgreSQL with the server's function catalog, {len(texts)} varied texts, "
+          f"median of {rounds} rounds (µs per text, no analysis or decision cache):")
+    print(f"  sqlglot + pglast parse, no more {b:8.1f}   (the two-parser floor)")
+    print(f"  analyse + decide, memo emptied  {a:8.1f}   {a / b:.2f}x the floor")
+    print(f"  analyse + decide                {m:8.1f}   {m / b:.2f}x the floor   goal <= 1.3x")
+
+
 async def mcp_rounds(rounds: int, calls: int = 200) -> None:
     from mcp import Client
 
@@ -162,5 +221,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     guard_rounds(golden() + corpus(), args.rounds)
+    catalog_rounds(golden() + corpus() + point_queries(), args.rounds)
     asyncio.run(mcp_rounds(args.rounds))
     asyncio.run(shell_rounds(args.rounds))

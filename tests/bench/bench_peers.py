@@ -7,7 +7,9 @@ Each server is its own process, driven by the MCP Python SDK's client, as an age
 Bastion (`bastion serve`: parse, decide, record durably, cap, run read-only as its login), DBHub
 (`@bytebase/dbhub`) and the reference PostgreSQL server (`@modelcontextprotocol/server-postgres`), both
 installed from npm into a scratch folder (``--peers``; nothing of theirs is kept in this repository).
-Postgres MCP Pro is not on this machine's package index, so it is not measured.
+Postgres MCP Pro is not on this machine's package index, so it is not measured. A fourth server,
+`sdk-bare` (tests/bench/bare_sdk_server.py), is the floor of any server on the MCP Python SDK: Bastion's
+tool and result shape with nothing of Bastion in it (psycopg only), over stdio and HTTP alike.
 
 First stdio, two workloads, each with varied texts (an agent does not repeat one query): a point query
 by a random id, and a 1,000-row range from a random start. Rounds are interleaved (every server once
@@ -68,14 +70,20 @@ def url(dsn: str) -> str:
     return f"postgres://{p.get('user', 'postgres')}@{p.get('host', '127.0.0.1')}:{p.get('port', 5432)}/{p['dbname']}?sslmode=disable"
 
 
+def bastion_call(q: str) -> tuple[str, dict[str, Any]]:
+    return "sql_query", {"connection": "pg", "sql": q}
+
+
 def servers(bin_dir: Path, config: Path, dsn: str) -> dict[str, tuple[list[str], Callable[[str], tuple[str, dict[str, Any]]]]]:
     """name → (command, how a SQL text becomes that server's tool call)."""
     bastion = str(Path(sys.executable).parent / "bastion")
     return {
-        "bastion": ([bastion, "serve", "--config", str(config)], lambda q: ("sql_query", {"connection": "pg", "sql": q})),
+        "bastion": ([bastion, "serve", "--config", str(config)], bastion_call),
         "dbhub": ([str(bin_dir / "dbhub"), "--transport", "stdio", f"--dsn={url(dsn)}"],
                   lambda q: ("execute_sql", {"sql": q})),
         "reference": ([str(bin_dir / "mcp-server-postgres"), url(dsn)], lambda q: ("query", {"sql": q})),
+        # The SDK's floor: Bastion's tool and result shape with nothing of Bastion in it.
+        "sdk-bare": ([sys.executable, str(HERE / "bare_sdk_server.py"), dsn], bastion_call),
     }
 
 
@@ -90,6 +98,7 @@ def http_servers(bin_dir: Path, config: Path,
                     stdio["bastion"][1]),
         "dbhub": (lambda port: [str(bin_dir / "dbhub"), "--transport", "http", "--host", "127.0.0.1",
                                 "--port", str(port), f"--dsn={url(dsn)}"], stdio["dbhub"][1]),
+        "sdk-bare": (lambda port: [sys.executable, str(HERE / "bare_sdk_server.py"), dsn, str(port)], bastion_call),
     }
 
 
