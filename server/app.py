@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Any, AsyncIterator, Awaitable, Call
 
 import anyio
 
-from mcp.server import MCPServer
+from mcp.server import MCPServer, ServerRequestContext
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import CallNext, HandlerResult
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.request_state import RequestStateSecurity
@@ -136,16 +137,23 @@ APPROVER_TOOLS = frozenset({"approvals_list", "approval_decide"})
 
 
 class BastionServer(MCPServer):
-    """MCPServer whose tool list depends on the caller: approvers' tools are listed to approvers only."""
+    """MCPServer whose tool list depends on the caller: approvers' tools are listed to approvers only.
+    The list is filtered by a server middleware (the SDK's public hook for rewriting a result; it
+    calls it provisional in 2.x), not by overriding its private list handler."""
 
     tool_visible: Callable[[Context, str], bool] = staticmethod(lambda ctx, name: True)
     verifier: OidcVerifier | None = None  # with [auth]: the HTTP app records requests that bring no token
     bastion_context: Callable[[Context], tuple[Gateway, Caller]]  # set by create_server
 
-    async def _handle_list_tools(self, ctx: Any, params: Any) -> Any:  # the SDK's list handler, filtered
-        result = await super()._handle_list_tools(ctx, params)
-        context = Context(request_context=ctx, mcp_server=self)
-        result.tools = [tool for tool in result.tools if self.tool_visible(context, tool.name)]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.middleware.append(self._visible_tools)
+
+    async def _visible_tools(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        result = await call_next(ctx)
+        if ctx.method == "tools/list" and isinstance(result, dict):  # the list as it goes on the wire
+            context = Context(request_context=ctx, mcp_server=self)
+            result["tools"] = [tool for tool in result.get("tools", ()) if self.tool_visible(context, tool["name"])]
         return result
 
 
