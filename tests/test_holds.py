@@ -238,7 +238,8 @@ async def test_the_mcp_client_gets_progress_and_an_approver_answers_from_their_o
 
 @requirement("approval:runs-once")
 async def test_an_approval_from_the_cli_in_another_process_releases_the_waiting_call(tmp_path: Path, demo_db: Path) -> None:
-    config = write_config(tmp_path, demo_db, wait="30s")
+    # The wait is a hang guard: two CLI processes start within it, which on a loaded host took over 30 s.
+    config = write_config(tmp_path, demo_db, wait="120s")
     approver_config = tmp_path / "approver.toml"
     approver_config.write_text(config.read_text().replace('subject = "dev"', 'subject = "dora"')
                                .replace('groups = ["developers"]\n\n[approvals]', 'groups = ["dba"]\n\n[approvals]', 1))

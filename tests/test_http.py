@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,29 +36,42 @@ RAW_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
 
 
 def free_port() -> int:
+    """A port free a moment ago, for a config that must name its own URL before the server starts
+    ([auth] resource); anything else binds port 0 (`serving` without a port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+_LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+
 @contextmanager
 def serving(config: Path, port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = port or free_port()
-    log = config.parent / f"serve-{port}.log"
+    """`bastion serve --http` as a real process; without ``port`` the OS picks one (port 0) and the
+    server's start-up line says which, so no other process can take it in between."""
+    log = config.parent / f"serve-{port or secrets.token_hex(4)}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bastion.server", "serve", "--config", str(config), "--http", f"127.0.0.1:{port}"],
+        proc = subprocess.Popen([sys.executable, "-m", "bastion.server", "serve", "--config", str(config), "--http", f"127.0.0.1:{port or 0}"],
                                 stdout=out, stderr=subprocess.STDOUT)
+    bound: list[int] = [port] if port else []
 
     def up() -> bool:
+        if not bound:
+            found = _LISTENING.search(log.read_bytes())
+            if found is None:
+                return False
+            bound.append(int(found.group(1)))
         with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
+            return s.connect_ex(("127.0.0.1", bound[0])) == 0
 
     try:
-        if not wait_until(up, timeout=20):
+        # A hang guard, not a timing claim: a loaded 2-core host has taken over 20 s to import and start.
+        if not wait_until(lambda: up() or proc.poll() is not None, timeout=60) or proc.poll() is not None:
             proc.kill()
             proc.wait()
-            pytest.fail("bastion serve --http did not start:\n" + log.read_text())
-        yield proc, f"http://127.0.0.1:{port}/mcp"
+            pytest.fail(f"bastion serve --http did not start (exit code {proc.returncode}):\n" + log.read_text())
+        yield proc, f"http://127.0.0.1:{bound[0]}/mcp"
     finally:
         stop(proc, timeout=10)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from bastion.policy import Identity
 from tests.conftest import requirement
+from tests.processes import running, unique_sleep
 from bastion.tools.executors.local_shell import LocalShellExecutor
 from bastion.tools.executors.shell_base import ShellRunRequest
 
@@ -20,10 +20,6 @@ pytestmark = pytest.mark.anyio
 
 def request(command: str, *, timeout: float = 5, cap: int = 10_000) -> ShellRunRequest:
     return ShellRunRequest(command, None, timeout, cap, Identity("t"))
-
-
-def sleepers(marker: str) -> bool:
-    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
 
 
 @requirement("shell:scrubbed-environment", "inv:no-credential-leak")
@@ -36,18 +32,20 @@ async def test_commands_never_see_the_gateways_environment(tmp_path: Path, monke
 
 @requirement("shell:timeout-kills-group")
 async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    sleep = unique_sleep(31)
     started = time.monotonic()
-    result = await LocalShellExecutor("l", tmp_path).run(request("sleep 31.5 | sleep 31.5", timeout=0.5))
+    result = await LocalShellExecutor("l", tmp_path).run(request(f"{sleep} | {sleep}", timeout=0.5))
     assert result.timed_out and result.exit_code is None and time.monotonic() - started < 5
-    assert not sleepers("sleep 31.5")
+    assert not running(sleep)
 
 
 @requirement("shell:timeout-kills-group", "inv:cancel-cancels-query")
 async def test_cancelling_the_call_kills_the_process_group(tmp_path: Path) -> None:
+    sleep = unique_sleep(32)
     with anyio.move_on_after(0.5):
-        await LocalShellExecutor("l", tmp_path).run(request("sleep 32.5; echo never", timeout=60))
+        await LocalShellExecutor("l", tmp_path).run(request(f"{sleep}; echo never", timeout=60))
     with anyio.fail_after(5):
-        while sleepers("sleep 32.5"):
+        while running(sleep):
             await anyio.sleep(0.05)
 
 

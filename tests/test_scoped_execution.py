@@ -8,6 +8,7 @@ import os
 import pwd
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -32,18 +33,39 @@ pytestmark = pytest.mark.anyio
 RLS_SETUP = """
 DROP SCHEMA IF EXISTS notes CASCADE;
 CREATE SCHEMA notes;
-DO $$ BEGIN CREATE ROLE bastion_gateway LOGIN NOINHERIT; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN CREATE ROLE notes_reader NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-DO $$ BEGIN CREATE ROLE notes_writer NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-GRANT notes_reader, notes_writer TO bastion_gateway;
+CREATE ROLE "{r.gateway}" LOGIN NOINHERIT;
+CREATE ROLE "{r.reader}" NOLOGIN;
+CREATE ROLE "{r.writer}" NOLOGIN;
+GRANT "{r.reader}", "{r.writer}" TO "{r.gateway}";
 CREATE TABLE notes.notes (id int PRIMARY KEY, owner text NOT NULL, body text NOT NULL);
 INSERT INTO notes.notes VALUES (1, 'alice', 'a1'), (2, 'alice', 'a2'), (3, 'bob', 'b1'), (4, 'bob', 'b2'), (5, 'bob', 'b3');
 ALTER TABLE notes.notes ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_notes ON notes.notes USING (owner = current_setting('bastion.user', true));
-GRANT USAGE ON SCHEMA notes TO notes_reader, notes_writer;
-GRANT SELECT ON notes.notes TO notes_reader;
-GRANT SELECT, UPDATE ON notes.notes TO notes_writer;
+GRANT USAGE ON SCHEMA notes TO "{r.reader}", "{r.writer}";
+GRANT SELECT ON notes.notes TO "{r.reader}";
+GRANT SELECT, UPDATE ON notes.notes TO "{r.writer}";
 """
+
+
+@dataclass(frozen=True)
+class Roles:
+    gateway: str
+    reader: str
+    writer: str
+
+
+@pytest.fixture
+def roles(pg_server: PgServer) -> Iterator[Roles]:
+    """The gateway's login and the two mapped roles: cluster-wide, so named for this run and dropped."""
+    prefix = f"se_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    r = Roles(f"{prefix}_gateway", f"{prefix}_reader", f"{prefix}_writer")
+    pg_server.execute(RLS_SETUP.format(r=r))
+    try:
+        yield r
+    finally:
+        pg_server.execute("DROP SCHEMA IF EXISTS notes CASCADE")
+        for role in (r.gateway, r.reader, r.writer):
+            pg_server.execute(f'DROP OWNED BY "{role}"; DROP ROLE IF EXISTS "{role}"')
 
 
 @pytest.fixture
@@ -57,8 +79,8 @@ def people(oidc_provider: OidcProvider) -> dict[str, str]:
 
 
 @pytest.fixture
-def scoped_config(tmp_path: Path, pg_server: PgServer, oidc_provider: OidcProvider, people: dict[str, str]) -> Iterator[Path]:
-    pg_server.execute(RLS_SETUP)
+def scoped_config(tmp_path: Path, pg_server: PgServer, oidc_provider: OidcProvider, people: dict[str, str],
+                  roles: Roles) -> Iterator[Path]:
     pg_server.execute("UPDATE notes.notes SET owner = %s WHERE owner = 'alice'", (people["alice"],))
     pg_server.execute("UPDATE notes.notes SET owner = %s WHERE owner = 'bob'", (people["bob"],))
     port = free_port()
@@ -70,17 +92,17 @@ resource = "http://127.0.0.1:{port}/mcp"
 
 [connections.notes]
 kind = "postgres"
-target = "{pg_server.dsn(user='bastion_gateway')}"
+target = "{pg_server.dsn(user=roles.gateway)}"
 search_path = "notes"
 preset = "read-write"
 
 [[connections.notes.roles]]
 groups = ["support"]
-role = "notes_reader"
+role = "{roles.reader}"
 
 [[connections.notes.roles]]
 groups = ["sales"]
-role = "notes_writer"
+role = "{roles.writer}"
 """)
     yield config
 
@@ -92,7 +114,7 @@ async def _session(url: str, token: str):  # type: ignore[no-untyped-def]
 
 @requirement("scope:role", "scope:unmapped-invisible")
 async def test_two_people_see_and_change_only_what_their_role_and_rls_allow(
-        scoped_config: Path, oidc_provider: OidcProvider, people: dict[str, str]) -> None:
+        scoped_config: Path, oidc_provider: OidcProvider, people: dict[str, str], roles: Roles) -> None:
     port = int(load(scoped_config).auth.resource.rsplit(":", 1)[1].split("/")[0])  # type: ignore[union-attr]
     results = {}
     with serving(scoped_config, port) as (_, url):
@@ -122,11 +144,12 @@ async def test_two_people_see_and_change_only_what_their_role_and_rls_allow(
     events = list(SqliteAuditStore(scoped_config.parent / "bastion-audit.db").iter_all())
     ran_as = {(e["identity"]["subject"], e["decision"]["run_as"]["as"]) for e in events
               if e["type"] == "call.requested" and e["tool"] == "sql_query" and e["decision"] and "run_as" in e["decision"]}
-    assert ran_as == {(people["alice"], "notes_reader"), (people["bob"], "notes_writer")}
+    assert ran_as == {(people["alice"], roles.reader), (people["bob"], roles.writer)}
 
 
 @requirement("scope:role")
-async def test_the_call_runs_as_the_role_with_the_identity_settings(scoped_config: Path, people: dict[str, str]) -> None:
+async def test_the_call_runs_as_the_role_with_the_identity_settings(scoped_config: Path, people: dict[str, str],
+                                                                    roles: Roles) -> None:
     gateway = build_gateway(load(scoped_config))
     bob = Identity(people["bob"], frozenset({"sales"}))
     try:
@@ -134,7 +157,7 @@ async def test_the_call_runs_as_the_role_with_the_identity_settings(scoped_confi
                                        "current_setting('bastion.user'), current_setting('application_name')", None)
     finally:
         await gateway.close()
-    assert done.result.rows == [["notes_writer", "bastion_gateway", people["bob"], f"bastion:{people['bob']}"]]
+    assert done.result.rows == [[roles.writer, roles.gateway, people["bob"], f"bastion:{people['bob']}"]]
 
 
 def _need_root() -> None:
@@ -233,7 +256,7 @@ async def test_the_impact_preview_on_postgresql_counts_rows_as_the_role_and_chan
     finally:
         await gateway.close()
     (statement,) = hold.preview["statements"]  # type: ignore[index]
-    # Run as notes_writer under RLS: bob's three rows, not all five; and nothing changed.
+    # Run as the writer role under RLS: bob's three rows, not all five; and nothing changed.
     assert statement["rows"] == 3 and "Update on notes" in statement["plan"]
     assert hold.preview["rolled_back"] is True  # type: ignore[index]
     assert pg_server.execute("SELECT id, body FROM notes.notes ORDER BY id") == before

@@ -26,6 +26,7 @@ from bastion.tools.executors.local_shell import LocalShellExecutor
 from bastion.tools.executors.sandbox import SANDBOX_UID, Sandbox, SandboxLimits
 from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest
 from tests.conftest import requirement
+from tests.processes import running, unique_sleep
 
 pytestmark = pytest.mark.anyio
 CANARY = "CANARY-" + secrets.token_hex(8)
@@ -198,11 +199,10 @@ async def test_repository_config_cannot_launch_programs(site: Path) -> None:
 
 @requirement("shell:sandbox-limits")
 async def test_the_timeout_kills_the_whole_sandbox(site: Path) -> None:
-    token = secrets.token_hex(4)
-    result = await run(executor(site), f"(setsid sleep 3{token[:2]}.5 &); nohup sleep 4{token[:2]}.5 & sleep 60", timeout=1)
+    detached, backgrounded = unique_sleep(3), unique_sleep(4)
+    result = await run(executor(site), f"(setsid {detached} &); nohup {backgrounded} & sleep 60", timeout=1)
     assert result.timed_out
-    left = subprocess.run(["pgrep", "-f", f"sleep [34]{token[:2]}.5"], capture_output=True, text=True).stdout
-    assert left == "", "a process of the sandbox outlived the call"
+    assert not running(detached) and not running(backgrounded), "a process of the sandbox outlived the call"
 
 
 @requirement("shell:sandbox-limits")

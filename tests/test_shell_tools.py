@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from bastion.server.config import load
 from bastion.store import SqliteAuditStore
 from bastion.store import events as ev
 from tests.conftest import requirement
+from tests.processes import running
 
 pytestmark = pytest.mark.anyio
 
@@ -106,11 +109,13 @@ async def test_output_is_capped_and_marked(client: Client) -> None:
 
 
 async def test_a_command_past_its_timeout_is_killed(client: Client, project: Path) -> None:
+    followed = f"follow-{os.getpid()}-{secrets.token_hex(4)}.txt"  # a command line no other process has
+    (project / "repo" / followed).write_text("x\n")
     with anyio.fail_after(20):
-        result = await client.call_tool("shell_run", {"connection": "repo", "command": "tail -f file0.py"})
+        result = await client.call_tool("shell_run", {"connection": "repo", "command": f"tail -f {followed}"})
     data = result.structured_content
     assert data["timed_out"] and data["exit_code"] is None and "killed at the time limit" in result.content[0].text
-    assert subprocess.run(["pgrep", "-f", "tail -f file0.py"], capture_output=True).returncode == 1
+    assert not running(f"tail -f {followed}")
 
 
 async def test_cwd_must_stay_inside_the_connections_directory(client: Client, project: Path) -> None:

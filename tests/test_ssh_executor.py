@@ -5,7 +5,6 @@ sshd runs on this machine, so a remote process is a local one: `pgrep -f` shows 
 
 from __future__ import annotations
 
-import secrets
 import socket
 import subprocess
 import time
@@ -19,6 +18,7 @@ import pytest
 from bastion.policy import Identity
 from bastion.policy.errors import TargetUnavailable
 from tests.conftest import requirement
+from tests.processes import running, unique_sleep
 from tests.sshd_server import SshServer
 from bastion.tools.executors.shell_base import ShellRunRequest
 from bastion.tools.executors.ssh import SshExecutor
@@ -60,19 +60,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def running(pattern: str) -> bool:
-    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
-
-
 async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.05)
-
-
-def unique_sleep() -> str:
-    """A sleep whose command line no other process has."""
-    return f"sleep 30.{secrets.randbelow(10**6):06d}"
 
 
 def assert_no_secret(error: TargetUnavailable, key_file: Path) -> None:
