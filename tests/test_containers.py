@@ -37,7 +37,7 @@ MARK = f"bastion-marker-{os.getpid()}"
 
 
 def write_config(folder: Path, container: Container, *, target: str | None = None, user: str = "app",
-                 timeout: float = 30, extra: str = "") -> Path:
+                 timeout: float = 30, max_output_bytes: int = 100_000, extra: str = "") -> Path:
     pick = f'label = "{container.label}"' if target is None else f'container = "{target}"'
     config = folder / "bastion.toml"
     config.write_text(f"""
@@ -62,6 +62,7 @@ detectors = ["email"]
   programs = ["id", "echo", "cat", "ls", "sleep", "touch", "printenv"]
   redirects = "read"
   timeout = {timeout}
+  max_output_bytes = {max_output_bytes}
 """)
     return config
 
@@ -262,3 +263,15 @@ async def test_a_container_replaced_or_stopped_under_its_name_is_checked_again(t
     finally:
         await gw.shutdown()
         podman.run("rm", "-f", "-t", "0", name, check=False)
+
+
+async def test_output_and_logs_are_capped_at_the_rules_bytes(tmp_path: Path, container: Container) -> None:
+    gw = build_gateway(load(write_config(tmp_path, container, max_output_bytes=12)))
+    await gw.start()
+    try:
+        ran = await gw.shell_run(AGENT, "app", "cat /etc/passwd", None)
+        logs = await container_call(gw, AGENT, "app", "logs")
+    finally:
+        await gw.shutdown()
+    assert ran.result.truncated and ran.result.stdout == "root:x:0:0:r"  # the command's output, no header
+    assert logs.result.truncated and logs.result.output == "boot ok\nERRO"
