@@ -19,7 +19,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Iterator, Protocol, Sequence
 
 import anyio
@@ -34,8 +34,16 @@ _INSERT = (f"INSERT INTO events (seq, {', '.join(ev.FIELDS)}, prev_hash, hash) "
            f"VALUES ({', '.join('?' for _ in range(len(ev.FIELDS) + 3))})")
 
 
+# A process on another host is live while its heartbeat is younger than this (it beats every 15 s).
+HEARTBEAT_LIVE_S = 60.0
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _ago(seconds: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat(timespec="microseconds")
 
 
 class Connection(Protocol):
@@ -189,8 +197,9 @@ class AuditStore:
     def _insert(self, conn: Connection, events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         """Chain ``events`` onto the log's end and insert them, inside the caller's write transaction."""
         if not self._registered:
-            conn.execute("INSERT OR IGNORE INTO instances VALUES (?, ?, ?, ?)",
-                         (self.instance, socket.gethostname(), os.getpid(), now_iso()))
+            now = now_iso()
+            conn.execute("INSERT OR IGNORE INTO instances (id, host, pid, started, seen) VALUES (?, ?, ?, ?, ?)",
+                         (self.instance, socket.gethostname(), os.getpid(), now, now))
         # Read the chain's end inside the lock: another process may have appended.
         last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         prev, seq = (last[1], last[0]) if last else (ev.GENESIS, 0)
@@ -329,9 +338,12 @@ class AuditStore:
 
     def close_interrupted(self) -> list[str]:
         """Mark calls left without a terminal event by a gateway process that is gone as interrupted
-        (run at start-up). Calls of a live process sharing this log are left alone."""
-        live = {row[0] for row in self.read("SELECT id, host, pid FROM instances")
-                if row[1] == socket.gethostname() and _alive(row[2]) and row[0] != self.instance}
+        (run at start-up). Calls of a live process sharing this log are left alone: on this host, a
+        process whose pid is alive; on another host (a replica sharing a PostgreSQL store), one whose
+        `heartbeat` is recent."""
+        host, recent = socket.gethostname(), _ago(HEARTBEAT_LIVE_S)
+        live = {id_ for id_, on, pid, seen in self.read("SELECT id, host, pid, seen FROM instances")
+                if id_ != self.instance and (_alive(pid) if on == host else (seen or "") >= recent)}
         rows = self.read(
             f"SELECT call_id, instance FROM events WHERE type = ? AND call_id NOT IN "
             f"(SELECT call_id FROM events WHERE type IN ({', '.join('?' for _ in ev.TERMINAL)})) ORDER BY seq",
@@ -341,6 +353,13 @@ class AuditStore:
             self.append({"type": ev.INTERRUPTED, "call_id": call_id,
                          "error": {"code": "interrupted", "message": "the gateway stopped before the call ended"}})
         return open_calls
+
+    def heartbeat(self) -> None:
+        """Say this process is alive (a gateway calls it every few seconds): another host's gateway
+        starting up leaves this one's open calls alone while its heartbeat is recent."""
+        if self._registered:
+            with self._write_lock:
+                self.conn.execute("UPDATE instances SET seen = ? WHERE id = ?", (now_iso(), self.instance))
 
     @contextmanager
     def write_transaction(self, conn: Connection, what: str) -> Iterator[Connection]:

@@ -208,4 +208,10 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX call_slots_subject ON call_slots (subject, started)
         """,
     ),
+    (
+        # Replicas on several hosts sharing a PostgreSQL store cannot see each other's pids: a
+        # heartbeat (AuditStore.heartbeat) tells a starting gateway which other-host processes live.
+        "0009_instance_seen",
+        "ALTER TABLE instances ADD COLUMN seen TEXT",
+    ),
 )

@@ -134,4 +134,8 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX call_slots_subject ON call_slots (subject, started)
         """,
     ),
+    (
+        "0009_instance_seen",
+        "ALTER TABLE instances ADD COLUMN seen TEXT",
+    ),
 )

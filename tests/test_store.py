@@ -68,7 +68,7 @@ def test_calls_left_open_are_closed_as_interrupted(store_at: StoreAt) -> None:
 def test_migrations_are_recorded_and_not_rerun(store_at: StoreAt) -> None:
     store_at.open().close()
     store = store_at.open()
-    assert [r["name"] for r in store.read("SELECT name FROM _migrations ORDER BY name")] == ["0001_events", "0002_instances", "0003_checkpoints", "0004_search", "0005_approvals", "0006_tree_checkpoints", "0007_tree_nodes", "0008_call_slots"]
+    assert [r["name"] for r in store.read("SELECT name FROM _migrations ORDER BY name")] == ["0001_events", "0002_instances", "0003_checkpoints", "0004_search", "0005_approvals", "0006_tree_checkpoints", "0007_tree_nodes", "0008_call_slots", "0009_instance_seen"]
 
 
 def test_the_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
@@ -192,12 +192,13 @@ def test_a_store_migrated_by_an_older_version_is_upgraded_in_place(store_at: Sto
     full = (pg_migrations if store_at.kind == "postgres" else migrations).MIGRATIONS
     older = store_at.open()
     older.append({"type": ev.REQUESTED, "call_id": "before"})
-    # As if the last migration had not existed yet: forget it and undo what it made.
-    last, table = full[-1][0], "call_slots"
-    older.conn.execute("DELETE FROM _migrations WHERE name = ?", (last,))
+    # As if the last two migrations had not existed yet: forget them and undo what they made.
+    last, table = full[-2][0], "call_slots"
+    older.conn.execute("DELETE FROM _migrations WHERE name >= ?", (last,))
     older.conn.execute(f"DROP TABLE {table}")
+    older.conn.execute("ALTER TABLE instances DROP COLUMN seen")
     store = store_at.open()
-    assert [r[0] for r in store.read("SELECT name FROM _migrations ORDER BY name")][-1] == last
+    assert [r[0] for r in store.read("SELECT name FROM _migrations ORDER BY name")][-2:] == [last, full[-1][0]]
     assert store.read(f"SELECT count(*) FROM {table}")[0][0] == 0
     assert store.append({"type": ev.FINISHED, "call_id": "before"})["seq"] == 2
 
@@ -208,3 +209,32 @@ def test_a_schema_newer_than_the_code_is_refused(store_at: StoreAt) -> None:
     store_at.open().conn.execute("INSERT INTO _migrations VALUES ('0099_from_the_future', 'x')")
     with pytest.raises(SchemaTooNew, match="0099_from_the_future.*newer than this Bastion"):
         store_at.open()
+
+
+def test_start_up_leaves_a_replica_on_another_host_alone_while_its_heartbeat_is_recent(store_at: StoreAt) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    def replica(call_id: str, seen: datetime) -> None:
+        other = store_at.open()
+        other.append({"type": ev.REQUESTED, "call_id": call_id})
+        other.conn.execute("UPDATE instances SET host = 'another-host', pid = 1, seen = ? WHERE id = ?",
+                           (seen.isoformat(timespec="microseconds"), other.instance))
+
+    now = datetime.now(timezone.utc)
+    replica("on-a-live-replica", now - timedelta(seconds=5))
+    replica("on-a-silent-one", now - timedelta(minutes=5))
+    assert store_at.open().close_interrupted() == ["on-a-silent-one"]
+
+
+def test_search_finds_calls_by_word_and_filter_on_either_backend(store_at: StoreAt) -> None:
+    from bastion.store.search import search
+
+    store = store_at.open()
+    for n, (who, text) in enumerate([("alice", "SELECT email FROM customers"), ("bob", "SELECT email FROM orders"),
+                                     ("alice", "DELETE FROM orders WHERE id = 7")]):
+        store.append({"type": ev.REQUESTED, "call_id": f"c{n}", "text": text, "identity": {"subject": who},
+                      "connection": "shop", "tool": "sql_query", "decision": {"verdict": "allow"}})
+    assert [e["call_id"] for e in search(store, "email")] == ["c1", "c0"]  # newest first
+    assert [e["call_id"] for e in search(store, "orders", user="alice")] == ["c2"]
+    assert [e["call_id"] for e in search(store, "", user="bob")] == ["c1"]
+    assert search(store, "nothing like this") == []

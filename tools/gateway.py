@@ -75,6 +75,7 @@ class Gateway:
         while True:
             try:
                 await anyio.to_thread.run_sync(self.approvals.expire_due)
+                await anyio.to_thread.run_sync(self.store.heartbeat)  # this gateway is alive (replicas on other hosts)
             except Exception:  # a busy or failing store: try again next round
                 log.exception("expiring holds failed")
             await anyio.sleep(every_s)
