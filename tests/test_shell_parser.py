@@ -161,7 +161,7 @@ DECIDED = [
     ("for f in *.py; do case $f in test_*) echo test $f;; *) wc -l $f;; esac; done", "inspect"),
     ("case x in x) rm -rf /;; esac", "inspect:program"),
     ("case x in x) ls ;& y) pwd;; esac", "guard:unsupported"),
-    ("until false; do ls; done", "inspect:construct"),
+    ("until false; do ls; done", "guard:rebuild"),
     ("while true; do ls; done", "guard:rebuild"),
     ("grep -c x <<< 'a x'", "inspect"),
     ("cat <<'EOF' | grep -n x\nx $(id) `id`\nEOF", "inspect"),

@@ -46,4 +46,4 @@ def vet_shell_text(identity: Identity, policy: ShellPolicy, text: str) -> tuple[
     try:
         return analysis, decision, rebuild(analysis)
     except RebuildError as error:
-        return analysis, Decision.deny("guard:rebuild", str(error), hint=_HINT), None
+        return analysis, Decision.deny("guard:rebuild", str(error), hint=error.hint or _HINT), None

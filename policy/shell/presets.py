@@ -26,11 +26,12 @@ INSPECT = ShellRule(
     programs=INSPECT_PROGRAMS,
     git_subcommands=INSPECT_GIT,
     # Here-documents and here-strings as input: rebuilt with a quoted delimiter, nothing in them expands;
-    # `for name in WORDS; do ...; done` and `... | while read name; do ...; done` with lower-case names,
+    # `for name in WORDS; do ...; done` and `... | while read name; do ...; done` with lower-case names
+    # (other while and until loops are parsed and checked, then refused at the rebuild with the reason),
     # `if`, `case` (each branch checked), `[[ ]]` and arithmetic (only integers the text itself gave:
     # policy.shell.arithmetic). policy.shell.analyze: for_loop, while_loop, if_clause, case, test.
     constructs=frozenset({"subshell", "group", "command-substitution", "heredoc", "herestring", "for", "if",
-                          "while", "case", "conditional", "arithmetic"}),
+                          "while", "until", "case", "conditional", "arithmetic"}),
     redirects="read",
     write_paths=("/dev/null",),
 )

@@ -15,7 +15,9 @@ from bastion.policy.shell.words import ARITH, CMDSUB, GLOB, LIT, PARAM, PROCSUB,
 
 
 class RebuildError(ValueError):
-    pass
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def rebuild(analysis: ShellAnalysis) -> str:
@@ -80,7 +82,9 @@ class _Builder:
             return f"{{ {inner if inner.endswith((';', '&')) else inner + ' ;'} }}"
         if node.kind in ("while", "until", "for"):
             raise RebuildError(f"this `{node.kind}` loop is not run by Bastion: only `for NAME in WORDS; do ...; done` "
-                               "and `... | while read NAME; do ...; done` are (a loop with another condition may never end)")
+                               "and `... | while read NAME; do ...; done` are (a loop with another condition may never end)",
+                               "Loop over the words themselves (`for f in *.py; do ...; done`, `for i in {1..5}; do ...; "
+                               "done`) or pipe lines into `while read -r line; do ...; done`.")
         raise RebuildError(f"`{node.kind}` blocks are not run by Bastion")
 
     def case(self, node: Node) -> str:

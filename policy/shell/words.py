@@ -304,13 +304,20 @@ def words(src: str, offset: int, subs: dict[int, tuple[int, str]], budget: Budge
         if len(expansions) > 1 and not any(text or quoted for _, text, quoted, _ in expanded):
             continue  # a{,b}'s empty alternative: bash drops an empty unquoted word
         segments: list[Segment] = []
+        run: list[str] = []  # adjacent literal text, joined once (a long word is not quadratic)
+        run_quoted = False
         for kind, text, quoted, start in expanded:
             kind = LIT if kind == _BRACE else kind  # braces that do not form an expansion are literal
-            if kind == LIT and segments and segments[-1].kind == LIT:
-                last = segments.pop()
-                segments.append(Segment(LIT, last.text + text, last.quoted or quoted))
-            else:
-                segments.append(Segment(kind, text, quoted, start))
+            if kind == LIT:
+                run.append(text)
+                run_quoted = run_quoted or quoted
+                continue
+            if run:
+                segments.append(Segment(LIT, "".join(run), run_quoted))
+                run, run_quoted = [], False
+            segments.append(Segment(kind, text, quoted, start))
+        if run:
+            segments.append(Segment(LIT, "".join(run), run_quoted))
         # Tilde expansion comes after brace expansion: {~,x} starts a word with ~.
         if segments and segments[0].kind == LIT and not segments[0].quoted and segments[0].text.startswith("~"):
             head, sep, rest = segments[0].text.partition("/")
