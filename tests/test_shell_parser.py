@@ -172,6 +172,9 @@ DECIDED = [
     ("echo $(< README.md)", "inspect"),
     ("cd /testbed && grep -rn x . 2>&1 | head -5", "inspect"),
     ("ls a\\\nb", "inspect"),
+    # A loop's words reach every argument through its variable: they are checked as paths too.
+    ("for f in ~/.ssh/id_rsa; do cat $f; done", "inspect:path"),
+    ("for f in *.py src/*.py; do wc -l $f; done", "inspect"),
 ]
 
 

@@ -282,7 +282,21 @@ def check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[
 MAX_ARGUMENT_SLASHES = 256
 
 
+def _loop_words(node: Node | None) -> Iterator[Word]:
+    """The words of every rebuilt `for` loop: its variable carries them into any argument."""
+    if node is not None:
+        yield from node.words
+        for item in node.items:
+            yield from _loop_words(item)
+
+
 def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
+    for word in _loop_words(analysis.structure):  # `for f in ~/.ssh/*; do cat $f; done`
+        why = _protected(rule, word, cwd, False)
+        if why:
+            yield Outcome("deny" if why[0] else "none", f"{rule.id}:path", why[1],
+                          hint=None if why[0] else "Put glob patterns in the last path component only.")
+            return
     for command in all_commands(analysis):
         long = next((w for w in command.args if w.value.count("/") + w.value.count("~") > MAX_ARGUMENT_SLASHES), None)
         if long is not None:
