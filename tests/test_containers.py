@@ -275,3 +275,18 @@ async def test_output_and_logs_are_capped_at_the_rules_bytes(tmp_path: Path, con
         await gw.shutdown()
     assert ran.result.truncated and ran.result.stdout == "root:x:0:0:r"  # the command's output, no header
     assert logs.result.truncated and logs.result.output == "boot ok\nERRO"
+
+
+async def test_the_container_tool_over_mcp_answers_and_refuses_bad_input_clearly(tmp_path: Path,
+                                                                                 container: Container) -> None:
+    async with Client(create_server(load(write_config(tmp_path, container)))) as client:
+        logs = await client.call_tool("container", {"connection": "app", "action": "logs", "grep": "disk", "tail": 50})
+        wrong = await client.call_tool("container", {"connection": "app", "action": "inspect", "since": "10m"})
+        late = await client.call_tool("container", {"connection": "app", "action": "logs", "since": "yesterday"})
+    assert not logs.is_error and logs.structured_content["output"] == "ERROR disk almost full\n"
+    assert logs.content[0].text.startswith("ERROR disk almost full\n\n(")
+    assert wrong.is_error and "[invalid_input] `tail`, `since` and `grep` apply to `logs` only" in wrong.content[0].text
+    assert late.is_error and "expected a duration such as `15m`" in late.content[0].text
+    store = SqliteAuditStore(tmp_path / "bastion-audit.db")
+    refused = [e for e in store.iter_all() if e["type"] == ev.DENIED]
+    assert [e["error"]["code"] for e in refused] == ["invalid_input", "invalid_input"]  # refused calls are recorded
