@@ -21,6 +21,11 @@ A scenario that does not finish within ``--timeout`` is a deadlock and fails the
 Printed per scenario: calls per second (wall), p50 and p99 latency seen by the clients, and the
 ratio of throughput to ``pg x1``.
 
+With ``--store-only``, the store alone, no gateway: ``--writers`` processes, each with 8 threads
+appending a call's two events at a time (group commit batches them), first on one chain, then each
+process on a chain of its own (its own schema), for ``--seconds``; events per second, and how many
+events one transaction carried on average. This isolates what the one chain's lock costs.
+
 PostgreSQL from $BASTION_TEST_PG_DSN, else 127.0.0.1:5432 as postgres; a scratch database is created
 and dropped.
 """
@@ -247,13 +252,82 @@ async def scenario(name: str, stores: list[str], gateways: int, tmp: Path, demo:
     return outcome
 
 
+def _append_for(target: str, seconds: float, out: Any) -> None:
+    """One writer process: 8 threads appending (requested, finished) pairs for ``seconds``."""
+    import threading
+
+    store = open_store(target)
+    commits = [0]
+    conn = store.conn
+    execute = conn.execute
+
+    def counting(sql: str, *args: Any) -> Any:
+        commits[0] += sql == "COMMIT"
+        return execute(sql, *args)
+
+    conn.execute = counting  # type: ignore[method-assign]
+    written = [0] * 8
+    stop = time.monotonic() + seconds
+
+    def one(t: int) -> None:
+        while time.monotonic() < stop:
+            store.append_many([{"type": ev.REQUESTED, "call_id": f"{os.getpid()}-{t}-{written[t]}", "text": "SELECT 1"},
+                               {"type": ev.FINISHED, "call_id": f"{os.getpid()}-{t}-{written[t]}", "row_count": 1}])
+            written[t] += 2
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    out.put((sum(written), commits[0]))
+
+
+def store_only(writers: int, seconds: float) -> None:
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    with scratch_database() as database:
+        for name, targets in (("one chain (advisory lock)", [schema_url(database, "one")] * writers),
+                              ("a chain per writer", [schema_url(database, f"own_{n}") for n in range(writers)])):
+            for target in set(targets):
+                open_store(target).close()  # migrated before the clock starts
+            out = spawn.Queue()
+            processes = [spawn.Process(target=_append_for, args=(t, seconds, out)) for t in targets]
+            for p in processes:
+                p.start()
+            results = [out.get(timeout=seconds + 120) for _ in processes]
+            for p in processes:
+                p.join(60)
+            events, commits = sum(r[0] for r in results), sum(r[1] for r in results)
+            problems = [t for t in set(targets) if not _verifies(t)]
+            print(f"{name:28} {writers} processes x 8 threads: {events / seconds:8.0f} events/s, "
+                  f"{events / max(commits, 1):5.1f} events per transaction" + (f"  BROKEN {problems}" if problems else ""),
+                  flush=True)
+
+
+def _verifies(target: str) -> bool:
+    store = open_store(target)
+    try:
+        return verify(store.conn).ok
+    finally:
+        store.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--calls", type=int, default=200, help="calls per client")
     parser.add_argument("--rounds", type=int, default=1, help="every scenario this many times, interleaved")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a scenario may take (longer: deadlock)")
+    parser.add_argument("--store-only", action="store_true", help="the store alone: one chain against a chain per writer")
+    parser.add_argument("--writers", type=int, default=4, help="--store-only: writer processes")
+    parser.add_argument("--seconds", type=float, default=10, help="--store-only: seconds per scenario")
     args = parser.parse_args()
+    if args.store_only:
+        store_only(args.writers, args.seconds)
+        return
     from bastion.server.demo import build_database
 
     tmp = Path(tempfile.mkdtemp(prefix="bastion-bench-gw-"))
