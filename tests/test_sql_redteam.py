@@ -241,3 +241,39 @@ async def test_a_statement_timeout_turned_off_by_sql_still_meets_the_gateways_cl
             "SELECT pid FROM pg_stat_activity WHERE query = %s AND state = 'active'", (stall,)), timeout=3)
     finally:
         await ex.close()
+
+
+async def test_a_text_over_the_size_limit_is_refused_unparsed_and_parsing_stays_off_the_event_loop(
+        alice: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1.3 MB text was parsed twice on the event loop (68 s here, every other caller waiting)
+    before being refused for its size. Now it is refused unread, and the SQL tool parses a big text
+    within the limit in a worker thread."""
+    import threading
+
+    import bastion.policy
+    from bastion.tools import sql as sql_tool
+    from bastion.tools.guard import MAX_TEXT_BYTES
+
+    parsed: list[tuple[str, int, bool]] = []  # (who, bytes, on the event loop's thread)
+    loop_thread = threading.current_thread()
+
+    def spy(who: str, real):  # type: ignore[no-untyped-def]
+        def analyse(text: str, *args: object) -> object:
+            parsed.append((who, len(text.encode()), threading.current_thread() is loop_thread))
+            return real(text, *args)
+        return analyse
+
+    monkeypatch.setattr(sql_tool, "analyse", spy("sql", sql_tool.analyse))
+    monkeypatch.setattr(bastion.policy, "analyse", spy("masking", bastion.policy.analyse))
+    assert not (await call(alice, "SELECT count(*) FROM accounts"))[0]  # the catalogs are read and fresh
+    oversize = "SELECT 1 WHERE 1 IN (" + ",".join(map(str, range(60_000))) + ")"
+    assert len(oversize) > MAX_TEXT_BYTES
+    refused, shown = await call(alice, oversize)
+    assert refused and "invalid_input" in shown and "the limit is" in shown, shown[:300]
+    assert not any(size > MAX_TEXT_BYTES for _, size, _ in parsed), parsed
+    parsed.clear()
+    big = "SELECT 1 WHERE 1 IN (" + ",".join(map(str, range(10_000))) + ")"  # within the limit
+    refused, shown = await call(alice, big)
+    assert not refused, shown[:300]
+    ours = [on_loop for who, size, on_loop in parsed if who == "sql" and size == len(big)]
+    assert ours and not any(ours), parsed

@@ -5,33 +5,47 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+
 from bastion.policy import Decision, Verdict, analyse, decide
-from bastion.policy.errors import ExecutionError
+from bastion.policy.errors import ExecutionError, InvalidInput
 from bastion.policy.sql.catalog import FunctionCatalog
 from bastion.tools import masking
 from bastion.tools.calls import Caller
 from bastion.tools.connections import Connection
 from bastion.tools.executors.base import QueryResult, RunRequest, reads_functions
-from bastion.tools.guard import Vetted, fail_closed, scoped
+from bastion.tools.guard import Vetted, fail_closed, scoped, validate_text
 
 
 async def prepare(connection: Connection, text: str | None = None) -> None:
     """Bring what the guard reads from the database up to date before ``text`` is vetted: the
-    catalog masking follows, and the functions, operators and types every call is judged against."""
+    catalog masking follows, and the functions, operators and types every call is judged against.
+    A text the guard will refuse unread (oversize, empty, NUL) is not parsed here either: a 1 MB
+    text took a minute to parse, on the event loop, before being refused for its size."""
+    if text is not None:
+        try:
+            validate_text(text)
+        except InvalidInput:
+            text = None
     await masking.refresh(connection, text)
     executor = connection.executor
     if not reads_functions(executor):
         return
     unresolved = False
     if text is not None and executor.functions is not None and not executor.functions_stale():
-        try:
-            analysis = analyse(text, connection.dialect, connection.policy.default_schema)
-            known = executor.functions
-            unresolved = any(known.resolve(ref) is None for s in analysis.statements for ref in s.calls) or any(
-                known.relation(name, True) not in known.relations for s in analysis.statements for name in s.unqualified)
-        except Exception:  # the guard reports it when it vets the text
-            unresolved = False
+        # Parsing a big text takes seconds: off the event loop, so other callers are not held up.
+        unresolved = await anyio.to_thread.run_sync(_names_unresolved, connection, executor.functions, text)
     await executor.refresh_functions(unresolved)
+
+
+def _names_unresolved(connection: Connection, known: FunctionCatalog, text: str) -> bool:
+    """Whether ``text`` names a function or relation the catalog held does not know (created since)."""
+    try:
+        analysis = analyse(text, connection.dialect, connection.policy.default_schema)
+        return any(known.resolve(ref) is None for s in analysis.statements for ref in s.calls) or any(
+            known.relation(name, True) not in known.relations for s in analysis.statements for name in s.unqualified)
+    except Exception:  # the guard reports it when it vets the text
+        return False
 
 
 def _functions(connection: Connection) -> tuple[FunctionCatalog | None, bool]:
