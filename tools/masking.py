@@ -119,10 +119,10 @@ class Masking:
                    and not name.split(".", 1)[-1].startswith(_SYSTEM_PREFIXES)
                    for s in analysis.statements for name in s.effective.reads | s.effective.writes)
 
-    def plan(self, connection: Connection, statements: Sequence[Statement]) -> MaskPlan:
-        at_source = AtSource(self.key is not None, self.hash_function if connection.dialect == "sqlite" else None)
-        return plan(statements, self.catalog(connection.dialect, connection.policy.default_schema or "main"), self.rules,
-                    at_source)
+    def plan(self, connection: Connection, statements: Sequence[Statement], at_source: bool = True) -> MaskPlan:
+        """The plan; ``at_source=False``: for rows of the statements run as written (all masked on output)."""
+        how = AtSource(self.key is not None, self.hash_function if connection.dialect == "sqlite" else None) if at_source else None
+        return plan(statements, self.catalog(connection.dialect, connection.policy.default_schema or "main"), self.rules, how)
 
     def sqlite_hash(self) -> Callable[[Any], Any]:
         """The keyed hash as SQLite calls it: the Python masker over the value as the result would hold it."""
@@ -222,7 +222,8 @@ def vet(connection: Connection, statements: tuple[Statement, ...] | None, facts:
 def mask_query(connection: Connection, statements: tuple[Statement, ...], result: QueryResult,
                found: MaskPlan | None = None) -> QueryResult:
     """The result as the agent and the log may see it; ``result.masking`` records what was done.
-    ``found``: the plan the statements ran by (columns masked at the source are not masked again)."""
+    ``found``: the plan the statements ran by (columns masked at the source are not masked again);
+    without it, the rows are taken to come from the statements as written: every column is masked here."""
     masking = connection.masking
     if masking is None:
         return result
@@ -231,7 +232,7 @@ def mask_query(connection: Connection, statements: tuple[Statement, ...], result
     if not masking.rules.active:
         return result
     if found is None:
-        found = masking.plan(connection, statements)
+        found = masking.plan(connection, statements, at_source=False)
     rows, record = mask_result(result.columns, result.rows, found, key=masking.key, in_place=True)
     result.rows = rows
     result.masking = record
