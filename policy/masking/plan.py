@@ -105,7 +105,7 @@ class MaskPlan:
             out["verdict"] = self.decision.as_record()
         if self.detectors:
             out["detectors"] = sorted(self.detectors)
-        rewritten = [{"statement": i, "text": r.text, "relations": sorted(r.relations)}
+        rewritten = [{"statement": i, "text": r.as_server_sees_it, "relations": sorted(r.relations)}
                      for i, r in enumerate(self.rewrites) if r is not None]
         if rewritten:
             out["at_source"] = rewritten

@@ -76,6 +76,12 @@ class SourceRewrite:
     keyed: bool = False
     why: str | None = None
 
+    @property
+    def as_server_sees_it(self) -> str:
+        """The text as the server receives it (`$1`, `$2` for the key's parameters, `%` single): what
+        the audit log and `check` show."""
+        return _with_numbered_params(self.text).replace("%%", "%") if self.keyed else self.text
+
 
 def masked_columns(relation: str, catalog: Catalog, rules: MaskRules) -> dict[str, str] | None:
     """Column → masker for one relation (only the masked ones); None when the catalog does not list
