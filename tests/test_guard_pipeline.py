@@ -81,6 +81,41 @@ async def test_nothing_runs_when_the_audit_store_cannot_be_written(tmp_path: Pat
     assert "nothing was run" in caught.value.for_agent()
 
 
+async def test_a_call_alone_is_recorded_on_its_own_thread_and_concurrent_calls_through_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call at a time (stdio): both events are written on the event loop's thread, with no hand-off
+    to the writer thread and back. Calls running together go to the writer thread, which can put
+    what they queue in one transaction. Either way every event is in the one chain."""
+    import threading
+
+    from bastion.store.verify import verify
+
+    executor = FakeExecutor()
+    gw = gateway(tmp_path, executor)
+    writes: list[tuple[str, int]] = []
+    real = gw.store.append_many
+
+    def watched(events: list) -> list:  # type: ignore[type-arg]
+        writes.append((threading.current_thread().name, len(events)))
+        return real(events)
+
+    monkeypatch.setattr(gw.store, "append_many", watched)
+    await gw.sql_query(CALLER, "db", "SELECT 1", None)
+    assert writes == [(threading.current_thread().name, 1)] * 2
+    writes.clear()
+    executor.blocking = True
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(gw.sql_query, CALLER, "db", f"SELECT {n}", None)
+        while len(executor.requests) < 21:  # all twenty running at once
+            await anyio.sleep(0.01)
+        executor.block.set()
+    assert "bastion-audit-writer" in {name for name, _ in writes}
+    assert sum(n for _, n in writes) == 40
+    assert [e["type"] for e in gw.store.iter_all()].count(ev.FINISHED) == 21
+    assert verify(gw.store.conn).ok
+
+
 async def test_the_executor_gets_the_parsed_statements_and_limits(tmp_path: Path) -> None:
     executor = FakeExecutor()
     gw = gateway(tmp_path, executor)

@@ -164,6 +164,16 @@ class Guard:
 
     async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None,
                   **options: Any) -> Guarded[Any]:
+        """`guarded` within the caller's limits, counted as running (a call alone has its events
+        written on the event loop's thread: `Recorder.alone`)."""
+        self.recorder.calls += 1
+        try:
+            return await self._admitted(caller, tool, connection, text, reason, **options)
+        finally:
+            self.recorder.calls -= 1
+
+    async def _admitted(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None,
+                        **options: Any) -> Guarded[Any]:
         """`guarded`, within the caller's per-identity limits (``limits``, counted in the store across
         gateways): over one, the call is refused and recorded, and the agent told when to retry."""
         if self.limits is None:
