@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 _CELL = 120
 
 
 def _cell(value: Any) -> str:
-    text = "NULL" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = text.replace("\n", "\\n").replace("|", "\\|")
+    # The common cells (text, integers) without json.dumps: a 1,000-row table is rendered per call.
+    kind = type(value)
+    if kind is str:
+        text = value
+    elif kind is int:
+        text = str(value)
+    elif kind is float and abs(value) < math.inf:  # finite: as json.dumps writes it (NaN and inf are not)
+        text = repr(value)
+    elif value is None:
+        return "NULL"
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if "\n" in text or "|" in text:
+        text = text.replace("\n", "\\n").replace("|", "\\|")
     return text if len(text) <= _CELL else text[: _CELL - 1] + "…"
 
 
@@ -18,7 +31,7 @@ def table(columns: list[str], rows: list[list[Any]], *, footer: str) -> str:
     if not columns:
         return footer
     lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
-    lines += [" | ".join(_cell(v) for v in row) for row in rows]
+    lines += [" | ".join(map(_cell, row)) for row in rows]
     lines.append(footer)
     return "\n".join(lines)
 
