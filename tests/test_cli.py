@@ -65,7 +65,7 @@ def test_config_validate_summarises_or_explains(demo_config: Path, tmp_path: Pat
     bad = tmp_path / "bad.toml"
     bad.write_text('[connections.x]\nkind = "oracle"\ntarget = "x"\n')
     code, out = run("config", "validate", "--config", str(bad))
-    assert code == 1 and out == f"Error: {bad}:2: connections.x.kind: found \"oracle\"; expected one of 'postgres', 'sqlite', 'local', 'ssh'\n"
+    assert code == 1 and out == f"Error: {bad}:2: connections.x.kind: found \"oracle\"; expected one of 'postgres', 'sqlite', 'local', 'ssh', 'container'\n"
 
 
 @pytest.mark.anyio
