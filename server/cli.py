@@ -368,9 +368,11 @@ def _store(config_path: str | None) -> AuditStore:
     from bastion.server.build import open_audit_store
 
     try:
-        return open_audit_store(config, checkpoints=False)
+        store = open_audit_store(config, checkpoints=False)
     except ConfigError as error:
         raise click.ClickException(error.message) from None
+    click.get_current_context().call_on_close(store.close)  # closed when the command ends, however it ends
+    return store
 
 
 def _line(event: dict[str, Any]) -> str:

@@ -106,6 +106,12 @@ class PgConnection:
     def close(self) -> None:
         self.raw.close()
 
+    def __del__(self) -> None:
+        # As sqlite3 does: a store nobody closed (a CLI command's, at exit) closes its connections.
+        raw = getattr(self, "raw", None)
+        if raw is not None and not raw.closed:
+            raw.close()
+
 
 def connect(url: str, password: str | None = None) -> PgConnection:
     """A connection in autocommit, rows by name and position."""

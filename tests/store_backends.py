@@ -30,6 +30,10 @@ class StoreAt:
     target: str  # a file path, or a postgresql:// URL
     opened: list[AuditStore] = field(default_factory=list)
 
+    def config_line(self) -> str:
+        """The `[audit]` line that names this store in a config file."""
+        return f'url = "{self.target}"' if self.kind == "postgres" else f'path = "{self.target}"'
+
     def open(self, **options: Any) -> AuditStore:
         store = open_store(self.target, **options)
         self.opened.append(store)

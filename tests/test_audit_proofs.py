@@ -21,6 +21,8 @@ from bastion.store import SqliteAuditStore
 from bastion.store import events as ev
 from bastion.store.checkpoints import FileWitness, Signer, Verifier, keygen
 from bastion.store.merkle import Frontier, consistency_path, inclusion_path, leaf_hash, root_of
+from bastion.store import AuditStore
+from tests.store_backends import StoreAt
 from bastion.store.proofs import ProofError, prove, prove_consistency, verify_consistency_proof, verify_proof
 from tests.conftest import ROOT
 
@@ -241,11 +243,11 @@ def test_roots_and_paths_agree_with_the_recursive_definition_at_every_size() -> 
 # -- a real store -----------------------------------------------------------------------------------
 
 @pytest.fixture
-def signed(tmp_path: Path) -> tuple[SqliteAuditStore, Signer, Path, Path]:
+def signed(tmp_path: Path, store_at: StoreAt) -> tuple[AuditStore, Signer, Path, Path]:
     private, public = keygen(tmp_path / "keys", "audit.test.example/log")
     signer = Signer.parse(private.read_text())
-    store = SqliteAuditStore(tmp_path / "audit.db", signer=signer, checkpoint_every=8,
-                             witness=FileWitness(tmp_path / "witness.jsonl"))
+    store = store_at.open(signer=signer, checkpoint_every=8, witness=FileWitness(tmp_path / "witness.jsonl"))
+    (tmp_path / "audit-line").write_text(store_at.config_line())
     for i in range(13):
         store.append({"type": ev.REQUESTED, "call_id": f"c{i}", "text": f"SELECT {i}", "identity": {"subject": "alice"}})
         store.append_many([{"type": ev.FINISHED, "call_id": f"c{i}", "row_count": 1, "duration_ms": 0.5,
@@ -253,7 +255,7 @@ def signed(tmp_path: Path) -> tuple[SqliteAuditStore, Signer, Path, Path]:
     return store, signer, public, tmp_path
 
 
-def test_keys_are_signed_note_keys_and_checkpoints_c2sp_notes(signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+def test_keys_are_signed_note_keys_and_checkpoints_c2sp_notes(signed: tuple[AuditStore, Signer, Path, Path]) -> None:
     store, signer, public, tmp_path = signed
     assert (tmp_path / "keys" / "audit-checkpoint.key").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "keys" / "audit-checkpoint.key").read_text().startswith("PRIVATE+KEY+audit.test.example/log+")
@@ -268,7 +270,7 @@ def test_keys_are_signed_note_keys_and_checkpoints_c2sp_notes(signed: tuple[Sqli
         assert root == mth(data)
 
 
-def test_a_calls_proof_checks_offline_against_the_rfc_algorithm(signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+def test_a_calls_proof_checks_offline_against_the_rfc_algorithm(signed: tuple[AuditStore, Signer, Path, Path]) -> None:
     store, signer, public, tmp_path = signed
     assert store.checkpoint() == 26
     proof = json.loads(json.dumps(prove(store, "c3")))
@@ -285,7 +287,7 @@ def test_a_calls_proof_checks_offline_against_the_rfc_algorithm(signed: tuple[Sq
     assert verify_proof(older, signer.verifier)
 
 
-def test_an_altered_proof_or_another_key_is_refused(signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+def test_an_altered_proof_or_another_key_is_refused(signed: tuple[AuditStore, Signer, Path, Path]) -> None:
     store, signer, _, _ = signed
     store.checkpoint()
     proof = prove(store, "c5")
@@ -307,10 +309,10 @@ def test_an_altered_proof_or_another_key_is_refused(signed: tuple[SqliteAuditSto
 
 
 def test_prove_and_verify_proof_from_the_command_line_and_the_standalone_script(
-        signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+        signed: tuple[AuditStore, Signer, Path, Path]) -> None:
     store, signer, public, tmp_path = signed
     config = tmp_path / "bastion.toml"
-    config.write_text(f'[audit]\npath = "audit.db"\ncheckpoint_key_file = "keys/audit-checkpoint.key"\n'
+    config.write_text(f'[audit]\n{(tmp_path / "audit-line").read_text()}\ncheckpoint_key_file = "keys/audit-checkpoint.key"\n'
                       f'checkpoint_every = 8\nwitness = "file://{tmp_path}/witness.jsonl"\n')
     runner = CliRunner()
     result = runner.invoke(main, ["audit", "prove", "c12", "--config", str(config)])
@@ -333,7 +335,7 @@ def test_prove_and_verify_proof_from_the_command_line_and_the_standalone_script(
     assert done.returncode == 1 and "not proved: event 25 is not in the signed log" in done.stdout
 
 
-def test_a_consistency_proof_between_two_checkpoints_checks_offline(signed: tuple[SqliteAuditStore, Signer, Path, Path]) -> None:
+def test_a_consistency_proof_between_two_checkpoints_checks_offline(signed: tuple[AuditStore, Signer, Path, Path]) -> None:
     store, signer, public, tmp_path = signed
     store.checkpoint()
     proof = json.loads(json.dumps(prove_consistency(store, 8)))
@@ -349,7 +351,7 @@ def test_a_consistency_proof_between_two_checkpoints_checks_offline(signed: tupl
     with pytest.raises(ProofError, match="not a prefix"):
         verify_consistency_proof(proof, signer.verifier)
     config = tmp_path / "bastion.toml"
-    config.write_text('[audit]\npath = "audit.db"\ncheckpoint_every = 8\n')
+    config.write_text(f'[audit]\n{(tmp_path / "audit-line").read_text()}\ncheckpoint_every = 8\n')
     result = CliRunner().invoke(main, ["audit", "verify", "--consistency", "8", "26", "--public-key", str(public),
                                        "--config", str(config)])
     assert result.exit_code == 0 and "the log of 8 events is a prefix of the log of 26 events" in result.output
