@@ -347,6 +347,10 @@ def test_the_rewrite_masks_every_scan_and_leaves_ctes_writes_and_the_rest_of_the
     assert rewritten("WITH people AS (SELECT * FROM people) SELECT * FROM people") is None
     assert _unmasked_pg_scan(f"SELECT * FROM {scan.format('people')} a, app.people b", frozenset({"app.people"}),
                              catalog, rules) == "app.people"
+    # Only the select list the rewrite builds counts as masked: a look-alike that passes the value through does not.
+    look_alike = '(SELECT "id", CASE WHEN "secret" IS NULL THEN NULL ELSE "secret" END AS "secret" FROM people) AS p'
+    assert _unmasked_pg_scan(f"SELECT * FROM {look_alike}", frozenset({"app.people"}), catalog, rules) == "app.people"
+    assert _unmasked_pg_scan(f"SELECT * FROM {scan.format('people')} AS p", frozenset({"app.people"}), catalog, rules) is None
     # Every branch, subquery and lateral.
     text = rewritten("SELECT note FROM other UNION SELECT (SELECT max(secret) FROM people) FROM other o, "
                      "LATERAL (SELECT secret FROM people q WHERE q.id = o.id) l")

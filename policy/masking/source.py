@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +152,7 @@ def rewrite(text: str, catalog: Catalog, rules: MaskRules, sensitive: frozenset[
     if complete and catalog.dialect != "sqlite":
         # PostgreSQL's own parser must see every scan of a sensitive relation inside a masking
         # derived table: a scan sqlglot did not see (or saw as a CTE) leaves the text as written.
-        unmasked = _unmasked_pg_scan(_with_numbered_params(out), sensitive, catalog, rules)
+        unmasked = _unmasked_pg_scan(_with_numbered_params(out), sensitive, catalog, rules, keyed=keyed)
         if unmasked is not None:
             complete, why = False, f"PostgreSQL's parser sees a scan of `{unmasked}` the rewrite does not mask"
     if uses_key and catalog.dialect != "sqlite":
@@ -294,52 +294,77 @@ def _with_numbered_params(text: str) -> str:
     return text
 
 
-def _unmasked_pg_scan(text: str, sensitive: frozenset[str], catalog: Catalog, rules: MaskRules) -> str | None:
+def _unmasked_pg_scan(text: str, sensitive: frozenset[str], catalog: Catalog, rules: MaskRules, *,
+                     keyed: bool = False) -> str | None:
     """The first sensitive relation PostgreSQL's parser sees scanned other than as the only table
-    of a masking derived table (`(SELECT <each catalog column, masked ones not bare> FROM t) AS a`)."""
+    of a masking derived table: `(SELECT <exactly the select list the rewrite builds> FROM t)`."""
     from pglast import parser as pg  # PostgreSQL's own parser (policy.sql uses it as its second opinion)
 
     tree = json.loads(pg.parse_sql_json(text))
-    for scan, ancestors in _range_vars(tree, ()):
-        relation = f"{scan.get('schemaname') or catalog.default_schema}.{scan.get('relname', '')}"
-        if relation not in sensitive:
-            continue
-        masks = masked_columns(relation, catalog, rules) or {}
-        shape = [a for a in ancestors[-4:]]
-        if len(shape) != 4 or shape[0][0] != "RangeSubselect" or shape[1] != ("subquery", None) \
-                or shape[2][0] != "SelectStmt" or shape[3] != ("fromClause", None):
-            return relation
-        select = shape[2][1]
-        if set(select) - {"targetList", "fromClause", "limitOption", "op"} or len(select["fromClause"]) != 1:
-            return relation
-        targets = [t.get("ResTarget", {}) for t in select.get("targetList", ())]
-        if [_target_name(t) for t in targets] != list(catalog.columns(relation) or ()):
-            return relation
-        if any(name in masks and "ColumnRef" in t.get("val", {}) for name, t in zip(catalog.columns(relation) or (), targets)):
-            return relation
-    return None
+    return _first_unmasked(tree, sensitive, catalog, rules, keyed)
 
 
-def _range_vars(node: Any, ancestors: tuple[tuple[str, Any], ...]) -> Iterator[tuple[dict[str, Any], tuple[tuple[str, Any], ...]]]:
-    """Every RangeVar of a pglast JSON tree, with its ancestors: (node type, body) or (field, None)."""
+def _first_unmasked(node: Any, sensitive: frozenset[str], catalog: Catalog, rules: MaskRules, keyed: bool) -> str | None:
     if isinstance(node, list):
         for item in node:
-            yield from _range_vars(item, ancestors)
+            found = _first_unmasked(item, sensitive, catalog, rules, keyed)
+            if found is not None:
+                return found
     elif isinstance(node, dict):
         for key, value in node.items():
             if key == "RangeVar":
-                yield value, ancestors
-            elif key[:1].isupper() and isinstance(value, dict):
-                yield from _range_vars(value, (*ancestors, (key, value)))
+                relation = _pg_relation(value, catalog)
+                if relation in sensitive:
+                    return relation
+            elif key == "RangeSubselect" and _is_masked_scan(value, sensitive, catalog, rules, keyed):
+                continue  # ours: its select list is the masked one, its only table the relation
             elif isinstance(value, (dict, list)):
-                yield from _range_vars(value, (*ancestors, (key, None)))
+                found = _first_unmasked(value, sensitive, catalog, rules, keyed)
+                if found is not None:
+                    return found
+    return None
 
 
-def _target_name(target: dict[str, Any]) -> str | None:
-    if "name" in target:
-        return str(target["name"])
-    fields = target.get("val", {}).get("ColumnRef", {}).get("fields", ())
-    return str(fields[-1].get("String", {}).get("sval")) if fields else None
+def _pg_relation(scan: dict[str, Any], catalog: Catalog) -> str:
+    return f"{scan.get('schemaname') or catalog.default_schema}.{scan.get('relname', '')}"
+
+
+def _is_masked_scan(subselect: dict[str, Any], sensitive: frozenset[str], catalog: Catalog, rules: MaskRules,
+                    keyed: bool) -> bool:
+    select = subselect.get("subquery", {}).get("SelectStmt")
+    if not isinstance(select, dict) or set(select) - {"targetList", "fromClause", "limitOption", "op"}:
+        return False
+    tables = select.get("fromClause") or []
+    if len(tables) != 1 or "RangeVar" not in tables[0]:
+        return False
+    relation = _pg_relation(tables[0]["RangeVar"], catalog)
+    return relation in sensitive and _without_locations(select.get("targetList")) == _expected_targets(relation, catalog, rules, keyed)
+
+
+_LOCATION = re.compile(r', "location": -?\d+|"location": -?\d+, ?')
+
+
+def _without_locations(node: Any) -> str:
+    return _LOCATION.sub("", json.dumps(node, sort_keys=True))
+
+
+def _expected_targets(relation: str, catalog: Catalog, rules: MaskRules, keyed: bool) -> str | None:
+    """The select list the rewrite builds for ``relation``, as PostgreSQL's parser reads it."""
+    key = ("source-targets", relation, rules, keyed)
+    if key not in catalog.memo:
+        from pglast import parser as pg
+
+        masks = masked_columns(relation, catalog, rules) or {}
+        selects = []
+        for column in catalog.columns(relation) or ():
+            ref = exp.column(column, quoted=True)
+            masker = masks.get(column)
+            selects.append(ref if masker is None else exp.alias_(masker_sql(masker, ref, "postgres", keyed=keyed)[0], column, quoted=True))
+        sql = _with_numbered_params(exp.Select(expressions=selects).sql(dialect="postgres"))
+        parsed = json.loads(pg.parse_sql_json(sql))["stmts"][0]["stmt"]["SelectStmt"]
+        catalog.memo[key] = _without_locations(parsed.get("targetList"))
+    found = catalog.memo[key]
+    return found if isinstance(found, str) else None
 
 
 def _substr(*args: exp.Expression) -> exp.Expression:
