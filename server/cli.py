@@ -9,6 +9,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import click
@@ -20,6 +22,7 @@ from bastion.policy.shell.presets import SHELL_PRESETS
 from bastion.policy.shell.rules import ShellPolicy
 from bastion.server import config as config_mod
 from bastion.store.audit_store import AuditStore
+from bastion.store.errors import StoreError
 from bastion.store.sqlite_store import SqliteAuditStore
 from bastion.tools.approvals import STATUSES as HOLD_STATUSES
 from bastion.tools.guard import safe_check
@@ -29,15 +32,29 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
 
 
 def _load(config_path: str | None) -> config_mod.Config:
-    try:
+    with click_errors():
         return config_mod.load(config_path)
-    except ConfigError as error:
-        raise click.ClickException(_config_message(error)) from None
 
 
 def _config_message(error: ConfigError) -> str:
     """What was wrong, and how to fix it where the error knows."""
     return f"{error.message}\n  {error.hint}" if error.hint else error.message
+
+
+def click_error(error: BastionError) -> click.ClickException:
+    """The CLI's one translation of Bastion's errors: a config error as file, key and fix; any other
+    as the agent reads it (`[code] message. hint`). No traceback either way."""
+    return click.ClickException(_config_message(error) if isinstance(error, ConfigError) else error.for_agent())
+
+
+@contextmanager
+def click_errors() -> Iterator[None]:
+    try:
+        yield
+    except BastionError as error:
+        raise click_error(error) from None
+    except StoreError as error:  # the audit store's own errors say what was wrong in their text
+        raise click.ClickException(str(error)) from None
 
 
 @click.group()
@@ -128,12 +145,12 @@ def _serve(config: config_mod.Config, listen: str | None, access_log: bool) -> N
                                        "config) Bastion binds loopback addresses only (127.0.0.1, ::1, localhost)")
         serve_http(config, host, port, access_log=access_log)
     except BastionError as error:  # a secret named by reference but missing, and the like: no traceback
-        raise click.ClickException(_config_message(error) if isinstance(error, ConfigError) else error.for_agent()) from None
+        raise click_error(error) from None
     except BaseExceptionGroup as group:  # raised from inside the server's task groups
         found = _bastion_error_in(group)
         if found is None:
             raise
-        raise click.ClickException(found.message) from None
+        raise click_error(found) from None
 
 
 def _bastion_error_in(group: BaseExceptionGroup[BaseException]) -> BastionError | None:
@@ -233,10 +250,8 @@ def login_command(config_path: str | None) -> None:
     config = _load(config_path)
     if config.auth is None:
         raise click.ClickException("the config has no [auth] section: there is no identity provider to sign in with")
-    try:
+    with click_errors():
         cli_client = login.client_id(config.auth, config.source)
-    except ConfigError as error:
-        raise click.ClickException(_config_message(error)) from None
     try:
         with httpx.Client(timeout=10.0) as http:
             code = login.start(config.auth, cli_client, http)
@@ -367,10 +382,8 @@ def _store(config_path: str | None) -> AuditStore:
         raise click.ClickException(f"no audit log at {path} yet (it is created when `bastion serve` first runs)")
     from bastion.server.build import open_audit_store
 
-    try:
+    with click_errors():
         store = open_audit_store(config, checkpoints=False)
-    except ConfigError as error:
-        raise click.ClickException(error.message) from None
     click.get_current_context().call_on_close(store.close)  # closed when the command ends, however it ends
     return store
 
@@ -535,10 +548,8 @@ def _run_approvals(config_path: str | None, work: Any) -> Any:
         finally:
             await gateway.shutdown()  # flushes webhook notices and signs the end of the chain
 
-    try:
+    with click_errors():
         return anyio.run(main_)
-    except BastionError as error:
-        raise click.ClickException(error.for_agent()) from None
 
 
 def _hold_line(hold: dict[str, Any]) -> str:
@@ -627,10 +638,8 @@ def validate(config_path: str | None, connect: bool) -> None:
     click.echo(f"  audit log: {config.audit.url or config.path(config.audit.path)}")
     found = checks.references(config)
     if connect and not found:  # a missing secret would only fail the connection again
-        try:
+        with click_errors():
             said, probed = anyio.run(checks.connect, config)
-        except BastionError as error:
-            raise click.ClickException(error.message) from None
         click.echo("connections:")
         for line in said:
             click.echo(line)
@@ -662,10 +671,8 @@ def replay(ident: str, config_path: str | None, sandbox: str | None, include_wri
 
     config = _load(config_path)
     store = _store(config_path)
-    try:
+    with click_errors():
         steps = timeline(store, ident)
-    except BastionError as error:
-        raise click.ClickException(error.for_agent()) from None
     for s in steps:
         click.echo(f"{s.time[:19]}  {s.subject:<14} {s.tool:<11} {s.connection:<10} {s.verdict or '-':<7} "
                    f"{s.outcome.removeprefix('call.'):<11} {' '.join(s.text.split())[:60]}")
@@ -680,10 +687,8 @@ def replay(ident: str, config_path: str | None, sandbox: str | None, include_wri
         finally:
             await gateway.close()
 
-    try:
+    with click_errors():
         results = anyio.run(go)
-    except BastionError as error:
-        raise click.ClickException(error.for_agent()) from None
     differ = 0
     click.echo(f"\nreplayed against `{sandbox}`:")
     for r in results:

@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from bastion.policy.errors import ConfigError
-from bastion.server.cli import _load, _store, audit, config_option
+from bastion.server.cli import _load, _store, audit, click_errors, config_option
 from bastion.store.checkpoints import FileWitness, HttpWitness, Verifier, keygen
 from bastion.store.errors import StoreError
 
@@ -31,10 +30,8 @@ def _public_keys(paths: tuple[str, ...], config_path: str | None, *, required: b
             raise click.ClickException(f"`{path}`: {error}") from None
     if keys:
         return keys
-    try:
+    with click_errors():
         signer = _load(config_path).checkpoint_signer() if config_path is not None or not required else None
-    except ConfigError as error:
-        raise click.ClickException(error.message) from None
     if signer is None and required:
         raise click.ClickException("no public key: give --public-key FILE (the .pub `bastion audit keygen` wrote)")
     return [signer.verifier] if signer is not None else []
@@ -70,10 +67,8 @@ def checkpoint_command(config_path: str | None) -> None:
     Example: bastion audit checkpoint --config bastion.toml
     """
     config = _load(config_path)
-    try:
+    with click_errors():
         signer, witness = config.checkpoint_signer(), config.checkpoint_witness()
-    except ConfigError as error:
-        raise click.ClickException(error.message) from None
     if signer is None:
         raise click.ClickException("no signing key configured ([audit] checkpoint_key_file or checkpoint_key_env)")
     from bastion.server.build import open_audit_store
@@ -81,10 +76,8 @@ def checkpoint_command(config_path: str | None) -> None:
     path = config.path(config.audit.path)
     if not config.audit.url and not path.exists():
         raise click.ClickException(f"no audit log at {path}")
-    try:
+    with click_errors():
         size = open_audit_store(config).checkpoint()
-    except (StoreError, ConfigError) as error:
-        raise click.ClickException(getattr(error, "message", None) or str(error)) from None
     click.echo(f"signed a checkpoint at {size or 0} events"
                + (f", witnessed in {witness.url if isinstance(witness, HttpWitness) else witness.path}" if witness else ""))
 
@@ -125,10 +118,8 @@ def verify_command(config_path: str | None, public_key: tuple[str, ...], witness
             sys.exit(1)
         click.echo(f"ok: the log of {old} events is a prefix of the log of {new} events, both signed")
         return
-    try:
+    with click_errors():
         witness = FileWitness(witness_file) if witness_file else config.checkpoint_witness()
-    except ConfigError as error:
-        raise click.ClickException(error.message) from None
     hmac_key: bytes | None = None
     if key_env:
         hmac_key = os.environ.get(key_env, "").encode() or None
@@ -193,10 +184,8 @@ def prove_consistency_command(old: int, new: int | None, config_path: str | None
     """
     from bastion.store.proofs import prove_consistency
 
-    try:
+    with click_errors():
         proof = prove_consistency(_store(config_path), old, new)
-    except StoreError as error:
-        raise click.ClickException(str(error)) from None
     output.write(json.dumps(proof, ensure_ascii=False, indent=1) + "\n")
 
 
