@@ -17,6 +17,7 @@ from bastion.store.limits import CallLimits
 from bastion.tools.connections import AnyConnection, Connection, ShellConnection
 from bastion.tools.executors.base import SqlExecutor
 from bastion.tools.executors.local_shell import LocalShellExecutor
+from bastion.tools.executors.network_bridge import describe, plan
 from bastion.tools.executors.sandbox import DEFAULT_HIDE, Sandbox, SandboxLimits, remote_bwrap
 from bastion.tools.executors.shell_base import ShellExecutor
 from bastion.tools.executors.postgres import PostgresExecutor
@@ -111,7 +112,7 @@ def build_sandbox(config: Config, name: str, conn: ShellConnectionConfig, user: 
                               hint="Point `cwd` at a folder holding none of the gateway's files, or move the file out.")
     limits = SandboxLimits(conn.cpu_seconds, conn.memory_mb << 20, conn.max_file_mb << 20, conn.max_processes)
     return Sandbox(workspace, writable, tuple(conn.hide) if conn.hide is not None else DEFAULT_HIDE,
-                   limits, run_as=user, protected=files)
+                   limits, run_as=user, protected=files, network=plan(conn.network))
 
 
 def writes(conn: ShellConnectionConfig) -> bool:
@@ -155,6 +156,10 @@ def build_gateway(config: Config) -> Gateway:
             if conn.kind == "local" and conn.isolation == "none":
                 log.warning("connection `%s` is %s", name, UNSANDBOXED)
                 description = f"{description} ({UNSANDBOXED})".lstrip()
+            elif conn.kind == "local" and conn.network:  # what its commands may reach: for the agent and the log
+                network = describe(plan(conn.network))
+                log.info("connection `%s`: sandboxed, %s", name, network)
+                description = f"{description} ({network})".lstrip()
             shell_class = ShellConnection
             extra: dict[str, Any] = {}
             if conn.kind == "container":  # a shell connection with the container tool's actions

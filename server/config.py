@@ -281,6 +281,7 @@ class ShellConnectionConfig(_Model):
     isolation: Literal["bubblewrap", "none"] = Field("bubblewrap", description="`none` runs commands unsandboxed")
     writable: bool | None = Field(None, description="the workspace is writable inside (default: when a rule may write)")
     hide: list[str] | None = Field(None, description="names hidden (empty) inside the workspace; default .env*, *.pem, *.key, id_rsa*, ...")
+    network: list[str] = Field([], description='TCP endpoints commands may reach, "host:port" or "name=host:port"; default none')
     cpu_seconds: Annotated[int, Field(gt=0, le=86400)] = 60
     memory_mb: Annotated[int, Field(gt=0, le=1_048_576)] = 2048
     max_file_mb: Annotated[int, Field(gt=0, le=1_048_576)] = 1024
@@ -322,6 +323,14 @@ class ShellConnectionConfig(_Model):
             raise ValueError("`isolation`, `hide` and `remote_isolation` do not apply to a container: the container is the boundary")
         return self
 
+    @field_validator("network")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        from bastion.tools.executors.network_bridge import plan
+
+        plan(value)  # found ...; expected ... (docs/shell.md, "Network")
+        return value
+
     @model_validator(mode="after")
     def _ssh_fields(self) -> ShellConnectionConfig:
         if self.kind != "ssh" and any(u.key_file for u in self.users):
@@ -335,13 +344,17 @@ class ShellConnectionConfig(_Model):
                 raise ValueError(f"an ssh connection needs {', '.join(f'`{k}`' for k in missing)}")
             if self.cwd and not self.cwd.startswith("/"):
                 raise ValueError("`cwd` of an ssh connection must be an absolute path on the remote host")
-            if self.hide is not None or self.isolation != "bubblewrap":
-                raise ValueError("`isolation` and `hide` apply to local connections; on ssh see `remote_isolation` "
+            if self.hide is not None or self.isolation != "bubblewrap" or self.network:
+                raise ValueError("`isolation`, `hide` and `network` apply to local connections; on ssh see `remote_isolation` "
                                  "(docs/shell.md)")
-        elif self.kind == "container":
-            pass  # its keys: _container_fields
+        elif self.kind == "container":  # its keys: _container_fields
+            if self.network:
+                raise ValueError("`network` applies to local connections")
         elif self.remote_isolation != "none":
             raise ValueError("`remote_isolation` applies to ssh connections; a local one is always sandboxed")
+        elif self.network and self.isolation == "none":
+            raise ValueError("`network` names what a sandboxed command may reach; with `isolation = \"none\"` commands "
+                             "have the host's whole network: remove one of the two")
         elif any(getattr(self, k) is not None for k in ssh_only):
             raise ValueError(f"{', '.join(ssh_only)} apply to ssh connections only")
         if self.preset and self.rules:

@@ -64,4 +64,6 @@ def result_record(result: ShellResult) -> dict[str, Any]:
                             "timed_out": result.timed_out}
     if result.masking:  # detections per kind; never a value
         body["masking"] = result.masking
+    if result.network:  # the endpoints the command reached through the sandbox's bridge (network_bridge.py)
+        body["network"] = result.network
     return {"result": body, "truncated": result.truncated}

@@ -2,9 +2,10 @@
 
     .venv/bin/python tests/bench/bench_sandbox.py [--rounds 7] [--calls 20] [--files 2000]
 
-Three ways to run each command, interleaved round by round: a raw `bash -c` (subprocess, the floor),
-Bastion's local executor unsandboxed (`isolation = "none"`), and the executor in its bubblewrap
-sandbox. The workspace is a scratch git repository with ``--files`` files, since the sandbox walks
+Four ways to run each command, interleaved round by round: a raw `bash -c` (subprocess, the floor),
+Bastion's local executor unsandboxed (`isolation = "none"`), the executor in its bubblewrap
+sandbox, and the same sandbox with one named network endpoint (`network = ["127.0.0.1:PORT"]`: the
+gateway's forwarder and the bridge inside start and stop with every call, used or not). The workspace is a scratch git repository with ``--files`` files, since the sandbox walks
 it for hidden files on every call. Prints medians (ms per call) and the added cost; the aim is at
 most 10 ms added (median).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from bastion.policy import Identity  # noqa: E402
 from bastion.tools.executors.local_shell import LocalShellExecutor  # noqa: E402
 from bastion.tools.executors.sandbox import Sandbox  # noqa: E402
 from bastion.tools.executors.shell_base import ShellRunRequest  # noqa: E402
+from bastion.tools.executors.network_bridge import plan  # noqa: E402
 from tests.bench.measure import ms_per_call  # noqa: E402
 
 COMMANDS = ["true", "ls -la src", "cat README.md | wc -l", "grep -rn needle src | head -5", "git status --short",
@@ -61,8 +64,11 @@ async def main() -> None:
         ws = workspace(Path(scratch), args.files)
         plain = LocalShellExecutor("bench", ws)
         boxed = LocalShellExecutor("bench", ws, sandbox=Sandbox(str(ws)))
+        endpoint = socket.create_server(("127.0.0.1", 0))  # named, not used: the cost of the bridge alone
+        netted = LocalShellExecutor("bench", ws, sandbox=Sandbox(str(ws), network=plan([f"127.0.0.1:{endpoint.getsockname()[1]}"])))
+        executors = {"executor": plain, "sandboxed": boxed, "+network": netted}
         identity = Identity("bench")
-        figures: dict[str, list[float]] = {"bash -c": [], "executor": [], "sandboxed": []}
+        figures: dict[str, list[float]] = {"bash -c": [], "executor": [], "sandboxed": [], "+network": []}
         for _ in range(args.rounds):
             for name in figures:
                 calls = iter(COMMANDS * args.calls)
@@ -71,11 +77,13 @@ async def main() -> None:
                     return await anyio.run_process(["bash", "--noprofile", "--norc", "-c", next(calls)], cwd=ws,
                                                    check=False)
 
-                async def guarded(executor: LocalShellExecutor = plain if name == "executor" else boxed) -> object:
+                async def guarded(executor: LocalShellExecutor = executors.get(name, plain)) -> object:
                     return await executor.run(ShellRunRequest(next(calls), None, 30, 1_000_000, identity))
 
                 figures[name].append(await ms_per_call(raw if name == "bash -c" else guarded, args.calls))
         await boxed.close()
+        await netted.close()
+        endpoint.close()
     medians = {name: statistics.median(values) for name, values in figures.items()}
     print(f"shell sandbox, {args.files} files in the workspace, {args.rounds} rounds x {args.calls} varied calls "
           f"({len(COMMANDS)} commands), {os.cpu_count()} CPUs, uid {os.getuid()}")
@@ -83,6 +91,8 @@ async def main() -> None:
         print(f"  {name:<10} {value:7.2f} ms per call (median of rounds)")
     print(f"  added by the sandbox over the unsandboxed executor: {medians['sandboxed'] - medians['executor']:.2f} ms "
           f"({medians['sandboxed'] / medians['executor']:.2f}x); over bash -c: {medians['sandboxed'] - medians['bash -c']:.2f} ms")
+    print(f"  added by one named network endpoint over the sandbox: {medians['+network'] - medians['sandboxed']:.2f} ms "
+          f"({medians['+network'] / medians['sandboxed']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Local shell executor: `bash --noprofile --norc -c` on the rebuilt command inside the connection's
 OS sandbox (tools/executors/sandbox.py), in its own process group, with a timeout that kills the
-whole sandbox, and capped output. Without a sandbox (an explicit `isolation = "none"`) it runs as the
+whole sandbox, and capped output. The TCP endpoints a connection names are forwarded into the
+sandbox for the length of each call (network_bridge.py), and what each call sent and received is in
+its result for the audit record. Without a sandbox (an explicit `isolation = "none"`) it runs as the
 gateway's user or ``run_as`` with a scrubbed environment."""
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import anyio
 from anyio.abc import Process
 
 from bastion.policy.errors import TargetUnavailable
+from bastion.tools.executors.network_bridge import Bridge, open_bridge
 from bastion.tools.executors.sandbox import Sandbox
 from bastion.tools.executors.shell_base import ShellResult, ShellRunRequest, decode_capped, drain_capped, kill_group
 
@@ -56,16 +59,26 @@ class LocalShellExecutor:
                  if path.startswith(mine) or mine.startswith(path)]
         return _all(locks)
 
-    async def _spawn(self, command: str, cwd: str) -> Process:
+    def _network(self) -> AbstractAsyncContextManager[Bridge | None]:
+        """The call's forwarders to the endpoints the connection names; none when it names none."""
+        sandbox = self.sandbox
+        if sandbox is None or not sandbox.network:
+            return nullcontext()
+        return open_bridge(sandbox.network, sandbox.runtime_dir(), sandbox.user() if os.geteuid() == 0 else None)
+
+    async def _ready(self) -> None:
+        """A host that cannot run the sandbox refuses every call, saying how to fix it (checked once)."""
+        if self.sandbox is not None and not self._probed:
+            await anyio.to_thread.run_sync(self.sandbox.probe)
+            self._probed = True
+
+    async def _spawn(self, command: str, cwd: str, bridge: Bridge | None) -> Process:
         if self.sandbox is None:
             argv, who = self._argv(command)
             return await anyio.open_process(argv, cwd=cwd, env={**scrubbed_env(cwd), **(who or {})},
                                             start_new_session=True, stdin=subprocess.DEVNULL)
-        sandbox = self.sandbox
-        if not self._probed:  # a host that cannot run the sandbox refuses every call, saying how to fix it
-            await anyio.to_thread.run_sync(sandbox.probe)
-            self._probed = True
-        launch = await anyio.to_thread.run_sync(sandbox.launch, command, cwd)  # walks the workspace for hidden files
+        net_dir = bridge.directory if bridge is not None else None
+        launch = await anyio.to_thread.run_sync(self.sandbox.launch, command, cwd, net_dir)  # walks the workspace
         try:
             return await anyio.open_process(launch.argv, cwd="/", env={"PATH": SAFE_PATH}, start_new_session=True,
                                             stdin=subprocess.DEVNULL, pass_fds=launch.pass_fds, **launch.spawn)
@@ -95,26 +108,15 @@ class LocalShellExecutor:
         if not Path(cwd).is_dir():
             raise TargetUnavailable(f"connection `{self.name}` is unavailable: its working directory does not exist")
         async with self._turn():  # one command at a time in a writable workspace (see _turn)
-            process = await self._spawn(request.command, cwd)
-            out, err = bytearray(), bytearray()
-            timed_out = False
-            try:
-                with anyio.move_on_after(request.timeout_s) as scope:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(drain_capped, process.stdout, out, request.max_output_bytes)
-                        tg.start_soon(drain_capped, process.stderr, err, request.max_output_bytes)
-                    await process.wait()
-                timed_out = scope.cancelled_caught
-            finally:
-                # Timeout, cancellation or an error: the whole process group goes, not just bash.
-                if process.returncode is None or timed_out:
-                    kill_group(process)
-                    with anyio.CancelScope(shield=True):
-                        await process.wait()
-                await process.aclose()
-        stdout, cut_out = decode_capped(bytes(out), request.max_output_bytes)
-        stderr, cut_err = decode_capped(bytes(err), request.max_output_bytes)
-        return ShellResult(None if timed_out else process.returncode, stdout, stderr, cut_out or cut_err, timed_out)
+            await self._ready()  # the probe walks the workspace too
+            async with self._network() as bridge:  # the call's forwarders outlive its process
+                process = await self._spawn(request.command, cwd, bridge)
+                out, err, timed_out = await _collect(process, request)
+                network = bridge.record() if bridge is not None else []
+        stdout, cut_out = decode_capped(out, request.max_output_bytes)
+        stderr, cut_err = decode_capped(err, request.max_output_bytes)
+        return ShellResult(None if timed_out else process.returncode, stdout, stderr, cut_out or cut_err, timed_out,
+                           network=network)
 
     async def close(self) -> None:
         if self.sandbox is not None:
@@ -128,3 +130,24 @@ async def _all(locks: list[anyio.Lock]) -> AsyncIterator[None]:
         for lock in locks:
             await stack.enter_async_context(lock)
         yield
+
+
+async def _collect(process: Process, request: ShellRunRequest) -> tuple[bytes, bytes, bool]:
+    """stdout, stderr (each kept to the cap) and whether the timeout struck; the process is gone after."""
+    out, err = bytearray(), bytearray()
+    timed_out = False
+    try:
+        with anyio.move_on_after(request.timeout_s) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain_capped, process.stdout, out, request.max_output_bytes)
+                tg.start_soon(drain_capped, process.stderr, err, request.max_output_bytes)
+            await process.wait()
+        timed_out = scope.cancelled_caught
+    finally:
+        # Timeout, cancellation or an error: the whole process group goes, not just bash.
+        if process.returncode is None or timed_out:
+            kill_group(process)
+            with anyio.CancelScope(shield=True):
+                await process.wait()
+        await process.aclose()
+    return bytes(out), bytes(err), timed_out

@@ -3,7 +3,8 @@
 The kernel is the boundary here, the way a READ ONLY transaction is for SQL: whatever the parser
 missed, a command sees only its workspace (read-only unless the connection writes), the system's
 program directories (read-only), a private /tmp and empty HOME, a minimal /dev, its own /proc (its
-own PID namespace), no network (its own network namespace, loopback only), as an unprivileged user
+own PID namespace), no network (its own network namespace, loopback only; the endpoints a connection
+names are forwarded in by network_bridge.py), as an unprivileged user
 with no capabilities, resource limits and a seccomp filter (seccomp.py). Nothing else of the host
 exists inside: not the gateway's config, audit store, keys or secrets, not other homes, not /etc's
 secrets, no host Unix socket. The gateway becomes the sandbox's user before bubblewrap starts, so
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import TypedDict
 
 from bastion.policy.errors import TargetUnavailable
+from bastion.tools.executors.network_bridge import (NSSWITCH, SOCKET_DIR, Endpoint, bridge_script, hosts_file,
+                                                   socat_missing)
 from bastion.tools.executors.seccomp import filter_program
 
 INSTALL_HINT = ("Install bubblewrap on the gateway's host (`apt-get install bubblewrap`, `dnf install bubblewrap`), "
@@ -47,11 +50,12 @@ DEFAULT_HIDE = (".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "
                 "id_ecdsa*", "id_ed25519*", ".pgpass", ".netrc", ".git-credentials", ".npmrc", ".pypirc",
                 ".vault-token", "credentials", "credentials.json", "*.tfstate", "*.tfstate.backup", ".aws", ".ssh",
                 ".gnupg", ".docker", ".kube")
-# What of the host's /etc programs need: the loader's cache, alternatives (awk, pager), time zone, name
-# service switch, MIME and magic data. Nothing with a secret in it; passwd and group are Bastion's own.
-ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone", "nsswitch.conf",
-               "hosts", "host.conf", "os-release", "debian_version", "mime.types", "magic", "magic.mime",
-               "locale.alias", "protocols", "services", "ssl/certs", "ca-certificates.conf")
+# What of the host's /etc programs need: the loader's cache, alternatives (awk, pager), time zone,
+# MIME and magic data. Nothing with a secret in it; passwd, group, hosts and nsswitch.conf are Bastion's
+# own (names resolve from Bastion's hosts file only: network_bridge.py).
+ETC_ENTRIES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone", "host.conf",
+               "os-release", "debian_version", "mime.types", "magic", "magic.mime", "locale.alias",
+               "protocols", "services", "ssl/certs", "ca-certificates.conf")
 # Repository config keys that name no program; everything else in .git/config is dropped inside.
 SAFE_GIT_KEYS = re.compile(
     r"(core\.(repositoryformatversion|bare|filemode|logallrefupdates|ignorecase|precomposeunicode|symlinks"
@@ -117,6 +121,7 @@ class Sandbox:
     # The gateway's own files in a read-only workspace (config, keys): empty inside. build refuses a
     # workspace holding a database of the gateway's, or any of its files if the workspace is writable.
     protected: tuple[str, ...] = ()
+    network: tuple[Endpoint, ...] = ()  # TCP endpoints forwarded in (network_bridge.py); none by default
     _runtime: Path | None = None
     _git_cache: dict[tuple[int, ...], Path] = field(default_factory=dict)
     _walked: tuple[Walk, dict[str, tuple[int, int]]] | None = None
@@ -146,13 +151,19 @@ class Sandbox:
                                     hint="Run the gateway as root (it drops to the mapped user for each command).")
         return {}  # an unprivileged gateway: its own uid, with nothing of the gateway inside
 
-    def launch(self, command: str, cwd: str) -> Launch:
+    def launch(self, command: str, cwd: str, net_dir: Path | None = None) -> Launch:
+        """``net_dir``: the call's folder of forwarding sockets (network_bridge.open_bridge), if any."""
         bwrap = shutil.which("bwrap", path=BWRAP_DIRS)
         if bwrap is None:
             raise TargetUnavailable("the shell sandbox (bubblewrap) is not installed on the gateway's host",
                                     hint=INSTALL_HINT)
+        if net_dir is not None and socat_missing():
+            raise TargetUnavailable("this connection names network endpoints, and socat, which forwards them into "
+                                    "the sandbox, is not installed on the gateway's host",
+                                    hint="Install socat (`apt-get install socat`, `dnf install socat`), or remove the "
+                                         "connection's `network` list.")
         spawn = self.spawn_user()
-        args, program_argv = self.arguments(command, cwd)
+        args, program_argv = self.arguments(command, cwd, net_dir)
         fds: list[int] = []
         try:
             program = filter_program()
@@ -166,7 +177,7 @@ class Sandbox:
             raise
         return Launch([bwrap, "--args", str(fds[-1]), "--", *program_argv], tuple(fds), spawn)
 
-    def arguments(self, command: str, cwd: str) -> tuple[list[str], list[str]]:
+    def arguments(self, command: str, cwd: str, net_dir: Path | None = None) -> tuple[list[str], list[str]]:
         """bubblewrap's options (walking the workspace for what to hide), and the program it runs."""
         runtime = self._runtime_dir()
         walk = self._hidden()
@@ -194,6 +205,8 @@ class Sandbox:
         for path, kind in walk.masks:
             source = {"dir": runtime / "empty", "file": runtime / "empty-file"}.get(kind)
             args += ["--ro-bind", str(source or self._safe_git_config(path, runtime)), path]
+        if net_dir is not None:
+            args += ["--ro-bind", str(net_dir), SOCKET_DIR]
         args += ["--remount-ro", "/", "--chdir", cwd]
         env = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": SANDBOX_HOME, "TERM": "dumb",
                "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_PAGER": "cat", "GIT_TERMINAL_PROMPT": "0",
@@ -208,7 +221,8 @@ class Sandbox:
         # reserve gigabytes of address space they never use.
         ulimit = (f"ulimit -t {limits.cpu_seconds} -d {limits.memory_bytes >> 10} -f {limits.file_size_bytes >> 10} "
                   f"-u {limits.processes} -c 0 || exit 125\n")
-        return args, ["/bin/bash", "--noprofile", "--norc", "-c", ulimit + command]
+        bridge = bridge_script(self.network) if net_dir is not None and self.network else ""
+        return args, ["/bin/bash", "--noprofile", "--norc", "-c", ulimit + bridge + command]
 
     def probe(self) -> None:
         """Start the sandbox once; a host that cannot run it, or a workspace its user cannot read, is
@@ -265,6 +279,9 @@ class Sandbox:
             self._git_cache[key] = out
         return self._git_cache[key]
 
+    def runtime_dir(self) -> Path:
+        return self._runtime_dir()
+
     def _runtime_dir(self) -> Path:
         """Files bubblewrap binds in: readable by the sandbox's group only (a remote URL may carry a name)."""
         if self._runtime is None:
@@ -286,6 +303,8 @@ class Sandbox:
                                         f"{name}:x:{uid}:{gid}:{name}:{SANDBOX_HOME}:/bin/bash\n")
             (etc / "group").write_text(f"root:x:0:\n{name}:x:{gid}:\n")
             (etc / "gitconfig").write_text(SYSTEM_GITCONFIG)
+            (etc / "hosts").write_text(hosts_file(self.network))
+            (etc / "nsswitch.conf").write_text(NSSWITCH)
             (runtime / "empty").mkdir()
             (runtime / "empty-file").touch()
             self._runtime = runtime

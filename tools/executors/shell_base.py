@@ -21,6 +21,7 @@ class ShellResult:
     truncated: bool = False  # stdout or stderr was cut at max_output_bytes
     timed_out: bool = False
     masking: dict[str, Any] = field(default_factory=dict)  # detections per kind, never a value
+    network: list[dict[str, Any]] = field(default_factory=list)  # per endpoint reached: connections, bytes each way
 
 
 @dataclass(frozen=True)
