@@ -1,5 +1,6 @@
 """The one small cache helper: a dict that empties itself when full, for memos whose entries are cheap
-to make again (decide()'s decisions, the PostgreSQL executor's rendered session set-ups).
+to make again (decide()'s decisions, the PostgreSQL executor's rendered session set-ups, the function
+catalog's resolved references, the sandbox's safe git configs, the HTTP app's unauthenticated callers).
 
 Emptying all at once, rather than evicting one entry, keeps it safe for threads without a lock:
 ``dict.clear`` is one step, while evicting one entry as another thread inserts is not. An entry may

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bastion.policy.cache import ClearingCache
 from bastion.server.auth import OidcVerifier, TokenRefused
 from bastion.server.config import Config
 from bastion.tools.gateway import Gateway
@@ -60,7 +61,8 @@ class MissingToken:
 
     def __init__(self, verifier: OidcVerifier, clock: Callable[[], float] = time.monotonic) -> None:
         self.verifier, self.clock = verifier, clock
-        self._seen: dict[str, tuple[int, float]] = {}  # address → (requests not yet recorded, last recorded)
+        # address → (requests not yet recorded, last recorded)
+        self._seen = ClearingCache[str, tuple[int, float]](self.MAX_ADDRESSES)
 
     async def check(self, scope: Scope, address: str) -> None:
         if scope["path"].rstrip("/") != "/mcp" or self.verifier.on_refused is None:
@@ -74,9 +76,7 @@ class MissingToken:
         if now - last < self.EVERY_S:
             self._seen[address] = (unrecorded + 1, last)
             return
-        if len(self._seen) >= self.MAX_ADDRESSES:
-            self._seen.clear()
-        self._seen[address] = (0, now)
+        self._seen.put(address, (0, now))
         assert self.verifier.on_refused is not None
         await self.verifier.on_refused(TokenRefused("no bearer token", channel="mcp", requests=unrecorded + 1))
 

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bastion.policy.cache import ClearingCache
 from bastion.policy.outcome import Outcome
 from bastion.policy.rules import SqlRule
 from bastion.policy.sql import dangerous_functions, postgres_parser
@@ -156,12 +157,10 @@ class FunctionCatalog:
     views: Mapping[str, tuple[frozenset[FunctionRef], frozenset[str]] | None] = field(default_factory=dict)
     # What resolve() and judge() found for a reference, kept while this catalog is the one in force
     # (it is immutable): an `=` has about sixty candidates, judged once, not on every new text.
-    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _memo: ClearingCache[Any, Any] = field(default_factory=lambda: ClearingCache(_MEMO_SIZE), repr=False)
 
     def _remember(self, key: Any, value: Any) -> Any:
-        if len(self._memo) >= _MEMO_SIZE:  # a bound, not an LRU: texts name few distinct references
-            self._memo.clear()
-        self._memo[key] = value
+        self._memo.put(key, value)  # a bound, not an LRU: texts name few distinct references
         return value
 
     @classmethod

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
+from bastion.policy.cache import ClearingCache
 from bastion.policy.errors import TargetUnavailable
 from bastion.tools.executors.network_bridge import (NSSWITCH, SOCKET_DIR, Endpoint, bridge_script, hosts_file,
                                                    socat_missing)
@@ -123,7 +124,7 @@ class Sandbox:
     protected: tuple[str, ...] = ()
     network: tuple[Endpoint, ...] = ()  # TCP endpoints forwarded in (network_bridge.py); none by default
     _runtime: Path | None = None
-    _git_cache: dict[tuple[int, ...], Path] = field(default_factory=dict)
+    _git_cache: ClearingCache[tuple[int, ...], Path] = field(default_factory=lambda: ClearingCache(4 * MAX_GIT_DIRS))
     _walked: tuple[Walk, dict[str, tuple[int, int]]] | None = None
 
     def user(self) -> tuple[int, int]:
@@ -268,16 +269,16 @@ class Sandbox:
         """The safe copy of one repository config: made once per file version, stored once per content."""
         info = os.stat(path)
         key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        if len(self._git_cache) >= 4 * MAX_GIT_DIRS:
-            self._git_cache.clear()  # many versions seen: start again (the copies stay, named by content)
-        if key not in self._git_cache:
-            text = safe_git_config(path) if info.st_size <= MAX_GIT_CONFIG_BYTES else "\n"
-            out = runtime / f"gitconfig-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
-            if not out.exists():
-                out.write_text(text)
-                self._share(out)
-            self._git_cache[key] = out
-        return self._git_cache[key]
+        cached = self._git_cache.get(key)
+        if cached is not None:
+            return cached
+        text = safe_git_config(path) if info.st_size <= MAX_GIT_CONFIG_BYTES else "\n"
+        out = runtime / f"gitconfig-{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+        if not out.exists():
+            out.write_text(text)
+            self._share(out)
+        self._git_cache.put(key, out)  # many versions seen: it starts again (the copies stay, named by content)
+        return out
 
     def runtime_dir(self) -> Path:
         return self._runtime_dir()
