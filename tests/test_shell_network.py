@@ -210,6 +210,23 @@ async def test_an_endpoint_that_does_not_answer_is_recorded_as_failed(site: Path
         result.network[0]["error"] in ("Connect call failed", "All connection attempts failed"), result.network
 
 
+async def test_a_command_cannot_make_the_gateway_hold_unbounded_connections(
+        site: Path, servers: tuple[Server, Server]) -> None:  # noqa: F811
+    named, _ = servers
+    extra = 6
+    flood = ("import socket\nsocks = []\n"
+             f"for _ in range({network_bridge.MAX_OPEN + extra}):\n"
+             "    s = socket.socket(socket.AF_UNIX); s.connect('/run/bastion/net/0.sock'); socks.append(s)\n"
+             "answered = 0\nfor s in socks:\n    s.settimeout(15)\n"
+             "    try:\n        s.sendall(b'x\\n'); answered += s.recv(8).startswith(b'got')\n    except OSError:\n        pass\n"
+             "print(answered)\n")
+    (site / "ws" / "flood.py").write_text(flood)
+    result = await run(executor(site, f"127.0.0.1:{named.port}"), "python3 flood.py", timeout=60)
+    assert result.stdout.strip() == str(network_bridge.MAX_OPEN), result.stderr
+    assert len(named.accepted) == network_bridge.MAX_OPEN
+    assert result.network[0]["failed"] == extra and "at once" in result.network[0]["error"]
+
+
 async def test_a_host_without_socat_refuses_saying_how_to_install_it(site: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
                                                                       servers: tuple[Server, Server]) -> None:
     monkeypatch.setattr(network_bridge, "socat_missing", lambda: True)

@@ -34,6 +34,9 @@ SOCKET_DIR = "/run/bastion/net"  # inside the sandbox
 MIN_PORT = 1024  # the sandbox has no privilege to listen below it
 MAX_ENDPOINTS = 64
 CONNECT_TIMEOUT_S = 10.0
+# Forwarded connections open at once, per call: each holds descriptors of the gateway's, and a
+# command can open Unix connections without socat (whose processes max_processes would count).
+MAX_OPEN = 64
 READY_TIMEOUT_S = 10  # the bridge inside must listen by then, or the call fails (exit 125)
 EXPECTED = ('expected "host:port" or "name=host:port" (host: a name the gateway resolves, or an address; '
             f'name: a host name or a 127.x.x.x address; port: {MIN_PORT} to 65535)')
@@ -178,6 +181,7 @@ class Use:
 class Bridge:
     directory: Path
     uses: dict[str, Use] = field(default_factory=dict)
+    open: int = 0  # forwarded connections open now (at most MAX_OPEN)
 
     def record(self) -> list[dict[str, Any]]:
         return [asdict(use) for use in self.uses.values()]
@@ -219,16 +223,25 @@ async def _forward(endpoint: Endpoint, bridge: Bridge, client: ByteStream) -> No
     use = bridge.uses.setdefault(endpoint.inside, Use(endpoint.inside, endpoint.target))
     use.connections += 1
     async with client:
+        if bridge.open >= MAX_OPEN:
+            use.failed += 1
+            use.error = use.error or f"more than {MAX_OPEN} connections open at once"
+            return
+        bridge.open += 1
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 upstream = await anyio.connect_tcp(endpoint.host, endpoint.port)
         except (OSError, TimeoutError) as error:
             use.failed += 1
             use.error = use.error or (getattr(error, "strerror", None) or str(error) or type(error).__name__)
+            bridge.open -= 1
             return
-        async with upstream, anyio.create_task_group() as tg:
-            tg.start_soon(_pipe, client, upstream, use, "bytes_out", tg.cancel_scope)
-            tg.start_soon(_pipe, upstream, client, use, "bytes_in", tg.cancel_scope)
+        try:
+            async with upstream, anyio.create_task_group() as tg:
+                tg.start_soon(_pipe, client, upstream, use, "bytes_out", tg.cancel_scope)
+                tg.start_soon(_pipe, upstream, client, use, "bytes_in", tg.cancel_scope)
+        finally:
+            bridge.open -= 1
 
 
 async def _pipe(source: ByteStream, sink: ByteStream, use: Use, counter: str, scope: anyio.CancelScope) -> None:
