@@ -77,6 +77,15 @@ class HoldStatus(StrEnum):
 LIVE = (HoldStatus.PENDING, HoldStatus.APPROVED)  # a new identical call joins these
 
 
+def _literal(*statuses: HoldStatus) -> str:
+    """Statuses as SQL literals, spelled by the enum. Literals, not parameters: the partial unique
+    index on live holds (migrations.py) serves a query only when its WHERE names them as written."""
+    return ", ".join(f"'{status.value}'" for status in statuses)
+
+
+_IS_LIVE = f"status IN ({_literal(*LIVE)})"
+
+
 @dataclass(frozen=True)
 class Vote:
     """One approver's vote on a hold (table `votes`, append-only, one per approver)."""
@@ -208,15 +217,14 @@ class ApprovalStore:
         changes: builtins.list[tuple[str, Held]] = []
         with self._transaction() as conn:
             changes += self._expire(conn, _iso(now), binding=binding)
-            row = conn.execute("SELECT * FROM holds WHERE binding = ? AND status IN ('pending', 'approved')",
-                               (binding,)).fetchone()
+            row = conn.execute(f"SELECT * FROM holds WHERE binding = ? AND {_IS_LIVE}", (binding,)).fetchone()
             joined = row is not None
             if row is None:
                 hold_id = new_hold_id()
                 conn.execute(
                     "INSERT INTO holds (hold_id, binding, call_id, created, expires_at, status, requester, "
                     "requester_subject, connection, tool, text, text_hash, facts, reason, rule, approver_groups, "
-                    "min_approvals) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"min_approvals) VALUES (?, ?, ?, ?, ?, {_literal(HoldStatus.PENDING)}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (hold_id, binding, call_id, _iso(now), _iso(now + timedelta(seconds=policy.ttl_s)),
                      _json(requester.as_record()), requester.subject, connection, tool, text, text_hash(text),
                      _json(facts), reason, rule, _json(sorted(policy.approver_groups)), policy.min_approvals))
@@ -298,8 +306,8 @@ class ApprovalStore:
         with self._transaction() as conn:
             changes += self._expire(conn, now, hold_id=hold_id)
             used = conn.execute(
-                "UPDATE holds SET status = 'consumed', consumed_by_call = ? "
-                "WHERE hold_id = ? AND binding = ? AND status = 'approved' AND expires_at > ?",
+                f"UPDATE holds SET status = {_literal(HoldStatus.CONSUMED)}, consumed_by_call = ? "
+                f"WHERE hold_id = ? AND binding = ? AND status = {_literal(HoldStatus.APPROVED)} AND expires_at > ?",
                 (call_id, hold_id, binding, now)).rowcount == 1
             if used:
                 held = self._get(conn, hold_id)
@@ -384,8 +392,8 @@ class ApprovalStore:
     def live_for(self, binding: str) -> Held | None:
         """The live hold for a binding (pending, or approved and not yet used; not past its expiry), or None."""
         with self._reading() as conn:
-            row = conn.execute("SELECT * FROM holds WHERE binding = ? AND status IN ('pending', 'approved') "
-                               "AND expires_at > ?", (binding, _iso(self.clock()))).fetchone()
+            row = conn.execute(f"SELECT * FROM holds WHERE binding = ? AND {_IS_LIVE} AND expires_at > ?",
+                               (binding, _iso(self.clock()))).fetchone()
             return None if row is None else self._held(conn, row)
 
     def list(self, status: str | Iterable[str] | None = None, limit: int = 100) -> builtins.list[Held]:
@@ -439,7 +447,7 @@ class ApprovalStore:
     def _expire(self, conn: Connection, now: str, *, binding: str | None = None,
                 hold_id: str | None = None) -> builtins.list[tuple[str, Held]]:
         """Inside a transaction: live holds past their expiry (all, or one binding's, or one) → expired."""
-        sql = "SELECT * FROM holds WHERE status IN ('pending', 'approved') AND expires_at <= ?"
+        sql = f"SELECT * FROM holds WHERE {_IS_LIVE} AND expires_at <= ?"
         params: tuple[Any, ...] = (now,)
         if binding is not None:
             sql, params = sql + " AND binding = ?", (*params, binding)
@@ -447,7 +455,7 @@ class ApprovalStore:
             sql, params = sql + " AND hold_id = ?", (*params, hold_id)
         out = []
         for row in conn.execute(sql + " ORDER BY expires_at", params).fetchall():
-            conn.execute("UPDATE holds SET status = 'expired' WHERE hold_id = ?", (row["hold_id"],))
+            conn.execute(f"UPDATE holds SET status = {_literal(HoldStatus.EXPIRED)} WHERE hold_id = ?", (row["hold_id"],))
             held = self._get(conn, row["hold_id"])
             self.audit.append_in(conn, [{
                 "type": ev.APPROVAL_EXPIRED, "call_id": held.hold_id, "connection": held.connection, "tool": held.tool,
