@@ -16,7 +16,7 @@ import tree_sitter
 import tree_sitter_bash
 
 from bastion.policy.shell import words as w
-from bastion.policy.shell.arithmetic import ArithmeticError, Integers, ARITHMETIC_TEST_OPERATORS
+from bastion.policy.shell.arithmetic import ARITHMETIC_TEST_OPERATORS, ArithmeticRefusal, Integers
 from bastion.policy.shell.facts import Command, Node, Redirect, ShellAnalysis
 
 _LANGUAGE = tree_sitter.Language(tree_sitter_bash.language())
@@ -95,7 +95,7 @@ def _analyse_cached(text: str) -> ShellAnalysis:
         walker.integers.verify()
     except w.BudgetError as error:
         return ShellAnalysis(text, error=str(error), error_rule="guard:budget")
-    except ArithmeticError as error:
+    except ArithmeticRefusal as error:
         return ShellAnalysis(text, error=str(error), error_rule="guard:arithmetic", error_hint=error.hint)
     except _Unsupported as error:
         return ShellAnalysis(text, error=str(error), error_rule="guard:unsupported", error_hint=error.hint)
@@ -336,9 +336,9 @@ class _Walker:
         and `test -v NAME[...]` evaluate arithmetic (policy.shell.arithmetic)."""
         name = argv[0].value
         if name == "let":
-            raise ArithmeticError("`let` evaluates its arguments as arithmetic", "Write `(( EXPRESSION ))` instead.")
+            raise ArithmeticRefusal("`let` evaluates its arguments as arithmetic", "Write `(( EXPRESSION ))` instead.")
         if name in ("test", "[") and any(a.value == "-v" for a in argv[1:]):
-            raise ArithmeticError("`-v NAME` evaluates an array subscript as arithmetic (`[ -v 'a[$(id)]' ]` runs id)",
+            raise ArithmeticRefusal("`-v NAME` evaluates an array subscript as arithmetic (`[ -v 'a[$(id)]' ]` runs id)",
                                   "Test the variable with `[ -n \"${NAME+set}\" ]`, or drop the test.")
         if name in _SETTERS:
             for word in argv[1:]:
@@ -388,7 +388,7 @@ class _Walker:
         argv.append(w.Word(keyword, (w.Segment(w.LIT, keyword),)))
         argv.extend(self.argument_words(arguments, context))
         if any(a.value.startswith("-") and "i" in a.value for a in argv[1:]):
-            raise ArithmeticError(f"`{keyword} -i` makes assignments arithmetic", "Drop `-i`.")
+            raise ArithmeticRefusal(f"`{keyword} -i` makes assignments arithmetic", "Drop `-i`.")
         for word in argv[1:]:
             self.integers.taint(word.value.split("=", 1)[0])
         return self.command_of(context, tuple(argv), [], [])
@@ -798,7 +798,7 @@ class _Walker:
             text = self.text[start:end]
             if len(group) == 1 and group[0][0] == "op":
                 if text in ("-v", "-R"):
-                    raise ArithmeticError(f"`[[ {text} NAME ]]` evaluates an array subscript as arithmetic",
+                    raise ArithmeticRefusal(f"`[[ {text} NAME ]]` evaluates an array subscript as arithmetic",
                                           "Test the variable with `[[ -n ${NAME+set} ]]`.")
                 argv.append(w.Word(text, (w.Segment(w.LIT, text),)))
                 roles.append("op")
@@ -817,7 +817,7 @@ class _Walker:
                 for side in (k - 1, k + 1):
                     if 0 <= side < len(groups) and roles[side] != "op":
                         if len(groups[side]) != 1:
-                            raise ArithmeticError(f"`{argv[side + 1].source}` is used in arithmetic, where bash "
+                            raise ArithmeticRefusal(f"`{argv[side + 1].source}` is used in arithmetic, where bash "
                                                   "evaluates its value as an expression")
                         self.integers.operand(groups[side][0][1], self.source)
         argv.append(w.Word("]]", (w.Segment(w.LIT, "]]"),)))

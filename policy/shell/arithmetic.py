@@ -32,14 +32,14 @@ HINT = ("Give the variable an integer in the same text first (`for n in {1..9}; 
         "write the number itself, or compare as text with [[ $x == 1 ]].")
 
 
-class ArithmeticError(ValueError):  # noqa: A001 (the shell's arithmetic, not Python's)
+class ArithmeticRefusal(ValueError):
     def __init__(self, message: str, hint: str = HINT) -> None:
         super().__init__(message)
         self.hint = hint
 
 
-def _unknown(what: str) -> ArithmeticError:
-    return ArithmeticError(f"{what} is used in arithmetic, where bash evaluates its value as an expression "
+def _unknown(what: str) -> ArithmeticRefusal:
+    return ArithmeticRefusal(f"{what} is used in arithmetic, where bash evaluates its value as an expression "
                            "(a value such as a[$(id)] runs a program); only variables this text sets to integers "
                            "may appear there")
 
@@ -108,7 +108,7 @@ class Integers:
         text = source(node)
         if kind == "number":
             if not _NUMBER.fullmatch(text):
-                raise ArithmeticError(f"the number `{text}` is not accepted in arithmetic", "Write plain integers.")
+                raise ArithmeticRefusal(f"the number `{text}` is not accepted in arithmetic", "Write plain integers.")
             return
         if kind in ("variable_name", "word"):
             if _NUMBER.fullmatch(text):
@@ -131,12 +131,12 @@ class Integers:
             return
         if kind == "arithmetic_expansion":
             if node.children and node.children[0].type == "$[":
-                raise ArithmeticError("old-style arithmetic $[ ] is not accepted", "Write $(( EXPRESSION )).")
+                raise ArithmeticRefusal("old-style arithmetic $[ ] is not accepted", "Write $(( EXPRESSION )).")
             for child in node.children:
                 if child.is_named:
                     self.expression(child, source)
                 elif child.type not in ("$((", "))", ","):
-                    raise ArithmeticError(f"`{child.type}` in $(( )) is not accepted", "Write $(( EXPRESSION )).")
+                    raise ArithmeticRefusal(f"`{child.type}` in $(( )) is not accepted", "Write $(( EXPRESSION )).")
             return
         children = list(node.children)
         ops = [c.type for c in children if not c.is_named]
@@ -153,13 +153,13 @@ class Integers:
             for child in children:
                 self.expression(child, source)
             return
-        raise ArithmeticError(f"`{text}` is not accepted in arithmetic (only integers, variables this text "
+        raise ArithmeticRefusal(f"`{text}` is not accepted in arithmetic (only integers, variables this text "
                               "set to integers, and operators)", HINT)
 
     def assign(self, target: TSNode, source: Callable[[TSNode], str], reads: bool) -> None:
         name = source(target)
         if target.type not in ("variable_name", "word") or not _NAME.fullmatch(name):
-            raise ArithmeticError(f"assigning to `{name}` in arithmetic is not accepted",
+            raise ArithmeticRefusal(f"assigning to `{name}` in arithmetic is not accepted",
                                   "Assign to a lower-case variable name (`(( n = 1 ))`).")
         if reads:
             self.use(name)
