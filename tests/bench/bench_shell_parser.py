@@ -5,7 +5,8 @@ real agent traffic and parse+decide time per command (median).
 
 REF (default 9172026, main before tree-sitter) is a git commit of this repository: its `policy/`
 is extracted to a scratch directory and imported as `bastion.policy` in a child process (it needs
-the packages it depended on, bashlex for the old parser). The current tree runs in another child.
+the packages it depended on: `.venv/bin/pip install bashlex==0.18` for the old parser, which is no
+longer a dependency). The current tree runs in another child.
 Each child vets every corpus text (cwd /testbed, as bench_shell_presets.py) with the analysis cache
 cleared, N rounds, and reports per-text verdicts; the parent prints rates, medians, their ratio,
 and every text the baseline allowed that the current parser refuses, with the reason.
@@ -70,7 +71,8 @@ def _child(root: str, corpus: Path, rounds: int) -> dict[str, object]:
     done = subprocess.run([sys.executable, "-c", _CHILD, root, str(corpus), str(rounds)], capture_output=True,
                           text=True, cwd=ROOT)
     if done.returncode != 0:
-        raise SystemExit(f"child failed ({root or 'current'}):\n{done.stderr[-2000:]}")
+        hint = "\n(the baseline needs bashlex: .venv/bin/pip install bashlex==0.18)" if "bashlex" in done.stderr else ""
+        raise SystemExit(f"child failed ({root or 'current'}):\n{done.stderr[-2000:]}{hint}")
     return json.loads(done.stdout)
 
 
