@@ -54,7 +54,7 @@ def main() -> None:
          [sys.executable, str(HERE / "bench_checkpoints.py"), "--proofs-only", "--events",
           "200000" if args.quick else "1000000", "--rounds", "3"]),
         ("Shell sandbox: a local command's added cost", [sys.executable, str(HERE / "bench_sandbox.py"), "--rounds", rounds]),
-        ("Beside the peers: DBHub and the reference PostgreSQL server",
+        ("Beside the peers: DBHub, the reference PostgreSQL server, and the SDK's floor",
          [sys.executable, str(HERE / "bench_peers.py"), "--rounds", "3" if args.quick else "5"]),
     ]
     command = "python tests/bench/run_all.py" + (" --quick" if args.quick else "")
