@@ -25,7 +25,7 @@ order of events. Events (store/events.py), all carrying the hold's facts in ``re
   ``approval.preview``   under the hold id as ``call_id`` (``bastion audit show <hold_id>`` shows a
                          hold's life; the calls' own timelines stay requested → held → terminal).
 
-Methods are synchronous (SQLite) apart from `wait`; the tools layer calls them with
+Methods are synchronous (a database round trip) apart from `wait`; the tools layer calls them with
 ``anyio.to_thread.run_sync``, as it does the audit store. Refusals raise policy/errors.py's
 `ApprovalError` subclasses (a stable code, what was wrong, what would pass); a database that cannot
 be read or written raises `StoreError`.
