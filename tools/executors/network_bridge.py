@@ -137,7 +137,9 @@ def hosts_file(endpoints: Sequence[Endpoint]) -> str:
     for endpoint in endpoints:
         if not _address(endpoint.name) and endpoint.name != "localhost":
             names.setdefault(endpoint.name, endpoint.address)
-    lines = ["127.0.0.1\tlocalhost", "::1\tip6-localhost ip6-loopback", "127.0.1.1\tsandbox"]
+    lines = ["127.0.0.1\tlocalhost", "::1\tip6-localhost ip6-loopback"]
+    if "sandbox" not in names:  # the sandbox's own host name, unless an endpoint is called that
+        lines.append("127.0.1.1\tsandbox")
     return "\n".join(lines + [f"{address}\t{name}" for name, address in names.items()]) + "\n"
 
 
