@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,7 +52,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def sandbox_reaches_this_runs_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
-    tmp_path_factory.getbasetemp().chmod(0o711)  # pytest made it 0700
+    base = tmp_path_factory.getbasetemp()
+    base.chmod(0o711)  # pytest made it 0700
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's folder is inside the run's, which xdist made afresh (0700)
+        base.parent.chmod(0o711)
 
 
 @pytest.fixture(autouse=True)
