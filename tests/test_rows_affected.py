@@ -138,10 +138,10 @@ target = "{db}"
     dev, lead = Caller(Identity("dev", frozenset({"developers"}))), Caller(Identity("lea", frozenset({"leads"})))
 
     async def decide(approve: bool) -> None:
-        with anyio.fail_after(10):
-            while not gw.approvals.list("pending"):
+        with anyio.fail_after(10):  # a hold is listed first, its impact preview attached a moment later
+            while not (pending := gw.approvals.list("pending")) or pending[0].preview is None:
                 await anyio.sleep(0.05)
-        (held,) = gw.approvals.list("pending")
+        (held,) = pending
         assert held.preview and held.preview["statements"][0]["rows"] == 45  # the approver sees the count
         with sqlite3.connect(db) as conn:  # rolled back while it waits
             assert conn.execute("SELECT count(*) FROM items WHERE state != 'new'").fetchone() == (0,)
