@@ -118,6 +118,8 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
         finally:
             runtime.run("rm", "-a", "-f", "-t", "0", check=False)
             runtime.run("rmi", "-a", "-f", check=False)
+            # The overlay driver mounts its folder on itself: unmounted, or rmtree leaves it (and the mount).
+            subprocess.run(["umount", str(folder / "root" / "overlay")], capture_output=True, check=False)
             shutil.rmtree(folder / "root", ignore_errors=True)
 
 
