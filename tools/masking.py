@@ -3,7 +3,9 @@
 - Before a SQL text is vetted, ``refresh`` makes sure the connection's catalog is recent: read
   through the executor (tables, columns, view definitions), kept for ``CATALOG_TTL_S``, read again
   at once when the text names a relation the catalog does not list (a view created a moment ago)
-  and after a statement that changed the schema. A catalog that cannot be read leaves the last one
+  and after a statement that changed the schema (that name check parses the text in a worker
+  thread: a long text takes seconds, which the event loop must not wait out). A table's masked
+  columns are masked alike in its inheritance children and partitions (``MaskRules.inherited``). A catalog that cannot be read leaves the last one
   (or none: then every output of a sensitive relation is masked, fail closed).
 - ``vet`` adds the mask plan to a decision: its verdict on inference channels and write flows
   (a deny wins, a review holds an allowed call), and its summary in the facts `check` shows.
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 
 from bastion.policy import Decision, Statement, Verdict
 from bastion.policy.errors import BastionError
@@ -66,6 +69,8 @@ class Masking:
     _read_at: float = field(default=float("-inf"), repr=False)
     _retry_at: float = field(default=float("-inf"), repr=False)
     _lock: anyio.Lock | None = field(default=None, repr=False)
+    # The rules as configured; ``rules`` adds to them what children and partitions inherit.
+    _configured: MaskRules | None = field(default=None, repr=False)
     # The SQLite function of the keyed hash at the source: a name no agent can guess or call.
     hash_function: str = field(default_factory=lambda: f"bastion_mask_hash_{secrets.token_hex(8)}", repr=False)
 
@@ -93,7 +98,7 @@ class Masking:
         now = time.monotonic()
         if now < self._retry_at:
             return
-        if now - self._read_at < self.ttl_s and not (text and self._names_unknown(connection, text)):
+        if now - self._read_at < self.ttl_s and not (text and await self._names_unknown_off_loop(connection, text)):
             return
         if self._lock is None:
             self._lock = anyio.Lock()
@@ -107,7 +112,15 @@ class Masking:
                 self._retry_at = time.monotonic() + RETRY_S
                 return
             self._catalog = catalog_of(tables, connection.dialect, connection.policy.default_schema or "main")
+            # A parent's masked column is masked in every child and partition (each is read on its own too).
+            if self._configured is None:
+                self._configured = self.rules
+            self.rules = self._configured.inherited(self._catalog.ancestors, self._catalog.tables)
             self._read_at = time.monotonic()
+
+    async def _names_unknown_off_loop(self, connection: Connection, text: str) -> bool:
+        # Parsing a long text takes seconds: in a worker thread, not on the event loop every call shares.
+        return await anyio.to_thread.run_sync(self._names_unknown, connection, text)
 
     def _names_unknown(self, connection: Connection, text: str) -> bool:
         from bastion.policy import analyse
@@ -189,7 +202,8 @@ def catalog_of(tables: list[TableInfo], dialect: str, default_schema: str) -> Ca
     """The executor's catalog as plain data for policy.masking."""
     return Catalog.build(dialect, default_schema,
                          {t.qualified: tuple(c.name for c in t.columns) for t in tables},
-                         {t.qualified: t.definition for t in tables if t.definition})
+                         {t.qualified: t.definition for t in tables if t.definition},
+                         {t.qualified: t.ancestors for t in tables if t.ancestors})
 
 
 def vet(connection: Connection, statements: tuple[Statement, ...] | None, facts: dict[str, Any] | None,

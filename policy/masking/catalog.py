@@ -24,15 +24,18 @@ class Catalog:
     default_schema: str
     tables: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     views: Mapping[str, str] = field(default_factory=dict)
+    # A table's inheritance parents and partitioned tables, any depth (PostgreSQL's pg_inherits).
+    ancestors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, dialect: str, default_schema: str, tables: Mapping[str, tuple[str, ...] | list[str]],
-              views: Mapping[str, str] | None = None) -> Catalog:
+              views: Mapping[str, str] | None = None, ancestors: Mapping[str, tuple[str, ...]] | None = None) -> Catalog:
         fold = str.lower if dialect == "sqlite" else (lambda s: s)
         return cls(dialect, fold(default_schema),
                    {fold(name): tuple(fold(c) for c in cols) for name, cols in tables.items()},
-                   {fold(name): sql for name, sql in (views or {}).items()})
+                   {fold(name): sql for name, sql in (views or {}).items()},
+                   {name: tuple(found) for name, found in (ancestors or {}).items() if found})
 
     def columns(self, table: str) -> tuple[str, ...] | None:
         found = self.tables.get(table)

@@ -36,6 +36,7 @@ from bastion.policy.sql.facts import Kind, Statement
 
 UNRESOLVED_RULE = "mask:unresolved"
 UNANALYSABLE_RULE = "mask:unanalysable"
+EXPLAIN_RULE = "mask:explain"
 WRITE_RULE_HINT = ("Write masked values only into columns masked at least as strongly, or ask an administrator "
                    "to mask the target column too.")
 # Statement kinds that move rows and that the plan cannot follow: on sensitive relations, denied.
@@ -162,11 +163,22 @@ def _statement_plan(text: str, kind: Kind, explain: bool, analyze: bool, inner: 
         if rewritten is not None and rewritten.complete:
             return _at_source(_analyse(text, catalog, rules, fail, at_source=True), rewritten)
     if explain:
-        # EXPLAIN returns a plan, not rows; EXPLAIN ANALYZE also runs the statement (its row counts
-        # and timings answer a predicate as well as rows would), so that statement's channels count.
+        # EXPLAIN returns a plan, not rows, but its row estimates come from the statistics of the
+        # raw column (`secret = 'guess'` gets rows=59 for a common value, rows=1 otherwise): any
+        # use of a masked column in a condition, join, grouping or ordering makes it an oracle, so
+        # it is refused (the explained statement is not rewritten: the masking expressions, the
+        # key's parameters among them, would be printed in the plan). EXPLAIN ANALYZE also runs it.
+        inner_plan = _analyse(inner, catalog, rules, fail)
+        if inner_plan.uses or (inner_plan.decision is not None and UNANALYSABLE_RULE in inner_plan.decision.rules):
+            use = inner_plan.uses[0] if inner_plan.uses else None
+            where = f" (`{use.get('column')}`, {use.get('use')})" if use else ""
+            return MaskPlan(decision=Decision.deny(
+                EXPLAIN_RULE, f"EXPLAIN of a statement that uses a masked column{where} would estimate rows from the "
+                "raw column's statistics, which tell its values apart",
+                hint="EXPLAIN the statement without conditions, joins, grouping or ordering on masked columns, "
+                     "or run the query itself (masked columns come back masked)."))
         if not analyze:
             return MaskPlan()
-        inner_plan = _analyse(inner, catalog, rules, fail)
         return MaskPlan(decision=inner_plan.decision, uses=inner_plan.uses)
     if kind in _UNFOLLOWED:
         return MaskPlan(known=False, fallback=fail, decision=Decision.deny(

@@ -13,9 +13,10 @@ second, weaker pattern also names it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from functools import cached_property
+from glob import escape as glob_escape
 
 from bastion.policy.decision import Verdict
 from bastion.policy.masking.maskers import MASKERS, STRENGTH
@@ -96,6 +97,20 @@ class MaskRules:
         key = table.lower()
         found = [c for c in self.columns if fnmatchcase(key, c.table_pattern)]
         return max(found, key=lambda c: STRENGTH[c.masker]) if found else None
+
+    def inherited(self, ancestors: Mapping[str, Iterable[str]], columns: Mapping[str, Iterable[str]]) -> MaskRules:
+        """These rules with each masked column of a parent (inheritance, partitioning) masked alike
+        in every descendant: ``ancestors`` maps a table to its ancestors at any depth, ``columns`` a
+        table to its columns. The added rule cites the parent's (the configured entry)."""
+        added: list[SensitiveColumn] = []
+        for table, parents in ancestors.items():
+            for column in columns.get(table, ()):
+                own = self.column(f"{table}.{column}")
+                found = [c for c in (self.column(f"{p}.{column}") for p in parents) if c is not None]
+                best = max(found, key=lambda c: STRENGTH[c.masker]) if found else None
+                if best is not None and (own is None or STRENGTH[own.masker] < STRENGTH[best.masker]):
+                    added.append(SensitiveColumn(glob_escape(f"{table}.{column}"), best.masker, best.rule))
+        return replace(self, columns=self.columns + tuple(added), _memo={}) if added else self
 
     @cached_property
     def _verdicts(self) -> dict[tuple[str, str], Verdict]:

@@ -51,6 +51,8 @@ _PLAIN = frozenset({"this", "db", "catalog", "alias", "only"})
 _SCANS = (exp.From, exp.Join)
 # A bind parameter the agent wrote would read the key's parameters: refused where they are passed.
 _AGENT_PARAMETER = re.compile(r"\$\d")
+_DESCENDANTS_STAR = re.compile(r"\s*\*")
+_TABLE_COMMAND = re.compile(r"(?<![\w.\"$])TABLE\s+(?=(?:ONLY\s+)?$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,29 @@ def rewrite(text: str, catalog: Catalog, rules: MaskRules, sensitive: frozenset[
             continue
         scan, keyed_scan = _masked_scan(table, relation, text[span[0]:span[1]], catalog, masks, keyed, hash_function)
         uses_key = uses_key or keyed_scan
-        splices.append((*span, scan))
+        start, end = span
+        # `accounts *` (descendants included, as without the star: the masked scan includes them).
+        star = _DESCENDANTS_STAR.match(text, end)
+        end = star.end() if star else end
+        # `TABLE accounts` is `SELECT * FROM accounts`; a derived table cannot follow TABLE.
+        command = _TABLE_COMMAND.search(text, 0, start)
+        if command is not None:
+            start, scan = command.start(), f"SELECT * FROM {scan}"
+        splices.append((start, end, scan))
         done.add(relation)
+    # `schema.table.column` cannot name the derived table (it answers to `table`): the schema goes.
+    for column in tree.find_all(exp.Column):
+        db, owner = column.args.get("db"), column.args.get("table")
+        if not isinstance(db, exp.Identifier) or not isinstance(owner, exp.Identifier):
+            continue
+        if f"{_ident(db)}.{_ident(owner)}" not in done:
+            continue
+        first = column.args.get("catalog") or db
+        qualifier = _span_of(first), _span_of(owner)
+        if qualifier[0] is None or qualifier[1] is None:
+            missed.append(f"{_ident(db)}.{_ident(owner)}")
+            continue
+        splices.append((qualifier[0][0], qualifier[1][0], ""))
     out = text
     for start, end, scan in sorted(splices, reverse=True):
         out = out[:start] + scan + out[end:]
@@ -192,6 +215,11 @@ def _is_cte(table: exp.Table) -> bool:
             through = node
         node = node.parent
     return False
+
+
+def _span_of(node: exp.Expression) -> tuple[int, int] | None:
+    meta = getattr(node, "meta", None) or {}
+    return (meta["start"], meta["end"] + 1) if "start" in meta and "end" in meta else None
 
 
 def _span(table: exp.Table, text: str) -> tuple[int, int] | None:
@@ -300,7 +328,11 @@ def _unmasked_pg_scan(text: str, sensitive: frozenset[str], catalog: Catalog, ru
     of a masking derived table: `(SELECT <exactly the select list the rewrite builds> FROM t)`."""
     from pglast import parser as pg  # PostgreSQL's own parser (policy.sql uses it as its second opinion)
 
-    tree = json.loads(pg.parse_sql_json(text))
+    try:
+        tree = json.loads(pg.parse_sql_json(text))
+    except pg.ParseError:
+        # Not PostgreSQL as rewritten (or as written): not masked at the source; analysed as written.
+        return next(iter(sorted(sensitive)), "?")
     return _first_unmasked(tree, sensitive, catalog, rules, keyed)
 
 

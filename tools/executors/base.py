@@ -41,6 +41,9 @@ class TableInfo:
     kind: str  # table | view | materialized view | foreign table
     columns: tuple[ColumnInfo, ...] = field(default_factory=tuple)
     definition: str | None = None  # a view's SQL, which masking follows to the columns it reads
+    # Its inheritance parents and partitioned tables, at any depth (schema.name): a mask on one
+    # of them masks the same column here, or reading the child would bypass it.
+    ancestors: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:

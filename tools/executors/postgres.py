@@ -379,6 +379,7 @@ class PostgresExecutor:
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION READ ONLY")
                     rows = await (await conn.execute(_CATALOG_SQL)).fetchall()
+                    inherits = await (await conn.execute(function_catalog.INHERITS_SQL)).fetchall()
                     await conn.execute("SET LOCAL search_path = pg_catalog")
                     views = await (await conn.execute(_VIEWS_SQL)).fetchall()
         except PoolTimeout as error:
@@ -397,7 +398,11 @@ class PostgresExecutor:
             elif relkind == "m":
                 tables[(schema, name)] = TableInfo(schema, name, "materialized view", tuple(
                     ColumnInfo(c, t, n) for c, t, n in zip(columns, types, nullables)), definition)
-        return list(tables.values())
+        ancestors: dict[str, list[str]] = {}
+        for parent, child in inherits:
+            ancestors.setdefault(child, []).append(parent)
+        return [replace(t, ancestors=tuple(sorted(ancestors[t.qualified]))) if t.qualified in ancestors else t
+                for t in tables.values()]
 
     async def close(self) -> None:
         if self._opened:

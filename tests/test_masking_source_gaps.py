@@ -1,0 +1,164 @@
+"""Masking at the source, by effect on the real PostgreSQL, where a red team found it bypassed or
+broken: a partition or inheritance child read on its own, EXPLAIN's row estimates, `TABLE t`,
+`t *`, and `schema.table.column` references. The canary never appears in an answer or the audit log.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from bastion.policy.masking import Catalog, MaskRules
+from bastion.server.app import create_server
+from bastion.server.config import load
+from bastion.store import SqliteAuditStore
+from bastion.tools.masking import Masking
+from tests.conftest import requirement
+from tests.postgres_server import PgServer
+
+pytestmark = pytest.mark.anyio
+CANARY = f"tiger-lily-{uuid.uuid4().hex[:8]}"
+# The canary as the agent guesses it, spelt so that the text itself does not hold it (the planner
+# folds the concatenation into the constant it estimates with).
+GUESS = f"'{CANARY[:6]}' || '{CANARY[6:]}'"
+
+
+@pytest.fixture(scope="module")
+def gaps(pg_server: PgServer) -> Iterator[tuple[PgServer, str]]:
+    schema = f"gaps_{os.getpid()}_{uuid.uuid4().hex[:4]}"
+    pg_server.execute(f"""
+        CREATE SCHEMA {schema};
+        CREATE TABLE {schema}.cards (id int, region text, pan text) PARTITION BY LIST (region);
+        CREATE TABLE {schema}.cards_eu PARTITION OF {schema}.cards FOR VALUES IN ('eu') PARTITION BY LIST (id);
+        CREATE TABLE {schema}.cards_eu_1 PARTITION OF {schema}.cards_eu FOR VALUES IN (1);
+        INSERT INTO {schema}.cards VALUES (1, 'eu', '{CANARY}');
+        CREATE TABLE {schema}.people (id int, secret text);
+        CREATE TABLE {schema}.people_vip (vip boolean) INHERITS ({schema}.people);
+        INSERT INTO {schema}.people_vip VALUES (1, '{CANARY}', true);
+        CREATE TABLE {schema}.accounts (id int, secret text);
+        INSERT INTO {schema}.accounts SELECT g, CASE WHEN g < 60 THEN '{CANARY}' ELSE 'x' || g END FROM generate_series(1, 100) g;
+        ANALYZE {schema}.accounts;
+    """)
+    role = pg_server.gateway_role
+    pg_server.execute(f'GRANT USAGE ON SCHEMA {schema} TO "{role}"; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO "{role}"')
+    try:
+        yield pg_server, schema
+    finally:
+        pg_server.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def config(gaps: tuple[PgServer, str], tmp_path: Path) -> Path:
+    pg, schema = gaps
+    path = tmp_path / "bastion.toml"
+    path.write_text(f"""
+[identity]
+subject = "alice@example.com"
+
+[audit]
+path = "bastion-audit.db"
+
+[connections.pg]
+kind = "postgres"
+target = "{pg.dsn(user=pg.gateway_role)}"
+search_path = "{schema}"
+accept_rights = ["write-grants"]
+mask = {{ "{schema}.cards.pan" = "redact", "{schema}.people.secret" = "redact", "{schema}.accounts.secret" = "redact" }}
+preset = "read-only"
+""")
+    return path
+
+
+async def _ask(client: Client, sql: str) -> Any:
+    return await client.call_tool("sql_query", {"connection": "pg", "sql": sql})
+
+
+def _no_canary(path: Path, *answers: Any) -> None:
+    for answer in answers:
+        assert CANARY not in str(answer.content) and CANARY not in str(answer.structured_content)
+    audit = path.parent / "bastion-audit.db"
+    log = " ".join(str(e) for e in SqliteAuditStore(audit).iter_all()) + audit.read_bytes().decode("utf-8", "replace")
+    assert CANARY not in log
+
+
+@pytest.mark.postgres
+@requirement("mask:at-source", "mask:audit-masked")
+async def test_a_parents_mask_covers_every_partition_and_inheritance_child(config: Path, gaps: tuple[PgServer, str]) -> None:
+    pg, schema = gaps
+    assert pg.execute(f"SELECT pan FROM {schema}.cards_eu_1") == [(CANARY,)]  # straight to the server: raw
+    answers = []
+    async with Client(create_server(load(config))) as client:
+        for sql, want in (("SELECT * FROM cards_eu", [[1, "eu", "[redacted]"]]),
+                          ("SELECT * FROM cards_eu_1", [[1, "eu", "[redacted]"]]),
+                          (f"SELECT id, pan FROM {schema}.cards_eu_1 WHERE id = 1", [[1, "[redacted]"]]),
+                          ("SELECT * FROM people_vip", [[1, "[redacted]", True]]),
+                          ("SELECT length(secret) FROM people_vip", [[len("[redacted]")]]),
+                          ("SELECT * FROM people", [[1, "[redacted]"]])):
+            got = await _ask(client, sql)
+            assert not got.is_error, (sql, got.content[0].text)
+            assert got.structured_content["rows"] == want, sql
+            answers.append(got)
+        # A probe of the child's inherited column compares the masked value: it finds nothing.
+        for probe in (f"SELECT id FROM people_vip WHERE secret = {GUESS}", f"SELECT id FROM cards_eu WHERE pan LIKE 'tiger%'"):
+            got = await _ask(client, probe)
+            assert not got.is_error and got.structured_content["rows"] == [], (probe, got.content[0].text)
+            answers.append(got)
+    _no_canary(config, *answers)
+
+
+@pytest.mark.postgres
+@requirement("mask:at-source")
+async def test_explain_of_a_condition_on_a_masked_column_is_refused(config: Path, gaps: tuple[PgServer, str]) -> None:
+    pg, schema = gaps
+    # Straight to the server, the estimate tells the common value from another.
+    estimate = [pg.execute(f"EXPLAIN SELECT id FROM {schema}.accounts WHERE secret {c}") for c in (f"= {GUESS}", "= 'nope'")]
+    assert estimate[0] != estimate[1]
+    async with Client(create_server(load(config))) as client:
+        refused = []
+        for condition in (f"= {GUESS}", "= 'nope'", f"LIKE '{CANARY[:6]}%'", "LIKE 'nope%'", "> 'm'"):
+            got = await _ask(client, f"EXPLAIN SELECT id FROM accounts WHERE secret {condition}")
+            assert got.is_error and "mask:explain" in got.content[0].text, (condition, got.content[0].text)
+            refused.append(got)
+        plain = await _ask(client, "EXPLAIN SELECT id, secret FROM accounts WHERE id = 3")
+        assert not plain.is_error, plain.content[0].text
+    _no_canary(config, *refused, plain)
+
+
+@pytest.mark.postgres
+@requirement("mask:at-source")
+async def test_table_star_and_schema_qualified_references_are_masked_and_answered(config: Path, gaps: tuple[PgServer, str]) -> None:
+    _, schema = gaps
+    answers = []
+    async with Client(create_server(load(config))) as client:
+        for sql in ("TABLE accounts", "TABLE ONLY accounts", "SELECT * FROM accounts *", "SELECT a.* FROM accounts * a",
+                    "SELECT t.secret FROM (TABLE accounts) t", f"SELECT {schema}.accounts.secret FROM {schema}.accounts",
+                    f"SELECT {schema}.accounts.id, {schema}.accounts.secret FROM {schema}.accounts ORDER BY {schema}.accounts.id"):
+            got = await _ask(client, sql)
+            assert not got.is_error, (sql, got.content[0].text)
+            rows = got.structured_content["rows"]
+            assert len(rows) == 100 and all("[redacted]" in row for row in rows), sql
+            answers.append(got)
+    _no_canary(config, *answers)
+
+
+async def test_the_name_check_parses_off_the_event_loop() -> None:
+    seen: list[int] = []
+    masking = Masking(MaskRules.build({"app.t.c": "redact"}))
+    masking._catalog = Catalog.build("postgres", "app", {"app.t": ("c",)})
+    masking._read_at = time.monotonic()  # recent: only the name check could make it read again
+
+    def names_unknown(connection: Any, text: str) -> bool:
+        seen.append(threading.get_ident())
+        return False
+
+    masking._names_unknown = names_unknown  # type: ignore[method-assign]
+    await masking.refresh(None, "SELECT c FROM t")  # type: ignore[arg-type]
+    assert seen and seen[0] != threading.get_ident()
