@@ -162,3 +162,39 @@ async def test_the_name_check_parses_off_the_event_loop() -> None:
     masking._names_unknown = names_unknown  # type: ignore[method-assign]
     await masking.refresh(None, "SELECT c FROM t")  # type: ignore[arg-type]
     assert seen and seen[0] != threading.get_ident()
+
+
+def test_the_rewrite_of_table_star_and_qualified_references_and_its_fallback() -> None:
+    from bastion.policy import analyse
+    from bastion.policy.masking.plan import statement_plan
+    from bastion.policy.masking.source import AtSource
+
+    catalog = Catalog.build("postgres", "app", {"app.accounts": ("id", "secret")})
+    rules = MaskRules.build({"app.accounts.secret": "redact"})
+
+    def rewritten(text: str) -> str | None:
+        found = statement_plan(analyse(text, "postgres", "app").statements[0], catalog, rules, AtSource())
+        return found.rewrites[0].text if found.rewrites else None
+
+    scan = '(SELECT "id", CASE WHEN "secret" IS NULL THEN NULL ELSE \'[redacted]\' END AS "secret" FROM {})'
+    assert rewritten("TABLE accounts") == f"SELECT * FROM {scan.format('accounts')} AS accounts"
+    assert rewritten("SELECT a.id FROM accounts * a") == f"SELECT a.id FROM {scan.format('accounts')} a"
+    assert rewritten("SELECT app.accounts.secret FROM app.accounts WHERE app.accounts.id = 1") == (
+        f"SELECT accounts.secret FROM {scan.format('app.accounts')} AS accounts WHERE accounts.id = 1")
+    # A text the splice leaves unreadable to PostgreSQL runs as written, under the output-side rules.
+    assert rewritten("TABLE /* c */ accounts") is None
+
+
+def test_inherited_rules_cite_the_parents_and_never_weaken_a_childs_own() -> None:
+    rules = MaskRules.build({"app.cards.pan": "hash", "app.cards_eu.pan": "null", "app.people.*": "redact"})
+    got = rules.inherited({"app.cards_eu": ("app.cards",), "app.cards_eu_1": ("app.cards", "app.cards_eu"),
+                           "app.vip[1]": ("app.people",)},
+                          {"app.cards_eu": ("id", "pan"), "app.cards_eu_1": ("id", "pan"), "app.vip[1]": ("id", "extra")})
+    found = got.column("app.cards_eu_1.pan")
+    assert found is not None and found.masker == "null" and found.rule == "mask:app.cards_eu.pan"
+    assert got.column("app.cards_eu.pan").masker == "null"  # type: ignore[union-attr]
+    assert got.column("app.vip[1].id").rule == "mask:app.people.*"  # type: ignore[union-attr]
+    # A glob over the parent's columns covers the child's own too (more masked, never less); the
+    # child's name is matched literally (`[1]` is no character class).
+    assert got.column("app.vip[1].extra").masker == "redact"  # type: ignore[union-attr]
+    assert got.column("app.vip1.id") is None
