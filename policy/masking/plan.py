@@ -169,7 +169,10 @@ def _statement_plan(text: str, kind: Kind, explain: bool, analyze: bool, inner: 
         # it is refused (the explained statement is not rewritten: the masking expressions, the
         # key's parameters among them, would be printed in the plan). EXPLAIN ANALYZE also runs it.
         inner_plan = _analyse(inner, catalog, rules, fail)
-        if inner_plan.uses or (inner_plan.decision is not None and UNANALYSABLE_RULE in inner_plan.decision.rules):
+        if analyze and inner_plan.decision is not None and inner_plan.decision.verdict is not Verdict.ALLOW:
+            return MaskPlan(decision=inner_plan.decision, uses=inner_plan.uses)  # the rule the statement breaks
+        estimates = catalog.dialect != "sqlite"  # SQLite's EXPLAIN prints no row estimates
+        if estimates and (inner_plan.uses or (inner_plan.decision is not None and UNANALYSABLE_RULE in inner_plan.decision.rules)):
             use = inner_plan.uses[0] if inner_plan.uses else None
             where = f" (`{use.get('column')}`, {use.get('use')})" if use else ""
             return MaskPlan(decision=Decision.deny(
