@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,19 @@ class PgServer:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             cur = conn.execute(statement, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
+
+    @contextmanager
+    def scratch_schema(self, prefix: str, setup: str) -> Iterator[str]:
+        """A schema of this process's own (``prefix_<pid>_<hex>``) built by ``setup`` (``{schema}`` in it
+        is the name), readable by the gateway role, dropped afterwards."""
+        schema = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:4]}"
+        self.execute(f"CREATE SCHEMA {schema};" + setup.replace("{schema}", schema))
+        self.execute(f'GRANT USAGE ON SCHEMA {schema} TO "{self.gateway_role}"; '
+                     f'GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO "{self.gateway_role}"')
+        try:
+            yield schema
+        finally:
+            self.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def _answers(dsn: str) -> bool:

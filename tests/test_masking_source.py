@@ -10,7 +10,6 @@ answer and nowhere in the audit log. Ordinary queries still return their rows, w
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import uuid
@@ -126,23 +125,16 @@ async def _differential(client: Client, connection: str, oracles: list[str], cha
 
 @pytest.fixture(scope="module")
 def src(pg_server: PgServer) -> Iterator[tuple[PgServer, str]]:
-    schema = f"src_{os.getpid()}_{uuid.uuid4().hex[:4]}"
-    pg_server.execute(f"""
-        CREATE SCHEMA {schema};
-        CREATE TABLE {schema}.people (id int PRIMARY KEY, name text NOT NULL, secret text, card text);
-        INSERT INTO {schema}.people SELECT g, 'user' || g, '{CANARY}', CASE WHEN g % 2 = 0 THEN '{CARD}' ELSE '99' || g END
+    with pg_server.scratch_schema("src", f"""
+        CREATE TABLE {{schema}}.people (id int PRIMARY KEY, name text NOT NULL, secret text, card text);
+        INSERT INTO {{schema}}.people SELECT g, 'user' || g, '{CANARY}', CASE WHEN g % 2 = 0 THEN '{CARD}' ELSE '99' || g END
           FROM generate_series(1, 30) g;
-        CREATE TABLE {schema}.other (id int PRIMARY KEY, note text);
-        INSERT INTO {schema}.other VALUES (1, '{CANARY}'), (2, 'plain note');
-        CREATE VIEW {schema}.contacts AS SELECT id, secret AS contact FROM {schema}.people;
-        CREATE TABLE {schema}.archive (id int, secret text);
-    """)
-    role = pg_server.gateway_role
-    pg_server.execute(f'GRANT USAGE ON SCHEMA {schema} TO "{role}"; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO "{role}"')
-    try:
+        CREATE TABLE {{schema}}.other (id int PRIMARY KEY, note text);
+        INSERT INTO {{schema}}.other VALUES (1, '{CANARY}'), (2, 'plain note');
+        CREATE VIEW {{schema}}.contacts AS SELECT id, secret AS contact FROM {{schema}}.people;
+        CREATE TABLE {{schema}}.archive (id int, secret text);
+    """) as schema:
         yield pg_server, schema
-    finally:
-        pg_server.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @pytest.fixture

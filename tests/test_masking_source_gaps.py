@@ -5,7 +5,6 @@ broken: a partition or inheritance child read on its own, EXPLAIN's row estimate
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -33,26 +32,19 @@ GUESS = f"'{CANARY[:6]}' || '{CANARY[6:]}'"
 
 @pytest.fixture(scope="module")
 def gaps(pg_server: PgServer) -> Iterator[tuple[PgServer, str]]:
-    schema = f"gaps_{os.getpid()}_{uuid.uuid4().hex[:4]}"
-    pg_server.execute(f"""
-        CREATE SCHEMA {schema};
-        CREATE TABLE {schema}.cards (id int, region text, pan text) PARTITION BY LIST (region);
-        CREATE TABLE {schema}.cards_eu PARTITION OF {schema}.cards FOR VALUES IN ('eu') PARTITION BY LIST (id);
-        CREATE TABLE {schema}.cards_eu_1 PARTITION OF {schema}.cards_eu FOR VALUES IN (1);
-        INSERT INTO {schema}.cards VALUES (1, 'eu', '{CANARY}');
-        CREATE TABLE {schema}.people (id int, secret text);
-        CREATE TABLE {schema}.people_vip (vip boolean) INHERITS ({schema}.people);
-        INSERT INTO {schema}.people_vip VALUES (1, '{CANARY}', true);
-        CREATE TABLE {schema}.accounts (id int, secret text);
-        INSERT INTO {schema}.accounts SELECT g, CASE WHEN g < 60 THEN '{CANARY}' ELSE 'x' || g END FROM generate_series(1, 100) g;
-        ANALYZE {schema}.accounts;
-    """)
-    role = pg_server.gateway_role
-    pg_server.execute(f'GRANT USAGE ON SCHEMA {schema} TO "{role}"; GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO "{role}"')
-    try:
+    with pg_server.scratch_schema("gaps", f"""
+        CREATE TABLE {{schema}}.cards (id int, region text, pan text) PARTITION BY LIST (region);
+        CREATE TABLE {{schema}}.cards_eu PARTITION OF {{schema}}.cards FOR VALUES IN ('eu') PARTITION BY LIST (id);
+        CREATE TABLE {{schema}}.cards_eu_1 PARTITION OF {{schema}}.cards_eu FOR VALUES IN (1);
+        INSERT INTO {{schema}}.cards VALUES (1, 'eu', '{CANARY}');
+        CREATE TABLE {{schema}}.people (id int, secret text);
+        CREATE TABLE {{schema}}.people_vip (vip boolean) INHERITS ({{schema}}.people);
+        INSERT INTO {{schema}}.people_vip VALUES (1, '{CANARY}', true);
+        CREATE TABLE {{schema}}.accounts (id int, secret text);
+        INSERT INTO {{schema}}.accounts SELECT g, CASE WHEN g < 60 THEN '{CANARY}' ELSE 'x' || g END FROM generate_series(1, 100) g;
+        ANALYZE {{schema}}.accounts;
+    """) as schema:
         yield pg_server, schema
-    finally:
-        pg_server.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 @pytest.fixture
