@@ -257,7 +257,7 @@ def login_command(config_path: str | None) -> None:
             code = login.start(config.auth, cli_client, http)
             where = code.verification_uri_complete or code.verification_uri
             click.echo(f"To sign in, open {where} and confirm the code {code.user_code}", err=True)
-            token = login.wait(config.auth, cli_client, code, http)
+            token = login.wait(cli_client, code)
     except login.LoginFailed as failed:
         raise click.ClickException(f"sign-in failed: {failed}") from None
     path = login.save(config.auth, token)

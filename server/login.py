@@ -35,6 +35,7 @@ class LoginFailed(Exception):
 class DeviceCode:
     device_code: str
     user_code: str
+    token_endpoint: str  # from the discovery document start() read, so wait() need not read it again
     verification_uri: str
     verification_uri_complete: str | None
     interval: float
@@ -56,28 +57,27 @@ def start(auth: AuthConfig, cli_client: str, http: httpx.Client) -> DeviceCode:
     except (httpx.HTTPError, ValueError) as error:
         raise LoginFailed(f"cannot read the issuer's discovery document at {auth.issuer}: {error}") from None
     endpoint = metadata.get("device_authorization_endpoint")
-    if not endpoint:
+    if not endpoint or not metadata.get("token_endpoint"):
         raise LoginFailed(f"the issuer {auth.issuer} offers no device authorization endpoint; set BASTION_TOKEN instead")
     scope = " ".join(["openid", *auth.required_scopes])
     answer = http.post(endpoint, data={"client_id": cli_client, "scope": scope, "resource": auth.resource})
     body: dict[str, Any] = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
     if answer.status_code != 200 or "device_code" not in body:
         raise LoginFailed(f"the issuer refused the device code request: {body.get('error_description') or body.get('error') or answer.status_code}")
-    return DeviceCode(body["device_code"], body["user_code"], body["verification_uri"], body.get("verification_uri_complete"),
+    return DeviceCode(body["device_code"], body["user_code"], metadata["token_endpoint"], body["verification_uri"],
+                      body.get("verification_uri_complete"),
                       float(body.get("interval", 5)), time.time() + float(body.get("expires_in", 600)))
 
 
-def wait(auth: AuthConfig, cli_client: str, code: DeviceCode, http: httpx.Client,
-         sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def wait(cli_client: str, code: DeviceCode, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll the token endpoint until the person has signed in (RFC 8628 §3.4–3.5): the token response."""
-    token_endpoint = http.get(auth.issuer.rstrip("/") + "/.well-known/openid-configuration").json()["token_endpoint"]
     oauth = OAuth2Client(client_id=cli_client, token_endpoint_auth_method="none", timeout=10.0)
     interval = code.interval
     with oauth:
         while time.time() < code.expires_at:
             sleep(interval)
             try:
-                return dict(oauth.fetch_token(token_endpoint, grant_type=DEVICE_GRANT, device_code=code.device_code,
+                return dict(oauth.fetch_token(code.token_endpoint, grant_type=DEVICE_GRANT, device_code=code.device_code,
                                               client_id=cli_client))
             except OAuthError as error:
                 if error.error == "authorization_pending":
