@@ -1,5 +1,5 @@
 """Words inside the walk from tree-sitter nodes to facts: argument nodes grouped into the words bash
-makes (tree-sitter splits `a\<newline>b`; nodes with nothing between them are one word), the
+makes (tree-sitter splits `a\\<newline>b`; nodes with nothing between them are one word), the
 substitutions and arithmetic inside them walked as commands and expressions, and then each word's
 own source read by policy.shell.words. Also the walker's state and positions, and the simple
 command facts every part of the walk appends (command_of, assignments, setters)."""
