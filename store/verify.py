@@ -25,6 +25,7 @@ from bastion.store.merkle import Frontier, leaf_hash
 
 _COLUMNS = ["seq", *ev.FIELDS, "prev_hash", "hash"]
 _PARALLEL_FROM = 200_000  # below this, one process is quicker than starting others
+_PAGE = 10_000  # rows read at once
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _walk(cursor: Any, wanted: frozenset[int], leaves: bool = False) -> _Range:
     last_seq = 0
     canonical, sha256 = ev.canonical, hashlib.sha256
     leaf_hashes: list[bytes] = []
-    while rows := cursor.fetchmany(10_000):
+    while rows := cursor.fetchmany(_PAGE):
         for row in rows:
             seq, prev_hash, hash_ = row[0], row[n_fields + 1], row[n_fields + 2]
             if first_seq is None:
@@ -92,6 +93,28 @@ def _walk(cursor: Any, wanted: frozenset[int], leaves: bool = False) -> _Range:
     return _Range(count, first_seq, first_prev, last_seq, last_hash, problem, hashes, b"".join(leaf_hashes))
 
 
+class _Pages:
+    """The events low <= seq <= high in order, a page at a time by seq (keyset), for `_walk`: psycopg's
+    client-side cursor holds a query's whole result, so one query over a large PostgreSQL log would
+    pin all of it in memory; a page is the rows `_walk` asks for at once."""
+
+    def __init__(self, conn: Connection, low: int, high: int) -> None:
+        self.conn, self.after, self.high = conn, low - 1, high
+
+    def fetchmany(self, size: int) -> list[Any]:
+        if self.after >= self.high:
+            return []
+        # No upper bound in the query: with one, PostgreSQL may sort the rest of the range for each page.
+        rows = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                 (self.after, size)).fetchall()
+        if rows and rows[-1][0] > self.high:  # appended since the walk began
+            rows = [row for row in rows if row[0] <= self.high]
+            self.after = self.high
+        elif rows:
+            self.after = rows[-1][0]
+        return rows
+
+
 def verify(conn: Connection, key: bytes | None = None, *, verifier: Verifier | Sequence[Verifier] | None = None,
            witness: FileWitness | None = None, every: int | None = None, workers: int | None = None) -> Report:
     """Check every event's hash against its stored content and its link to the one before it.
@@ -108,7 +131,7 @@ def verify(conn: Connection, key: bytes | None = None, *, verifier: Verifier | S
     checkpoints = {seq: (h, mac) for seq, h, mac in conn.execute("SELECT seq, hash, mac FROM checkpoints")} if key else {}
     wanted = frozenset(checkpoints)
     low, high, total = conn.execute("SELECT min(seq), max(seq), count(*) FROM events").fetchone()
-    # A SQLite file is checked in ranges by several processes; a PostgreSQL store in one walk.
+    # A SQLite file is checked in ranges by several processes; a PostgreSQL store in one walk, by pages.
     path = conn.execute("PRAGMA database_list").fetchone()[2] if isinstance(conn, sqlite3.Connection) else None
     workers = workers or min(os.cpu_count() or 1, 4)
     if total and total >= _PARALLEL_FROM and workers > 1 and path:
@@ -118,8 +141,7 @@ def verify(conn: Connection, key: bytes | None = None, *, verifier: Verifier | S
             ranges = list(pool.map(_check_range, [path] * workers, [b[0] for b in bounds], [b[1] for b in bounds],
                                    [wanted] * workers, [want_leaves] * workers))
     else:
-        cursor = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM events ORDER BY seq")
-        ranges = [_walk(cursor, wanted, want_leaves)]
+        ranges = [_walk(_Pages(conn, low or 0, high or 0), wanted, want_leaves)]
     # Link the ranges: each must start where the one before it ended (the first from the genesis).
     prev_seq, prev_hash, hashes = 0, ev.GENESIS, {}
     for r in ranges:

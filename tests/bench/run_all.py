@@ -48,6 +48,8 @@ def main() -> None:
         ("Audit log: appends, verify, search (item 6)",
          [sys.executable, str(HERE / "bench_audit.py"), "--events", "200000" if args.quick else "1000000",
           "--rounds", "3" if args.quick else "5"]),
+        ("Audit log on PostgreSQL: verify's peak memory, paged against one query",
+         [sys.executable, str(HERE / "bench_verify_memory.py"), "--events", "200000", "--rounds", "3"]),
         ("OIDC bearer token check per request", [sys.executable, str(HERE / "bench_auth.py"), "--rounds", rounds]),
         ("Masking a 10,000-row result", [sys.executable, str(HERE / "bench_masking.py"), "--rounds", rounds]),
         ("Signed checkpoints and proofs: an append's cost, proving and verifying at 1M events",
