@@ -171,7 +171,9 @@ def test_statement_text_is_exactly_what_postgres_splits() -> None:
 
 
 @requirement("sql:dangerous-function")
-def test_the_fast_name_scans_match_a_full_walk_of_postgres_tree() -> None:
+def test_the_references_read_while_decoding_match_a_full_walk_of_postgres_tree() -> None:
+    """parse() reads function references as json.loads decodes libpg_query's JSON (object_hook),
+    not by walking the loaded tree: both must find the same, and the names deny lists read."""
     import json
     import tomllib
     from pathlib import Path
@@ -179,24 +181,45 @@ def test_the_fast_name_scans_match_a_full_walk_of_postgres_tree() -> None:
     from pglast import parser
 
     from bastion.policy.sql import postgres_parser
+    from bastion.policy.sql.facts import FunctionRef
+
+    def names(node: object, key: str, out: set[str]) -> None:  # an independent walk, the way it was done before
+        if isinstance(node, list):
+            for value in node:
+                names(value, key, out)
+        elif isinstance(node, dict):
+            if key == "FuncCall" and isinstance(node.get("FuncCall"), dict):
+                out.add(node["FuncCall"]["funcname"][-1]["String"]["sval"].lower())
+            if key == "ColumnRef" and isinstance(node.get("ColumnRef"), dict):
+                fields = node["ColumnRef"]["fields"]
+                if len(fields) >= 2 and "String" in fields[-1]:
+                    out.add(fields[-1]["String"]["sval"].lower())
+            if key == "ColumnRef" and isinstance(node.get("A_Indirection"), dict):  # (expr).field
+                out.update(i["String"]["sval"].lower() for i in node["A_Indirection"]["indirection"] if "String" in i)
+            for value in node.values():
+                names(value, key, out)
 
     cases = tomllib.loads((Path(__file__).parent / "golden" / "sql_cases.toml").read_text())["case"]
     texts = [c["text"] for c in cases if c["dialect"] == "postgres"] + [
         'SELECT "x]"."pg_read_file"(\'a\'), \'"FuncCall":{\'', 'SELECT t.*, t."Q""x", s.t."a\\b", u.v FROM t',
-        'SELECT \'"ColumnRef":{"fields":[\' AS x, "We""ird"."Fn"(1) FROM t']
+        'SELECT \'"ColumnRef":{"fields":[\' AS x, "We""ird"."Fn"(1) FROM t', "SELECT (c).leak, (x).y.z FROM customers c"]
     compared = 0
     for text in texts:
         try:
-            raw = parser.parse_sql_json(text)
+            tree = json.loads(parser.parse_sql_json(text))
         except parser.ParseError:
             continue
-        slow: set[str] = set()
-        postgres_parser._functions(json.loads(raw), slow)
-        assert postgres_parser._functions_fast(raw) in (slow, None), text
-        slow_attributes: set[str] = set()
-        postgres_parser._attributes(json.loads(raw), slow_attributes)
-        assert postgres_parser._attributes_fast(raw) in (slow_attributes, None), text
-        compared += 1
+        stmts = postgres_parser.parse(text)
+        for item, stmt in zip(tree["stmts"], stmts, strict=True):
+            walked: set[FunctionRef] = set()
+            postgres_parser._calls(item["stmt"], walked)
+            assert stmt.calls == walked, text
+            functions: set[str] = set()
+            attributes: set[str] = set()
+            names(item["stmt"], "FuncCall", functions)
+            names(item["stmt"], "ColumnRef", attributes)
+            assert (stmt.functions, stmt.attributes) == (functions, attributes), text
+            compared += 1
     assert compared > 200
 
 

@@ -10,12 +10,11 @@ import logging
 from dataclasses import replace
 from functools import lru_cache
 
-import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import TokenType
 
-from bastion.policy.sql import postgres_parser
+from bastion.policy.sql import postgres_parser, sqlglot_reuse
 from bastion.policy.sql.facts import Analysis, Kind, Statement
 from bastion.policy.sql.sqlglot_facts import statement_facts
 
@@ -54,7 +53,7 @@ def _fail(dialect: str, rule: str, reason: str) -> Analysis:
 
 
 def _parse_one(piece: str, dialect: str) -> exp.Expr:
-    trees = [t for t in sqlglot.parse(piece, read=dialect) if t is not None]
+    trees = [t for t in sqlglot_reuse.parse(piece, dialect) if t is not None]
     if len(trees) != 1:
         raise SqlglotError(f"expected one statement, found {len(trees)}")
     return trees[0]
@@ -157,7 +156,7 @@ def _analyse_generic(text: str, dialect: str, default_schema: str) -> Analysis:
 
 def split(text: str, dialect: str) -> list[str]:
     """Statement texts, split at the semicolons sqlglot's tokenizer sees (not inside strings)."""
-    tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(text)
+    tokens = sqlglot_reuse.tokenize(text, dialect)
     pieces, start = [], None
     end = 0
     for token in tokens:
@@ -187,7 +186,7 @@ def _facts(piece: str, dialect: str, default_schema: str) -> Statement:
 
 
 def _called_names(piece: str, dialect: str) -> frozenset[str]:
-    tokens = sqlglot.Dialect.get_or_raise(dialect).tokenize(piece)
+    tokens = sqlglot_reuse.tokenize(piece, dialect)
     return frozenset(t.text.lower() for t, n in zip(tokens, tokens[1:])
                      if n.token_type == TokenType.L_PAREN and t.token_type not in _NOT_NAMES)
 
@@ -204,10 +203,9 @@ _EXPLAIN_WORDS = {"ANALYZE", "ANALYSE", "VERBOSE", "QUERY", "PLAN"}
 
 def _explain_facts(piece: str, dialect: str, default_schema: str) -> Statement:
     """EXPLAIN [ (options) | ANALYZE VERBOSE | QUERY PLAN ] inner: facts of inner, wrapped."""
-    tokenize = sqlglot.Dialect.get_or_raise(dialect).tokenize
     # The tokenizer keeps everything after the EXPLAIN keyword as one string: tokenize the rest.
-    rest = piece[tokenize(piece)[0].end + 1 :]
-    tokens = tokenize(rest)
+    rest = piece[sqlglot_reuse.tokenize(piece, dialect)[0].end + 1 :]
+    tokens = sqlglot_reuse.tokenize(rest, dialect)
     i, analyze = 0, False
     if i < len(tokens) and tokens[i].token_type == TokenType.L_PAREN:
         depth = 0

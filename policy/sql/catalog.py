@@ -236,6 +236,13 @@ class FunctionCatalog:
         >>> cat.tables(analyse("SELECT * FROM pg_tokens", "postgres").statements[0])[0]
         frozenset({'public.pg_tokens'})
         """
+        key = ("tables", stmt.reads, stmt.writes, stmt.unqualified)  # a frozenset keeps its hash once made
+        found = self._memo.get(key)
+        if found is None:
+            found = self._remember(key, self._tables(stmt))
+        return found
+
+    def _tables(self, stmt: Statement) -> tuple[frozenset[str], frozenset[str]]:
         def expand(names: frozenset[str]) -> frozenset[str]:
             out: set[str] = set()
             for name in names:
@@ -383,10 +390,15 @@ def changes_state(stmt: Statement, catalog: FunctionCatalog) -> bool:
     """Whether a reference in ``stmt`` may run a volatile function that is not harmless (or one
     Bastion cannot resolve): such a call cannot run in a READ ONLY transaction."""
     refs: list[FunctionRef | None] = [*stmt.calls, *(ref for _, ref in catalog.view_calls(catalog.tables(stmt)[0]))]
-    for ref in refs:
-        procs = catalog.resolve(ref) if ref is not None else None
-        if procs is None:
-            return True
-        if any(p.volatility == "v" and not (p.builtin and p.name in HARMLESS_VOLATILE) for p in procs):
-            return True
-    return False
+    return any(ref is None or _changes_state(ref, catalog) for ref in refs)
+
+
+def _changes_state(ref: FunctionRef, catalog: FunctionCatalog) -> bool:
+    """Whether ``ref`` may run such a function; remembered on the catalog (an `=` has sixty candidates)."""
+    key = ("changes", ref)
+    found = catalog._memo.get(key)
+    if found is None:
+        procs = catalog.resolve(ref)
+        found = catalog._remember(key, procs is None or any(
+            p.volatility == "v" and not (p.builtin and p.name in HARMLESS_VOLATILE) for p in procs))
+    return bool(found)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,78 +85,6 @@ def _kind(node_type: str, body: dict[str, Any]) -> Kind:
     return Kind.OTHER
 
 
-# Read off libpg_query's JSON text, which is much faster than walking the loaded tree. In that JSON
-# every quote inside a string value is escaped, so an unescaped `"FuncCall":` is always structure.
-_FUNC_CALL = '"FuncCall":{"funcname":['
-_COLUMN_REF = '"ColumnRef":{"fields":['
-# A list of String nodes up to its closing bracket, matched at the start of what follows a key.
-_STRINGS = re.compile(r'(?:\{"String":\{"sval":"(?:[^"\\]|\\.)*"\}\},?)*\]')
-_SVAL = re.compile(r'"sval":"((?:[^"\\]|\\.)*)"')
-
-
-def _last_names(raw: str, key: str, at_least: int, *, strict: bool) -> set[str] | None:
-    """The last name of every String-only list after ``key`` that has ``at_least`` names, decoded
-    and lower-cased. A list that is not String-only is skipped, or if ``strict`` gives None."""
-    out = set()
-    for after in raw.split(key)[1:]:
-        strings = _STRINGS.match(after)
-        if strings is None:
-            if strict:
-                return None
-            continue
-        names = _SVAL.findall(strings.group())
-        if len(names) >= at_least:
-            name = names[-1]
-            out.add((json.loads(f'"{name}"') if "\\" in name else name).lower())
-    return out
-
-
-def _functions_fast(raw: str) -> set[str] | None:
-    """Every called function's name; None when the text does not have the expected shape (the
-    caller then walks the tree)."""
-    if raw.count('"FuncCall":') != raw.count(_FUNC_CALL):
-        return None
-    return _last_names(raw, _FUNC_CALL, 1, strict=True)
-
-
-def _attributes_fast(raw: str) -> set[str] | None:
-    """Last names of qualified column references (`t.col`, `s.t.col`); `t.*` has none."""
-    if '"A_Indirection"' in raw:
-        return None  # (expr).field: walk the tree
-    return _last_names(raw, _COLUMN_REF, 2, strict=False)
-
-
-def _attributes(node: Any, out: set[str]) -> None:
-    if isinstance(node, dict):
-        ref = node.get("ColumnRef")
-        if isinstance(ref, dict):
-            names = [f["String"]["sval"] for f in ref.get("fields", []) if "String" in f]
-            if len(ref.get("fields", [])) >= 2 and names and "String" in ref["fields"][-1]:
-                out.add(names[-1].lower())
-        indirection = node.get("A_Indirection")
-        if isinstance(indirection, dict):
-            out.update(i["String"]["sval"].lower() for i in indirection.get("indirection", []) if "String" in i)
-        for value in node.values():
-            _attributes(value, out)
-    elif isinstance(node, list):
-        for value in node:
-            _attributes(value, out)
-
-
-def _functions(node: Any, out: set[str]) -> None:
-    if isinstance(node, dict):
-        call = node.get("FuncCall")
-        if isinstance(call, dict):
-            names = [part.get("String", {}).get("sval", "") for part in call.get("funcname", [])]
-            if names:
-                out.add(names[-1].lower())
-        for value in node.values():
-            _functions(value, out)
-    elif isinstance(node, list):
-        for value in node:
-            _functions(value, out)
-
-
 def _strings(items: Any) -> list[str] | None:
     """The names of a list of String nodes as the server decoded them (quoted case kept); None when
     an item is something else (``t.*``)."""
@@ -212,6 +139,41 @@ def _sequences(node: Any, out: set[str | None]) -> None:
         _sequences(value, out)
 
 
+def _node_refs(key: str, body: dict[str, Any], out: set[FunctionRef]) -> None:
+    """The function reference a node ``{key: body}`` makes itself (not those nested in it)."""
+    if key == "FuncCall":
+        nargs = len(body.get("args") or [])
+        if body.get("agg_within_group"):  # percentile_cont(0.5) WITHIN GROUP (ORDER BY x): 2 arguments
+            nargs += len(body.get("agg_order") or [])
+        _ref("call", _strings(body.get("funcname")), nargs, out)
+    elif key == "ColumnRef":
+        fields = body.get("fields") or []
+        if len(fields) >= 2 and isinstance(fields[-1], dict) and "String" in fields[-1]:
+            _ref("attribute", [fields[-1]["String"].get("sval", "")], 1, out)
+    elif key == "A_Indirection":
+        for item in body.get("indirection") or []:
+            if isinstance(item, dict) and "String" in item:
+                _ref("attribute", [item["String"].get("sval", "")], 1, out)
+    elif key == "A_Expr":
+        names = _strings(body.get("name"))
+        nargs = 2 if body.get("lexpr") is not None else 1
+        if str(body.get("kind", "")).startswith("AEXPR_BETWEEN") or str(body.get("kind", "")).startswith("AEXPR_NOT_BETWEEN"):
+            for op in _BETWEEN_OPERATORS:
+                _ref("operator", [op], 2, out)
+        else:
+            _ref("operator", names, nargs, out)
+    elif key == "SortBy" and body.get("useOp"):
+        _ref("operator", _strings(body.get("useOp")), 2, out)
+    elif key == "SubLink" and body.get("operName"):
+        _ref("operator", _strings(body.get("operName")), 2, out)
+    elif key == "TypeCast":
+        type_name = body.get("typeName") or {}
+        _ref("cast", _strings(type_name.get("names")), 1, out)
+
+
+_REF_KEYS = frozenset({"FuncCall", "ColumnRef", "A_Indirection", "A_Expr", "SortBy", "SubLink", "TypeCast"})
+
+
 def _calls(node: Any, out: set[FunctionRef]) -> None:
     """Every function reference under ``node``: calls (also in FROM, ROWS FROM, LATERAL, CALL),
     attribute notation, operators (A_Expr, ORDER BY USING, ANY/ALL over a subquery) and casts."""
@@ -225,35 +187,27 @@ def _calls(node: Any, out: set[FunctionRef]) -> None:
         if not isinstance(body, dict):
             _calls(body, out)
             continue
-        if key == "FuncCall":
-            nargs = len(body.get("args") or [])
-            if body.get("agg_within_group"):  # percentile_cont(0.5) WITHIN GROUP (ORDER BY x): 2 arguments
-                nargs += len(body.get("agg_order") or [])
-            _ref("call", _strings(body.get("funcname")), nargs, out)
-        elif key == "ColumnRef":
-            fields = body.get("fields") or []
-            if len(fields) >= 2 and isinstance(fields[-1], dict) and "String" in fields[-1]:
-                _ref("attribute", [fields[-1]["String"].get("sval", "")], 1, out)
-        elif key == "A_Indirection":
-            for item in body.get("indirection") or []:
-                if isinstance(item, dict) and "String" in item:
-                    _ref("attribute", [item["String"].get("sval", "")], 1, out)
-        elif key == "A_Expr":
-            names = _strings(body.get("name"))
-            nargs = 2 if body.get("lexpr") is not None else 1
-            if str(body.get("kind", "")).startswith("AEXPR_BETWEEN") or str(body.get("kind", "")).startswith("AEXPR_NOT_BETWEEN"):
-                for op in _BETWEEN_OPERATORS:
-                    _ref("operator", [op], 2, out)
-            else:
-                _ref("operator", names, nargs, out)
-        elif key == "SortBy" and body.get("useOp"):
-            _ref("operator", _strings(body.get("useOp")), 2, out)
-        elif key == "SubLink" and body.get("operName"):
-            _ref("operator", _strings(body.get("operName")), 2, out)
-        elif key == "TypeCast":
-            type_name = body.get("typeName") or {}
-            _ref("cast", _strings(type_name.get("names")), 1, out)
+        if key in _REF_KEYS:
+            _node_refs(key, body, out)
         _calls(body, out)
+
+
+class _Collector:
+    """json.loads' object_hook: sees every object of the document once, as it is decoded, and keeps
+    the references it makes (what _calls finds by walking the loaded tree, without the walk)."""
+
+    __slots__ = ("refs",)
+
+    def __init__(self) -> None:
+        self.refs: set[FunctionRef] = set()
+
+    def __call__(self, node: dict[str, Any]) -> dict[str, Any]:
+        for key in node.keys() & _REF_KEYS if len(node) > 1 else node:
+            if key in _REF_KEYS:
+                body = node[key]
+                if isinstance(body, dict):
+                    _node_refs(key, body, self.refs)
+        return node
 
 
 def _option_on(option: dict[str, Any], name: str) -> bool:
@@ -311,42 +265,36 @@ def view_facts(definition: str) -> tuple[frozenset[FunctionRef], frozenset[str]]
 
 
 def parse(text: str) -> list[PgStatement]:
+    collector = _Collector()
     try:
-        raw = pg.parse_sql_json(text)
-        tree = json.loads(raw)
+        tree = json.loads(pg.parse_sql_json(text), object_hook=collector)
     except Exception as error:  # pglast raises ParseError; anything else is a failure too
         raise PgParseError(str(getattr(error, "args", [error])[0])) from error
     encoded = text.encode()  # libpg_query reports byte offsets
     statements = []
     stmts = tree.get("stmts", [])
-    fast = _functions_fast(raw) if len(stmts) == 1 else None
-    fast_attributes = _attributes_fast(raw) if len(stmts) == 1 else None
     for item in stmts:
         (node_type, body), = item["stmt"].items()
         start = item.get("stmt_location", 0)
         length = item.get("stmt_len", 0) or len(encoded) - start
         piece = encoded[start : start + length].decode().strip()
-        functions: set[str] = set()
-        if fast is not None:
-            functions = fast
-        else:
-            _functions(body, functions)
-        attributes: set[str] = set()
-        if fast_attributes is not None:
-            attributes = fast_attributes
-        else:
-            _attributes(body, attributes)
         explained_kind = None
         analyze = False
         if node_type == "ExplainStmt":
             (inner_type, inner_body), = body["query"].items()
             explained_kind = _kind(inner_type, inner_body)
             analyze = any(_option_on(opt.get("DefElem", {}), "analyze") for opt in body.get("options", []))
-        calls: set[FunctionRef] = set()
-        _calls(body, calls)
+        # One statement: every reference in the document is its own (the objects around its body,
+        # the document, the statement and its type's wrapper, are no references).
+        calls = collector.refs if len(stmts) == 1 else set()
+        if len(stmts) != 1:
+            _calls(body, calls)
         sequences: set[str | None] = set()
         if any(ref.name in SEQUENCE_WRITERS for ref in calls):
             _sequences(body, sequences)
-        statements.append(PgStatement(piece, _kind(node_type, body), frozenset(functions), frozenset(attributes),
+        # Called functions and attribute names, as deny lists read them: the references' names, lower case.
+        functions = frozenset(ref.name.lower() for ref in calls if ref.how == "call")
+        attributes = frozenset(ref.name.lower() for ref in calls if ref.how == "attribute")
+        statements.append(PgStatement(piece, _kind(node_type, body), functions, attributes,
                                       analyze, explained_kind, frozenset(calls), frozenset(sequences)))
     return statements
