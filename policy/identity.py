@@ -8,6 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypedDict
+
+
+class IdentityRecord(TypedDict):
+    """An identity as the audit log and the holds store it (`Identity.as_record`)."""
+
+    subject: str
+    groups: list[str]
+    email: str | None
+    name: str | None
+    source: str
 
 
 @dataclass(frozen=True)
@@ -29,7 +40,7 @@ class Identity:
     def in_any(self, groups: Iterable[str]) -> bool:
         return any(g in self.groups for g in groups)
 
-    def as_record(self) -> dict[str, object]:
+    def as_record(self) -> IdentityRecord:
         """The identity as the audit log stores it (claims stay out: they may hold tokens)."""
         return {
             "subject": self.subject,

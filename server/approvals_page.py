@@ -34,6 +34,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from pathlib import Path
@@ -362,7 +363,7 @@ TITLES = {
 }
 
 
-def person(record: dict[str, Any]) -> str:
+def person(record: Mapping[str, object]) -> str:
     """``Name <email> (subject)``, with whatever parts there are."""
     subject, name, email = record.get("subject"), record.get("name"), record.get("email")
     text = str(name or email or subject)

@@ -21,6 +21,7 @@ from bastion.policy.presets import PRESETS
 from bastion.policy.shell.presets import SHELL_PRESETS
 from bastion.policy.shell.rules import ShellPolicy
 from bastion.server import config as config_mod
+from bastion.store import events as ev
 from bastion.store.audit_store import AuditStore
 from bastion.store.errors import StoreError
 from bastion.store.sqlite_store import SqliteAuditStore
@@ -226,8 +227,7 @@ def _stdio_identity(config: config_mod.Config, *, logged_in: bool = False) -> Id
 
         store = open_audit_store(config, checkpoints=False)
         try:
-            store.append({"type": "auth.refused", "client": {"address": "stdio"},
-                          "error": {"code": "auth_refused", "message": refused.reason, **refused.details}})
+            store.append(ev.auth_refused(refused.reason, {"address": "stdio"}, refused.details))
         finally:
             store.close()
         raise click.ClickException(f"{source} was refused: {refused.reason}") from None
@@ -388,8 +388,8 @@ def _store(config_path: str | None) -> AuditStore:
     return store
 
 
-def _line(event: dict[str, Any]) -> str:
-    who = (event.get("identity") or {}).get("subject", "")
+def _line(event: ev.StoredEvent) -> str:
+    who = event["identity"]["subject"] if event["identity"] else ""
     decision = event.get("decision") or {}
     verdict = decision.get("verdict", "")
     error = (event.get("error") or {}).get("code", "")
@@ -488,11 +488,11 @@ def show(call_id: str, config_path: str | None, as_json: bool) -> None:
         click.echo(json.dumps(events, ensure_ascii=False, indent=2))
         return
     first = events[0]
-    ident = first.get("identity") or {}
-    click.echo(f"call {call_id}  {first.get('tool')} on {first.get('connection') or '-'}  by {ident.get('subject')} "
-               f"(groups: {', '.join(ident.get('groups') or []) or '-'})")
-    if first.get("client"):
-        click.echo(f"client: {first['client'].get('name')} {first['client'].get('version', '')}")
+    ident, client = first["identity"], first["client"]
+    click.echo(f"call {call_id}  {first.get('tool')} on {first.get('connection') or '-'}  by {ident and ident['subject']} "
+               f"(groups: {', '.join(ident['groups'] if ident else []) or '-'})")
+    if client:
+        click.echo(f"client: {client.get('name')} {client.get('version', '')}")
     if first.get("reason"):
         click.echo(f"reason: {first['reason']}")
     click.echo(f"text:\n  {(first.get('text') or '').strip()}")

@@ -230,11 +230,11 @@ class ApprovalStore:
                      _json(facts), reason, rule, _json(sorted(policy.approver_groups)), policy.min_approvals))
                 row = conn.execute("SELECT * FROM holds WHERE hold_id = ?", (hold_id,)).fetchone()
             held = self._held(conn, row, joined=joined)
-            self.audit.append_in(conn, [{
-                "type": ev.HELD, "call_id": call_id, "connection": connection, "tool": tool,
-                "result": {**self._summary(held), "joined": joined, "expires_at": held.expires_at,
-                           "approver_groups": list(held.approver_groups), "min_approvals": held.min_approvals},
-            }])
+            self.audit.append_in(conn, [ev.CallHeld(
+                type=ev.HELD, call_id=call_id, connection=connection, tool=tool,
+                result={**self._summary(held), "joined": joined, "expires_at": held.expires_at,
+                        "approver_groups": list(held.approver_groups), "min_approvals": held.min_approvals},
+            )])
         changes.append((ev.HELD, held))
         self._notify(changes)
         return held
@@ -282,13 +282,12 @@ class ApprovalStore:
                         conn.execute("UPDATE holds SET status = ?, decided_at = ? WHERE hold_id = ?",
                                      (str(status), now, hold_id))
                     held = self._get(conn, hold_id)
-                    kind = ev.APPROVAL_GRANTED if approve else ev.APPROVAL_DENIED
-                    self.audit.append_in(conn, [{
-                        "type": kind, "call_id": hold_id, "identity": approver.as_record(), "reason": reason,
-                        "connection": held.connection, "tool": held.tool,
-                        "result": {**self._summary(held), "approvals": approvals,
-                                   "min_approvals": held.min_approvals},
-                    }])
+                    kind: ev.VoteType = ev.APPROVAL_GRANTED if approve else ev.APPROVAL_DENIED
+                    self.audit.append_in(conn, [ev.ApprovalVote(
+                        type=kind, call_id=hold_id, identity=approver.as_record(), reason=reason,
+                        connection=held.connection, tool=held.tool,
+                        result={**self._summary(held), "approvals": approvals, "min_approvals": held.min_approvals},
+                    )])
                     changes.append((kind, held))
         self._notify(changes)
         if failure is not None:
@@ -311,10 +310,10 @@ class ApprovalStore:
                 (call_id, hold_id, binding, now)).rowcount == 1
             if used:
                 held = self._get(conn, hold_id)
-                self.audit.append_in(conn, [{
-                    "type": ev.APPROVAL_CONSUMED, "call_id": hold_id, "connection": held.connection,
-                    "tool": held.tool, "result": {**self._summary(held), "consumed_by_call": call_id},
-                }])
+                self.audit.append_in(conn, [ev.ApprovalConsumed(
+                    type=ev.APPROVAL_CONSUMED, call_id=hold_id, connection=held.connection,
+                    tool=held.tool, result={**self._summary(held), "consumed_by_call": call_id},
+                )])
                 changes.append((ev.APPROVAL_CONSUMED, held))
         self._notify(changes)
         return used
@@ -335,8 +334,8 @@ class ApprovalStore:
             if conn.execute("UPDATE holds SET preview = ? WHERE hold_id = ?", (_json(preview), hold_id)).rowcount != 1:
                 raise HoldNotFound(f"there is no held call `{hold_id}`")
             held = self._get(conn, hold_id)
-            self.audit.append_in(conn, [{"type": ev.APPROVAL_PREVIEW, "call_id": hold_id, "connection": held.connection,
-                                         "tool": held.tool, "result": {**self._summary(held), "preview": preview}}])
+            self.audit.append_in(conn, [ev.ApprovalPreview(type=ev.APPROVAL_PREVIEW, call_id=hold_id, connection=held.connection,
+                                                           tool=held.tool, result={**self._summary(held), "preview": preview})])
         self._notify([(ev.APPROVAL_PREVIEW, held)])
         return held
 
@@ -457,11 +456,11 @@ class ApprovalStore:
         for row in conn.execute(sql + " ORDER BY expires_at", params).fetchall():
             conn.execute(f"UPDATE holds SET status = {_literal(HoldStatus.EXPIRED)} WHERE hold_id = ?", (row["hold_id"],))
             held = self._get(conn, row["hold_id"])
-            self.audit.append_in(conn, [{
-                "type": ev.APPROVAL_EXPIRED, "call_id": held.hold_id, "connection": held.connection, "tool": held.tool,
-                "result": {**self._summary(held), "was": row["status"], "expires_at": held.expires_at,
-                           "approvals": held.approvals, "min_approvals": held.min_approvals},
-            }])
+            self.audit.append_in(conn, [ev.ApprovalExpired(
+                type=ev.APPROVAL_EXPIRED, call_id=held.hold_id, connection=held.connection, tool=held.tool,
+                result={**self._summary(held), "was": row["status"], "expires_at": held.expires_at,
+                        "approvals": held.approvals, "min_approvals": held.min_approvals},
+            )])
             out.append((ev.APPROVAL_EXPIRED, held))
         return out
 

@@ -20,7 +20,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Iterator, Protocol, Sequence
+from typing import Any, ClassVar, Iterator, Protocol, Sequence, TypeVar, cast
 
 import anyio
 
@@ -33,6 +33,8 @@ from bastion.store.merkle import Frontier, leaf_hash
 _INSERT = (f"INSERT INTO events (seq, {', '.join(ev.FIELDS)}, prev_hash, hash) "
            f"VALUES ({', '.join('?' for _ in range(len(ev.FIELDS) + 3))})")
 
+
+E = TypeVar("E", bound=ev.AuditEvent)
 
 # A process on another host is live while its heartbeat is younger than this (it beats every 15 s).
 HEARTBEAT_LIVE_S = 60.0
@@ -134,11 +136,11 @@ class AuditStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def append(self, event: dict[str, Any]) -> dict[str, Any]:
+    def append(self, event: E) -> E:
         """Append one event durably; returns it with event_id, time, seq and hash filled in."""
-        return self.append_many([event])[0]
+        return cast(E, self.append_many([event])[0])  # a copy of ``event``: the same kind
 
-    def append_many(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def append_many(self, events: Sequence[ev.AuditEvent]) -> list[ev.AuditEvent]:
         """Append ``events`` durably, in order; returns them with event_id, time, seq and hash.
 
         Group commit: concurrent callers queue their events; whichever finds no write in progress
@@ -174,7 +176,7 @@ class AuditStore:
                 raise ticket.error
         return [ticket.event for ticket in tickets]
 
-    def append_in(self, conn: Connection, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def append_in(self, conn: Connection, events: Sequence[ev.AuditEvent]) -> list[ev.AuditEvent]:
         """Append ``events`` inside a write transaction the caller holds on ``conn``, its own
         connection to this store's file, opened with ``BEGIN IMMEDIATE`` (store/approvals.py: a
         hold's state change and its event commit together or not at all).
@@ -184,17 +186,17 @@ class AuditStore:
         """
         prepared = [self._prepare(event) for event in events]
         for event, row in zip(prepared, self._insert(conn, prepared)):
-            event.update(seq=row[0], prev_hash=row[-2], hash=row[-1])
+            event["seq"], event["prev_hash"], event["hash"] = row[0], row[-2], row[-1]
         return prepared
 
-    def _prepare(self, event: dict[str, Any]) -> dict[str, Any]:
-        event = dict(event)
+    def _prepare(self, event: ev.AuditEvent) -> ev.AuditEvent:
+        event = event.copy()
         event.setdefault("event_id", uuid.uuid4().hex)
         event.setdefault("time", now_iso())
         event.setdefault("instance", self.instance)
         return event
 
-    def _insert(self, conn: Connection, events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    def _insert(self, conn: Connection, events: list[ev.AuditEvent]) -> list[tuple[Any, ...]]:
         """Chain ``events`` onto the log's end and insert them, inside the caller's write transaction."""
         if not self._registered:
             now = now_iso()
@@ -310,7 +312,7 @@ class AuditStore:
         except (StoreError, self.Error) as error:  # durable, but unwitnessed: fail closed
             witnessed = error if isinstance(error, StoreError) else StoreError(f"cannot read the checkpoints: {error}")
         for ticket, row in zip(batch, rows):
-            ticket.event.update(seq=row[0], prev_hash=row[-2], hash=row[-1])
+            ticket.event["seq"], ticket.event["prev_hash"], ticket.event["hash"] = row[0], row[-2], row[-1]
             ticket.error = witnessed
             ticket.ready.set()
 
@@ -350,8 +352,8 @@ class AuditStore:
             (ev.REQUESTED, *ev.TERMINAL))
         open_calls = [call_id for call_id, instance in rows if instance not in live]
         for call_id in open_calls:
-            self.append({"type": ev.INTERRUPTED, "call_id": call_id,
-                         "error": {"code": "interrupted", "message": "the gateway stopped before the call ended"}})
+            self.append(ev.CallInterrupted(type=ev.INTERRUPTED, call_id=call_id, error={
+                "code": "interrupted", "message": "the gateway stopped before the call ended"}))
         return open_calls
 
     def heartbeat(self) -> None:
@@ -390,21 +392,21 @@ class AuditStore:
         )
         return [r[0] for r in rows]
 
-    def tail(self, limit: int = 20) -> list[dict[str, Any]]:
+    def tail(self, limit: int = 20) -> list[ev.StoredEvent]:
         rows = self._query("SELECT * FROM events ORDER BY seq DESC LIMIT ?", (limit,))
         return list(reversed(rows))
 
-    def after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
+    def after(self, seq: int, limit: int = 1000) -> list[ev.StoredEvent]:
         return self._query("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
 
-    def session(self, session: str) -> list[dict[str, Any]]:
+    def session(self, session: str) -> list[ev.StoredEvent]:
         """The `call.requested` events of one session, oldest first."""
         return self._query("SELECT * FROM events WHERE type = 'call.requested' AND session = ? ORDER BY seq", (session,))
 
-    def call(self, call_id: str) -> list[dict[str, Any]]:
+    def call(self, call_id: str) -> list[ev.StoredEvent]:
         return self._query("SELECT * FROM events WHERE call_id = ? ORDER BY seq", (call_id,))
 
-    def iter_all(self) -> Iterator[dict[str, Any]]:
+    def iter_all(self) -> Iterator[ev.StoredEvent]:
         seq = 0
         while batch := self.after(seq):
             yield from batch
@@ -418,7 +420,7 @@ class AuditStore:
         except self.Error as error:
             raise StoreError(f"cannot read the audit store: {error}") from error
 
-    def _query(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[ev.StoredEvent]:
         return [_decode(dict(row)) for row in self.read(sql, params)]
 
     def close(self) -> None:
@@ -431,7 +433,7 @@ class AuditStore:
 class _Ticket:
     """One queued append: the event, and how its group commit ended."""
 
-    event: dict[str, Any]
+    event: ev.AuditEvent
     ready: threading.Event = field(default_factory=threading.Event)
     error: StoreError | None = None
 
@@ -470,10 +472,10 @@ def _column(name: str, value: Any) -> Any:
     return value
 
 
-def _decode(row: dict[str, Any]) -> dict[str, Any]:
+def _decode(row: dict[str, Any]) -> ev.StoredEvent:
     for name in ev.JSON_FIELDS:
         if row.get(name) is not None:
             row[name] = json.loads(row[name])
     if row.get("truncated") is not None:
         row["truncated"] = bool(row["truncated"])
-    return row
+    return cast(ev.StoredEvent, row)  # the row has every column, as StoredEvent says

@@ -7,10 +7,10 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any
 
 from bastion.policy.durations import ago
 from bastion.store.audit_store import AuditStore
+from bastion.store.events import StoredEvent
 
 # Exported lines carry this; it changes only with an incompatible change to the event shape.
 EXPORT_SCHEMA = "bastion.audit.event/1"
@@ -32,7 +32,7 @@ def _terms(text: str) -> list[str]:
 
 def search(store: AuditStore, text: str = "", *, user: str | None = None, connection: str | None = None,
            verdict: str | None = None, tool: str | None = None, after: str | None = None,
-           before: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+           before: str | None = None, limit: int = 50) -> list[StoredEvent]:
     """Requested calls matching ``text`` (all words, any field) and the filters, newest first.
 
     Everything is one FTS5 query walked newest first (rowid = seq), so a search stops as soon as it

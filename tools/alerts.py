@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Literal
 
 from bastion.policy import Decision, Identity
+from bastion.store import events as ev
 from bastion.store.audit_store import AuditStore
 from bastion.tools.webhooks import WebhookSender
 
 Kind = Literal["denials", "large-result", "egress"]
+_TYPE: dict[Kind, ev.AlertType] = {"denials": "alert.denials", "large-result": "alert.large-result", "egress": "alert.egress"}
 
 
 @dataclass(frozen=True)
@@ -77,18 +79,19 @@ class Alerts:
 
     # -- after a call ended ----------------------------------------------------------------------
 
-    def after(self, requested: dict[str, Any], terminal: dict[str, Any]) -> list[dict[str, Any]]:
+    def after(self, requested: ev.CallRequested, terminal: ev.Terminal) -> list[ev.Alert]:
         """Evaluate the rules after one call ended; returns the alert events written."""
-        subject = (requested.get("identity") or {}).get("subject", "")
+        subject = requested["identity"]["subject"]
         fired = []
         for rule in self.rules:
-            details = self._check(rule, subject, terminal)
-            if details is None or self._recently_fired(rule, subject):
+            found = self._check(rule, subject, terminal)
+            if found is None or self._recently_fired(rule, subject):
                 continue
-            event = self.store.append({
-                "type": f"alert.{rule.kind}", "call_id": requested.get("call_id"), "identity": requested.get("identity"),
-                "connection": requested.get("connection"), "tool": requested.get("tool"),
-                "reason": details.pop("message"), "result": {"rule": rule.id, **details}})
+            message, details = found
+            event = self.store.append(ev.Alert(
+                type=_TYPE[rule.kind], call_id=requested["call_id"], identity=requested["identity"],
+                connection=requested["connection"], tool=requested["tool"],
+                reason=message, result={"rule": rule.id, **details}))
             fired.append(event)
             if rule.webhook:
                 # In the background, retried with backoff; `alert.webhook.delivered` or `.failed` follows.
@@ -96,24 +99,24 @@ class Alerts:
                                    call_id=event.get("call_id"), record={"rule": rule.id, "alert_seq": event.get("seq")})
         return fired
 
-    def _check(self, rule: AlertRule, subject: str, terminal: dict[str, Any]) -> dict[str, Any] | None:
+    def _check(self, rule: AlertRule, subject: str, terminal: ev.Terminal) -> tuple[str, dict[str, int]] | None:
+        """The alert's message and figures, when ``rule`` fires after ``terminal``."""
         if rule.kind == "denials" and terminal["type"] == "call.denied":
             count = self.store.read(
                 "SELECT count(*) FROM events d JOIN events r ON r.call_id = d.call_id AND r.type = 'call.requested' "
                 "WHERE d.type = 'call.denied' AND d.time >= ? AND json_extract(r.identity, '$.subject') = ?",
                 (_ago(rule.window_s), subject))[0][0]
             if count >= rule.threshold:
-                return {"message": f"{count} denials for `{subject}` in {rule.window_s:g} s", "count": count}
+                return f"{count} denials for `{subject}` in {rule.window_s:g} s", {"count": count}
         if rule.kind == "large-result" and terminal["type"] == "call.finished":
             rows = terminal.get("row_count") or 0
             size = len(json.dumps(terminal.get("result"), default=str))
             if self._over(rule, rows, size):
-                return {"message": f"one result of {rows:,} rows / {size:,} bytes for `{subject}`", "rows": rows, "bytes": size}
+                return f"one result of {rows:,} rows / {size:,} bytes for `{subject}`", {"rows": rows, "bytes": size}
         if rule.kind == "egress" and terminal["type"] == "call.finished":
             rows, size = self._egress(subject, rule.window_s)
             if self._over(rule, rows, size):
-                return {"message": f"`{subject}` read {rows:,} rows / {size:,} bytes in {rule.window_s:g} s",
-                        "rows": rows, "bytes": size}
+                return f"`{subject}` read {rows:,} rows / {size:,} bytes in {rule.window_s:g} s", {"rows": rows, "bytes": size}
         return None
 
     @staticmethod
@@ -136,9 +139,10 @@ class Alerts:
             (f"alert.{rule.kind}", _ago(rule.window_s), rule.id, subject)) != []
 
 
-def payload(rule: AlertRule, event: dict[str, Any]) -> dict[str, Any]:
+def payload(rule: AlertRule, event: ev.Alert) -> dict[str, object]:
     """The webhook body: Slack's `{"text": ...}` or a generic JSON object."""
-    who = (event.get("identity") or {}).get("subject", "")
+    identity = event["identity"]
+    who = identity["subject"] if identity else ""
     text = f"Bastion alert `{rule.id}` ({rule.kind}): {event.get('reason')} (call {event.get('call_id')})"
     if rule.webhook_format == "slack":
         return {"text": text}

@@ -96,14 +96,15 @@ def backtest(store: AuditStore, policies: dict[str, ConnectionPolicy | ShellPoli
     result = Backtest()
     egress = egress or {}
     for event in store.iter_all():
-        if event["type"] != "call.requested" or event.get("tool") not in GUARDED_TOOLS or not event.get("decision"):
+        recorded = event["decision"]
+        if event["type"] != "call.requested" or event["tool"] not in GUARDED_TOOLS or not recorded:
             continue
         if after and event["time"] < after:
             continue
         result.calls += 1
-        before = event["decision"]["verdict"]
-        ident = event.get("identity") or {}
-        identity = Identity(ident.get("subject", "?"), frozenset(ident.get("groups") or ()))
+        before = recorded["verdict"]
+        ident = event["identity"]
+        identity = Identity(ident["subject"], frozenset(ident["groups"])) if ident else Identity("?")
         name = event.get("connection") or ""
         policy = policies.get(name)
         decision: Decision | None
@@ -112,7 +113,7 @@ def backtest(store: AuditStore, policies: dict[str, ConnectionPolicy | ShellPoli
         else:
             connection = (connections or {}).get(name) if connections is not None else None
             decision, kept = redecide(policy, connection if connections is not None else None, identity,
-                                      event.get("text") or "", event["decision"], egress)
+                                      event.get("text") or "", recorded, egress)
             if decision is None:
                 result.not_rechecked[kept or ""] += 1
                 result.counts[f"{before} → {before}"] += 1
@@ -120,7 +121,7 @@ def backtest(store: AuditStore, policies: dict[str, ConnectionPolicy | ShellPoli
         key = f"{before} → {decision.verdict.value}"
         result.counts[key] += 1
         if before != decision.verdict.value and len(result.examples.setdefault(key, [])) < examples:
-            result.examples[key].append(Change(event["call_id"], identity.subject, event.get("connection") or "",
+            result.examples[key].append(Change(event["call_id"] or "", identity.subject, event.get("connection") or "",
                                                event.get("text") or "", before, decision.verdict.value,
                                                list(decision.rules), decision.reason))
     return result

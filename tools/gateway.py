@@ -6,7 +6,7 @@ server/ calls these with a Caller; each returns plain data (server/ renders it f
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ from bastion.policy import hints
 from bastion.policy.errors import BastionError, InvalidInput, QueryRejected, UnknownConnection
 from bastion.policy.patterns import matches
 from bastion.policy.presets import SENSITIVE_CATALOG_PATTERNS
+from bastion.store import events as ev
 from bastion.store.approvals import ApprovalStore
 from bastion.store.audit_store import AuditStore
 from bastion.tools import approvals, masking, shell, sql
@@ -129,14 +130,14 @@ class Gateway:
         for connection in self.connections.values():  # what was accepted or refused, in the record too
             report = getattr(getattr(connection, "executor", None), "privilege_record", lambda: None)()
             if report is not None:
-                await self.guard.recorder.append({"type": "connection.checked", "connection": connection.name,
-                                                  "result": report})
+                await self.guard.recorder.append(ev.ConnectionChecked(type="connection.checked",
+                                                                      connection=connection.name, result=report))
         return interrupted
 
-    async def record_auth_refused(self, reason: str, client: dict[str, Any] | None, details: dict[str, Any]) -> None:
+    async def record_auth_refused(self, reason: str, client: dict[str, object] | None,
+                                  details: Mapping[str, object]) -> None:
         """A presented token was refused (401): why and from where, never the token."""
-        await self.guard.recorder.append({"type": "auth.refused", "client": client or None,
-                                          "error": {"code": "auth_refused", "message": reason, **details}})
+        await self.guard.recorder.append(ev.auth_refused(reason, client, details))
 
     async def shutdown(self) -> None:
         """The end of a gateway process (the MCP server's, or a CLI command's): connections closed,

@@ -83,9 +83,9 @@ def recordable(text: str) -> str:
     return safe[:_RECORDED_TEXT_LIMIT] + f"…[clipped; {len(safe):,} chars]"
 
 
-def error_record(error: BaseException) -> dict[str, Any]:
+def error_record(error: BaseException) -> ev.ErrorRecord:
     if isinstance(error, BastionError):
-        out: dict[str, Any] = {"code": error.code, "message": error.message}
+        out: ev.ErrorRecord = {"code": error.code, "message": error.message}
         if error.hint:
             out["hint"] = error.hint
         if error.detail:
@@ -136,14 +136,15 @@ class Guard:
         self.limits: CallLimits | None = None  # set by the gateway: [limits] per identity
         self._vet_limiter = anyio.CapacityLimiter(2)
 
-    def _base(self, call_id: str, caller: Caller, tool: str, connection: str, text: str, reason: str | None) -> dict[str, Any]:
-        return {
-            "type": ev.REQUESTED, "call_id": call_id, "identity": caller.identity.as_record(),
-            "client": caller.client or None, "session": caller.session, "connection": connection,
-            "tool": tool, "text": recordable(text), "reason": reason,
-        }
+    def _base(self, call_id: str, caller: Caller, tool: str, connection: str, text: str,
+              reason: str | None) -> ev.CallRequested:
+        return ev.CallRequested(
+            type=ev.REQUESTED, call_id=call_id, identity=caller.identity.as_record(),
+            client=caller.client or None, session=caller.session, connection=connection,
+            tool=tool, text=recordable(text), reason=reason,
+        )
 
-    async def _record(self, event: dict[str, Any]) -> None:
+    async def _record(self, event: ev.AuditEvent) -> None:
         """Append, shielded from cancellation: once `call.requested` is written, the call's terminal
         event is written too, whatever the client does meanwhile."""
         with anyio.CancelScope(shield=True):
@@ -155,7 +156,7 @@ class Guard:
         call_id = new_call_id()
         with anyio.CancelScope(shield=True):
             await self.recorder.append(self._base(call_id, caller, tool, connection, text, reason))
-            await self.recorder.append({"type": ev.DENIED, "call_id": call_id, "error": error_record(error)})
+            await self.recorder.append(ev.CallDenied(type=ev.DENIED, call_id=call_id, error=error_record(error)))
 
     async def _vet(self, vet: Callable[[], Vetted], text: str, tool: str = "") -> Vetted:
         if len(text) <= self.OFFLOAD_BYTES and tool not in self.OFFLOAD_TOOLS:
@@ -196,7 +197,7 @@ class Guard:
 
     async def guarded(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None, *,
                   what: str, vet: Callable[[], Vetted], execute: Callable[[Vetted], Awaitable[R]],
-                  result_record: Callable[[R], dict[str, Any]], max_bytes: int = MAX_TEXT_BYTES,
+                  result_record: Callable[[R], ev.Outcome], max_bytes: int = MAX_TEXT_BYTES,
                   preview: Callable[[Vetted], Awaitable[dict[str, Any]]] | None = None,
                   confirmed: bool = False, call_id: str | None = None) -> Guarded[R]:
         """① vet (analyse + decide) ③ record ④ deny, or hold until approved, or ⑤ run ⑦ record.
@@ -218,13 +219,14 @@ class Guard:
         decision = vetted.decision
         call_id = call_id or new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, reason)
-        requested["facts"], requested["decision"] = vetted.facts, decision.as_record()
+        requested["facts"] = vetted.facts
+        record = requested["decision"] = decision.as_record()
         if vetted.run_as and decision.verdict is not Verdict.DENY:
-            requested["decision"]["run_as"] = vetted.run_as
+            record["run_as"] = vetted.run_as
         reviewable = decision.verdict is Verdict.REVIEW and vetted.plan is not None and self.holds is not None
         self_confirmed = reviewable and confirmed and self.holds is not None and self.holds.self_confirm(connection, decision)
         if self_confirmed:
-            requested["decision"]["confirmed_by"] = caller.identity.subject
+            record["confirmed_by"] = caller.identity.subject
         # ③ Durable before anything runs: if this raises, nothing ran.
         await self._record(requested)
         if reviewable and not self_confirmed:
@@ -235,10 +237,10 @@ class Guard:
                                     (lambda: preview(vetted)) if preview else None)
         elif not (decision.allowed or self_confirmed) or vetted.plan is None:
             denied = denial_for(decision)
-            terminal: dict[str, Any] = {"type": ev.DENIED, "call_id": call_id, "decision": decision.as_record(),
-                                        "error": error_record(denied)}
-            await self._record(terminal)
-            await self._alert(requested, terminal)
+            denial = ev.CallDenied(type=ev.DENIED, call_id=call_id, decision=decision.as_record(),
+                                   error=error_record(denied))
+            await self._record(denial)
+            await self._alert(requested, denial)
             raise denied
         started = time.perf_counter()
         limits = decision.limits
@@ -258,8 +260,8 @@ class Guard:
             outcome = await self._attempt(call_id, started, tool, lambda: execute(vetted))
         result: R = outcome
         duration_ms = (time.perf_counter() - started) * 1000
-        terminal = {"type": ev.FINISHED, "call_id": call_id, "connection": connection, "tool": tool,
-                    "duration_ms": round(duration_ms, 3), **result_record(result)}
+        terminal = ev.CallFinished(type=ev.FINISHED, call_id=call_id, connection=connection, tool=tool,
+                                   duration_ms=round(duration_ms, 3), **result_record(result))
         try:
             await self._record(terminal)
         except AuditUnavailable as error:
@@ -286,7 +288,7 @@ class Guard:
         limits = replace(vetted.decision.limits, max_rows_affected=over.changed, over_rows_affected="deny")
         return replace(vetted, decision=replace(vetted.decision, limits=limits))
 
-    async def _alert(self, requested: dict[str, Any], terminal: dict[str, Any]) -> None:
+    async def _alert(self, requested: ev.CallRequested, terminal: ev.Terminal) -> None:
         """Evaluate the alert rules after a call ended; an alert failure never fails the call."""
         if self.alerts is None:
             return
@@ -311,9 +313,9 @@ class Guard:
             await self._failed(call_id, started, {"code": "internal", "message": type(error).__name__})
             raise ExecutionError(f"the gateway failed while running {tool}") from error
 
-    async def _failed(self, call_id: str, started: float, error: dict[str, Any]) -> None:
-        await self._record({"type": ev.FAILED, "call_id": call_id, "error": error,
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
+    async def _failed(self, call_id: str, started: float, error: ev.ErrorRecord) -> None:
+        await self._record(ev.CallFailed(type=ev.FAILED, call_id=call_id, error=error,
+                                         duration_ms=round((time.perf_counter() - started) * 1000, 3)))
 
     async def record_call(self, caller: Caller, tool: str, connection: str, text: str,
                           work: Callable[[], Awaitable[tuple[R, dict[str, Any]]]], *,
@@ -325,7 +327,7 @@ class Guard:
         requested["facts"], requested["decision"] = facts, decision.as_record() if decision else None
         await self._record(requested)
         value, result = await self._attempt(call_id, time.perf_counter(), tool, work)
-        await self._record({"type": ev.FINISHED, "call_id": call_id, "result": result})
+        await self._record(ev.CallFinished(type=ev.FINISHED, call_id=call_id, result=result))
         return value
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -26,7 +26,7 @@ from bastion.tools.calls import Caller
 log = logging.getLogger(__name__)
 PolicyFor = Callable[[str, Decision], ApprovalPolicy]
 SelfConfirm = Callable[[str, Decision], bool]
-Record = Callable[[dict[str, Any]], Awaitable[None]]
+Record = Callable[[ev.AuditEvent], Awaitable[None]]
 Preview = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -79,8 +79,8 @@ class Holds:
         except anyio.get_cancelled_exc_class():
             # The client gave up waiting: the hold stays pending; this call ends as pending.
             with anyio.CancelScope(shield=True):
-                await self.record({"type": ev.PENDING, "call_id": call_id,
-                                   "result": {"hold_id": held.hold_id, "status": str(held.status), "cancelled": True}})
+                await self.record(ev.CallPending(type=ev.PENDING, call_id=call_id, result={
+                    "hold_id": held.hold_id, "status": str(held.status), "cancelled": True}))
             raise
 
     async def _preview(self, held: Held, preview: Preview) -> Held:
@@ -127,9 +127,17 @@ class Holds:
             hint=f"Call {tool} again with exactly the same text: it runs once approved (until {held.expires_at}).")
         await self._end(ev.PENDING, call_id, held, error)
 
-    async def _end(self, kind: str, call_id: str, held: Held, error: Exception) -> None:
+    async def _end(self, kind: Literal["call.denied", "call.expired", "call.pending"], call_id: str, held: Held,
+                   error: Exception) -> None:
         from bastion.tools.guard import error_record
 
-        await self.record({"type": kind, "call_id": call_id, "error": error_record(error),
-                           "result": {"hold_id": held.hold_id, "status": str(held.status)}})
+        record, result = error_record(error), {"hold_id": held.hold_id, "status": str(held.status)}
+        ended: ev.Terminal
+        if kind == ev.DENIED:
+            ended = ev.CallDenied(type=kind, call_id=call_id, error=record, result=result)
+        elif kind == ev.EXPIRED:
+            ended = ev.CallExpired(type=kind, call_id=call_id, error=record, result=result)
+        else:
+            ended = ev.CallPending(type=kind, call_id=call_id, error=record, result=result)
+        await self.record(ended)
         raise error

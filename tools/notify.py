@@ -30,7 +30,7 @@ from bastion.tools.webhooks import Format, WebhookSender, slack_escape
 
 Notice = Literal["held", "approved", "denied", "expired"]
 NOTICES: tuple[Notice, ...] = ("held", "approved", "denied", "expired")
-DELIVERY_EVENT = "approval.webhook"  # + ".delivered" / ".failed"
+DELIVERY_EVENT: ev.WebhookKind = "approval.webhook"  # + ".delivered" / ".failed"
 PREVIEW_WAIT_S = 1.0
 TEXT_LIMIT = 2000  # characters of the held text in a message; the page shows all of it
 

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Any
 
 from bastion.policy.errors import AuditUnavailable
 from bastion.store import StoreError
 from bastion.store.audit_store import AuditStore
+from bastion.store.events import AuditEvent
 
 _BATCH = 256  # events per transaction at most, so one slow batch does not grow without bound
-_Item = tuple[asyncio.AbstractEventLoop, "asyncio.Future[dict[str, Any]]", dict[str, Any]]
+_Outcome = AuditEvent | BaseException  # an event as stored, or what kept it out
+_Item = tuple[asyncio.AbstractEventLoop, "asyncio.Future[AuditEvent]", AuditEvent]
 
 
 class Recorder:
@@ -39,7 +40,7 @@ class Recorder:
         """One guarded call running and nothing waiting for the writer: write on the calling thread."""
         return self.calls == 1 and self._queued == 0
 
-    async def append(self, event: dict[str, Any]) -> dict[str, Any]:
+    async def append(self, event: AuditEvent) -> AuditEvent:
         try:
             if self.alone():
                 outcome = self._write([event])[0]
@@ -47,7 +48,7 @@ class Recorder:
                     raise outcome
                 return outcome
             loop = asyncio.get_running_loop()
-            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            future: asyncio.Future[AuditEvent] = loop.create_future()
             self._start()
             with self._start_lock:
                 self._queued += 1
@@ -79,7 +80,7 @@ class Recorder:
             with self._start_lock:
                 self._queued -= len(batch)
             # One wake-up per event loop for the whole batch, not one per event.
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[dict[str, Any]], Any]]] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditEvent], _Outcome]]] = {}
             for (loop, future, _), outcome in zip(batch, written):
                 by_loop.setdefault(loop, []).append((future, outcome))
             for loop, settled in by_loop.items():
@@ -89,7 +90,7 @@ class Recorder:
                     pass
 
 
-    def _write(self, batch: list[dict[str, Any]]) -> list[Any]:
+    def _write(self, batch: list[AuditEvent]) -> list[_Outcome]:
         """Each event's stored form, or the error that kept it out. An event the store cannot take
         (anything but a StoreError: its transaction was rolled back before commit) fails only its own
         call: the rest of the batch is tried again one by one, so a write a neighbour made is never
@@ -105,7 +106,7 @@ class Recorder:
         return [self._write([event])[0] for event in batch]
 
 
-def _settle(settled: list[tuple[asyncio.Future[dict[str, Any]], Any]]) -> None:
+def _settle(settled: list[tuple[asyncio.Future[AuditEvent], _Outcome]]) -> None:
     for future, outcome in settled:
         if future.done():
             continue

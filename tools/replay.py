@@ -16,6 +16,7 @@ from typing import Any
 from bastion.policy import Identity
 from bastion.policy.errors import BastionError, InvalidInput
 from bastion.store.audit_store import AuditStore
+from bastion.store.events import StoredEvent
 from bastion.tools.calls import Caller
 from bastion.tools.gateway import Gateway
 
@@ -50,8 +51,9 @@ def timeline(store: AuditStore, ident: str) -> list[Step]:
     return [_step(store, event) for event in requested]
 
 
-def _step(store: AuditStore, requested: dict[str, Any]) -> Step:
-    events = store.call(requested["call_id"])
+def _step(store: AuditStore, requested: StoredEvent) -> Step:
+    call_id = requested["call_id"] or ""  # never None on a call.requested row
+    events = store.call(call_id)
     last = events[-1]
     decision = requested.get("decision") or {}
     if last["type"] == "call.finished":
@@ -66,8 +68,8 @@ def _step(store: AuditStore, requested: dict[str, Any]) -> Step:
     else:
         result = None
         summary = (last.get("error") or {}).get("message", "") or last["type"]
-    identity = requested.get("identity") or {}
-    return Step(requested["call_id"], requested["time"], identity.get("subject", ""), tuple(identity.get("groups") or ()),
+    identity = requested["identity"]
+    return Step(call_id, requested["time"], identity["subject"] if identity else "", tuple(identity["groups"] if identity else ()),
                 requested.get("tool") or "", requested.get("connection") or "", requested.get("text") or "",
                 decision.get("verdict", ""), last["type"], summary, bool(decision.get("read_only")), result,
                 last.get("row_count"), bool(last.get("truncated")))

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import httpx
 
+from bastion.store import events as ev
 from bastion.store.audit_store import AuditStore
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,8 @@ class WebhookSender:
         self._pending: set[Future[None]] = set()
         self._lock = threading.Lock()
 
-    def send(self, url: str, body: Any, *, event_type: str, call_id: str | None = None,
-             record: dict[str, Any] | None = None, secret: bytes | None = None) -> Future[None]:
+    def send(self, url: str, body: Any, *, event_type: ev.WebhookKind, call_id: str | None = None,
+             record: dict[str, object] | None = None, secret: bytes | None = None) -> Future[None]:
         """Deliver ``body`` to ``url`` in the background; then append ``<event_type>.delivered`` or
         ``<event_type>.failed`` under ``call_id``, its ``result`` being ``record`` plus ``attempts``
         and ``detail``. Signed with ``secret`` when given."""
@@ -145,15 +146,15 @@ class WebhookSender:
         with self._lock:
             self._pending.discard(future)
 
-    def _deliver(self, url: str, body: Any, event_type: str, call_id: str | None, record: dict[str, Any],
-                 secret: bytes | None) -> None:
+    def _deliver(self, url: str, body: Any, event_type: ev.WebhookKind, call_id: str | None,
+                 record: dict[str, object], secret: bytes | None) -> None:
         try:
             delivery = post_json(url, body, retries=self.retries, backoff_s=self.backoff_s, timeout_s=self.timeout_s,
                                  client=self._client, secret=secret)
             if self.store is not None:
-                self.store.append({
-                    "type": f"{event_type}.{'delivered' if delivery.ok else 'failed'}", "call_id": call_id,
-                    "result": {**record, "attempts": delivery.attempts, "detail": delivery.detail}})
+                self.store.append(ev.WebhookDelivery(
+                    type=ev.delivery_type(event_type, delivery.ok), call_id=call_id,
+                    result={**record, "attempts": delivery.attempts, "detail": delivery.detail}))
             elif not delivery.ok:
                 log.warning("webhook delivery failed after %d attempts: %s", delivery.attempts, delivery.detail)
         except Exception:
