@@ -1,5 +1,5 @@
-"""Named, recorded schema migrations: `migrate` (any backend) and the SQLite store's list. Append new
-ones; never edit old ones. store/pg_migrations.py holds PostgreSQL's, under the same names.
+"""Named, recorded schema migrations: `migrate` (any backend), and the SQLite store's dialect of the
+schema (store/schema.py describes it once; store/pg_migrations.py is PostgreSQL's dialect).
 
 A store opened by code older than its schema (a migration recorded that the code does not know)
 is refused: the older code could write rows the newer schema reads otherwise.
@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from bastion.store import schema
 from bastion.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -50,168 +51,31 @@ def migrate(conn: Connection, migrations: tuple[tuple[str, str], ...], where: st
         raise
     return applied
 
-MIGRATIONS: tuple[tuple[str, str], ...] = (
-    (
-        "0001_events",
-        """
-        CREATE TABLE events (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            event_id TEXT NOT NULL UNIQUE,
-            type TEXT NOT NULL,
-            call_id TEXT,
-            time TEXT NOT NULL,
-            identity TEXT,
-            client TEXT,
-            session TEXT,
-            connection TEXT,
-            tool TEXT,
-            text TEXT,
-            reason TEXT,
-            facts TEXT,
-            decision TEXT,
-            result TEXT,
-            row_count INTEGER,
-            truncated INTEGER,
-            duration_ms REAL,
-            error TEXT,
-            prev_hash TEXT NOT NULL,
-            hash TEXT NOT NULL
-        );
-        CREATE INDEX events_call ON events (call_id);
-        CREATE INDEX events_type ON events (type);
-        CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
-            BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
-        CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
-            BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
-        """,
-    ),
-    (
-        # Several gateway processes may share one SQLite log (an IDE's stdio server beside an HTTP
-        # one): each records which process wrote an event, so start-up closes only dead processes' calls.
-        "0002_instances",
-        """
-        ALTER TABLE events ADD COLUMN instance TEXT;
-        CREATE TABLE instances (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started TEXT NOT NULL)
-        """,
-    ),
-    (
-        # Keyed checkpoints: an HMAC over (seq, hash) with a key kept outside the database, so that
-        # whoever can write the file cannot forge a consistent chain, or cut its tail unseen.
-        "0003_checkpoints",
-        """
-        CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, time TEXT NOT NULL, mac TEXT NOT NULL);
-        CREATE TRIGGER checkpoints_append_only_update BEFORE UPDATE ON checkpoints
-            BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
-        CREATE TRIGGER checkpoints_append_only_delete BEFORE DELETE ON checkpoints
-            BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END
-        """,
-    ),
-    (
-        # Full-text search over calls: the text, who, where and the verdict, one row per
-        # call.requested (rowid = seq). Contentless: the events table holds the truth.
-        "0004_search",
-        """
+
+def _append_only(table: str, what: str) -> list[str]:
+    return [f"CREATE TRIGGER {table}_append_only_{verb.lower()} BEFORE {verb} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{what} are append-only'); END" for verb in ("UPDATE", "DELETE")]
+
+
+SQLITE = schema.Dialect(
+    types={"text": "TEXT", "int": "INTEGER", "bigint": "INTEGER", "real": "REAL",
+           "seq": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    append_only=_append_only,
+    rowid="",
+    without_rowid="WITHOUT ROWID",
+    before={
+        # Full-text search over calls (store/search.py): the text, who, where and the verdict, one
+        # row per call.requested (rowid = seq). Contentless: the events table holds the truth.
+        "0004_search": """
         CREATE VIRTUAL TABLE events_fts USING fts5(text, subject, connection, tool, verdict, content='', detail=column);
         CREATE TRIGGER events_fts_insert AFTER INSERT ON events WHEN new.type = 'call.requested'
             BEGIN INSERT INTO events_fts (rowid, text, subject, connection, tool, verdict) VALUES (new.seq, new.text, json_extract(new.identity, '$.subject'), new.connection, new.tool, json_extract(new.decision, '$.verdict')); END;
         INSERT INTO events_fts (rowid, text, subject, connection, tool, verdict)
             SELECT seq, text, json_extract(identity, '$.subject'), connection, tool, json_extract(decision, '$.verdict')
-            FROM events WHERE type = 'call.requested';
-        CREATE INDEX events_time ON events (time)
+            FROM events WHERE type = 'call.requested'
         """,
-    ),
-    (
-        # Held calls and approvals (store/approvals.py). Unlike `events`, `holds` changes state
-        # (pending → approved/denied/expired, approved → consumed/expired); every change is also an
-        # event in the chain, written in the same transaction. At most one live (pending or approved)
-        # hold per binding, enforced by a partial unique index. Votes are append-only, one per approver.
-        "0005_approvals",
-        """
-        CREATE TABLE holds (
-            hold_id TEXT PRIMARY KEY,
-            binding TEXT NOT NULL,
-            call_id TEXT NOT NULL,
-            created TEXT NOT NULL,
-            expires_at TEXT NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'consumed')),
-            requester TEXT NOT NULL,
-            requester_subject TEXT NOT NULL,
-            connection TEXT,
-            tool TEXT NOT NULL,
-            text TEXT NOT NULL,
-            text_hash TEXT NOT NULL,
-            facts TEXT,
-            reason TEXT,
-            rule TEXT,
-            approver_groups TEXT NOT NULL,
-            min_approvals INTEGER NOT NULL DEFAULT 1 CHECK (min_approvals >= 1),
-            preview TEXT,
-            decided_at TEXT,
-            consumed_by_call TEXT
-        );
-        CREATE INDEX holds_binding ON holds (binding, status);
-        CREATE INDEX holds_due ON holds (status, expires_at);
-        CREATE UNIQUE INDEX holds_one_live ON holds (binding) WHERE status IN ('pending', 'approved');
-        CREATE TABLE votes (
-            hold_id TEXT NOT NULL REFERENCES holds (hold_id),
-            approver TEXT NOT NULL,
-            approve INTEGER NOT NULL,
-            reason TEXT,
-            at TEXT NOT NULL,
-            identity TEXT,
-            UNIQUE (hold_id, approver)
-        );
-        CREATE TRIGGER votes_append_only_update BEFORE UPDATE ON votes
-            BEGIN SELECT RAISE(ABORT, 'approval votes are append-only'); END;
-        CREATE TRIGGER votes_append_only_delete BEFORE DELETE ON votes
-            BEGIN SELECT RAISE(ABORT, 'approval votes are append-only'); END
-        """,
-    ),
-    (
-        # Signed checkpoints (store/checkpoints.py): a C2SP checkpoint note (origin, tree size, Merkle
-        # root) signed with Ed25519, so that verifying needs only the public key. `chain_hash` (the
-        # hash of event `size`) and `frontier` (the tree's O(log n) state) are unsigned caches that
-        # let a gateway resume the tree without re-reading the log; verify ignores them.
-        "0006_tree_checkpoints",
-        """
-        CREATE TABLE tree_checkpoints (size INTEGER PRIMARY KEY, root TEXT NOT NULL, chain_hash TEXT NOT NULL,
-                                       frontier TEXT NOT NULL, time TEXT NOT NULL, note TEXT NOT NULL);
-        CREATE TRIGGER tree_checkpoints_append_only_update BEFORE UPDATE ON tree_checkpoints
-            BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
-        CREATE TRIGGER tree_checkpoints_append_only_delete BEFORE DELETE ON tree_checkpoints
-            BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END
-        """,
-    ),
-    (
-        # Perfect subtrees of 1024 leaves and more (store/merkle.py SINK_LEVEL), written as the tree
-        # grows (about one row per 512 events): a proof reads them instead of hashing the whole log.
-        # An unsigned cache: a proof built from a damaged row fails its own check and is rebuilt
-        # from the events.
-        "0007_tree_nodes",
-        """
-        CREATE TABLE tree_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash TEXT NOT NULL,
-                                 PRIMARY KEY (level, idx)) WITHOUT ROWID;
-        CREATE TRIGGER tree_nodes_append_only_update BEFORE UPDATE ON tree_nodes
-            BEGIN SELECT RAISE(ABORT, 'audit tree nodes are append-only'); END;
-        CREATE TRIGGER tree_nodes_append_only_delete BEFORE DELETE ON tree_nodes
-            BEGIN SELECT RAISE(ABORT, 'audit tree nodes are append-only'); END
-        """,
-    ),
-    (
-        # Per-identity limits ([limits], store/limits.py): one row per admitted call, so that
-        # concurrent calls and calls per minute are counted across every gateway sharing the store.
-        # Not the record (that is `events`): rows end, and are pruned once out of every window.
-        "0008_call_slots",
-        """
-        CREATE TABLE call_slots (call_id TEXT PRIMARY KEY, subject TEXT NOT NULL, started TEXT NOT NULL,
-                                 ended TEXT, instance TEXT NOT NULL);
-        CREATE INDEX call_slots_subject ON call_slots (subject, started)
-        """,
-    ),
-    (
-        # Replicas on several hosts sharing a PostgreSQL store cannot see each other's pids: a
-        # heartbeat (AuditStore.heartbeat) tells a starting gateway which other-host processes live.
-        "0009_instance_seen",
-        "ALTER TABLE instances ADD COLUMN seen TEXT",
-    ),
+    },
+    after={},
 )
+
+MIGRATIONS: tuple[tuple[str, str], ...] = schema.render(SQLITE, schema.MIGRATIONS)
