@@ -105,3 +105,15 @@ def test_the_shell_presets_are_documented_exactly() -> None:
     assert set(re.findall(r"`([^`]+)`", rows["deny_paths"])) == set(INSPECT.deny_paths)
     assert set(re.findall(r"`(\w+)`", rows["variables"])) == set(INSPECT.variables)
     assert f"timeout {INSPECT.limits.timeout_s:g} s" in rows["limits"]
+
+
+def test_ci_runs_the_readmes_test_command() -> None:
+    """README's "Tests" command is the one `.ci/run` ends with, and CONTRIBUTING's "everything" line
+    repeats it: a reader runs what CI runs (today in parallel, pytest-xdist from the dev extra)."""
+    readme = (ROOT / "README.md").read_text().split("## Tests", 1)[1]
+    command = re.search(r"```sh\n(.+)\n```", readme)
+    assert command, "README.md's Tests section has no ```sh block"
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == command[1]
+    assert f"{command[1]}  " in (DOCS / "CONTRIBUTING.md").read_text()
+    assert "pytest-xdist" in (ROOT / "pyproject.toml").read_text()
