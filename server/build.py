@@ -213,10 +213,10 @@ def open_audit_store(config: Config, *, checkpoints: bool = True) -> AuditStore:
     from bastion.store.sqlite_store import SqliteAuditStore
 
     audit = config.audit
-    signing: dict[str, Any] = {}
+    signing: dict[str, Any] = {"sync": audit.sync}
     if checkpoints:
-        signing = {"signer": config.checkpoint_signer(), "checkpoint_every": audit.checkpoint_every,
-                   "witness": config.checkpoint_witness()}
+        signing |= {"signer": config.checkpoint_signer(), "checkpoint_every": audit.checkpoint_every,
+                    "witness": config.checkpoint_witness()}
     try:
         if audit.url:
             password = config.secret("audit", "password_env", audit.password_env, "password_file", audit.password_file)

@@ -413,6 +413,9 @@ class AuditConfig(_Model):
     checkpoint_key_env: str | None = Field(None, description="environment variable holding the Ed25519 checkpoint signing key")
     checkpoint_key_file: str | None = Field(None, description="file holding the Ed25519 checkpoint signing key (`bastion audit keygen`)")
     checkpoint_every: Annotated[int, Field(gt=0)] = 1000
+    sync: Literal["before-run", "every-event"] = Field(
+        "before-run", description="before-run: each call.requested and approval is on disk before the call goes on, "
+                                  "a call's end within 50 ms of being committed; every-event: every event on disk before the call goes on")
     witness: str | None = Field(None, description="file:///path of an append-only file, or an https:// endpoint, every signed checkpoint is also written to")
 
     @model_validator(mode="before")

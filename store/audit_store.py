@@ -30,6 +30,8 @@ from bastion.store.errors import StoreError
 from bastion.store.merkle import Frontier, leaf_hash
 
 
+SYNC_MODES = ("before-run", "every-event")
+
 _INSERT = (f"INSERT INTO events (seq, {', '.join(ev.FIELDS)}, prev_hash, hash) "
            f"VALUES ({', '.join('?' for _ in range(len(ev.FIELDS) + 3))})")
 
@@ -70,7 +72,12 @@ class AuditStore:
     _reader: Connection
 
     def __init__(self, *, signer: Signer | None = None, checkpoint_every: int = 1000,
-                 witness: FileWitness | HttpWitness | None = None) -> None:
+                 witness: FileWitness | HttpWitness | None = None, sync: str = "before-run") -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync is one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        # "before-run": a transaction of only the guard's terminal events (ev.FLUSHED_LATER) is
+        # fsynced soon after it commits rather than before the call goes on; "every-event": always before.
+        self.flush_later = sync == "before-run"
         self._queue_lock = threading.Lock()  # guards the queue and who is writing
         self._write_lock = threading.Lock()  # one transaction at a time on the shared connection
         self._read_lock = threading.Lock()  # one query at a time on the reader
@@ -291,8 +298,9 @@ class AuditStore:
 
     def _write(self, batch: list[_Ticket]) -> None:
         conn = self.conn
+        durable = not self.flush_later or any(ticket.event.get("type") not in ev.FLUSHED_LATER for ticket in batch)
         try:
-            conn.execute("BEGIN IMMEDIATE")  # the write lock, across processes sharing the file
+            self._begin_write(durable)  # the write lock, across processes sharing the store
             try:
                 rows = self._insert(conn, [ticket.event for ticket in batch])
                 conn.execute("COMMIT")
@@ -306,6 +314,7 @@ class AuditStore:
                 ticket.ready.set()
             return
         self._registered = True
+        self._committed(durable)
         witnessed: StoreError | None = None
         try:
             self._witness_pending(conn)
@@ -315,6 +324,14 @@ class AuditStore:
             ticket.event["seq"], ticket.event["prev_hash"], ticket.event["hash"] = row[0], row[-2], row[-1]
             ticket.error = witnessed
             ticket.ready.set()
+
+    def _begin_write(self, durable: bool) -> None:
+        """Open the write transaction on ``conn``; ``durable``: its COMMIT returns once on disk, else
+        once committed (the backend makes it durable soon after, in `_committed`)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _committed(self, durable: bool) -> None:
+        """After each group-commit transaction (under the write lock)."""
 
     def checkpoint(self) -> int | None:
         """Sign a checkpoint at the end of the log now (at shutdown, or `bastion audit checkpoint`) and

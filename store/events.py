@@ -28,6 +28,12 @@ INTERRUPTED: Final = "call.interrupted"
 HELD: Final = "call.held"
 PENDING: Final = "call.pending"
 TERMINAL = (DENIED, FINISHED, FAILED, EXPIRED, INTERRUPTED, PENDING)
+# The guard's end of a call whose `call.requested` (with the decision) is already on disk. With
+# `[audit] sync = "before-run"` a transaction of only these commits at once (safe from a killed
+# gateway) and is fsynced within FLUSH_S: a power loss in between leaves the call open, and
+# start-up closes it as interrupted. Everything else is fsynced before the caller goes on.
+FLUSHED_LATER = frozenset({DENIED, FINISHED, FAILED})
+FLUSH_S = 0.05
 
 # A held call's life (store/approvals.py), recorded under the hold id as `call_id`.
 APPROVAL_GRANTED: Final = "approval.granted"  # one approver's approval (the hold is approved once enough)

@@ -14,7 +14,11 @@ places the dialects differ (`translate`):
 
 Rows answer by position and by column name, as sqlite3.Row does. Connections run in autocommit;
 transactions are the explicit BEGIN ... COMMIT the shared code issues. Durability is PostgreSQL's
-(``synchronous_commit`` on, the default): an append that returned is committed.
+(``synchronous_commit`` on, the default): an append that returned is committed. A transaction of only
+the guard's terminal events (events.FLUSHED_LATER) is an asynchronous commit instead (``SET LOCAL
+synchronous_commit = off``): visible to every gateway at once, flushed by PostgreSQL's WAL writer
+within three ``wal_writer_delay`` (600 ms by default); a server crash in between leaves the call
+open, and it is closed as interrupted.
 
 Holds: the `holds` table NOTIFYs ``bastion_holds`` with the hold id on every change
 (store/pg_migrations.py). One listening connection per store wakes this process's waiters
@@ -128,8 +132,9 @@ class PostgresAuditStore(AuditStore):
     _reader: PgConnection
 
     def __init__(self, url: str, *, password: str | None = None, signer: Signer | None = None,
-                 checkpoint_every: int = 1000, witness: FileWitness | HttpWitness | None = None) -> None:
-        super().__init__(signer=signer, checkpoint_every=checkpoint_every, witness=witness)
+                 checkpoint_every: int = 1000, witness: FileWitness | HttpWitness | None = None,
+                 sync: str = "before-run") -> None:
+        super().__init__(signer=signer, checkpoint_every=checkpoint_every, witness=witness, sync=sync)
         self.url, self._password = url, password
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._waiters_lock = threading.Lock()
@@ -153,6 +158,11 @@ class PostgresAuditStore(AuditStore):
 
     def _connect(self) -> PgConnection:
         return connect(self.url, self._password)
+
+    def _begin_write(self, durable: bool) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        if not durable:  # PostgreSQL's asynchronous commit: its WAL writer flushes it within 3 × wal_writer_delay
+            self.conn.execute("SET LOCAL synchronous_commit = off")
 
     def where(self) -> str:
         """The URL without user or password: host, port and database."""

@@ -2,17 +2,24 @@
 
 Writes are serialised by SQLite's write lock (``BEGIN IMMEDIATE``, across processes sharing the
 file) and committed with ``synchronous=FULL``, so an append that has returned is on disk:
-`call.requested` is durable before anything runs. The log itself is store/audit_store.py's.
+`call.requested` is durable before anything runs. A transaction of only the guard's terminal events
+(events.FLUSHED_LATER) commits with ``synchronous=NORMAL`` instead: in the WAL, so a killed gateway
+loses nothing, and fsynced by a flusher thread within events.FLUSH_S (or at once by the next FULL
+commit, whose fsync covers the whole WAL). The log itself is store/audit_store.py's.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import ClassVar
 
 import sqlite_utils
 
+from bastion.store import events as ev
 from bastion.store.audit_store import AuditStore
 from bastion.store.checkpoints import FileWitness, HttpWitness, Signer
 from bastion.store.errors import StoreError
@@ -27,9 +34,14 @@ class SqliteAuditStore(AuditStore):
     _reader: sqlite3.Connection
 
     def __init__(self, path: str | Path, *, signer: Signer | None = None, checkpoint_every: int = 1000,
-                 witness: FileWitness | HttpWitness | None = None) -> None:
-        super().__init__(signer=signer, checkpoint_every=checkpoint_every, witness=witness)
+                 witness: FileWitness | HttpWitness | None = None, sync: str = "before-run") -> None:
+        super().__init__(signer=signer, checkpoint_every=checkpoint_every, witness=witness, sync=sync)
         self.path = Path(path)
+        self._full = True  # the writer connection's synchronous setting
+        self._flush = threading.Condition()
+        self._unflushed_at: float | None = None  # when the oldest commit not yet fsynced was made
+        self._flusher: threading.Thread | None = None
+        self._closing = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
@@ -53,6 +65,63 @@ class SqliteAuditStore(AuditStore):
 
     def where(self) -> str:
         return str(self.path)
+
+    def _begin_write(self, durable: bool) -> None:
+        if durable != self._full:  # outside a transaction: SQLite ignores it inside one
+            self.conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._full = durable
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _committed(self, durable: bool) -> None:
+        with self._flush:
+            if durable:  # this commit's fsync of the WAL covered every earlier commit too
+                self._unflushed_at = None
+                return
+            if self._unflushed_at is None:
+                self._unflushed_at = time.monotonic()
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_forever, name="bastion-audit-flush", daemon=True)
+                self._flusher.start()
+            self._flush.notify()
+
+    def _flush_forever(self) -> None:
+        while True:
+            with self._flush:
+                while self._unflushed_at is None and not self._closing:
+                    self._flush.wait()
+                if self._unflushed_at is None:
+                    return
+                due = self._unflushed_at + ev.FLUSH_S
+                self._flush.wait(max(0.0, due - time.monotonic()))
+                if self._unflushed_at is None or (time.monotonic() < due and not self._closing):
+                    continue  # a FULL commit flushed it meanwhile, or woken early: look again
+                self._unflushed_at = None  # a commit from here on sets it again
+            self.flush()
+
+    def unflushed(self) -> bool:
+        """Whether a commit is waiting for its fsync."""
+        with self._flush:
+            return self._unflushed_at is not None
+
+    def flush(self) -> None:
+        """fsync the WAL: every commit made so far is on disk. A missing WAL was checkpointed into the
+        database file, which SQLite fsyncs after a checkpoint."""
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._flush:
+            self._closing = True
+            self._unflushed_at = None
+            self._flush.notify()
+        self.flush()
+        super().close()
 
     def unwritable(self) -> str | None:
         """Takes the write lock for a moment on a connection of its own and writes nothing."""

@@ -14,7 +14,7 @@ from bastion.tools import masking
 from bastion.tools.calls import Caller
 from bastion.tools.connections import Connection
 from bastion.tools.executors.base import QueryResult, RunRequest, reads_functions
-from bastion.tools.guard import Vetted, fail_closed, scoped, validate_text
+from bastion.tools.guard import Guard, Vetted, fail_closed, scoped, validate_text
 
 
 async def prepare(connection: Connection, text: str | None = None) -> None:
@@ -33,8 +33,10 @@ async def prepare(connection: Connection, text: str | None = None) -> None:
         return
     unresolved = False
     if text is not None and executor.functions is not None and not executor.functions_stale():
-        # Parsing a big text takes seconds: off the event loop, so other callers are not held up.
-        unresolved = await anyio.to_thread.run_sync(_names_unresolved, connection, executor.functions, text)
+        if len(text) <= Guard.OFFLOAD_BYTES:  # the guard vets it on the loop too: the analysis is cached for it
+            unresolved = _names_unresolved(connection, executor.functions, text)
+        else:  # parsing a big text takes seconds: off the event loop, so other callers are not held up
+            unresolved = await anyio.to_thread.run_sync(_names_unresolved, connection, executor.functions, text)
     await executor.refresh_functions(unresolved)
 
 
