@@ -16,7 +16,8 @@ from sqlglot.tokens import TokenType
 
 from bastion.policy.sql import postgres_parser, sqlglot_reuse
 from bastion.policy.sql.facts import Analysis, Kind, Statement
-from bastion.policy.sql.sqlglot_facts import statement_facts
+from bastion.policy.sql.postgres_parser import PgStatement
+from bastion.policy.sql.sqlglot_facts import statement_facts, with_second_opinion
 
 # sqlglot logs a warning for every Command fallback; Bastion reports those as facts instead.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -70,7 +71,7 @@ def _analyse_postgres(text: str, default_schema: str) -> Analysis:
     statements = []
     for pg_stmt in pg_statements:
         try:
-            statement = _facts(pg_stmt.text, "postgres", default_schema)
+            statement = _facts(pg_stmt.text, "postgres", default_schema, pg_stmt)
         except SqlglotError as error:
             return _fail("postgres", "guard:parsers-disagree",
                          f"parsers disagree: PostgreSQL reads a {pg_stmt.kind.value} statement that sqlglot cannot parse ({_short(error)})")
@@ -80,15 +81,7 @@ def _analyse_postgres(text: str, default_schema: str) -> Analysis:
         if statement.kind == Kind.EXPLAIN and statement.explained is not None and pg_stmt.explained_kind != statement.explained.kind:
             return _fail("postgres", "guard:parsers-disagree",
                          f"parsers disagree on what `{_clip(pg_stmt.text)}` explains")
-        statement = _with_sequences(statement, pg_stmt.sequences, default_schema)
-        # Functions: the union of both parsers' lists, so neither can hide a call from the other.
-        statement = replace(statement,
-                            functions=statement.functions | pg_stmt.functions,
-                            attributes=pg_stmt.attributes,
-                            calls=pg_stmt.calls,
-                            # PostgreSQL's parser reads EXPLAIN's options exactly (ANALYZE false, off, 0).
-                            explain_analyze=pg_stmt.explain_analyze)
-        statements.append(statement)
+        statements.append(_with_sequences(statement, pg_stmt.sequences, default_schema))
     return Analysis(dialect="postgres", statements=tuple(statements))
 
 
@@ -173,11 +166,12 @@ def split(text: str, dialect: str) -> list[str]:
     return pieces
 
 
-def _facts(piece: str, dialect: str, default_schema: str) -> Statement:
+def _facts(piece: str, dialect: str, default_schema: str, pg: PgStatement | None = None) -> Statement:
+    """The facts of one statement; ``pg``: what PostgreSQL's parser read of it (with_second_opinion)."""
     tree = _parse_one(piece, dialect)
     if isinstance(tree, exp.Command) and str(tree.this).upper() == "EXPLAIN":
-        return _explain_facts(piece, dialect, default_schema)
-    statement = statement_facts(tree, piece, default_schema)
+        return _explain_facts(piece, dialect, default_schema, pg)
+    statement = statement_facts(tree, piece, default_schema, pg)
     if dialect == "sqlite":
         # sqlglot renames functions it knows (sqlite_version → current_version) and keeps quoted
         # names' case; SQLite matches names case-insensitively. Add every name called as written.
@@ -201,7 +195,7 @@ _NOT_NAMES = {TokenType.L_PAREN, TokenType.R_PAREN, TokenType.COMMA, TokenType.S
 _EXPLAIN_WORDS = {"ANALYZE", "ANALYSE", "VERBOSE", "QUERY", "PLAN"}
 
 
-def _explain_facts(piece: str, dialect: str, default_schema: str) -> Statement:
+def _explain_facts(piece: str, dialect: str, default_schema: str, pg: PgStatement | None) -> Statement:
     """EXPLAIN [ (options) | ANALYZE VERBOSE | QUERY PLAN ] inner: facts of inner, wrapped."""
     # The tokenizer keeps everything after the EXPLAIN keyword as one string: tokenize the rest.
     rest = piece[sqlglot_reuse.tokenize(piece, dialect)[0].end + 1 :]
@@ -222,8 +216,8 @@ def _explain_facts(piece: str, dialect: str, default_schema: str) -> Statement:
     if i >= len(tokens):
         raise SqlglotError("EXPLAIN without a statement")
     inner = _facts(rest[tokens[i].start :], dialect, default_schema)
-    return Statement(text=piece, kind=Kind.EXPLAIN, kinds=frozenset({Kind.EXPLAIN}),
-                     explain_analyze=analyze, explained=inner, opaque=inner.opaque)
+    return with_second_opinion(pg, text=piece, kind=Kind.EXPLAIN, kinds=frozenset({Kind.EXPLAIN}),
+                               explain_analyze=analyze, explained=inner, opaque=inner.opaque)
 
 
 def _short(error: Exception) -> str:

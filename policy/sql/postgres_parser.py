@@ -13,6 +13,7 @@ from typing import Any
 
 from pglast import parser as pg
 
+from bastion.policy.cache import ClearingCache
 from bastion.policy.sql.facts import FunctionRef, Kind
 
 
@@ -100,7 +101,15 @@ def _strings(items: Any) -> list[str] | None:
 
 def _ref(how: str, names: list[str] | None, nargs: int, out: set[FunctionRef]) -> None:
     if names:
-        out.add(FunctionRef(how, names[-2] if len(names) >= 2 else None, names[-1], nargs))
+        key = (how, names[-2] if len(names) >= 2 else None, names[-1], nargs)
+        ref = _REFS.get(key)
+        if ref is None:  # texts name few distinct references: made once, shared (it is immutable)
+            ref = FunctionRef(*key)
+            _REFS.put(key, ref)
+        out.add(ref)
+
+
+_REFS: ClearingCache[tuple[str, str | None, str, int], FunctionRef] = ClearingCache(4096)
 
 
 # BETWEEN is spelt as a keyword in the tree; PostgreSQL runs it with >= and <=.

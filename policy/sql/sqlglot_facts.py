@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlglot import exp
 
 from bastion.policy.sql.facts import Kind, Statement
+from bastion.policy.sql.postgres_parser import PgStatement
 
 # Top-level node class → kind. Order matters only for subclasses (none overlap here).
 _KIND_OF_NODE: tuple[tuple[type[exp.Expr], Kind], ...] = (
@@ -101,14 +103,26 @@ def function_name(node: exp.Func) -> str:
     return node.sql_name().lower()
 
 
-def statement_facts(tree: exp.Expr, text: str, default_schema: str) -> Statement:
+def with_second_opinion(pg: PgStatement | None, **fields: Any) -> Statement:
+    """A Statement of ``fields`` with what PostgreSQL's parser read of the same text (``pg``): the
+    union of both parsers' functions, so neither can hide a call from the other; attribute names,
+    function references and EXPLAIN's options as the server reads them (ANALYZE false, off, 0).
+    Built once, rather than built and then copied with these fields replaced."""
+    if pg is not None:
+        fields.update(functions=fields.get("functions", frozenset()) | pg.functions, attributes=pg.attributes,
+                      calls=pg.calls, explain_analyze=pg.explain_analyze)
+    return Statement(**fields)
+
+
+def statement_facts(tree: exp.Expr, text: str, default_schema: str, pg: PgStatement | None = None) -> Statement:
+    """The facts sqlglot's ``tree`` gives, with PostgreSQL's parser's (``pg``) when there is one."""
     kind = kind_of(tree)
     nodes = _by_type(tree)  # one walk; every fact below reads these lists
     if isinstance(tree, exp.Command) or nodes.commands:
         keyword = str(tree.this).upper() if isinstance(tree, exp.Command) else "a nested statement"
-        return _opaque(text, kind, f"the SQL parser understands `{keyword}` only as an opaque command")
+        return _opaque(text, kind, f"the SQL parser understands `{keyword}` only as an opaque command", pg)
     if kind is Kind.OTHER:  # parsed, but as something that is not a statement Bastion knows
-        return _opaque(text, kind, "it is not a statement kind Bastion knows")
+        return _opaque(text, kind, "it is not a statement kind Bastion knows", pg)
 
     targets = _write_targets(tree, nodes)
     reads: set[str] = set()
@@ -134,7 +148,8 @@ def statement_facts(tree: exp.Expr, text: str, default_schema: str) -> Statement
     select_into = any(s.args.get("into") for s in nodes.selects)
     if select_into:  # SELECT INTO creates a table: it needs what CREATE TABLE AS needs
         kinds.add(Kind.CREATE)
-    return Statement(
+    return with_second_opinion(
+        pg,
         text=text,
         kind=kind,
         kinds=frozenset(kinds),
@@ -163,11 +178,27 @@ class _Nodes:
         self.locking = False
 
 
+def walk(tree: exp.Expr) -> list[exp.Expr]:
+    """Every node of ``tree``, in the order of sqlglot's ``tree.walk()`` (breadth first: each node's
+    args in order, lists exploded), without its two generators per node: the list grows at its end
+    while the loop reads it from the front, as walk()'s deque is appended to and popped."""
+    expr = exp.Expr
+    queue: list[exp.Expr] = [tree]
+    for node in queue:
+        for value in node.args.values():
+            if isinstance(value, list):
+                queue.extend(v for v in value if isinstance(v, expr))
+            elif isinstance(value, expr):
+                queue.append(value)
+    return queue
+
+
 def _by_type(tree: exp.Expr) -> _Nodes:
     out = _Nodes()
-    for node in tree.walk():
+    lists_of = _LISTS.get
+    for node in walk(tree):
         kind = type(node)
-        lists = _LISTS.get(kind)
+        lists = lists_of(kind)
         if lists is None:
             lists = _LISTS[kind] = _lists_for(kind)
         for name in lists:
@@ -194,8 +225,8 @@ def _lists_for(kind: type) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _opaque(text: str, kind: Kind, why: str) -> Statement:
-    return Statement(text=text, kind=kind, kinds=frozenset({kind}), opaque=why)
+def _opaque(text: str, kind: Kind, why: str, pg: PgStatement | None) -> Statement:
+    return with_second_opinion(pg, text=text, kind=kind, kinds=frozenset({kind}), opaque=why)
 
 
 def qualified(table: exp.Table, default_schema: str) -> str:
