@@ -58,7 +58,7 @@ from bastion.policy.shell.facts import Command, Node, ShellAnalysis
 from bastion.policy.shell.presets import INSPECT
 from bastion.policy.shell.rules import ShellPolicy
 from bastion.policy.shell.rebuild import _Builder
-from bastion.policy.shell.words import ARITH, CMDSUB, GLOB, LIT, PARAM, TILDE, Segment, Word
+from bastion.policy.shell.words import ARITH, CMDSUB, GLOB, LIT, PARAM, PARAM_OP, TILDE, Segment, Word
 
 HERE = Path(__file__).resolve().parent
 CORPUS = tomllib.loads((HERE / "golden" / "shell_cases.toml").read_text())["case"]
@@ -462,6 +462,8 @@ def _expand(word: Word, sandbox: Sandbox, bindings: dict[str, str] | None = None
             value = env["HOME"] + segment.text[1:] if segment.text == "~" else segment.text
         elif segment.kind == PARAM:
             value = (bindings or {}).get(segment.text, env.get(segment.text, ""))
+        elif segment.kind == PARAM_OP:  # ${x:-w}, ${f%.py}: bash computes it, with the same variables
+            value = _bash_output(f'printf %s "${{{segment.text}}}"', {**env, **(bindings or {})})
         elif segment.kind == CMDSUB:
             value = ""
         elif segment.kind == ARITH:

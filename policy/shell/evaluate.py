@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from fnmatch import fnmatchcase
 
 from bastion.policy.outcome import Outcome, first_outcome
-from bastion.policy.shell import programs
+from bastion.policy.shell import parameter, programs
 from bastion.policy.shell.analyze import FILE_TESTS
 from bastion.policy.shell.facts import Command, Node, ShellAnalysis
 from bastion.policy.shell.rules import ShellRule
-from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PROCSUB, TILDE, Segment, Word
+from bastion.policy.shell import values
+from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PARAM_OP, PROCSUB, TILDE, Segment, Word
 
 _WRITE_OPS = (">", ">>", ">|", "&>", "&>>", "<>")
 _HOME = "/~home"  # how a leading ~ is written in paths checked against deny_paths
@@ -248,8 +249,12 @@ def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
         for word in command.args + tuple(r.target for r in command.redirects if r.target):
             for segment in word.segments:
                 if segment.kind == PARAM_COMPLEX:
-                    yield Outcome("none", f"{rule.id}:expansion", f"`${{{segment.text}}}` is not a plain variable",
-                                  hint=f"Variables allowed: {', '.join('$' + v for v in sorted(rule.variables))}.")
+                    yield Outcome("none", f"{rule.id}:expansion", f"`${{{segment.text}}}` is not accepted: "
+                                  f"{_complex_reason(segment)}", hint=_PARAMETER_HINT)
+                elif segment.kind == PARAM_OP:
+                    why = _parameter_refusal(segment, rule, analysis)
+                    if why:
+                        yield Outcome("none", f"{rule.id}:expansion", why, hint=_PARAMETER_HINT)
                 elif segment.kind == PARAM and segment.text not in rule.variables | analysis.loop_variables:
                     yield Outcome("none", f"{rule.id}:expansion", f"the variable `${segment.text}` is not allowed",
                                   hint=f"Variables allowed: {', '.join('$' + v for v in sorted(rule.variables))}.")
@@ -266,6 +271,36 @@ def check_expansions(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iter
                               hint="Write options plainly.")
         if command.assignments and not rule.allow_assignments and command.context != "while-read":
             yield Outcome("none", f"{rule.id}:assignment", f"environment assignments (`{command.assignments[0]}`) are not allowed")
+
+
+_PARAMETER_HINT = ("Accepted: ${NAME:-WORD} ${NAME:+WORD} ${NAME:?WORD} ${#NAME} of an allowed variable; "
+                   "${f%.py} ${f#./} ${f##*/} ${f%/*} ${f/a/b} ${f^^} ${f:1:3} of a loop variable or $PWD; words of "
+                   "letters, digits, ._/,:@%+=- and $NAME.")
+
+
+def _complex_reason(segment: Segment) -> str:
+    parsed = parameter.parse(segment.text, segment.quoted)
+    return parsed if isinstance(parsed, str) else "it is not a plain variable"
+
+
+def _parameter_refusal(segment: Segment, rule: ShellRule, analysis: ShellAnalysis) -> str | None:
+    """A ${NAME OP ...} whose variables the rule allows; a value derived from another (trimmed,
+    replaced, recased, cut) only from a loop variable or $PWD, whose values the checks can follow
+    (policy.shell.values)."""
+    e = values.expansion(segment)
+    allowed = rule.variables | analysis.loop_variables
+    for name in e.variables:
+        if name not in allowed:
+            return f"the variable `${name}` in `${{{segment.text}}}` is not allowed"
+    if e.derived and e.name not in analysis.loop_variables and e.name != "PWD":
+        return (f"`${{{segment.text}}}` derives a value from `${e.name}`, which the policy knows only by name "
+                "(a part of it could be any path)")
+    for word in values.bindings(analysis).get(e.name) or ():
+        if not values.same_as_written(e, word):
+            return (f"`${{{segment.text}}}` would see `./` before each match of `{word.source}` (Bastion runs "
+                    f"`{word.source}` as `{word.value}`, so that no file name reads as an option); "
+                    f"loop over `{word.value}` to mean that")
+    return None
 
 
 def check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str) -> Iterator[Outcome | None]:
@@ -291,6 +326,7 @@ def _loop_words(node: Node | None) -> Iterator[Word]:
 
 
 def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
+    binds = values.bindings(analysis)
     for word in _loop_words(analysis.structure):  # `for f in ~/.ssh/*; do cat $f; done`
         why = _protected(rule, word, cwd, False)
         if why:
@@ -315,7 +351,7 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
         if recursive and sum(not w.value.startswith("-") for w in command.args) <= 1:
             words.append(Word(cwd, (Segment(LIT, cwd),)))  # grep -r PATTERN searches the working directory
         for word in words:
-            why = _protected(rule, word, cwd, recursive)
+            why = _protected_forms(rule, word, binds, cwd, recursive)
             if why:
                 yield Outcome("deny" if why[0] else "none", f"{rule.id}:path", why[1],
                               hint=None if why[0] else "Put glob patterns in the last path component only.")
@@ -325,11 +361,28 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
             # is the project). The first operand is grep's pattern.
             operands = [w for w in command.args if not w.value.startswith("-")][1:]
             for word in operands:
-                outside = [p for p in _path_forms(word, cwd) if p is not None and not _inside(p, workspace)]
+                made = values.forms(word, binds, cwd)
+                outside = [p for f in ([] if isinstance(made, str) else made) for p in _path_forms(f, cwd)
+                           if p is not None and not _inside(p, workspace)]
                 if outside:
                     yield Outcome("none", f"{rule.id}:path", f"a recursive search of `{word.value}` leaves the workspace",
                                   hint=f"Search inside the workspace, e.g. `{name} -rn PATTERN .`.")
                     break
+
+
+def _protected_forms(rule: ShellRule, word: Word, binds: values.Bindings, cwd: str,
+                     recursive: bool) -> tuple[bool, str] | None:
+    """_protected for every value the word may take (policy.shell.values); a word whose values cannot
+    be bounded is not covered."""
+    made = values.forms(word, binds, cwd)
+    if isinstance(made, str):
+        return False, made
+    for form in made:
+        why = _protected(rule, form, cwd, recursive)
+        if why:
+            shown = f" (as `{form.value}`)" if form.value != word.value else ""
+            return why[0], why[1] + shown
+    return None
 
 
 # Directories a recursive search must not start at or above: they hold other users' and the
@@ -453,17 +506,23 @@ def _check_redirects(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspa
                               hint="Name the file as an argument instead (`cat FILE`).")
     if rule.redirects != "write":
         return
+    binds = values.bindings(analysis)
     for command in all_commands(analysis):
         name = command.program.value.rsplit("/", 1)[-1] if command.program is not None else ""
         if name not in _WRITERS:
             continue
         for word in command.args:
-            if word.value.startswith("-") or not word.literal and GLOB not in word.expansions:
-                continue
-            path = posixpath.normpath(posixpath.join(cwd, word.value))
-            if not _writable(rule, path, workspace):
-                yield Outcome("none", f"{rule.id}:write-path", f"`{name} {word.value}` writes outside the workspace",
-                              hint=f"Write inside `{workspace}`.")
+            made = values.forms(word, binds, cwd)  # a loop variable: each of its words
+            for form in ([] if isinstance(made, str) else made):
+                if form.value.startswith("-") or any(s.kind not in (LIT, GLOB, TILDE) for s in form.segments) \
+                        or TILDE in form.expansions:
+                    continue  # an option, or a value nobody bounds (the sandbox is the boundary)
+                path = posixpath.normpath(posixpath.join(cwd, form.value))
+                if not _writable(rule, path, workspace):
+                    yield Outcome("none", f"{rule.id}:write-path", f"`{name} {word.value}` writes outside the workspace"
+                                  + (f" (as `{form.value}`)" if form.value != word.value else ""),
+                                  hint=f"Write inside `{workspace}`.")
+                    break
 
 
 CHECKS = (check_operators, check_constructs, check_programs, check_cd, check_arguments, check_expansions, check_paths,

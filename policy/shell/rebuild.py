@@ -11,7 +11,7 @@ import shlex
 
 from bastion.policy.shell.analyze import analyse_shell
 from bastion.policy.shell.facts import Command, Node, Redirect, ShellAnalysis
-from bastion.policy.shell.words import ARITH, CMDSUB, GLOB, LIT, PARAM, PROCSUB, TILDE, Word
+from bastion.policy.shell.words import ARITH, CMDSUB, GLOB, LIT, PARAM, PARAM_OP, PROCSUB, TILDE, Word
 
 
 class RebuildError(ValueError):
@@ -144,7 +144,9 @@ class _Builder:
                 out.append(shlex.quote(segment.text) if segment.text else "''")
             elif segment.kind in (GLOB, TILDE):
                 out.append(segment.text)
-            elif segment.kind == PARAM:
+            elif segment.kind in (PARAM, PARAM_OP):
+                # Double-quoted: one word, never globbed; an operator's operands are plain
+                # (policy.shell.parameter), so they mean the same inside the quotes.
                 out.append(f'"${{{segment.text}}}"')
             elif segment.kind == CMDSUB:
                 inner = f"$({self.node(self.substitutions[segment.start])})"
@@ -164,7 +166,7 @@ class _Builder:
         for segment in word.segments:
             if segment.kind == LIT:
                 out.append("".join("\\" + c if c in '\\$`"' else c for c in segment.text))
-            elif segment.kind == PARAM:
+            elif segment.kind in (PARAM, PARAM_OP):
                 out.append(f"${{{segment.text}}}")
             elif segment.kind == CMDSUB:
                 out.append(f"$({self.node(self.substitutions[segment.start])})")

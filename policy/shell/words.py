@@ -12,9 +12,13 @@ import re
 from dataclasses import dataclass
 from itertools import product
 
+from bastion.policy.shell.parameter import Expansion
+from bastion.policy.shell.parameter import parse as parse_parameter
+
 # Segment kinds. "lit" is literal text after quote removal; the rest are expansions bash performs.
 LIT, GLOB, TILDE, PARAM, PARAM_COMPLEX, CMDSUB, PROCSUB, ARITH = (
     "lit", "glob", "tilde", "param", "param-complex", "command-substitution", "process-substitution", "arithmetic")
+PARAM_OP = "param-op"  # ${x:-w}, ${f%.py}, ${#x} ...: an operator policy.shell.parameter reads
 _BRACE = "brace"  # unquoted { , } : resolved by expand_braces, never left in a Word
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -24,7 +28,8 @@ _SPECIAL_PARAMS = set("@*#?-$!0123456789")
 @dataclass(frozen=True)
 class Segment:
     kind: str
-    text: str  # lit: the literal text; param: the name or raw ${...}; substitutions: the inner source
+    text: str  # lit: the literal text; param: the name; param-op, param-complex: the raw ${...} body;
+    # substitutions: the inner source
     quoted: bool = False
     start: int = -1  # absolute offset of a substitution in the whole command text (to find its parse)
 
@@ -34,6 +39,7 @@ class Word:
     source: str
     segments: tuple[Segment, ...]
     ansi_c: bool = False  # written with $'...' quoting somewhere
+    dot_slash: bool = False  # Bastion put ./ before its leading glob (the agent wrote `*.py`, it runs `./*.py`)
 
     @property
     def literal(self) -> bool:
@@ -42,7 +48,7 @@ class Word:
     @property
     def value(self) -> str:
         """The word's text with expansions shown as written (exact when ``literal``)."""
-        return "".join(s.text if s.kind in (LIT, GLOB, TILDE) else f"${{{s.text}}}" if s.kind == PARAM else "…"
+        return "".join(s.text if s.kind in (LIT, GLOB, TILDE) else f"${{{s.text}}}" if s.kind in (PARAM, PARAM_OP) else "…"
                        for s in self.segments)
 
     @property
@@ -68,7 +74,7 @@ class Word:
 
     @property
     def variables(self) -> tuple[str, ...]:
-        return tuple(s.text for s in self.segments if s.kind in (PARAM, PARAM_COMPLEX))
+        return tuple(s.text for s in self.segments if s.kind in (PARAM, PARAM_OP, PARAM_COMPLEX))
 
 
 class WordError(ValueError):
@@ -194,7 +200,8 @@ def lex(src: str, offset: int, subs: dict[int, tuple[int, str]]) -> list[tuple[s
             body = src[at + 2 : close]
             if offset + at not in subs and ("$(" in body or "`" in body):
                 raise WordError("a substitution inside ${...} is not accepted")
-            kind = PARAM if _NAME.fullmatch(body) else PARAM_COMPLEX
+            kind = PARAM if _NAME.fullmatch(body) else \
+                PARAM_OP if isinstance(parse_parameter(body, quoted), Expansion) else PARAM_COMPLEX
             out.append((kind, body, quoted, -1))
             return close + 1
         m = _NAME.match(src, at + 1)
@@ -328,10 +335,11 @@ def words(src: str, offset: int, subs: dict[int, tuple[int, str]], budget: Budge
         lead = 0
         while lead < len(segments) and segments[lead].kind == LIT and not segments[lead].text:
             lead += 1
-        if lead < len(segments) and segments[lead].kind == GLOB and not pattern:
+        dot_slash = lead < len(segments) and segments[lead].kind == GLOB and not pattern
+        if dot_slash:
             segments[:lead] = [Segment(LIT, "./")]
         budget.spend(len(segments))
-        out.append(Word(src, tuple(segments), ansi))
+        out.append(Word(src, tuple(segments), ansi, dot_slash))
     return out
 
 
