@@ -70,7 +70,7 @@ def _walk(cursor: Any, wanted: frozenset[int], leaves: bool = False) -> _Range:
     first_seq = first_prev = last_hash = None
     last_seq = 0
     canonical, sha256 = ev.canonical, hashlib.sha256
-    leaf_hashes: list[bytes] = []
+    leaf_hashes = bytearray()  # 32 bytes an event: a list of bytes objects would take about 75
     while rows := cursor.fetchmany(_PAGE):
         for row in rows:
             seq, prev_hash, hash_ = row[0], row[n_fields + 1], row[n_fields + 2]
@@ -84,13 +84,13 @@ def _walk(cursor: Any, wanted: frozenset[int], leaves: bool = False) -> _Range:
                                     "moved before it)")
             data = canonical(row[1 : n_fields + 1])
             if leaves:
-                leaf_hashes.append(leaf_hash(data))
+                leaf_hashes += leaf_hash(data)
             if problem is None and sha256(prev_hash.encode() + b"\n" + data).hexdigest() != hash_:
                 problem = (seq, "its content does not match its hash (the event was edited)")
             if seq in wanted:
                 hashes[seq] = hash_
             count, last_seq, last_hash = count + 1, seq, hash_
-    return _Range(count, first_seq, first_prev, last_seq, last_hash, problem, hashes, b"".join(leaf_hashes))
+    return _Range(count, first_seq, first_prev, last_seq, last_hash, problem, hashes, bytes(leaf_hashes))
 
 
 class _Pages:
