@@ -159,6 +159,9 @@ REFUSED = [
     ("echo ${x:-$(rm -rf /)}", "inspect:program", "`rm`"),
     ("cat ${HOME:-/etc/shadow}", "inspect:path", "/etc/shadow"),
     ("for d in /; do cat ${d}proc/1/environ; done", "inspect:path", "/proc/1/environ"),
+    ("echo $(for d in /; do cat ${d}proc/1/environ; done)", "inspect:path", "/proc/1/environ"),
+    ("echo $(for f in /etc/shadow; do cat $f; done)", "inspect:path", "/etc/shadow"),
+    ("cat ${d}/etc/shadow; for d in x; do echo $d; done", "inspect:path", "/etc/shadow"),
     ("for f in /root; do cat ${f%root}etc/shadow; done", "inspect:path", "/etc/shadow"),
     ("for f in /etc/x; do cat ${f/x/shadow}; done", "inspect:path", "/etc/shadow"),
     ("for f in /PROC/1/ENVIRON; do cat ${f,,}; done", "inspect:path", "/proc/1/environ"),
@@ -246,4 +249,13 @@ def test_loop_variables_are_judged_by_each_loop_word() -> None:
     assert binds["f"] is None and binds["d"] is not None
     made = values.forms(analysis.commands[0].args[0], binds, "/w")
     assert not isinstance(made, str) and sorted(w.value for w in made) == ["/x", "srcx"]
+    # Used outside its loop (here before it), the variable may also be unset.
+    analysis = analyse_shell("cat ${d}x; for d in a; do echo $(cat $d); done")
+    binds = values.bindings(analysis)
+    made = values.forms(analysis.commands[0].args[0], binds, "/w")
+    assert not isinstance(made, str) and sorted(w.value for w in made) == ["ax", "x"]
+    # A command in a substitution inside the loop is inside it: the variable is set there.
+    analysis = analyse_shell("for d in a; do echo $(cat $d); done")
+    made = values.forms(analysis.commands[0].args[0], values.bindings(analysis), "/w")
+    assert not isinstance(made, str) and [w.value for w in made] == ["a"], analysis.summary()
     assert [s.kind for s in _loop_word("*.py").segments] == [LIT, GLOB, LIT]

@@ -327,7 +327,7 @@ def _loop_words(node: Node | None) -> Iterator[Word]:
 
 def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
     binds = values.bindings(analysis)
-    for word in _loop_words(analysis.structure):  # `for f in ~/.ssh/*; do cat $f; done`
+    for word in (w for tree in values.trees(analysis) for w in _loop_words(tree)):  # `for f in ~/.ssh/*; do`
         why = _protected(rule, word, cwd, False)
         if why:
             yield Outcome("deny" if why[0] else "none", f"{rule.id}:path", why[1],

@@ -16,6 +16,7 @@ the word is refused as a path nobody can bound."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from itertools import product
 
@@ -27,27 +28,67 @@ Bindings = dict[str, "tuple[Word, ...] | None"]  # None: any value
 MAX_FORMS = 256
 
 
-def bindings(analysis: ShellAnalysis) -> Bindings:
-    """Each loop variable's possible values: the words of every `for` loop naming it, or None (any
-    value) when a `while read` sets it."""
-    out: dict[str, tuple[Word, ...] | None] = {}
+def trees(analysis: ShellAnalysis) -> list[Node]:
+    """The text's structure and the structure of every command and process substitution in it."""
+    return ([analysis.structure] if analysis.structure is not None else []) + [n for _, n in analysis.substitutions]
 
-    def walk(node: Node | None) -> None:
-        if node is None:
-            return
+
+def bindings(analysis: ShellAnalysis) -> Bindings:
+    """Each loop variable's possible values: the words of every `for` loop naming it (and nothing, where
+    a command outside such a loop uses it: before the loop it is unset), or None (any value) when a
+    `while read` sets it."""
+    out: dict[str, tuple[Word, ...] | None] = {}
+    inside: dict[str, set[int]] = {}
+    subs = dict(analysis.substitutions)
+
+    def commands(node: Node) -> set[int]:
+        found = {node.index} if node.index >= 0 else set()
+        for item in node.items:
+            found |= commands(item)
+        for index in list(found):  # and the commands of the substitutions in them
+            for word in _words(analysis, index):
+                for segment in word.segments:
+                    if segment.start in subs:
+                        found |= commands(subs[segment.start])
+        return found
+
+    def walk(node: Node) -> None:
         if node.kind == "for" and node.name:
             known = out.get(node.name, ())
             out[node.name] = None if known is None else known + node.words
+            inside.setdefault(node.name, set()).update(commands(node))
         for item in node.items:
             walk(item)
 
-    walk(analysis.structure)
+    for tree in trees(analysis):
+        walk(tree)
+    for index in range(len(analysis.commands)):
+        for name in {n for word in _words(analysis, index) for n in _names(word)}:
+            known = out.get(name)
+            if known is not None and index not in inside.get(name, set()) and _UNSET not in known:
+                out[name] = known + (_UNSET,)
     for command in analysis.commands:
         if command.context == "while-read":
             for word in command.args:
                 if word.value != "-r":
                     out[word.value] = None
     return out
+
+
+_UNSET = Word("", (Segment(LIT, ""),))
+
+
+def _words(analysis: ShellAnalysis, index: int) -> list[Word]:
+    command = analysis.commands[index]
+    return list(command.argv) + [r.target for r in command.redirects if r.target is not None]
+
+
+def _names(word: Word) -> Iterator[str]:
+    for segment in word.segments:
+        if segment.kind == PARAM:
+            yield segment.text
+        elif segment.kind == PARAM_OP:
+            yield from expansion(segment).variables
 
 
 @lru_cache(maxsize=1024)
