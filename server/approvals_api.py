@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 from urllib.parse import quote
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -39,6 +38,7 @@ from bastion.server.auth import OidcVerifier
 from bastion.server.config import Config
 from bastion.store.errors import StoreError
 from bastion.tools import approvals
+from bastion.tools.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Refused(Exception):
         self.headers = headers or {}
 
 
-def verifier_for(config: Config, gateway: Any, server: Any) -> OidcVerifier:
+def verifier_for(config: Config, gateway: Gateway, server: object) -> OidcVerifier:
     """The MCP server's own verifier (its JWKS cache, its `auth.refused` recording), or a new one.
 
     The MCP app's bearer middleware wraps every route of the HTTP app, this API included: a request
@@ -71,7 +71,7 @@ def verifier_for(config: Config, gateway: Any, server: Any) -> OidcVerifier:
     return verifier
 
 
-def api_app(config: Config, gateway: Any, server: Any) -> Starlette:
+def api_app(config: Config, gateway: Gateway, server: object) -> Starlette:
     assert config.auth is not None
     auth = config.auth
     verifier = verifier_for(config, gateway, server)

@@ -63,6 +63,7 @@ from bastion.server.config import Config
 from bastion.store.approvals import HoldStatus
 from bastion.store.errors import StoreError
 from bastion.tools.approvals import LIST_SCAN, MAX_REASON, decide, effective_status, list_visible, load_visible
+from bastion.tools.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def oauth_client(config: Config) -> Any:
 # -- the page --------------------------------------------------------------------------------------
 
 class Page:
-    def __init__(self, config: Config, gateway: Any) -> None:
+    def __init__(self, config: Config, gateway: Gateway) -> None:
         assert config.auth is not None
         self.config = config
         self.gateway = gateway
@@ -329,7 +330,7 @@ class Page:
                             code="not_found" if exc.status_code == 404 else "http_error")
 
 
-def page_app(config: Config, gateway: Any) -> Starlette:
+def page_app(config: Config, gateway: Gateway) -> Starlette:
     page = Page(config, gateway)
     return Starlette(
         routes=[

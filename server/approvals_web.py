@@ -33,6 +33,7 @@ from bastion.policy.identity import Identity
 from bastion.server.config import Config
 from bastion.store.approvals import Held, HoldStatus
 from bastion.tools.approvals import effective_status
+from bastion.tools.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def disabled_app() -> Starlette:
     return Starlette(routes=[Route("/", explain, methods=methods), Route("/{rest:path}", explain, methods=methods)])
 
 
-def approvals_app(config: Config, gateway: Any, server: Any) -> ASGIApp:
+def approvals_app(config: Config, gateway: Gateway, server: object) -> ASGIApp:
     """The app mounted at /approvals: the JSON API under /api and the page beside it."""
     if config.auth is None:
         return SecurityHeaders(disabled_app())

@@ -8,13 +8,17 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
 from bastion.server.cli import _load, _store, audit, click_errors, config_option
+from bastion.server.config import Config
 from bastion.store.checkpoints import FileWitness, HttpWitness, Verifier, keygen
 from bastion.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from bastion.tools.connections import Connection
 
 
 def _public_keys(paths: tuple[str, ...], config_path: str | None, *, required: bool) -> list[Verifier]:
@@ -155,7 +159,7 @@ def verify_command(config_path: str | None, public_key: tuple[str, ...], witness
 @config_option
 @click.option("--size", type=int, help="Prove against the checkpoint at this tree size (default: the latest).")
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Write the proof to FILE.")
-def prove_command(call_id: str, config_path: str | None, size: int | None, output: Any) -> None:
+def prove_command(call_id: str, config_path: str | None, size: int | None, output: TextIO) -> None:
     """Print an inclusion proof of a call's events against a signed checkpoint, as JSON, for anyone to
     check offline with the public key (`bastion audit verify-proof`, or docs/verify_proof.py).
 
@@ -176,7 +180,7 @@ def prove_command(call_id: str, config_path: str | None, size: int | None, outpu
 @click.argument("new", type=int, required=False)
 @config_option
 @click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Write the proof to FILE.")
-def prove_consistency_command(old: int, new: int | None, config_path: str | None, output: Any) -> None:
+def prove_consistency_command(old: int, new: int | None, config_path: str | None, output: TextIO) -> None:
     """Print a proof (RFC 9162 consistency) that the log the signed checkpoint at OLD events vouches for
     is a prefix of the one at NEW (default: the latest), for anyone to check with the public key.
 
@@ -193,7 +197,7 @@ def prove_consistency_command(old: int, new: int | None, config_path: str | None
 @click.argument("proof_file", type=click.File("r", encoding="utf-8"))
 @click.option("--public-key", "public_key", type=click.Path(dir_okay=False), required=True, multiple=True,
               help="The log's public key (the .pub `bastion audit keygen` wrote); repeat it for a rotated key.")
-def verify_proof_command(proof_file: Any, public_key: tuple[str, ...]) -> None:
+def verify_proof_command(proof_file: TextIO, public_key: tuple[str, ...]) -> None:
     """Check a proof offline: an inclusion proof (the checkpoint's signature, each event's path to its
     root) or a consistency proof (both checkpoints' signatures, the older log a prefix of the newer).
     Needs no config and no log. Exit status 1 when it does not hold.
@@ -222,7 +226,7 @@ def verify_proof_command(proof_file: Any, public_key: tuple[str, ...]) -> None:
     click.echo("ok: proved")
 
 
-def draft_connections(draft: Any) -> dict[str, Any] | None:
+def draft_connections(draft: Config) -> dict[str, Connection] | None:
     """The draft's database connections that mask, their catalogs read, for `bastion policy backtest`
     to re-check masking verdicts; None (and a note) when they cannot be built or read."""
     import anyio
@@ -233,7 +237,7 @@ def draft_connections(draft: Any) -> dict[str, Any] | None:
     from bastion.tools.backtest import refresh_catalogs
     from bastion.tools.connections import Connection
 
-    async def build() -> dict[str, Any]:
+    async def build() -> dict[str, Connection]:
         policies, connections = draft.policies(), {}
         for name, conn in draft.connections.items():
             if isinstance(conn, ConnectionConfig) and (found := draft.masking(name)) is not None:

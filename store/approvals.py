@@ -54,7 +54,7 @@ import anyio
 
 from bastion.policy.approvals import ApprovalPolicy, binding_hash, refusal, text_hash
 from bastion.policy.errors import HoldClosed, HoldNotFound, ReasonRequired
-from bastion.policy.identity import Identity
+from bastion.policy.identity import Identity, IdentityRecord
 from bastion.store import events as ev
 from bastion.store.errors import StoreError
 from bastion.store.audit_store import AuditStore, Connection
@@ -94,7 +94,7 @@ class Vote:
     approve: bool
     reason: str | None
     at: str  # UTC, ISO 8601
-    identity: dict[str, Any] | None  # the approver's identity record (Identity.as_record())
+    identity: IdentityRecord | None  # the approver's; the column allows NULL
 
     def as_record(self) -> dict[str, Any]:
         return {"approver": self.approver, "approve": self.approve, "reason": self.reason, "at": self.at,
@@ -115,13 +115,13 @@ class Held:
     created: str
     expires_at: str
     status: HoldStatus
-    requester: dict[str, Any]  # Identity.as_record() of who asked
+    requester: IdentityRecord  # who asked
     requester_subject: str
     connection: str | None
     tool: str
     text: str  # the exact text
     text_hash: str
-    facts: Any
+    facts: ev.JsonObject | None  # the call's analysis, as its call.requested records it
     reason: str | None  # the agent's reason
     rule: str | None  # the rule that held it
     approver_groups: tuple[str, ...]
@@ -204,7 +204,7 @@ class ApprovalStore:
     # -- changes (each one transaction, with its event) -------------------------------------------
 
     def hold(self, *, call_id: str, requester: Identity, connection: str | None, tool: str, text: str,
-             policy: ApprovalPolicy, rule: str | None, facts: Any = None, reason: str | None = None) -> Held:
+             policy: ApprovalPolicy, rule: str | None, facts: ev.JsonObject | None = None, reason: str | None = None) -> Held:
         """Hold the call ``call_id``: join the live hold for its binding (pending, or approved and
         not yet used, unexpired), else create one, pending, expiring after ``policy.ttl_s``.
         Appends ``call.held`` for ``call_id`` either way. Returns the hold, ``joined`` set.

@@ -20,6 +20,7 @@ from bastion.policy.decision import Decision
 from bastion.policy.shell.rules import ShellPolicy
 from bastion.store.audit_store import AuditStore
 from bastion.tools import masking
+from bastion.tools.connections import Connection
 from bastion.tools.guard import Vetted, fail_closed, safe_check
 
 GUARDED_TOOLS = ("sql_query", "shell_run", "check")
@@ -49,14 +50,14 @@ class Backtest:
         return sum(n for k, n in self.counts.items() if k.split(" → ")[0] != k.split(" → ")[1])
 
 
-async def refresh_catalogs(connections: dict[str, Any]) -> None:
+async def refresh_catalogs(connections: Mapping[str, Connection]) -> None:
     """Read the catalog of every connection that masks columns (what the mask plan judges against)."""
     for connection in connections.values():
-        if getattr(connection, "masking", None) is not None and hasattr(connection, "executor"):
+        if connection.masking is not None:
             await masking.refresh(connection)
 
 
-def _masked(connection: Any, decision: Decision, text: str) -> Decision:
+def _masked(connection: Connection, decision: Decision, text: str) -> Decision:
     """``decision`` with the connection's mask plan folded in, as tools/sql.py's vet does."""
     def vet() -> Vetted:
         statements = analyse(text, connection.dialect, connection.policy.default_schema).statements
@@ -65,14 +66,14 @@ def _masked(connection: Any, decision: Decision, text: str) -> Decision:
     return fail_closed(vet).decision
 
 
-def redecide(policy: ConnectionPolicy | ShellPolicy, connection: Any, identity: Identity, text: str,
-             recorded: dict[str, Any], egress: Mapping[str, str]) -> tuple[Decision | None, str | None]:
+def redecide(policy: ConnectionPolicy | ShellPolicy, connection: Connection | None, identity: Identity, text: str,
+             recorded: Mapping[str, Any], egress: Mapping[str, str]) -> tuple[Decision | None, str | None]:
     """The draft's decision on one recorded call, or (None, why) when it keeps its recorded verdict."""
     decision = safe_check(policy, identity, text)
     rules = recorded.get("rules") or []
-    masks = connection is not None and getattr(connection, "masking", None) is not None
-    if isinstance(policy, ConnectionPolicy) and masks and connection.masking.rules.active:
-        if connection.masking.columns and connection.masking._catalog is None:
+    masks = connection.masking if connection is not None else None
+    if isinstance(policy, ConnectionPolicy) and connection is not None and masks is not None and masks.rules.active:
+        if masks.columns and masks._catalog is None:
             if any(r.startswith(MASK_RULES) for r in rules):
                 return None, "masking: the connection's catalog could not be read"
         decision = _masked(connection, decision, text)
@@ -88,7 +89,7 @@ def redecide(policy: ConnectionPolicy | ShellPolicy, connection: Any, identity: 
 
 
 def backtest(store: AuditStore, policies: dict[str, ConnectionPolicy | ShellPolicy], *,
-             after: str | None = None, examples: int = 5, connections: dict[str, Any] | None = None,
+             after: str | None = None, examples: int = 5, connections: Mapping[str, Connection] | None = None,
              egress: Mapping[str, str] | None = None) -> Backtest:
     """Decide every recorded guarded call again under ``policies`` (the draft), as the identity that
     made it; ``connections`` (the draft's, catalogs read) re-check masking, ``egress`` (egress alert

@@ -23,6 +23,7 @@ from typing import Any
 from bastion.policy import Decision, Verdict
 from bastion.policy.errors import InvalidInput
 from bastion.policy.masking import mask_text
+from bastion.store import events as ev
 from bastion.tools.calls import Caller
 from bastion.tools.connections import ShellConnection
 from bastion.tools.executors.container import ContainerExecutor, ContainerRuntime, Target
@@ -219,7 +220,7 @@ def _masked(connection: ContainerConnection, answer: ContainerAnswer) -> Contain
     return answer
 
 
-def result_record(answer: ContainerAnswer) -> dict[str, Any]:
+def result_record(answer: ContainerAnswer) -> ev.Outcome:
     record: dict[str, Any] = {"action": answer.action, "output": answer.output}
     if answer.details is not None:
         record["details"] = answer.details

@@ -201,7 +201,8 @@ class Gateway:
                                     result_record=sql.result_record, preview=sql.previewer(target, caller),
                                     confirmed=confirmed)
 
-    def _explained(self, target: Connection, caller: Caller, text: str, execute: Any) -> Any:
+    def _explained(self, target: Connection, caller: Caller, text: str,
+                   execute: Callable[[Vetted], Awaitable[QueryResult]]) -> Callable[[Vetted], Awaitable[QueryResult]]:
         """``execute``, with a database's refusal of what the policy allowed mapped to an `engine:*`
         rule and a hint that names what exists (policy.hints)."""
         async def run(vetted: Vetted) -> QueryResult:

@@ -15,14 +15,16 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from bastion.policy import Decision, Verdict, analyse, decide, hints
+from bastion.policy import ConnectionPolicy, Decision, Identity, Verdict, analyse, decide, hints
 from bastion.policy.errors import (ApprovalRequired, AuditUnavailable, BastionError, Denied, ExecutionError, InvalidInput,
                                    RateLimited, RowsAffectedExceeded)
+from bastion.policy.shell.rules import ShellPolicy
 from bastion.store import events as ev
 from bastion.store.errors import StoreError
 from bastion.store.limits import CallLimits
 from bastion.tools.alerts import Alerts
 from bastion.tools.calls import Caller
+from bastion.tools.connections import AnyConnection
 from bastion.tools.holds import Holds
 from bastion.tools.recorder import Recorder
 
@@ -94,7 +96,7 @@ def error_record(error: BaseException) -> ev.ErrorRecord:
     return {"code": "internal", "message": type(error).__name__}
 
 
-def scoped(connection: Any, caller: Caller, vetted: Vetted) -> Vetted:
+def scoped(connection: AnyConnection, caller: Caller, vetted: Vetted) -> Vetted:
     """Attach who the call runs as; on a mapped connection, an identity without a mapping is denied
     (it cannot even see the connection, so this is a second lock, not the first)."""
     if not connection.scoping.mapped:
@@ -319,7 +321,7 @@ class Guard:
 
     async def record_call(self, caller: Caller, tool: str, connection: str, text: str,
                           work: Callable[[], Awaitable[tuple[R, dict[str, Any]]]], *,
-                          decision: Decision | None = None, facts: Any = None) -> R:
+                          decision: Decision | None = None, facts: ev.JsonObject | None = None) -> R:
         """Record a call that runs nothing guarded on a target (check, describe, list_connections):
         `call.requested`, then ``work()`` → (value, result for the log), then finished or failed."""
         call_id = new_call_id()
@@ -331,10 +333,9 @@ class Guard:
         return value
 
 
-def safe_check(policy: Any, identity: Any, text: str) -> Decision:
+def safe_check(policy: ConnectionPolicy | ShellPolicy, identity: Identity, text: str) -> Decision:
     """Decide a text against an SQL or shell policy with no gateway (`bastion check`); failures deny."""
     from bastion.policy.shell.decide import vet_shell_text
-    from bastion.policy.shell.rules import ShellPolicy
 
     try:
         validate_text(text)

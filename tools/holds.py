@@ -46,7 +46,7 @@ class Holds:
         self.self_confirm = self_confirm
 
     async def settle(self, call_id: str, caller: Caller, tool: str, connection: str, text: str, reason: str | None,
-                     decision: Decision, facts: Any, preview: Preview | None = None) -> Held:
+                     decision: Decision, facts: ev.JsonObject | None, preview: Preview | None = None) -> Held:
         """Return the consumed hold once approved (the caller then runs the call); otherwise record
         the call's terminal event and raise what the agent is told."""
         policy = self.policy_for(connection, decision)

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from bastion.policy.errors import InvalidInput
 from bastion.policy.shell.decide import vet_shell_text
+from bastion.store import events as ev
 from bastion.tools import masking
 from bastion.tools.calls import Caller
 from bastion.tools.connections import ShellConnection
@@ -59,7 +60,7 @@ def runner(connection: ShellConnection, caller: Caller, cwd: str) -> Callable[[V
     return execute
 
 
-def result_record(result: ShellResult) -> dict[str, Any]:
+def result_record(result: ShellResult) -> ev.Outcome:
     body: dict[str, Any] = {"exit_code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr,
                             "timed_out": result.timed_out}
     if result.masking:  # detections per kind; never a value

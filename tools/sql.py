@@ -10,6 +10,7 @@ import anyio
 from bastion.policy import Decision, Verdict, analyse, decide
 from bastion.policy.errors import ExecutionError, InvalidInput
 from bastion.policy.sql.catalog import FunctionCatalog
+from bastion.store import events as ev
 from bastion.tools import masking
 from bastion.tools.calls import Caller
 from bastion.tools.connections import Connection
@@ -98,7 +99,7 @@ def runner(connection: Connection, caller: Caller) -> Callable[[Vetted], Awaitab
     return execute
 
 
-def result_record(result: QueryResult) -> dict[str, Any]:
+def result_record(result: QueryResult) -> ev.Outcome:
     body: dict[str, Any] = {"columns": result.columns, "rows": result.rows}
     if result.masking:  # which columns were masked by which rule, detections per kind; never a value
         body["masking"] = result.masking
