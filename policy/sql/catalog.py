@@ -307,7 +307,20 @@ def judge(rule: SqlRule, stmt: Statement, catalog: FunctionCatalog) -> Outcome |
     >>> judge(READ_ONLY, analyse("SELECT lower('A')", "postgres").statements[0], cat) is None
     True
     """
-    for ref in sorted(stmt.calls, key=lambda r: (r.how, r.schema or "", r.name, r.nargs)):
+    # What it reads of the statement: its references and the relations it reads (for their views).
+    # Remembered per rule object, like _judge_all: texts that differ in literals only are judged once.
+    reads = catalog.tables(stmt)[0]
+    key = ("judged", id(rule), stmt.calls, reads)
+    hit = catalog._memo.get(key)
+    if hit is not None and hit[0] is rule:
+        return hit[1]
+    outcome = _judge(rule, stmt.calls, reads, catalog)
+    catalog._remember(key, (rule, outcome))
+    return outcome
+
+
+def _judge(rule: SqlRule, calls: frozenset[FunctionRef], reads: frozenset[str], catalog: FunctionCatalog) -> Outcome | None:
+    for ref in sorted(calls, key=lambda r: (r.how, r.schema or "", r.name, r.nargs)):
         if ref.how in ("call", "attribute") and runs_sql_text(ref.name):
             return sql_text_outcome(rule, ref.label)
         procs = catalog.resolve(ref)
@@ -320,7 +333,7 @@ def judge(rule: SqlRule, stmt: Statement, catalog: FunctionCatalog) -> Outcome |
         if outcome is not None:
             return outcome
     # A view runs what its definition calls, as if the text had called it.
-    for view, called in catalog.view_calls(catalog.tables(stmt)[0]):
+    for view, called in catalog.view_calls(reads):
         if called is None:
             return Outcome("none", f"{rule.id}:function", f"the definition of view `{view}` cannot be read, so Bastion "
                            "cannot tell which functions reading it runs", hint="Read the tables it is built on instead.")
@@ -389,8 +402,13 @@ def judge_function(rule: SqlRule, proc: Proc, ref: FunctionRef, view: str | None
 def changes_state(stmt: Statement, catalog: FunctionCatalog) -> bool:
     """Whether a reference in ``stmt`` may run a volatile function that is not harmless (or one
     Bastion cannot resolve): such a call cannot run in a READ ONLY transaction."""
-    refs: list[FunctionRef | None] = [*stmt.calls, *(ref for _, ref in catalog.view_calls(catalog.tables(stmt)[0]))]
-    return any(ref is None or _changes_state(ref, catalog) for ref in refs)
+    reads = catalog.tables(stmt)[0]
+    key = ("changes of", stmt.calls, reads)
+    found = catalog._memo.get(key)
+    if found is None:
+        refs: list[FunctionRef | None] = [*stmt.calls, *(ref for _, ref in catalog.view_calls(reads))]
+        found = catalog._remember(key, any(ref is None or _changes_state(ref, catalog) for ref in refs))
+    return bool(found)
 
 
 def _changes_state(ref: FunctionRef, catalog: FunctionCatalog) -> bool:

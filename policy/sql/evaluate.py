@@ -38,6 +38,8 @@ def check_denied_kinds(rule: SqlRule, stmt: Statement, dialect: str, catalog: Fu
 
 def check_denied_functions(rule: SqlRule, stmt: Statement, dialect: str, catalog: FunctionCatalog | None = None) -> Outcome | None:
     """``deny_functions = ["pg_*"]`` → a call to any matching function is denied outright."""
+    if not rule.deny_functions:  # most rules deny none: no name to match
+        return None
     names = stmt.functions | stmt.attributes  # `c.f` is f(c) when f takes c's row type
     hit = sorted(f for f in names if any(fnmatchcase(f, p.lower()) for p in rule.deny_functions))
     if hit:

@@ -178,25 +178,10 @@ class _Nodes:
         self.locking = False
 
 
-def walk(tree: exp.Expr) -> list[exp.Expr]:
-    """Every node of ``tree``, in the order of sqlglot's ``tree.walk()`` (breadth first: each node's
-    args in order, lists exploded), without its two generators per node: the list grows at its end
-    while the loop reads it from the front, as walk()'s deque is appended to and popped."""
-    expr = exp.Expr
-    queue: list[exp.Expr] = [tree]
-    for node in queue:
-        for value in node.args.values():
-            if isinstance(value, list):
-                queue.extend(v for v in value if isinstance(v, expr))
-            elif isinstance(value, expr):
-                queue.append(value)
-    return queue
-
-
 def _by_type(tree: exp.Expr) -> _Nodes:
     out = _Nodes()
     lists_of = _LISTS.get
-    for node in walk(tree):
+    for node in tree.walk():
         kind = type(node)
         lists = lists_of(kind)
         if lists is None:
