@@ -28,7 +28,7 @@ from tests.conftest import requirement
 
 pytestmark = pytest.mark.anyio
 CASES = tomllib.loads((Path(__file__).parent / "golden" / "shell_cases.toml").read_text())["case"]
-HOST_DEPENDENT = re.compile(r"\b(ps|df|du|date|uname|id|whoami|hostname|uptime|free|env|printenv|which)\b|~|\$\{?(HOME|USER|LOGNAME)"
+HOST_DEPENDENT = re.compile(r"\b(ps|df|du|date|uname|id|whoami|hostname|uptime|free|env|printenv|which)\b|~|\$\{?#?(HOME|USER|LOGNAME)"
                             r"|(^|\s)/(?!work/project)")
 # `ls -a` shows the workspace's parent, which inside is a plain folder Bastion made; the block total follows it.
 PARENT = re.compile(r"^(total \d+|.* \.\.)$\n", re.M)
