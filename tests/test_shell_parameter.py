@@ -259,3 +259,22 @@ def test_loop_variables_are_judged_by_each_loop_word() -> None:
     made = values.forms(analysis.commands[0].args[0], values.bindings(analysis), "/w")
     assert not isinstance(made, str) and [w.value for w in made] == ["a"], analysis.summary()
     assert [s.kind for s in _loop_word("*.py").segments] == [LIT, GLOB, LIT]
+
+
+def test_a_long_integer_loop_is_judged_once_per_shape() -> None:
+    """Integer loop words stand for one another where no deny or write pattern holds a digit, so a
+    loop over {1..300} is not refused for having more values than the path check takes."""
+    allowed, _, why, _ = vet("for i in {1..300}; do cat x$i.txt; done")
+    assert allowed, why
+    allowed, rules, why, _ = vet("for i in 7; do cat /proc/$i/environ; done")
+    assert not allowed and rules == ("inspect:path",), why
+    allowed, rules, why, _ = vet("for i in 1 2; do cat ${i#1}/etc/shadow; done")  # derived: never folded
+    assert not allowed and rules == ("inspect:path",), why
+    names = " ".join(f"n{k}" for k in range(300))
+    allowed, _, why, _ = vet(f"for n in {names}; do cat $n; done")
+    assert allowed, why
+    allowed, rules, why, _ = vet(f"for n in {names}; do for m in {names}; do cat $n$m; done; done")
+    assert not allowed and rules == ("inspect:path",) and "more than 1024 values" in why, why
+    # Each word may stay under the cap while the text repeats it: the whole text has a budget too.
+    allowed, rules, why, _ = vet(f"for n in {names}; do cat {' '.join(['$n'] * 80)}; done")
+    assert not allowed and rules == ("inspect:path",) and "more than 20,000 values" in why, why

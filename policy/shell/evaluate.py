@@ -327,6 +327,7 @@ def _loop_words(node: Node | None) -> Iterator[Word]:
 
 def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
     binds = values.bindings(analysis)
+    budget = values.Budget()
     for word in (w for tree in values.trees(analysis) for w in _loop_words(tree)):  # `for f in ~/.ssh/*; do`
         why = _protected(rule, word, cwd, False)
         if why:
@@ -351,7 +352,7 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
         if recursive and sum(not w.value.startswith("-") for w in command.args) <= 1:
             words.append(Word(cwd, (Segment(LIT, cwd),)))  # grep -r PATTERN searches the working directory
         for word in words:
-            why = _protected_forms(rule, word, binds, cwd, recursive)
+            why = _protected_forms(rule, word, binds, cwd, recursive, budget)
             if why:
                 yield Outcome("deny" if why[0] else "none", f"{rule.id}:path", why[1],
                               hint=None if why[0] else "Put glob patterns in the last path component only.")
@@ -370,13 +371,15 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
                     break
 
 
-def _protected_forms(rule: ShellRule, word: Word, binds: values.Bindings, cwd: str,
-                     recursive: bool) -> tuple[bool, str] | None:
+def _protected_forms(rule: ShellRule, word: Word, binds: values.Bindings, cwd: str, recursive: bool,
+                     budget: values.Budget) -> tuple[bool, str] | None:
     """_protected for every value the word may take (policy.shell.values); a word whose values cannot
     be bounded is not covered."""
-    made = values.forms(word, binds, cwd)
+    made = values.forms(word, binds, cwd, fold_digits=not any(c.isdigit() for p in rule.deny_paths for c in p))
     if isinstance(made, str):
         return False, made
+    if not budget.spend(len(made)):
+        return False, f"the text's variables take more than {values.MAX_TOTAL:,} values to check as paths"
     for form in made:
         why = _protected(rule, form, cwd, recursive)
         if why:
@@ -507,12 +510,17 @@ def _check_redirects(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspa
     if rule.redirects != "write":
         return
     binds = values.bindings(analysis)
+    budget = values.Budget()
     for command in all_commands(analysis):
         name = command.program.value.rsplit("/", 1)[-1] if command.program is not None else ""
         if name not in _WRITERS:
             continue
         for word in command.args:
-            made = values.forms(word, binds, cwd)  # a loop variable: each of its words
+            made = values.forms(word, binds, cwd, fold_digits=not any(c.isdigit() for p in rule.write_paths for c in p))
+            if not isinstance(made, str) and not budget.spend(len(made)):
+                yield Outcome("none", f"{rule.id}:write-path",
+                              f"the text's variables take more than {values.MAX_TOTAL:,} values to check as paths")
+                return
             for form in ([] if isinstance(made, str) else made):
                 if form.value.startswith("-") or any(s.kind not in (LIT, GLOB, TILDE) for s in form.segments) \
                         or TILDE in form.expansions:

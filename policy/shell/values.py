@@ -25,7 +25,20 @@ from bastion.policy.shell.facts import Node, ShellAnalysis
 from bastion.policy.shell.words import GLOB, LIT, PARAM, PARAM_OP, Segment, Word
 
 Bindings = dict[str, "tuple[Word, ...] | None"]  # None: any value
-MAX_FORMS = 256
+MAX_FORMS = 1024  # values of one word
+MAX_TOTAL = 20_000  # values of all the words of one text, per check (each costs a path check)
+
+
+class Budget:
+    """How many values one check may still judge: a text that repeats `$n` of a long loop must not
+    make the gateway judge millions of paths."""
+
+    def __init__(self, total: int = MAX_TOTAL) -> None:
+        self.left = total
+
+    def spend(self, count: int) -> bool:
+        self.left -= count
+        return self.left >= 0
 
 
 def trees(analysis: ShellAnalysis) -> list[Node]:
@@ -76,6 +89,11 @@ def bindings(analysis: ShellAnalysis) -> Bindings:
 
 
 _UNSET = Word("", (Segment(LIT, ""),))
+_INTEGER_WORD = (Segment(LIT, "0"),)
+
+
+def _integer(segments: tuple[Segment, ...]) -> bool:
+    return len(segments) == 1 and segments[0].kind == LIT and re.fullmatch(r"-?[0-9]+", segments[0].text) is not None
 
 
 def _words(analysis: ShellAnalysis, index: int) -> list[Word]:
@@ -99,9 +117,10 @@ def expansion(segment: Segment) -> parameter.Expansion:
     return parsed
 
 
-def forms(word: Word, binds: Bindings, cwd: str) -> list[Word] | str:
+def forms(word: Word, binds: Bindings, cwd: str, fold_digits: bool = False) -> list[Word] | str:
     """The words ``word`` may be at run time (patterns and opaque variables kept), or why that
-    cannot be bounded."""
+    cannot be bounded. ``fold_digits``: the caller's patterns hold no digit, so integer loop words
+    (`for i in {1..500}`) all judge alike and stand for one another as `0`."""
     if not any(s.kind in (PARAM, PARAM_OP) for s in word.segments):
         return [word]
     choices: list[list[tuple[Segment, ...]]] = []
@@ -110,6 +129,8 @@ def forms(word: Word, binds: Bindings, cwd: str) -> list[Word] | str:
         options = _segment_forms(segment, binds, cwd)
         if isinstance(options, str):
             return options
+        if fold_digits and segment.kind == PARAM:
+            options = list(dict.fromkeys(_INTEGER_WORD if _integer(o) else o for o in options))
         choices.append(options)
         count *= len(options)
         if count > MAX_FORMS:
