@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-import sqlite_utils
-
 from bastion.store import events as ev
 from bastion.store.audit_store import AuditStore
 from bastion.store.checkpoints import FileWitness, HttpWitness, Signer
@@ -45,12 +43,11 @@ class SqliteAuditStore(AuditStore):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-            self.db = sqlite_utils.Database(self.conn)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             migrate(self.conn, MIGRATIONS, self.where())
-            # Reads get their own connection: on the writer's, a read (sqlite-utils opens a
-            # savepoint) could interleave with another thread's transaction. WAL lets both run.
+            # Reads get their own connection: on the writer's, a read could land inside another
+            # thread's write transaction. WAL lets both run.
             self._reader = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
             self._reader.row_factory = sqlite3.Row
         except (sqlite3.Error, OSError) as error:

@@ -365,7 +365,7 @@ def test_proofs_read_stored_subtrees_not_the_whole_log_and_survive_a_damaged_one
 
     signer = Signer.generate("audit.test.example/log")
     store = SqliteAuditStore(tmp_path / "audit.db", signer=signer, checkpoint_every=1000)
-    store.db.execute("PRAGMA synchronous=OFF")
+    store.conn.execute("PRAGMA synchronous=OFF")
     for i in range(0, 5000, 250):
         store.append_many([{"type": ev.REQUESTED, "call_id": f"c{j}", "text": f"SELECT {j}"} for j in range(i, i + 250)])
     store.append({"type": ev.FINISHED, "call_id": "c1234", "row_count": 0})

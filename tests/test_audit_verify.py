@@ -67,7 +67,7 @@ def tamper_at(at: StoreAt, store: AuditStore, *statements: str) -> Connection:
 def test_an_untouched_log_verifies(tmp_path: Path) -> None:
     store, _ = filled(tmp_path)
     store.checkpoint()
-    report = verify(store.db.conn, verifier=KEY, every=1000)
+    report = verify(store.conn, verifier=KEY, every=1000)
     assert report.ok and report.events == 10 and report.checkpoints == 1 and report.covered == 10
 
 
@@ -142,7 +142,7 @@ def test_group_commit_shares_transactions_among_concurrent_appends(tmp_path: Pat
     for t in threads:
         t.join()
     assert sum(commits) == 800 and len(commits) < 800
-    assert verify(store.db.conn).ok and verify(store.db.conn).events == 800
+    assert verify(store.conn).ok and verify(store.conn).events == 800
 
 
 @requirement("inv:record-before-run")

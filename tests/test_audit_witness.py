@@ -113,7 +113,7 @@ def test_a_store_rolled_back_to_an_older_copy_is_found(tmp_path: Path) -> None:
     calls(store, 0, 12)
     backup = tmp_path / "backup.db"
     with sqlite3.connect(backup) as copy:
-        store.db.conn.backup(copy)
+        store.conn.backup(copy)
     calls(store, 12, 11)
     store.checkpoint()
     store.close()
@@ -190,7 +190,7 @@ def test_the_tree_resumes_across_reopens_and_processes_sharing_the_log(tmp_path:
     third = log.store()  # a restart: resumes from the last checkpoint's frontier
     calls(third, 14, 9)
     third.checkpoint()
-    report = verify(third.db.conn, verifier=log.signer.verifier, witness=FileWitness(log.witness), every=EVERY)
+    report = verify(third.conn, verifier=log.signer.verifier, witness=FileWitness(log.witness), every=EVERY)
     assert report.ok and report.events == 23 and report.checkpoints == 5, report.problems
     assert report.covered == 23
 

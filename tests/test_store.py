@@ -73,8 +73,8 @@ def test_migrations_are_recorded_and_not_rerun(store_at: StoreAt) -> None:
 
 def test_the_store_uses_wal_and_full_sync(tmp_path: Path) -> None:
     store = SqliteAuditStore(tmp_path / "a.db")
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_an_unwritable_location_is_a_store_error(tmp_path: Path) -> None:

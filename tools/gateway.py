@@ -68,7 +68,7 @@ class Gateway:
         self.approvals = ApprovalStore(store)
         self.approval_policies = approval_policies or {}
         self.guard = Guard(Recorder(store), Alerts(alerts, store) if alerts else None)
-        self.guard.holds = Holds(self.approvals, self.approval_policy, wait_s, self.guard._record, self.self_confirmable)
+        self.guard.holds = Holds(self.approvals, self.approval_policy, wait_s, self.guard.record, self.self_confirmable)
         self.notifier: Any = None  # tools.notify.ApprovalNotifier, where webhooks are configured
 
     async def expire_holds(self, every_s: float = 15.0) -> None:

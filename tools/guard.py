@@ -146,7 +146,7 @@ class Guard:
             tool=tool, text=recordable(text), reason=reason,
         )
 
-    async def _record(self, event: ev.AuditEvent) -> None:
+    async def record(self, event: ev.AuditEvent) -> None:
         """Append, shielded from cancellation: once `call.requested` is written, the call's terminal
         event is written too, whatever the client does meanwhile."""
         with anyio.CancelScope(shield=True):
@@ -230,7 +230,7 @@ class Guard:
         if self_confirmed:
             record["confirmed_by"] = caller.identity.subject
         # ③ Durable before anything runs: if this raises, nothing ran.
-        await self._record(requested)
+        await self.record(requested)
         if reviewable and not self_confirmed:
             assert self.holds is not None
             # Returns only once approved (and the approval is used by this call); otherwise it
@@ -241,7 +241,7 @@ class Guard:
             denied = denial_for(decision)
             denial = ev.CallDenied(type=ev.DENIED, call_id=call_id, decision=decision.as_record(),
                                    error=error_record(denied))
-            await self._record(denial)
+            await self.record(denial)
             await self._alert(requested, denial)
             raise denied
         started = time.perf_counter()
@@ -265,7 +265,7 @@ class Guard:
         terminal = ev.CallFinished(type=ev.FINISHED, call_id=call_id, connection=connection, tool=tool,
                                    duration_ms=round(duration_ms, 3), **result_record(result))
         try:
-            await self._record(terminal)
+            await self.record(terminal)
         except AuditUnavailable as error:
             # It ran: say so, so nobody retries a write. The call is closed as interrupted at the next start.
             raise AuditUnavailable("it ran, but its result could not be recorded, so it is not returned",
@@ -316,7 +316,7 @@ class Guard:
             raise ExecutionError(f"the gateway failed while running {tool}") from error
 
     async def _failed(self, call_id: str, started: float, error: ev.ErrorRecord) -> None:
-        await self._record(ev.CallFailed(type=ev.FAILED, call_id=call_id, error=error,
+        await self.record(ev.CallFailed(type=ev.FAILED, call_id=call_id, error=error,
                                          duration_ms=round((time.perf_counter() - started) * 1000, 3)))
 
     async def record_call(self, caller: Caller, tool: str, connection: str, text: str,
@@ -327,9 +327,9 @@ class Guard:
         call_id = new_call_id()
         requested = self._base(call_id, caller, tool, connection, text, None)
         requested["facts"], requested["decision"] = facts, decision.as_record() if decision else None
-        await self._record(requested)
+        await self.record(requested)
         value, result = await self._attempt(call_id, time.perf_counter(), tool, work)
-        await self._record(ev.CallFinished(type=ev.FINISHED, call_id=call_id, result=result))
+        await self.record(ev.CallFinished(type=ev.FINISHED, call_id=call_id, result=result))
         return value
 
 
