@@ -9,7 +9,9 @@ Bastion (`bastion serve`: parse, decide, record durably, cap, run read-only as i
 installed from npm into a scratch folder (``--peers``; nothing of theirs is kept in this repository).
 Postgres MCP Pro is not on this machine's package index, so it is not measured. A fourth server,
 `sdk-bare` (tests/bench/bare_sdk_server.py), is the floor of any server on the MCP Python SDK: Bastion's
-tool and result shape with nothing of Bastion in it (psycopg only), over stdio and HTTP alike.
+tool and result shape with nothing of Bastion in it (psycopg only), over stdio and HTTP alike. On stdio,
+`bastion-ee` is Bastion with `[audit] sync = "every-event"` (a call's end fsynced before the answer, not
+within 50 ms after): what the default saves.
 
 First stdio, two workloads, each with varied texts (an agent does not repeat one query): a point query
 by a random id, and a 1,000-row range from a random start. Rounds are interleaved (every server once
@@ -77,8 +79,13 @@ def bastion_call(q: str) -> tuple[str, dict[str, Any]]:
 def servers(bin_dir: Path, config: Path, dsn: str) -> dict[str, tuple[list[str], Callable[[str], tuple[str, dict[str, Any]]]]]:
     """name → (command, how a SQL text becomes that server's tool call)."""
     bastion = str(Path(sys.executable).parent / "bastion")
+    # The same gateway with `[audit] sync = "every-event"`: what fsyncing a call's end before the
+    # answer costs (the default fsyncs it within 50 ms after).
+    strict = config.with_name("bastion-every-event.toml")
+    strict.write_text(config.read_text().replace('path = "audit.db"', 'path = "audit-every-event.db"\nsync = "every-event"'))
     return {
         "bastion": ([bastion, "serve", "--config", str(config)], bastion_call),
+        "bastion-ee": ([bastion, "serve", "--config", str(strict)], bastion_call),
         "dbhub": ([str(bin_dir / "dbhub"), "--transport", "stdio", f"--dsn={url(dsn)}"],
                   lambda q: ("execute_sql", {"sql": q})),
         "reference": ([str(bin_dir / "mcp-server-postgres"), url(dsn)], lambda q: ("query", {"sql": q})),
