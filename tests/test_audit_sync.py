@@ -18,6 +18,7 @@ import pytest
 from bastion.store import SqliteAuditStore
 from bastion.store import events as ev
 from tests.conftest import requirement
+from tests.store_backends import StoreAt
 
 BASTION = str(Path(sys.executable).parent / "bastion")
 
@@ -77,6 +78,20 @@ def test_closing_flushes(tmp_path: Path) -> None:
     assert store.unflushed()
     store.close()
     assert not store.unflushed()
+
+
+def test_on_either_backend_a_calls_end_is_seen_at_once_and_the_next_event_is_durable_again(store_at: StoreAt) -> None:
+    writer = store_at.open()
+    writer.append({"type": ev.REQUESTED, "call_id": "c1", "text": "SELECT 1"})
+    writer.append({"type": ev.FINISHED, "call_id": "c1", "row_count": 1})
+    reader = store_at.open()  # another gateway sharing the store
+    assert [e["type"] for e in reader.call("c1")] == [ev.REQUESTED, ev.FINISHED]
+    if not isinstance(writer, SqliteAuditStore):  # SET LOCAL: the asynchronous commit ended with its transaction
+        assert writer.conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        return
+    assert synchronous(writer) == 1
+    writer.append({"type": ev.REQUESTED, "call_id": "c2", "text": "SELECT 2"})
+    assert synchronous(writer) == 2 and not writer.unflushed()
 
 
 def _rpc(proc: subprocess.Popen[bytes], message: dict[str, object]) -> dict[str, object] | None:
