@@ -129,8 +129,8 @@ def statement_facts(tree: exp.Expr, text: str, default_schema: str, pg: PgStatem
     writes: set[str] = set()
     unqualified: set[str] = set()
     for table in nodes.tables:
-        # A write target is always a table; anything else may name a CTE in scope.
-        if isinstance(table.this, exp.Func) or (id(table) not in targets and _is_cte_reference(table)):
+        # A write target is always a table; anything else may name a CTE in scope (none without a WITH).
+        if isinstance(table.this, exp.Func) or (id(table) not in targets and nodes.withs and _is_cte_reference(table)):
             continue
         name = qualified(table, default_schema)
         (writes if id(table) in targets else reads).add(name)
@@ -166,7 +166,7 @@ def statement_facts(tree: exp.Expr, text: str, default_schema: str, pg: PgStatem
 
 
 class _Nodes:
-    __slots__ = ("commands", "tables", "dml", "selects", "functions", "ctes", "locking")
+    __slots__ = ("commands", "tables", "dml", "selects", "functions", "ctes", "withs", "locking")
 
     def __init__(self) -> None:
         self.commands: list[exp.Expr] = []
@@ -175,6 +175,7 @@ class _Nodes:
         self.selects: list[exp.Select] = []
         self.functions: list[exp.Func] = []
         self.ctes: list[exp.CTE] = []
+        self.withs: list[exp.With] = []
         self.locking = False
 
 
@@ -201,7 +202,7 @@ _LISTS: dict[type, tuple[str, ...]] = {}
 def _lists_for(kind: type) -> tuple[str, ...]:
     names = []
     for base, name in ((exp.Table, "tables"), (_DML, "dml"), (exp.Select, "selects"), (exp.CTE, "ctes"),
-                       (exp.Command, "commands")):
+                       (exp.With, "withs"), (exp.Command, "commands")):
         if issubclass(kind, base):
             names.append(name)
             break
