@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 from mcp import Client
 
@@ -23,7 +24,10 @@ from bastion.server.app import create_server
 from bastion.server.build import build_gateway
 from bastion.server.config import load
 from bastion.store import events as ev
+from bastion.tools.executors import postgres as postgres_executor
 from tests.conftest import requirement
+from tests.postgres_server import PgServer, wait_until
+from tests.held_config import held_writes_config, sqlite_target
 from bastion.tools.calls import Caller
 from bastion.tools.gateway import Gateway
 
@@ -35,31 +39,7 @@ WRITE = "UPDATE products SET price = price * 2"  # no WHERE: read-write holds it
 
 def write_config(tmp_path: Path, demo_db: Path, wait: str = "3s", subject: str = "dev", groups: str = '["developers"]') -> Path:
     shutil.copy(demo_db, tmp_path / "demo.db")
-    config = tmp_path / "bastion.toml"
-    config.write_text(f"""
-[identity]
-subject = "{subject}"
-groups = {groups}
-
-[approvals]
-wait = "{wait}"
-
-[connections.demo]
-kind = "sqlite"
-target = "demo.db"
-
-[[connections.demo.rules]]
-id = "dev-write"
-preset = "read-write"
-groups = ["developers"]
-approvers = ["dba"]
-
-[[connections.demo.rules]]
-id = "dba-read"
-preset = "read-only"
-groups = ["dba"]
-""")
-    return config
+    return held_writes_config(tmp_path, sqlite_target("demo.db"), wait=wait, subject=subject, groups=groups)
 
 
 @pytest.fixture
@@ -202,6 +182,60 @@ async def test_a_waiting_call_cancelled_by_the_client_leaves_the_hold_pending(tm
     assert hold.status == "pending"
     last = events(gw, ev.PENDING)[-1]
     assert last["result"] == {"hold_id": hold.hold_id, "status": "pending", "cancelled": True}
+
+
+@requirement("approval:cancel-keeps-pending", "inv:record-before-run", "inv:cancel-cancels-query")
+async def test_a_call_cancelled_by_the_mcp_client_while_its_impact_preview_runs_ends_once_as_pending(
+        tmp_path: Path, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A held write on PostgreSQL whose dry run waits on a lock the test holds: the agent's own MCP
+    client cancels it there (after the hold, before the wait). The call still ends in exactly one
+    terminal event, the hold stays pending for approvers, and the dry run stops on the server."""
+    # The lock, not the preview's own timeout (10 s), is what keeps the dry run waiting.
+    monkeypatch.setattr(postgres_executor, "PREVIEW_TIMEOUT_S", 300.0)
+    with pg_server.scratch_schema("hp", f"""
+            CREATE TABLE {{schema}}.items (id int PRIMARY KEY, state text NOT NULL);
+            INSERT INTO {{schema}}.items SELECT g, 'new' FROM generate_series(1, 5) g;
+            GRANT UPDATE ON {{schema}}.items TO "{pg_server.gateway_role}";""") as schema:
+        config = load(held_writes_config(tmp_path, f'kind = "postgres"\ntarget = "{pg_server.dsn(user=pg_server.gateway_role)}"\n'
+                                                    f'search_path = "{schema}"', name="pg", wait="120s"))
+        gw = build_gateway(config)
+
+        def dry_runs_waiting() -> int:
+            return int(pg_server.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event_type = 'Lock'",
+                                         (pg_server.gateway_role,))[0][0])  # type: ignore[call-overload]
+
+        try:
+            with psycopg.connect(pg_server.dsn()) as locker:
+                locker.execute(f"LOCK TABLE {schema}.items IN ACCESS EXCLUSIVE MODE")  # held until rollback
+                async with Client(create_server(config, gateway=gw)) as agent:
+                    with anyio.fail_after(60):  # a hang guard: the cancel below ends the call long before
+                        async with anyio.create_task_group() as tg:
+
+                            async def cancel_once_previewing() -> None:
+                                while not await anyio.to_thread.run_sync(dry_runs_waiting):
+                                    await anyio.sleep(0.05)
+                                tg.cancel_scope.cancel()
+
+                            tg.start_soon(cancel_once_previewing)
+                            await agent.call_tool("sql_query", {"connection": "pg", "sql": "UPDATE items SET state = 'gone'"})
+                    # The server side ends the call after the client has gone: wait for its end (or hang).
+                    with anyio.fail_after(60):
+                        while not [e for e in gw.store.iter_all() if e["type"] in ev.TERMINAL]:
+                            await anyio.sleep(0.05)
+                    # The dry run was cancelled on the server, not left waiting for the lock until its
+                    # statement_timeout (the rule's 30 s) ended it: a guard of 20 s tells them apart.
+                    assert await anyio.to_thread.run_sync(lambda: wait_until(lambda: not dry_runs_waiting(), timeout=20))
+                    locker.rollback()
+                    (hold,) = gw.approvals.list()
+                    assert hold.status == "pending"  # approvers may still decide; the same text again joins it
+                    assert hold.preview == {"error": "the requester cancelled the call before its preview ended"}
+                    (requested,) = events(gw, ev.REQUESTED)
+                    ends = [e for e in gw.store.call(requested["call_id"]) if e["type"] in ev.TERMINAL]
+                    assert [e["type"] for e in ends] == [ev.PENDING]
+                    assert ends[0]["result"] == {"hold_id": hold.hold_id, "status": "pending", "cancelled": True}
+        finally:
+            await gw.shutdown()
+        assert pg_server.execute(f"SELECT count(*) FROM {schema}.items WHERE state = 'new'") == [(5,)]
 
 
 async def test_the_impact_preview_counts_the_rows_and_changes_nothing(config: Path) -> None:

@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from bastion.store import events as ev
 from bastion.store.postgres_store import PostgresAuditStore
 from bastion.store.verify import verify
+from tests.held_config import held_writes_config, sqlite_target
 from tests.postgres_server import PgServer
 from tests.store_backends import postgres_url
 from tests.test_http import serving
@@ -30,35 +31,8 @@ WRITE = "UPDATE products SET price = price * 2"  # no WHERE: read-write holds it
 
 def gateway_config(folder: Path, demo: Path, url: str, subject: str, groups: str, extra: str = "") -> Path:
     """One gateway's config: the shared demo database, the shared PostgreSQL store, its own identity."""
-    folder.mkdir()
-    config = folder / "bastion.toml"
-    config.write_text(f"""
-[identity]
-subject = "{subject}"
-groups = {groups}
-
-[approvals]
-wait = "30s"
-
-[audit]
-url = "{url}"
-
-[connections.demo]
-kind = "sqlite"
-target = "{demo}"
-
-[[connections.demo.rules]]
-id = "dev-write"
-preset = "read-write"
-groups = ["developers"]
-approvers = ["dba"]
-
-[[connections.demo.rules]]
-id = "dba-read"
-preset = "read-only"
-groups = ["dba"]
-{extra}""")
-    return config
+    return held_writes_config(folder, sqlite_target(demo), wait="30s", subject=subject, groups=groups,
+                              audit=f'url = "{url}"', extra=extra)
 
 
 @pytest.fixture

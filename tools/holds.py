@@ -57,10 +57,11 @@ class Holds:
                 call_id=call_id, requester=caller.identity, connection=connection, tool=tool, text=text,
                 policy=policy, rule=held_rule(decision), facts=facts, reason=reason))
 
-        held = await hold()
-        if not held.joined and preview is not None:
-            held = await self._preview(held, preview)
-        try:
+        held: Held | None = None
+        try:  # from the hold on: a client that gives up while it is made or previewed ends the call too
+            held = await hold()
+            if not held.joined and preview is not None:
+                held = await self._preview(held, preview)
             while True:
                 if held.status is HoldStatus.APPROVED:
                     used = await anyio.to_thread.run_sync(self.approvals.consume, held.hold_id, call_id, held.binding)
@@ -77,16 +78,26 @@ class Holds:
                     await self._pending(call_id, tool, held, time.monotonic() - started)
                 held = await self.approvals.wait(held.hold_id, remaining, on_tick=self._ticker(caller, held))
         except anyio.get_cancelled_exc_class():
-            # The client gave up waiting: the hold stays pending; this call ends as pending.
+            # The client gave up: the hold stays pending (approvers may still decide, the same text
+            # again joins it); this call ends as pending. Cancelled before the hold was made: failed.
+            ended: ev.Terminal = (
+                ev.CallPending(type=ev.PENDING, call_id=call_id, result={
+                    "hold_id": held.hold_id, "status": str(held.status), "cancelled": True}) if held is not None
+                else ev.CallFailed(type=ev.FAILED, call_id=call_id, duration_ms=round((time.monotonic() - started) * 1000, 3),
+                                   error={"code": "cancelled", "message": "the client cancelled the call"}))
             with anyio.CancelScope(shield=True):
-                await self.record(ev.CallPending(type=ev.PENDING, call_id=call_id, result={
-                    "hold_id": held.hold_id, "status": str(held.status), "cancelled": True}))
+                await self.record(ended)
             raise
 
     async def _preview(self, held: Held, preview: Preview) -> Held:
         """The impact preview approvers see; a preview that fails is shown as failed, never blocks the hold."""
         try:
             result = await preview()
+        except anyio.get_cancelled_exc_class():  # approvers see why there is none, and are told at once
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.approvals.set_preview, held.hold_id,
+                                               {"error": "the requester cancelled the call before its preview ended"})
+            raise
         except Exception as error:  # the hold stands whatever the preview does
             log.warning("impact preview failed for %s: %s", held.hold_id, error)
             result = {"error": getattr(error, "message", type(error).__name__)}

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from dataclasses import replace
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -266,19 +266,11 @@ class PostgresExecutor:
         pool = await self._pool(request.role)
         limits = request.limits
         try:
-            async with pool.connection(timeout=self.connect_timeout) as conn:
-                # Taken up front: once the call is cancelled, the connection itself may be gone.
-                canceller = conn.pgconn.get_cancel()
+            async with pool.connection(timeout=self.connect_timeout) as conn, _cancelled_on_server(conn):
                 # statement_timeout is a setting SQL can change (SET, set_config): the gateway's own
                 # clock is the backstop, at the longest a call of these statements may honestly take.
                 with anyio.fail_after(_backstop_s(request)):
-                    try:
-                        return await self._run_in_transaction(conn, request)
-                    except anyio.get_cancelled_exc_class():
-                        # A cancelled call cancels the query on the server, not just the wait for it.
-                        with anyio.CancelScope(shield=True):
-                            await anyio.to_thread.run_sync(_cancel_quietly, canceller)
-                        raise
+                    return await self._run_in_transaction(conn, request)
         except TimeoutError as error:
             raise QueryTimeout(f"the call ran past the {limits.timeout_s:g} s limit of each of its statements and was cancelled",
                                hint="Narrow the query (WHERE, LIMIT) or ask for a longer timeout.") from error
@@ -349,7 +341,7 @@ class PostgresExecutor:
         request = replace(request, limits=limits, read_only=False)
         items: list[dict[str, Any]] = []
         try:
-            async with pool.connection(timeout=self.connect_timeout) as conn:
+            async with pool.connection(timeout=self.connect_timeout) as conn, _cancelled_on_server(conn):
                 # force_rollback: whatever happens, nothing of the dry run is committed.
                 async with conn.transaction(force_rollback=True):
                     await conn.execute(self._setup(conn, request))
@@ -473,6 +465,19 @@ async def _reset_session(conn: psycopg.AsyncConnection[Any]) -> None:
     not the transaction), role, advisory locks, temporary tables, prepared statements, cursors and
     LISTENs. Should it fail, the pool closes the connection instead."""
     await conn.execute("DISCARD ALL")
+
+
+@contextlib.asynccontextmanager
+async def _cancelled_on_server(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A cancelled call (or preview) cancels its query on the server, not just the wait for it: a
+    statement waiting on a lock would otherwise wait there until its statement_timeout."""
+    canceller = conn.pgconn.get_cancel()  # taken up front: once cancelled, the connection itself may be gone
+    try:
+        yield
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_cancel_quietly, canceller)
+        raise
 
 
 def _cancel_quietly(canceller: Any) -> None:
