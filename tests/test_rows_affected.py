@@ -38,18 +38,27 @@ def ledger(pg_server: PgServer) -> Iterator[tuple[PgServer, str]]:
         pg_server.execute(f'DROP OWNED BY "{login}"; DROP ROLE IF EXISTS "{login}"')
 
 
-def fifty_items(db: Path) -> None:
-    """An SQLite database with 50 rows in `items`, all 'new'."""
+def bounded_lite(db: Path, over: str = "") -> str:
+    """Connection `lite`: a new SQLite database with 50 rows in `items`, all 'new', whose rule
+    `bounded` lets a write change at most 10 rows (``over``: what past that, `deny` by default)."""
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
         conn.executemany("INSERT INTO items VALUES (?, 'new')", [(i,) for i in range(1, 51)])
+    return f"""
+[connections.lite]
+kind = "sqlite"
+target = "{db}"
+
+  [[connections.lite.rules]]
+  id = "bounded"
+  preset = "read-write"
+  max_rows_affected = 10
+""" + (f'  over_max_rows_affected = "{over}"\n' if over else "")
 
 
 @pytest.fixture
 async def client(ledger: tuple[PgServer, str], tmp_path: Path) -> AsyncIterator[Client]:
     pg, login = ledger
-    db = tmp_path / "app.db"
-    fifty_items(db)
     config = tmp_path / "bastion.toml"
     config.write_text(f"""
 [identity]
@@ -65,16 +74,7 @@ search_path = "ra"
   preset = "read-write"
   unfiltered_writes = "allow"
   max_rows_affected = 10
-
-[connections.lite]
-kind = "sqlite"
-target = "{db}"
-
-  [[connections.lite.rules]]
-  id = "bounded"
-  preset = "read-write"
-  max_rows_affected = 10
-""")
+{bounded_lite(tmp_path / "app.db")}""")
     async with Client(create_server(load(config))) as c:
         yield c
 
@@ -84,27 +84,33 @@ async def sql(client: Client, connection: str, text: str) -> tuple[bool, str, ob
     return result.is_error, result.content[0].text, result.structured_content
 
 
-@requirement("sql:rows-affected")
-async def test_a_write_past_the_bound_is_rolled_back_and_says_how_many_rows(
-        client: Client, ledger: tuple[PgServer, str], tmp_path: Path) -> None:
-    pg, _ = ledger
-    # The row filter is no defence: WHERE id IS NOT NULL filters nothing. The count is.
-    for text in ("UPDATE items SET state = 'gone' WHERE id IS NOT NULL", "DELETE FROM items WHERE id > 0",
-                 "UPDATE items SET state = 'gone' WHERE id <= 30 RETURNING id"):
-        failed, message, _ = await sql(client, "pg", text)
-        assert failed and "would change" in message and "at most 10" in message and "rolled back" in message, message
-    assert pg.execute("SELECT state, count(*) FROM ra.items GROUP BY state") == [("new", 50)]
-    failed, message, _ = await sql(client, "pg", "UPDATE items SET state = 'seen' WHERE id <= 10")
-    assert not failed, message
-    assert pg.execute("SELECT count(*) FROM ra.items WHERE state = 'seen'") == [(10,)]
-    failed, message, _ = await sql(client, "pg", "WITH d AS (DELETE FROM items WHERE id > 40 RETURNING id) SELECT count(*) FROM d")
-    assert failed and "cannot be counted" in message, message
-    assert pg.execute("SELECT count(*) FROM ra.items") == [(50,)]
-    # SQLite counts the same way.
-    failed, message, _ = await sql(client, "lite", "DELETE FROM items WHERE id > 5")
-    assert failed and "would change 45 rows" in message, message
+def states(connection: str, ledger: tuple[PgServer, str], tmp_path: Path) -> list[tuple[object, ...]]:
+    """(state, rows) of `items` as the database itself has them, not as the gateway says."""
+    query = "SELECT state, count(*) FROM {}items GROUP BY state ORDER BY state"
+    if connection == "pg":
+        return ledger[0].execute(query.format("ra."))
     with sqlite3.connect(tmp_path / "app.db") as conn:
-        assert conn.execute("SELECT count(*) FROM items").fetchone() == (50,)
+        return conn.execute(query.format("")).fetchall()
+
+
+@requirement("sql:rows-affected")
+@pytest.mark.parametrize("connection", ["pg", "lite"])
+async def test_a_write_past_the_bound_is_rolled_back_and_says_how_many_rows(
+        client: Client, ledger: tuple[PgServer, str], tmp_path: Path, connection: str) -> None:
+    assert states(connection, ledger, tmp_path) == [("new", 50)]
+    # The row filter is no defence: WHERE id IS NOT NULL filters nothing. The count is.
+    for text, rows in (("UPDATE items SET state = 'gone' WHERE id IS NOT NULL", 50), ("DELETE FROM items WHERE id > 5", 45),
+                       ("UPDATE items SET state = 'gone' WHERE id <= 30 RETURNING id", 30)):
+        failed, message, _ = await sql(client, connection, text)
+        assert failed and f"would change {rows} rows" in message and "at most 10" in message and "rolled back" in message, message
+    assert states(connection, ledger, tmp_path) == [("new", 50)]
+    failed, message, _ = await sql(client, connection, "UPDATE items SET state = 'seen' WHERE id <= 10")
+    assert not failed, message
+    assert states(connection, ledger, tmp_path) == [("new", 40), ("seen", 10)]
+    if connection == "pg":  # a data-modifying CTE (PostgreSQL only): its rows are not the statement's count
+        failed, message, _ = await sql(client, "pg", "WITH d AS (DELETE FROM items WHERE id > 40 RETURNING id) SELECT count(*) FROM d")
+        assert failed and "cannot be counted" in message, message
+        assert states(connection, ledger, tmp_path) == [("new", 40), ("seen", 10)]
 
 
 @requirement("sql:rows-affected")
@@ -117,23 +123,12 @@ async def test_a_rule_may_hold_a_write_past_the_bound_for_approvers_who_see_the_
     from bastion.tools.calls import Caller
 
     db = tmp_path / "app.db"
-    fifty_items(db)
     config = tmp_path / "bastion.toml"
     config.write_text(f"""
 [approvals]
 wait = "10s"
 approvers = ["leads"]
-
-[connections.lite]
-kind = "sqlite"
-target = "{db}"
-
-  [[connections.lite.rules]]
-  id = "bounded"
-  preset = "read-write"
-  max_rows_affected = 10
-  over_max_rows_affected = "review"
-""")
+{bounded_lite(db, over="review")}""")
     gw = build_gateway(load(config))
     dev, lead = Caller(Identity("dev", frozenset({"developers"}))), Caller(Identity("lea", frozenset({"leads"})))
 
