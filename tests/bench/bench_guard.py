@@ -116,8 +116,9 @@ def point_queries(n: int = 200) -> list[str]:
 def catalog_rounds(texts: list[str], rounds: int) -> None:
     """The decision as a PostgreSQL connection makes it: every function, operator and cast judged
     against the server's own catalog (read from the PostgreSQL at $BASTION_TEST_PG_DSN), beside the
-    two-parser floor, same texts, same run. "memo emptied" empties the catalog's memo of resolved
-    and judged references before each text (what every new text cost before the memo)."""
+    two-parser floor, same texts, same run. "memo emptied" empties the catalog's memo (resolved and
+    judged references, statements' tables and judgements) before each text: what a text costs whose
+    references and relations no earlier text had."""
     import json
 
     from pglast import parser as pglast_parser
