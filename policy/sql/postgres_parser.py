@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from pglast import parser as pg
@@ -201,22 +202,22 @@ def _calls(node: Any, out: set[FunctionRef]) -> None:
         _calls(body, out)
 
 
-class _Collector:
-    """json.loads' object_hook: sees every object of the document once, as it is decoded, and keeps
-    the references it makes (what _calls finds by walking the loaded tree, without the walk)."""
+def _collector() -> tuple[Callable[[dict[str, Any]], dict[str, Any]], set[FunctionRef]]:
+    """A json.loads object_hook that sees every object of the document once, as it is decoded, and
+    keeps the references it makes (what _calls finds by walking the loaded tree, without the walk);
+    a closure, not an object's __call__: it runs for every JSON object."""
+    refs: set[FunctionRef] = set()
+    keys = _REF_KEYS
 
-    __slots__ = ("refs",)
-
-    def __init__(self) -> None:
-        self.refs: set[FunctionRef] = set()
-
-    def __call__(self, node: dict[str, Any]) -> dict[str, Any]:
-        for key in node.keys() & _REF_KEYS if len(node) > 1 else node:
-            if key in _REF_KEYS:
+    def hook(node: dict[str, Any]) -> dict[str, Any]:
+        for key in node.keys() & keys if len(node) > 1 else node:
+            if key in keys:
                 body = node[key]
                 if isinstance(body, dict):
-                    _node_refs(key, body, self.refs)
+                    _node_refs(key, body, refs)
         return node
+
+    return hook, refs
 
 
 def _option_on(option: dict[str, Any], name: str) -> bool:
@@ -274,9 +275,9 @@ def view_facts(definition: str) -> tuple[frozenset[FunctionRef], frozenset[str]]
 
 
 def parse(text: str) -> list[PgStatement]:
-    collector = _Collector()
+    hook, refs = _collector()
     try:
-        tree = json.loads(pg.parse_sql_json(text), object_hook=collector)
+        tree = json.loads(pg.parse_sql_json(text), object_hook=hook)
     except Exception as error:  # pglast raises ParseError; anything else is a failure too
         raise PgParseError(str(getattr(error, "args", [error])[0])) from error
     encoded = text.encode()  # libpg_query reports byte offsets
@@ -295,7 +296,7 @@ def parse(text: str) -> list[PgStatement]:
             analyze = any(_option_on(opt.get("DefElem", {}), "analyze") for opt in body.get("options", []))
         # One statement: every reference in the document is its own (the objects around its body,
         # the document, the statement and its type's wrapper, are no references).
-        calls = collector.refs if len(stmts) == 1 else set()
+        calls = refs if len(stmts) == 1 else set()
         if len(stmts) != 1:
             _calls(body, calls)
         sequences: set[str | None] = set()
