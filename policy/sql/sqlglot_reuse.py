@@ -2,8 +2,10 @@
 
 ``sqlglot.parse(text, read=d)`` builds a Dialect, a Tokenizer (its whole keyword and quote set-up)
 and a Parser for every text; on the guard's short texts that set-up cost a fifth of the parse.
-Both reset their state at the start of each call, so one of each serves every text; they are not
-safe to share between threads while parsing, hence one per thread.
+Both reset every field of their state at the start of each call (sqlglot's Parser.reset and
+TokenizerCore.reset), so one of each serves every text as a fresh one would; they are not safe to
+share between threads while parsing, hence one per thread. Each keeps the last text it read until
+the next, which costs no more than that text.
 """
 
 from __future__ import annotations
