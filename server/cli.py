@@ -9,9 +9,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -27,6 +27,12 @@ from bastion.store.errors import StoreError
 from bastion.store.sqlite_store import SqliteAuditStore
 from bastion.tools.approvals import STATUSES as HOLD_STATUSES
 from bastion.tools.guard import safe_check
+
+if TYPE_CHECKING:
+    from bastion.tools.calls import Caller
+    from bastion.tools.gateway import Gateway
+
+T = TypeVar("T")
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                              help="Config file (default: $BASTION_CONFIG or ./bastion.toml).")
@@ -520,7 +526,7 @@ def approvals() -> None:
     """
 
 
-def _approver(config: config_mod.Config) -> tuple[Any, Identity]:
+def _approver(config: config_mod.Config) -> tuple[Gateway, Identity]:
     """Who votes: with [auth], only the person behind a verified bearer token ($BASTION_TOKEN), never
     the [identity] a config file declares (anyone can write one); without [auth], that [identity]."""
     from bastion.server.build import build_gateway
@@ -533,7 +539,7 @@ def _approver(config: config_mod.Config) -> tuple[Any, Identity]:
     return build_gateway(config), identity or config.identity.to_identity()
 
 
-def _run_approvals(config_path: str | None, work: Any) -> Any:
+def _run_approvals(config_path: str | None, work: Callable[[Gateway, Caller], Awaitable[T]]) -> T:
     """Run ``work(gateway, caller)`` on a gateway built from the config, recorded like any call."""
     import anyio
 
@@ -542,7 +548,7 @@ def _run_approvals(config_path: str | None, work: Any) -> Any:
     config = _load(config_path)
     gateway, identity = _approver(config)
 
-    async def main_() -> Any:
+    async def main_() -> T:
         try:
             return await work(gateway, Caller(identity, {"name": "bastion-cli"}, f"cli:{os.getpid()}"))
         finally:

@@ -18,7 +18,7 @@ import re
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.policy import Decision, Verdict
 from bastion.policy.errors import InvalidInput
@@ -28,6 +28,9 @@ from bastion.tools.calls import Caller
 from bastion.tools.connections import ShellConnection
 from bastion.tools.executors.container import ContainerExecutor, ContainerRuntime, Target
 from bastion.tools.guard import Guarded, Vetted, fail_closed
+
+if TYPE_CHECKING:
+    from bastion.tools.gateway import Gateway
 
 READS = ("logs", "inspect")
 LIFECYCLE = ("start", "stop", "restart")
@@ -229,7 +232,7 @@ def result_record(answer: ContainerAnswer) -> ev.Outcome:
     return {"result": record, "truncated": answer.truncated}
 
 
-async def container_call(gateway: Any, caller: Caller, connection: str, action: str, *, tail: int | None = None,
+async def container_call(gateway: Gateway, caller: Caller, connection: str, action: str, *, tail: int | None = None,
                          since: str | None = None, grep: str | None = None,
                          reason: str | None = None) -> Guarded[ContainerAnswer]:
     """One `container` tool call through the gateway's guard (the same record, holds and refusals)."""

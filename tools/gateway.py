@@ -29,6 +29,7 @@ from bastion.tools.executors.base import QueryResult, TableInfo
 from bastion.tools.executors.shell_base import ShellResult
 from bastion.tools.guard import MAX_COMMAND_BYTES, Guard, Guarded, Vetted, validate_text
 from bastion.tools.holds import Holds, held_rule
+from bastion.tools.notify import ApprovalNotifier
 from bastion.tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Gateway:
         self.approval_policies = approval_policies or {}
         self.guard = Guard(Recorder(store), Alerts(alerts, store) if alerts else None)
         self.guard.holds = Holds(self.approvals, self.approval_policy, wait_s, self.guard.record, self.self_confirmable)
-        self.notifier: Any = None  # tools.notify.ApprovalNotifier, where webhooks are configured
+        self.notifier: ApprovalNotifier | None = None  # where webhooks are configured
 
     async def expire_holds(self, every_s: float = 15.0) -> None:
         """Run for the gateway's life: holds nobody touches still expire (and their webhooks fire)."""

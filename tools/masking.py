@@ -45,7 +45,7 @@ from bastion.tools.executors.base import QueryResult, TableInfo, json_value
 from bastion.tools.executors.shell_base import ShellResult
 
 if TYPE_CHECKING:
-    from bastion.tools.connections import Connection
+    from bastion.tools.connections import Connection, ShellConnection
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +298,8 @@ def mask_error(connection: Connection, error: BastionError) -> BastionError:
     return masked
 
 
-def mask_shell(connection: Any, result: ShellResult) -> ShellResult:
-    masking = getattr(connection, "masking", None)
+def mask_shell(connection: ShellConnection, result: ShellResult) -> ShellResult:
+    masking = connection.masking
     if masking is None or not masking.rules.detectors:
         return result
     stdout, out_counts = mask_text(result.stdout, masking.rules.detectors)
