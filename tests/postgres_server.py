@@ -45,6 +45,13 @@ class PgServer:
             cur = conn.execute(statement, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
+    def advisory_locks(self, key: int) -> int:
+        """Advisory locks on ``key`` held in this run's database: pg_locks is the whole cluster's, where
+        another run (or xdist worker) may hold the same key in its own database."""
+        rows = self.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+                            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())", (key,))
+        return int(rows[0][0])  # type: ignore[call-overload]
+
     @contextmanager
     def scratch_schema(self, prefix: str, setup: str) -> Iterator[str]:
         """A schema of this process's own (``prefix_<pid>_<hex>``) built by ``setup`` (``{schema}`` in it

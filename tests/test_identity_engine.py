@@ -162,7 +162,7 @@ async def test_every_pooled_session_starts_clean_across_two_identities(roles: Ro
         # A custom setting once defined stays known to the backend, reset to empty: its value is gone.
         assert second.rows in ([[pid, roles.gateway, None, 0, None, 0, 0, BOB.subject]],
                                [[pid, roles.gateway, "", 0, None, 0, 0, BOB.subject]])
-        assert roles.pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+        assert roles.pg.advisory_locks(4242) == 0
     finally:
         await ex.close()
 
