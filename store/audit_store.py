@@ -302,7 +302,12 @@ class AuditStore:
         try:
             self._begin_write(durable)  # the write lock, across processes sharing the store
             try:
+                signed = self._signed
                 rows = self._insert(conn, [ticket.event for ticket in batch])
+                # A checkpoint signed here goes to the witness next: on disk first, with every event it covers.
+                checkpointed = self._signed > signed
+                if checkpointed and not durable:
+                    durable = self._make_commit_durable()
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -314,7 +319,7 @@ class AuditStore:
                 ticket.ready.set()
             return
         self._registered = True
-        self._committed(durable)
+        self._committed(durable, checkpointed)
         witnessed: StoreError | None = None
         try:
             self._witness_pending(conn)
@@ -330,8 +335,14 @@ class AuditStore:
         once committed (the backend makes it durable soon after, in `_committed`)."""
         self.conn.execute("BEGIN IMMEDIATE")
 
-    def _committed(self, durable: bool) -> None:
-        """After each group-commit transaction (under the write lock)."""
+    def _make_commit_durable(self) -> bool:
+        """Make the open write transaction's COMMIT durable after all; False when the backend cannot
+        inside a transaction (then `_committed` makes it durable before the caller goes on)."""
+        return False
+
+    def _committed(self, durable: bool, now: bool) -> None:
+        """After each group-commit transaction (under the write lock); ``now``: a commit that was not
+        durable must be on disk before this returns."""
 
     def checkpoint(self) -> int | None:
         """Sign a checkpoint at the end of the log now (at shutdown, or `bastion audit checkpoint`) and
@@ -340,7 +351,7 @@ class AuditStore:
             return None
         with self._write_lock:
             conn = self.conn
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin_write(True)
             try:
                 last = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
                 if last:
@@ -352,6 +363,7 @@ class AuditStore:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            self._committed(True, False)
             self._witness_pending(conn)
         return last[0] if last else None
 

@@ -164,6 +164,10 @@ class PostgresAuditStore(AuditStore):
         if not durable:  # PostgreSQL's asynchronous commit: its WAL writer flushes it within 3 × wal_writer_delay
             self.conn.execute("SET LOCAL synchronous_commit = off")
 
+    def _make_commit_durable(self) -> bool:
+        self.conn.execute("SET LOCAL synchronous_commit = on")
+        return True
+
     def where(self) -> str:
         """The URL without user or password: host, port and database."""
         parts = urlsplit(self.url)

@@ -69,9 +69,11 @@ class SqliteAuditStore(AuditStore):
             self._full = durable
         self.conn.execute("BEGIN IMMEDIATE")
 
-    def _committed(self, durable: bool) -> None:
+    def _committed(self, durable: bool, now: bool) -> None:
+        if now and not durable:
+            self.flush()
         with self._flush:
-            if durable:  # this commit's fsync of the WAL covered every earlier commit too
+            if durable or now:  # this fsync of the WAL covered every earlier commit too
                 self._unflushed_at = None
                 return
             if self._unflushed_at is None:

@@ -72,6 +72,22 @@ def test_an_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
         SqliteAuditStore(tmp_path / "audit.db", sync="never")
 
 
+def test_a_checkpoint_reaches_the_witness_only_once_on_disk(tmp_path: Path) -> None:
+    """A call's end that completes a signed checkpoint is fsynced before the witness hears of it: a
+    power loss must never leave the witness vouching for events the log lost."""
+    from bastion.store.checkpoints import FileWitness, Signer
+
+    witness = FileWitness(tmp_path / "witness.log")
+    store = SqliteAuditStore(tmp_path / "audit.db", signer=Signer.generate("test-gateway"), checkpoint_every=2, witness=witness)
+    store.append({"type": ev.REQUESTED, "call_id": "c1"})
+    store.append({"type": ev.FINISHED, "call_id": "c1"})  # event 2: a checkpoint, in a commit that was not durable
+    assert not store.unflushed() and len((tmp_path / "witness.log").read_text().splitlines()) == 1
+    store.append({"type": ev.FINISHED, "call_id": "c0"})  # event 3: no checkpoint, flushed later
+    assert store.unflushed()
+    assert store.checkpoint() == 3 and not store.unflushed()  # a checkpoint at will is durable too
+    assert synchronous(store) == 2
+
+
 def test_closing_flushes(tmp_path: Path) -> None:
     store = SqliteAuditStore(tmp_path / "audit.db")
     store.append({"type": ev.FINISHED, "call_id": "c1"})
