@@ -159,6 +159,32 @@ async def test_a_cancelled_call_kills_the_remote_command(executor: SshExecutor) 
     assert (await executor.run(request("echo still usable"))).stdout == "still usable\n"
 
 
+@requirement("shell:timeout-kills-group")
+async def test_a_call_cancelled_while_the_host_answers_its_exec_request_still_stops_the_command(
+        executor: SshExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sshd starts the command before it answers the exec request: a cancel in between used to leave
+    the channel open and the command running until the shared connection closed. Here the answer is
+    held back until the command runs, and the call is cancelled then."""
+    sleep = unique_sleep(LONG_S)
+    make_request = asyncssh.channel.SSHChannel._make_request
+
+    async def answered_once_running(channel, request: bytes, *args: bytes):  # type: ignore[no-untyped-def]
+        answer = await make_request(channel, request, *args)
+        if request == b"exec":
+            await wait_for(lambda: running(sleep))
+            scope.cancel()
+            await anyio.sleep(0)
+        return answer
+
+    monkeypatch.setattr(asyncssh.channel.SSHChannel, "_make_request", answered_once_running)
+    with anyio.move_on_after(2 * HANG_GUARD_S) as scope:
+        await executor.run(request(sleep, timeout_s=LONG_S))
+    assert scope.cancelled_caught
+    await wait_for(lambda: not running(sleep))  # long before the deadline (600 s)
+    monkeypatch.undo()
+    assert (await executor.run(request("echo still usable"))).stdout == "still usable\n"
+
+
 @pytest.mark.parametrize("accept_unknown_hosts", [False, True])
 @requirement("shell:ssh-host-key")
 async def test_a_changed_host_key_is_refused(sshd: SshServer, tmp_path: Path, accept_unknown_hosts: bool) -> None:

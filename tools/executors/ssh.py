@@ -102,14 +102,23 @@ class SshExecutor:
 
     async def _open(self, conn: asyncssh.SSHClientConnection, command: str) -> asyncssh.SSHClientProcess[bytes]:
         try:
-            with anyio.fail_after(self.connect_timeout):
+            # Shielded: the command starts before sshd answers the exec request, and a cancel landing
+            # in between would leave its channel open and the command running, with no process object
+            # to close (asyncssh does not close it). A cancel meanwhile is taken just below.
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.connect_timeout):
                 # stdin stays open (the wrapper's lifeline) and is never written.
-                return await conn.create_process(command, encoding=None)
+                process = await conn.create_process(command, encoding=None)
         except TimeoutError as error:
             conn.abort()  # a connection that cannot open a channel in time is as good as dead
             raise self._unavailable("the host did not open a session in time", error) from error
         except (asyncssh.Error, OSError) as error:
             raise self._unavailable("the host refused a new session", error) from error
+        try:
+            await anyio.lowlevel.checkpoint()
+        except anyio.get_cancelled_exc_class():
+            process.close()  # the watcher sees stdin close and stops the command, as at any cancel
+            raise
+        return process
 
     async def _connection(self) -> asyncssh.SSHClientConnection:
         async with self._lock:
