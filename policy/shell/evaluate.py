@@ -7,13 +7,14 @@ import posixpath
 import re
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
+from itertools import product
 
 from bastion.policy.outcome import Outcome, first_outcome
 from bastion.policy.shell import parameter, programs
 from bastion.policy.shell.analyze import FILE_TESTS
 from bastion.policy.shell.facts import Command, Node, ShellAnalysis
 from bastion.policy.shell.rules import ShellRule
-from bastion.policy.shell import values
+from bastion.policy.shell import lines, values
 from bastion.policy.shell.words import CMDSUB, GLOB, LIT, PARAM, PARAM_COMPLEX, PARAM_OP, PROCSUB, TILDE, Segment, Word
 
 _WRITE_OPS = (">", ">>", ">|", "&>", "&>>", "<>")
@@ -328,13 +329,23 @@ def _loop_words(node: Node | None) -> Iterator[Word]:
 def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: str) -> Iterator[Outcome | None]:
     binds = values.bindings(analysis)
     budget = values.Budget()
+
+    def inside(word: Word) -> bool:
+        made = values.forms(word, binds, cwd)
+        return not isinstance(made, str) and all(
+            all(s.kind in (LIT, GLOB) for s in form.segments)
+            and all(p is not None and _inside(p, workspace) for p in _path_forms(form, cwd)) for form in made)
+
+    bound = lines.bounded(analysis, inside)
+    fed = lines.fed_xargs(analysis, inside)
+    loose = set(lines.read_variables(analysis)) - bound
     for word in (w for tree in values.trees(analysis) for w in _loop_words(tree)):  # `for f in ~/.ssh/*; do`
         why = _protected(rule, word, cwd, False)
         if why:
             yield Outcome("deny" if why[0] else "none", f"{rule.id}:path", why[1],
                           hint=None if why[0] else "Put glob patterns in the last path component only.")
             return
-    for command in all_commands(analysis):
+    for index, command in enumerate(all_commands(analysis)):  # the text's own commands first, in order
         long = next((w for w in command.args if w.value.count("/") + w.value.count("~") > MAX_ARGUMENT_SLASHES), None)
         if long is not None:
             yield Outcome("none", f"{rule.id}:path", f"an argument of {len(long.value):,} characters holding "
@@ -348,16 +359,38 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
         if command.context == "conditional":  # only the operands of file tests name paths
             words = [w for k, w in enumerate(command.args[1:], 1) if command.args[k - 1].value in FILE_TESTS]
         name = command.program.value.rsplit("/", 1)[-1] if command.program else ""
-        recursive = programs.reads_recursively(name, command.args)
-        if recursive and sum(not w.value.startswith("-") for w in command.args) <= 1:
+        recursive = _may_search(name, command.args, binds, cwd)
+        if recursive and name != "diff" and sum(not w.value.startswith("-") for w in command.args) <= 1:
             words.append(Word(cwd, (Segment(LIT, cwd),)))  # grep -r PATTERN searches the working directory
+        walked: list[Word] = []
+        if name in programs.TREE_WALKERS and any(w.value in ("-exec", "-execdir") for w in command.args):
+            walked = programs.start_points(command.args) or [Word(cwd, (Segment(LIT, cwd),))]
+            words += [w for w in walked if w not in words]
+        if name == "xargs":
+            inner, _ = programs.embedded("xargs", command.args)
+            program = inner[0][0].value if inner and inner[0] else "echo"
+            if program not in lines.NON_OPENERS and (index not in fed or not _xargs_placed(command.args, inner)):
+                yield Outcome("none", f"{rule.id}:path", f"xargs hands the lines it reads to `{program}` as files: only "
+                              "a listing of paths inside the workspace may be, each at the start of an argument", hint=_XARGS_HINT)
+                continue
+        if name not in lines.NON_OPENERS and command.context not in _STRUCTURAL:
+            read = next((w for w in words if lines.uses(w, loose)), None)
+            if read is not None:
+                yield Outcome("none", f"{rule.id}:path", f"`{read.value}` names a file from a line `while read` got "
+                              "from a program the policy cannot bound (it may hold any path)", hint=_READ_HINT)
+                continue
+            read = next((w for w in words if lines.uses(w, bound) and not lines.placed(w, bound)), None)
+            if read is not None:
+                yield Outcome("none", f"{rule.id}:path", f"`{read.value}` moves or reshapes a listed path (a `while "
+                              "read` line stays inside the workspace only as the start of an argument)", hint=_READ_HINT)
+                continue
         for word in words:
-            why = _protected_forms(rule, word, binds, cwd, recursive, budget)
+            why = _protected_forms(rule, word, binds, cwd, recursive or word in walked, budget)
             if why:
                 yield Outcome("deny" if why[0] else "none", f"{rule.id}:path", why[1],
                               hint=None if why[0] else "Put glob patterns in the last path component only.")
                 break
-        if recursive:
+        if recursive and name != "diff":
             # A recursive search stays in the workspace (the sandbox shows little else; the intent
             # is the project). The first operand is grep's pattern.
             operands = [w for w in command.args if not w.value.startswith("-")][1:]
@@ -369,6 +402,56 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
                     yield Outcome("none", f"{rule.id}:path", f"a recursive search of `{word.value}` leaves the workspace",
                                   hint=f"Search inside the workspace, e.g. `{name} -rn PATTERN .`.")
                     break
+
+
+def _xargs_placed(args: tuple[Word, ...], inner: list[tuple[Word, ...]]) -> bool:
+    """Whether xargs reads the listing (not `-a FILE`) and, with -I R (-i, --replace: {}), each word
+    holding R starts with it: `cat ~/{}` would move a listed name."""
+    texts = [w.value for w in args[: len(args) - len(inner[0])]] if inner else []
+    marks = set()
+    for i, text in enumerate(texts):
+        if text.startswith("--arg") or re.fullmatch(r"-[0rtx]*a.*", text):
+            return False  # reads a file's lines, not the listing's
+        if text in ("-i", "--replace") or text.startswith(("-i", "--replace=")):
+            marks.add(text.partition("=")[2] if text.startswith("--replace=") else text[2:] or "{}")
+        elif text.startswith("-I"):
+            marks.add(text[2:] or (texts[i + 1] if i + 1 < len(texts) else ""))
+    return all(not mark or mark not in w.value or w.value.startswith(mark) for mark in marks
+               for command in inner for w in command)
+
+
+_XARGS_HINT = ("Pipe a listing inside the workspace into xargs: `find DIR -name '*.py' | xargs grep -l PATTERN`, "
+               "`git ls-files | xargs wc -l`, `grep -rl PATTERN . | xargs ...`; or name the files literally.")
+_READ_HINT = ("Read the lines of a listing inside the workspace: `git ls-files | while read -r f; do ...`, "
+              "`find DIR -name '*.py' | while read -r f; do ...`, `grep -rl PATTERN . | while read -r f; do ...`, "
+              "with \"$f\" at the start of the argument; or name the files literally.")
+
+
+def _may_search(name: str, args: tuple[Word, ...], binds: values.Bindings, cwd: str) -> bool:
+    """Whether grep (rg, diff ...) may search directories, for every value its words may take: an
+    option can come from a loop word, an operator's word (`${HOME:+-r}`), a `while read` line or a
+    command substitution (`$(echo -r)`). A word that could become an option and whose value nobody
+    bounds counts as a recursion flag: the search is then judged as recursive."""
+    if name not in programs.RECURSIVE_READERS:
+        return False
+    choices: list[list[str]] = []
+    count = 1
+    for word in args:
+        made = values.forms(word, binds, cwd)
+        if isinstance(made, str):
+            return True
+        texts = []
+        for form in made:
+            unknown = [s for s in form.segments if s.kind not in (LIT, GLOB, TILDE)
+                       and not (s.kind == PARAM and s.text in ("HOME", "PWD"))]  # absolute: never an option
+            if unknown and (form.value.startswith("-") or form.segments[0] in unknown):
+                return True
+            texts.append(form.value)
+        choices.append(list(dict.fromkeys(texts)))
+        count *= len(choices[-1])
+        if count > 256:
+            return True
+    return any(programs.recursive_texts(name, list(texts)) for texts in product(*choices))
 
 
 def _protected_forms(rule: ShellRule, word: Word, binds: values.Bindings, cwd: str, recursive: bool,

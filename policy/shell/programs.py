@@ -499,18 +499,26 @@ CHECKS: dict[str, Check] = {
 
 RECURSIVE_READERS = {"grep": ("-r", "-R", "--recursive", "--dereference-recursive"),
                      "egrep": ("-r", "-R", "--recursive"), "fgrep": ("-r", "-R", "--recursive"),
-                     "rg": ("",), "ag": ("",)}
+                     "rg": ("",), "ag": ("",), "diff": ("-r", "--recursive")}
+# Programs that walk the trees they are given and may run a command on every file in them (find
+# -exec): the trees are judged like a recursive search's. (Their listing piped on is judged where it
+# is read: policy.shell.lines.)
+TREE_WALKERS = frozenset({"find", "gfind"})
 
 
 def reads_recursively(name: str, args: Sequence[Word]) -> bool:
-    """Whether grep (or rg, ag) searches directories, in every spelling getopt accepts: -r, -R,
+    """Whether grep (or rg, ag, diff) searches directories, in every spelling getopt accepts: -r, -R,
     -rn, --rec, --dereference-r, -d recurse, -drec, --dir=rec, --directories recurse."""
+    return recursive_texts(name, _texts(args))
+
+
+def recursive_texts(name: str, texts: Sequence[str]) -> bool:
+    """reads_recursively for argument texts (one possible value of each word)."""
     flags = RECURSIVE_READERS.get(name)
     if flags is None:
         return False
     if flags == ("",):
         return True
-    texts = _texts(args)
     for i, text in enumerate(texts):
         name_, eq, value = text.partition("=")
         if len(name_) > 3 and ("--recursive".startswith(name_) or "--dereference-recursive".startswith(name_)):
@@ -528,3 +536,16 @@ def reads_recursively(name: str, args: Sequence[Word]) -> bool:
                for i, t in enumerate(texts))
 for _name in INTERPRETERS:
     CHECKS[_name] = _interpreter
+
+
+def start_points(args: Sequence[Word]) -> list[Word]:
+    """The trees find walks: the words before its expression (after -H, -L, -P, -D X, -OLEVEL)."""
+    i = 0
+    while i < len(args) and (args[i].value in ("-H", "-L", "-P", "-D") or re.fullmatch(r"-O[0-9]*", args[i].value)):
+        i += 2 if args[i].value == "-D" else 1
+    out = []
+    for word in args[i:]:
+        if word.value.startswith(("-", "(", "!", ")")) or word.value == ",":
+            break
+        out.append(word)
+    return out
