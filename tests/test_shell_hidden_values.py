@@ -133,3 +133,35 @@ def test_agents_idioms_run_rebuilt(tmp_path: Path, text: str) -> None:
         allowed, _, why, rebuilt = _vet(text, rule, work)
         assert allowed and rebuilt is not None, f"{rule.id}: {why}"
         assert _bash(rebuilt, work, home).stdout == _bash(text, work, home).stdout, rebuilt
+
+
+WRITES = [
+    "touch $HOME/planted",
+    "touch ~/planted",
+    "cp a.py ${HOME:-x}/planted",
+    "mkdir -p ${HOME}/planted",
+    "rm -rf ${HOME}/.ssh",
+]
+
+
+@requirement("shell:variables", "shell:redirects")
+@pytest.mark.parametrize("text", WRITES)
+def test_developer_writes_through_home_stay_in_the_workspace(tmp_path: Path, text: str) -> None:
+    """~ and $HOME are outside the workspace (a write through them was skipped as unbounded)."""
+    work, home = _scratch(tmp_path)
+    before = sorted(p.name for p in home.rglob("*"))
+    _bash(text, work, home)
+    assert sorted(p.name for p in home.rglob("*")) != before, f"bash did not write in HOME for {text!r}"
+    allowed, rules, why, _ = _vet(text, DEVELOPER, work)
+    assert not allowed and rules == ("developer:write-path",), why
+
+
+@requirement("shell:variables", "shell:rebuild")
+def test_developer_writes_through_pwd_and_listed_names(tmp_path: Path) -> None:
+    work, home = _scratch(tmp_path)
+    (work / "x.pyc").write_text("")
+    for text in ("touch $PWD/new.txt", "find . -name '*.pyc' | while read -r f; do rm \"$f\"; done"):
+        allowed, _, why, rebuilt = _vet(text, DEVELOPER, work)
+        assert allowed and rebuilt is not None, why
+        assert _bash(rebuilt, work, home).returncode == 0
+    assert (work / "new.txt").exists() and not (work / "x.pyc").exists()

@@ -605,11 +605,12 @@ def _check_redirects(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspa
                               f"the text's variables take more than {values.MAX_TOTAL:,} values to check as paths")
                 return
             for form in ([] if isinstance(made, str) else made):
-                if form.value.startswith("-") or any(s.kind not in (LIT, GLOB, TILDE) for s in form.segments) \
-                        or TILDE in form.expansions:
-                    continue  # an option, or a value nobody bounds (the sandbox is the boundary)
-                path = posixpath.normpath(posixpath.join(cwd, form.value))
-                if not _writable(rule, path, workspace):
+                if form.value.startswith("-"):
+                    continue  # an option
+                # ~ and $HOME are the home directory, $PWD the working directory; another variable
+                # stays a name (`${f}`: a bounded `while read` line, policy.shell.lines).
+                paths = list(_path_forms(form, cwd))
+                if not paths or any(p is None or not _writable(rule, p, workspace) for p in paths):
                     yield Outcome("none", f"{rule.id}:write-path", f"`{name} {word.value}` writes outside the workspace"
                                   + (f" (as `{form.value}`)" if form.value != word.value else ""),
                                   hint=f"Write inside `{workspace}`.")

@@ -116,12 +116,28 @@ def _filters(args: tuple[Word, ...]) -> bool:
                                       if w.value.startswith("-"))
 
 
+def _names_only(args: tuple[Word, ...]) -> bool:
+    """grep -l / -L / --files-with-matches: it prints file names, nothing of their lines."""
+    texts = [w.value for w in args]
+    return any(_GREP_NAMES.fullmatch(t) for t in texts) and \
+        not any(t.startswith(("-o", "-c", "--only", "--count")) for t in texts)
+
+
 def _lister(name: str, args: tuple[Word, ...], inside: Inside) -> bool:
     if any(not w.literal and not (w.expansions <= {"glob"}) for w in args):
         return False
     texts = [w.value for w in args]
     if name in ("find", "gfind"):
-        if any(t in _FIND_PRINTS for t in texts) or (texts and texts[0] in ("-L", "-H")) or "-follow" in texts:
+        from bastion.policy.shell import programs  # programs imports words only
+
+        run, why = programs.embedded(name, args)
+        # -exec grep -l PATTERN {} prints the names find found (those that match).
+        if why or any(not c or c[0].value not in ("grep", "egrep", "fgrep") or not _names_only(c[1:])
+                      or any(w.value != "{}" for w in [w for w in c[1:] if not w.value.startswith("-")][1:])
+                      for c in run):
+            return False
+        prints = _FIND_PRINTS - ({"-exec", "-execdir"} if run else set())
+        if any(t in prints for t in texts) or (texts and texts[0] in ("-L", "-H")) or "-follow" in texts:
             return False
         starts = []
         for word in args:
@@ -135,8 +151,7 @@ def _lister(name: str, args: tuple[Word, ...], inside: Inside) -> bool:
         return all(t in _GIT_LS_FILES or not t.startswith("-") for t in texts[1:]) and \
             all(inside(w) for w in args[1:] if not w.value.startswith("-"))
     if name in ("grep", "egrep", "fgrep"):
-        if not any(_GREP_NAMES.fullmatch(t) for t in texts) or any(t.startswith(("-o", "-c", "--only", "--count"))
-                                                                    for t in texts):
+        if not _names_only(args):
             return False
         operands = [w for w in args if not w.value.startswith("-")]
         return len(operands) >= 1 and all(inside(w) for w in operands)
