@@ -25,6 +25,7 @@ from bastion.server.build import build_gateway
 from bastion.server.config import load
 from bastion.store import events as ev
 from bastion.tools.executors import postgres as postgres_executor
+from tests.cancelling import cancel_once
 from tests.conftest import requirement
 from tests.postgres_server import PgServer, wait_until
 from tests.held_config import held_writes_config, sqlite_target
@@ -208,16 +209,8 @@ async def test_a_call_cancelled_by_the_mcp_client_while_its_impact_preview_runs_
             with psycopg.connect(pg_server.dsn()) as locker:
                 locker.execute(f"LOCK TABLE {schema}.items IN ACCESS EXCLUSIVE MODE")  # held until rollback
                 async with Client(create_server(config, gateway=gw)) as agent:
-                    with anyio.fail_after(60):  # a hang guard: the cancel below ends the call long before
-                        async with anyio.create_task_group() as tg:
-
-                            async def cancel_once_previewing() -> None:
-                                while not await anyio.to_thread.run_sync(dry_runs_waiting):
-                                    await anyio.sleep(0.05)
-                                tg.cancel_scope.cancel()
-
-                            tg.start_soon(cancel_once_previewing)
-                            await agent.call_tool("sql_query", {"connection": "pg", "sql": "UPDATE items SET state = 'gone'"})
+                    await cancel_once(dry_runs_waiting, lambda: agent.call_tool(
+                        "sql_query", {"connection": "pg", "sql": "UPDATE items SET state = 'gone'"}))
                     # The server side ends the call after the client has gone: wait for its end (or hang).
                     with anyio.fail_after(60):
                         while not [e for e in gw.store.iter_all() if e["type"] in ev.TERMINAL]:

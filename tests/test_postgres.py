@@ -16,6 +16,7 @@ from bastion.policy.errors import QueryRejected, QueryTimeout, TargetUnavailable
 from bastion.server.app import create_server
 from bastion.server.config import load
 from bastion.store import SqliteAuditStore
+from tests.cancelling import cancel_once
 from tests.conftest import requirement
 from tests.postgres_server import PgServer, wait_until
 from bastion.tools.executors.base import RunRequest
@@ -160,16 +161,7 @@ async def test_cancelling_the_call_cancels_the_query_on_the_server(shop: PgServe
         return bool(rows[0][0])
 
     try:
-        with anyio.fail_after(60):  # a hang guard: cancelled as soon as the server runs it
-            async with anyio.create_task_group() as tg:
-
-                async def cancel_once_running() -> None:
-                    while not await anyio.to_thread.run_sync(running):
-                        await anyio.sleep(0.05)
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(cancel_once_running)
-                await ex.run(run(marker, limits=Limits(timeout_s=60)))
+        await cancel_once(running, lambda: ex.run(run(marker, limits=Limits(timeout_s=60))))
         assert wait_until(lambda: not running(), timeout=30), "the query kept running after the call was cancelled"
     finally:
         await ex.close()

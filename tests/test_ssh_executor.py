@@ -16,6 +16,7 @@ import pytest
 
 from bastion.policy import Identity
 from bastion.policy.errors import TargetUnavailable
+from tests.cancelling import cancel_once
 from tests.conftest import requirement
 from tests.processes import running, unique_sleep
 from tests.sshd_server import SshServer
@@ -144,17 +145,7 @@ async def test_output_is_capped_and_marked_truncated(executor: SshExecutor, redi
 @requirement("shell:timeout-kills-group")
 async def test_a_cancelled_call_kills_the_remote_command(executor: SshExecutor) -> None:
     sleep = unique_sleep(LONG_S)
-    finished: list[object] = []
-
-    async def call() -> None:
-        finished.append(await executor.run(request(sleep, timeout_s=LONG_S)))
-
-    with anyio.move_on_after(2 * HANG_GUARD_S) as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(call)
-            await wait_for(lambda: running(sleep))
-            scope.cancel()
-    assert scope.cancelled_caught and finished == []
+    await cancel_once(lambda: running(sleep), lambda: executor.run(request(sleep, timeout_s=LONG_S)))
     await wait_for(lambda: not running(sleep))  # long before the deadline (600 s)
     assert (await executor.run(request("echo still usable"))).stdout == "still usable\n"
 
