@@ -6,8 +6,8 @@ the canary key from a scratch HOME), then refused by the guard under both preset
   (`grep ${HOME:+-r} KEY ~`) turns a search recursive: the search is judged as recursive;
 - trees walked by find -exec and diff -r hand every file in them on (`find ~ -exec cat {} +`): their
   start points are judged like a recursive search's;
-- a `while read` line, or a line xargs reads, names any path unless it comes from a workspace listing
-  (policy.shell.lines).
+- a `while read` line, a line xargs reads, or a command's output read as files names any path unless
+  it comes from a workspace listing (policy.shell.lines).
 Agents' idioms stay allowed and run rebuilt with the output of their own text.
 """
 
@@ -75,6 +75,8 @@ ATTACKS = [
     ("find's listing piped to xargs", "find ~/.ssh -type f | xargs cat", "xargs hands"),
     ("printf's lines piped to xargs", "printf '%s/.s%sh/id_rsa\\n' $HOME s | xargs cat", "xargs hands"),
     ("xargs moves a listed name under HOME", "find . -name id_rsa | xargs -I X cat ~/X", "xargs hands"),
+    ("printf's output as cat's file", "cat $(printf '%s/.s%sh/id_rsa' $HOME s)", "a command's output"),
+    ("a substitution before a literal tail", "cat $(echo $HOME/.s)sh/id_rsa", "a command's output"),
     ("find's listing piped to a while loop", "find $HOME/.ssh -type f | while read -r f; do cat $f; done",
      "could become an option"),
     # A while-read line holds any path.
@@ -112,6 +114,8 @@ IDIOMS = [
     "for p in x print; do grep -n $p a.py; done",
     "grep -rn print .",
     "grep \"$(echo print)\" a.py",
+    "grep -n print $(find . -name '*.py' | sort)",
+    "wc -l $(git ls-files '*.py')",
     "find . -name '*.py' -exec grep -l x {} +",
     "find src -type f | xargs wc -l",
     "git ls-files | xargs wc -l",

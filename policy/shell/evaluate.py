@@ -373,6 +373,17 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
                 yield Outcome("none", f"{rule.id}:path", f"xargs hands the lines it reads to `{program}` as files: only "
                               "a listing of paths inside the workspace may be, each at the start of an argument", hint=_XARGS_HINT)
                 continue
+        if name in lines.READERS and command.context not in _STRUCTURAL:
+            pattern = next((w for w in command.args if not w.value.startswith("-")), None) if "grep" in name else None
+            output = next((w for w in command.args if w is not pattern and _substituted_file(analysis, w, inside)),
+                          None)
+            if output is not None:
+                yield Outcome("none", f"{rule.id}:path", f"`{name}` would read files named by a command's output "
+                              f"(`{output.value}`), which is not a listing of paths inside the workspace",
+                              hint="Substitute a listing inside the workspace (`wc -l $(git ls-files '*.py')`, "
+                                   "`grep -n x $(find src -name '*.py')`), at the start of the argument; "
+                                   "or name the files literally.")
+                continue
         if name not in lines.NON_OPENERS and command.context not in _STRUCTURAL:
             read = next((w for w in words if lines.uses(w, loose)), None)
             if read is not None:
@@ -402,6 +413,14 @@ def _check_paths(rule: ShellRule, analysis: ShellAnalysis, cwd: str, workspace: 
                     yield Outcome("none", f"{rule.id}:path", f"a recursive search of `{word.value}` leaves the workspace",
                                   hint=f"Search inside the workspace, e.g. `{name} -rn PATTERN .`.")
                     break
+
+
+def _substituted_file(analysis: ShellAnalysis, word: Word, inside: lines.Inside) -> bool:
+    """Whether ``word`` takes a command's output that is not a workspace listing standing at its start."""
+    for k, segment in enumerate(word.segments):
+        if segment.kind == CMDSUB and (k > 0 or not lines.listing(analysis, segment.start, inside)):
+            return True
+    return False
 
 
 def _xargs_placed(args: tuple[Word, ...], inner: list[tuple[Word, ...]]) -> bool:

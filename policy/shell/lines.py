@@ -59,6 +59,19 @@ def fed_xargs(analysis: ShellAnalysis, inside: Inside) -> set[int]:
     return out
 
 
+# Programs that read the contents of the files their operands name (a substitution's output there is
+# a file only where it is a workspace listing).
+READERS = frozenset({"cat", "grep", "egrep", "fgrep", "head", "tail", "wc", "nl", "cut"})
+
+
+def listing(analysis: ShellAnalysis, start: int, inside: Inside) -> bool:
+    """Whether the command substitution starting at ``start`` prints a workspace path listing."""
+    node = dict(analysis.substitutions).get(start)
+    if node is None:
+        return False
+    return _lists_paths(analysis, tuple(node.items) if node.kind == "pipeline" else (node,), inside)
+
+
 def bounded(analysis: ShellAnalysis, inside: Inside) -> set[str]:
     """The read variables whose every loop reads, as its only variable, a workspace path listing."""
     verdicts: dict[str, list[bool]] = {}
