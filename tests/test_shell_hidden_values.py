@@ -69,6 +69,10 @@ ATTACKS = [
     ("a while-read line is a recursion flag", "printf '%s\\n' -r | while read o; do grep $o CANARY $HOME; done",
      "while read"),
     ("a command substitution is a recursion flag", "grep $(echo -r) CANARY $HOME", "recursive search"),
+    # A replacement word that holds a variable nobody bounds kept its literal tail out of sight.
+    ("a replacement word holds $HOME", "for f in x; do cat ${f/x/$HOME/.ssh/id_rsa}; done", "protected path"),
+    ("a replacement word holds a loop variable",
+     "for f in x; do for g in $HOME/.ssh /y; do cat ${f/x/$g/id_rsa}; done; done", "protected path"),
     # Trees walked: every file in them is handed on.
     ("diff -r prints new files whole", "diff -rN ~/.ssh ./src", "recursive search"),
     ("find -exec reads what it walks", "find ~ -name id_rsa -exec cat {} +", "recursive search"),

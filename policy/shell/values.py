@@ -161,14 +161,14 @@ def _segment_forms(segment: Segment, binds: Bindings, cwd: str) -> list[tuple[Se
         theirs = _word_forms(e.words[0], binds)
         return mine + theirs if e.op.endswith("-") else [()] + theirs
     if e.name == "PWD" and e.name not in binds:
-        return [(Segment(LIT, _apply(e, cwd, binds)),)]
+        return [(Segment(LIT, text),) for text in _apply(e, cwd, binds)]
     words = binds.get(e.name)
     if words is None:
         return [(segment,)]  # derived from a value nobody bounds: bounded no better than the variable
     out: list[tuple[Segment, ...]] = []
     for word in words:
         if word.literal:
-            out.append((Segment(LIT, _apply(e, word.value, binds)),))
+            out += [(Segment(LIT, text),) for text in _apply(e, word.value, binds)]
             continue
         derived = _derived_pattern(e, word.segments)
         if derived is None:
@@ -190,17 +190,16 @@ def _word_forms(text: str, binds: Bindings) -> list[tuple[Segment, ...]]:
     return [tuple(s for part in combination for s in part) for combination in product(*choices)]
 
 
-def _apply(e: parameter.Expansion, value: str, binds: Bindings) -> str:
-    """Exact result; variables in a replacement word must have literal values (else opaque text)."""
-    words = tuple(_literal_word(w, binds) for w in e.words)
-    return parameter.apply(e, value, words)
+def _apply(e: parameter.Expansion, value: str, binds: Bindings) -> list[str]:
+    """Exact results, one per value of the replacement word: a variable nobody bounds stays in it as
+    `${NAME}` (the path check reads `${HOME}` as the home directory), its literal text around it kept
+    (`${f/x/$HOME/.ssh/id_rsa}` is `${HOME}/.ssh/id_rsa`, not an unknown)."""
+    choices = [[_text(form) for form in _word_forms(w, binds)] for w in e.words]
+    return list(dict.fromkeys(parameter.apply(e, value, words) for words in product(*choices)))
 
 
-def _literal_word(text: str, binds: Bindings) -> str:
-    forms_ = _word_forms(text, binds)
-    if len(forms_) == 1 and all(s.kind == LIT for s in forms_[0]):
-        return "".join(s.text for s in forms_[0])
-    return "${…}"  # any value: kept visible to the path check as an unknown part
+def _text(form: tuple[Segment, ...]) -> str:
+    return "".join(f"${{{s.text}}}" if s.kind == PARAM else s.text for s in form)
 
 
 def _derived_pattern(e: parameter.Expansion, segments: tuple[Segment, ...]) -> tuple[Segment, ...] | None:
