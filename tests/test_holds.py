@@ -231,6 +231,21 @@ async def test_a_call_cancelled_by_the_mcp_client_while_its_impact_preview_runs_
         assert pg_server.execute(f"SELECT count(*) FROM {schema}.items WHERE state = 'new'") == [(5,)]
 
 
+async def test_a_call_cancelled_before_its_hold_is_made_ends_once_as_failed(config: Path) -> None:
+    """The client gave up before the hold existed: no hold is made, and the call still ends, once."""
+    from bastion.policy import Decision, Verdict
+
+    gw = build_gateway(load(config))
+    assert gw.guard.holds is not None
+    review = Decision(Verdict.REVIEW, ("dev-write:unfiltered",), "a write without WHERE", read_only=False)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # already cancelled when it is held
+        await gw.guard.holds.settle("call-early", DEV, "sql_query", "demo", WRITE, None, review, {})
+    assert scope.cancelled_caught and gw.approvals.list() == []
+    ends = [e for e in gw.store.iter_all() if e["type"] in ev.TERMINAL]
+    assert [(e["type"], e["call_id"], e["error"]["code"]) for e in ends] == [(ev.FAILED, "call-early", "cancelled")]
+
+
 async def test_the_impact_preview_counts_the_rows_and_changes_nothing(config: Path) -> None:
     before = prices(config)
     gw = build_gateway(load(config))
