@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bastion.policy.shell.words import Word
@@ -94,6 +95,12 @@ class ShellAnalysis:
     substitutions: tuple[tuple[int, Node], ...] = ()
     # Variables set by a rebuilt `for` loop to one of its vetted words.
     loop_variables: frozenset[str] = frozenset()
+
+    def read_variables(self) -> Iterator[str]:
+        """The variables each `while read` sets (a value that arrives at run time, one line each)."""
+        for command in self.commands:
+            if command.context == "while-read":
+                yield from (word.value for word in command.args if word.value != "-r")
 
     def shape(self) -> tuple[object, ...]:
         """Everything that must survive a rebuild unchanged."""

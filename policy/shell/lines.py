@@ -37,13 +37,7 @@ Inside = Callable[[Word], bool]  # whether every path a word may name lies insid
 
 def read_variables(analysis: ShellAnalysis) -> dict[str, bool]:
     """Each `while read` variable → whether a loop over listed paths binds it (every loop naming it)."""
-    out: dict[str, bool] = {}
-    for command in analysis.commands:
-        if command.context == "while-read":
-            for word in command.args:
-                if word.value != "-r":
-                    out[word.value] = False
-    return out
+    return dict.fromkeys(analysis.read_variables(), False)
 
 
 def fed_xargs(analysis: ShellAnalysis, inside: Inside) -> set[int]:

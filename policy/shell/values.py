@@ -80,11 +80,8 @@ def bindings(analysis: ShellAnalysis) -> Bindings:
             known = out.get(name)
             if known is not None and index not in inside.get(name, set()) and _UNSET not in known:
                 out[name] = known + (_UNSET,)
-    for command in analysis.commands:
-        if command.context == "while-read":
-            for word in command.args:
-                if word.value != "-r":
-                    out[word.value] = None
+    for name in analysis.read_variables():
+        out[name] = None
     return out
 
 
