@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from dataclasses import replace
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -39,6 +39,7 @@ from bastion.policy.sql.privileges import RIGHTS_SQL, LeastPrivilege, LoginRight
 from bastion.policy.errors import ExecutionError, QueryRejected, QueryTimeout, RowsAffectedExceeded, TargetUnavailable
 from bastion.tools.executors.base import (DRY_RUN, EXPLAINED, PREVIEW_TIMEOUT_S, ColumnInfo, QueryResult, RowBudget, RunRequest,
                                   TableInfo, no_dry_run_reason)
+from bastion.tools.executors.pg_cancel import until_answered
 
 log = logging.getLogger(__name__)
 # Rows per FETCH. A read whose row cap fits in one FETCH (the default cap does) commits in the same
@@ -266,11 +267,11 @@ class PostgresExecutor:
         pool = await self._pool(request.role)
         limits = request.limits
         try:
-            async with pool.connection(timeout=self.connect_timeout) as conn, _cancelled_on_server(conn):
+            async with pool.connection(timeout=self.connect_timeout) as conn:
                 # statement_timeout is a setting SQL can change (SET, set_config): the gateway's own
                 # clock is the backstop, at the longest a call of these statements may honestly take.
                 with anyio.fail_after(_backstop_s(request)):
-                    return await self._run_in_transaction(conn, request)
+                    return await until_answered(conn, lambda: self._run_in_transaction(conn, request))
         except TimeoutError as error:
             raise QueryTimeout(f"the call ran past the {limits.timeout_s:g} s limit of each of its statements and was cancelled",
                                hint="Narrow the query (WHERE, LIMIT) or ask for a longer timeout.") from error
@@ -340,22 +341,26 @@ class PostgresExecutor:
         limits = replace(request.limits, timeout_s=min(request.limits.timeout_s, PREVIEW_TIMEOUT_S))
         request = replace(request, limits=limits, read_only=False)
         items: list[dict[str, Any]] = []
+
+        async def dry_run(conn: psycopg.AsyncConnection[Any]) -> None:
+            # force_rollback: whatever happens, nothing of the dry run is committed.
+            async with conn.transaction(force_rollback=True):
+                await conn.execute(self._setup(conn, request))
+                for statement in request.statements:
+                    item: dict[str, Any] = {"kind": statement.kind.value}
+                    if statement.kind in EXPLAINED:
+                        cur = await _extended(conn, sql.SQL("EXPLAIN ") + sql.SQL(statement.text))
+                        item["plan"] = "\n".join(row[0] for row in await cur.fetchall())
+                    if statement.kind in DRY_RUN:
+                        cur = await _extended(conn, statement.text)
+                        item["rows"] = max(cur.rowcount, 0)
+                    else:
+                        item["dry_run"] = no_dry_run_reason(statement.kind)
+                    items.append(item)
+
         try:
-            async with pool.connection(timeout=self.connect_timeout) as conn, _cancelled_on_server(conn):
-                # force_rollback: whatever happens, nothing of the dry run is committed.
-                async with conn.transaction(force_rollback=True):
-                    await conn.execute(self._setup(conn, request))
-                    for statement in request.statements:
-                        item: dict[str, Any] = {"kind": statement.kind.value}
-                        if statement.kind in EXPLAINED:
-                            cur = await _extended(conn, sql.SQL("EXPLAIN ") + sql.SQL(statement.text))
-                            item["plan"] = "\n".join(row[0] for row in await cur.fetchall())
-                        if statement.kind in DRY_RUN:
-                            cur = await _extended(conn, statement.text)
-                            item["rows"] = max(cur.rowcount, 0)
-                        else:
-                            item["dry_run"] = no_dry_run_reason(statement.kind)
-                        items.append(item)
+            async with pool.connection(timeout=self.connect_timeout) as conn:
+                await until_answered(conn, lambda: dry_run(conn))
         except PoolTimeout as error:
             raise TargetUnavailable(f"connection `{self.name}` is unavailable", detail=str(error)) from error
         except pgerr.QueryCanceled as error:
@@ -465,26 +470,6 @@ async def _reset_session(conn: psycopg.AsyncConnection[Any]) -> None:
     not the transaction), role, advisory locks, temporary tables, prepared statements, cursors and
     LISTENs. Should it fail, the pool closes the connection instead."""
     await conn.execute("DISCARD ALL")
-
-
-@contextlib.asynccontextmanager
-async def _cancelled_on_server(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
-    """A cancelled call (or preview) cancels its query on the server, not just the wait for it: a
-    statement waiting on a lock would otherwise wait there until its statement_timeout."""
-    canceller = conn.pgconn.get_cancel()  # taken up front: once cancelled, the connection itself may be gone
-    try:
-        yield
-    except anyio.get_cancelled_exc_class():
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_cancel_quietly, canceller)
-        raise
-
-
-def _cancel_quietly(canceller: Any) -> None:
-    try:
-        canceller.cancel()
-    except Exception:  # the query may have ended already; nothing left to cancel
-        log.debug("cancel request failed", exc_info=True)
 
 
 def translate(error: psycopg.Error, connection: str) -> ExecutionError:
