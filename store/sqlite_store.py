@@ -39,6 +39,7 @@ class SqliteAuditStore(AuditStore):
         self._flush = threading.Condition()
         self._unflushed_at: float | None = None  # when the oldest commit not yet fsynced was made
         self._flusher: threading.Thread | None = None
+        self._flusher_idle = False  # waiting for a commit to need a flush (a notify), not for a due time
         self._closing = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,19 +82,23 @@ class SqliteAuditStore(AuditStore):
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_forever, name="bastion-audit-flush", daemon=True)
                 self._flusher.start()
-            self._flush.notify()
+            elif self._flusher_idle:  # a busy flusher wakes on its own clock: no thread wake-up per call
+                self._flush.notify()
 
     def _flush_forever(self) -> None:
         while True:
             with self._flush:
-                while self._unflushed_at is None and not self._closing:
+                if self._unflushed_at is None:  # nothing to flush: idle until a commit (or close) says so
+                    if self._closing:
+                        return
+                    self._flusher_idle = True
                     self._flush.wait()
-                if self._unflushed_at is None:
-                    return
+                    self._flusher_idle = False
+                    continue
                 due = self._unflushed_at + ev.FLUSH_S
-                self._flush.wait(max(0.0, due - time.monotonic()))
-                if self._unflushed_at is None or (time.monotonic() < due and not self._closing):
-                    continue  # a FULL commit flushed it meanwhile, or woken early: look again
+                if time.monotonic() < due and not self._closing:
+                    self._flush.wait(due - time.monotonic())
+                    continue  # a FULL commit may have flushed it meanwhile: look again
                 self._unflushed_at = None  # a commit from here on sets it again
             self.flush()
 
