@@ -26,6 +26,7 @@ from bastion.tools.alerts import Alerts
 from bastion.tools.calls import Caller
 from bastion.tools.connections import AnyConnection
 from bastion.tools.holds import Holds
+from bastion.tools.offload import parsing
 from bastion.tools.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,7 @@ def denial_for(decision: Decision) -> Denied:
 
 
 class Guard:
-    # Large texts take long to parse: they are vetted off the event loop so other calls go on.
-    OFFLOAD_BYTES = 16 * 1024
-    # Tools whose every text is vetted off the event loop: a shell text's cost is not bounded by its
+    # Tools whose every text is vetted off the event loop (others: tools.offload): a shell text's cost is not bounded by its
     # size (a 31-byte brace expansion; the analysis has budgets, policy.shell.words.Budget, but a
     # budget's worth of work must not hold other callers either).
     OFFLOAD_TOOLS = frozenset({"shell_run"})
@@ -161,9 +160,9 @@ class Guard:
             await self.recorder.append(ev.CallDenied(type=ev.DENIED, call_id=call_id, error=error_record(error)))
 
     async def _vet(self, vet: Callable[[], Vetted], text: str, tool: str = "") -> Vetted:
-        if len(text) <= self.OFFLOAD_BYTES and tool not in self.OFFLOAD_TOOLS:
-            return fail_closed(vet)
-        return await anyio.to_thread.run_sync(fail_closed, vet, limiter=self._vet_limiter)
+        if tool in self.OFFLOAD_TOOLS:
+            return await anyio.to_thread.run_sync(fail_closed, vet, limiter=self._vet_limiter)
+        return await parsing(text, lambda: fail_closed(vet), self._vet_limiter)
 
     async def run(self, caller: Caller, tool: str, connection: str, text: str, reason: str | None,
                   **options: Any) -> Guarded[Any]:

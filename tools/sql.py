@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
-
 from bastion.policy import Decision, Verdict, analyse, decide
 from bastion.policy.errors import ExecutionError, InvalidInput
 from bastion.policy.sql.catalog import FunctionCatalog
@@ -15,7 +13,8 @@ from bastion.tools import masking
 from bastion.tools.calls import Caller
 from bastion.tools.connections import Connection
 from bastion.tools.executors.base import QueryResult, RunRequest, reads_functions
-from bastion.tools.guard import Guard, Vetted, fail_closed, scoped, validate_text
+from bastion.tools.guard import Vetted, fail_closed, scoped, validate_text
+from bastion.tools.offload import parsing
 
 
 async def prepare(connection: Connection, text: str | None = None) -> None:
@@ -34,10 +33,8 @@ async def prepare(connection: Connection, text: str | None = None) -> None:
         return
     unresolved = False
     if text is not None and executor.functions is not None and not executor.functions_stale():
-        if len(text) <= Guard.OFFLOAD_BYTES:  # the guard vets it on the loop too: the analysis is cached for it
-            unresolved = _names_unresolved(connection, executor.functions, text)
-        else:  # parsing a big text takes seconds: off the event loop, so other callers are not held up
-            unresolved = await anyio.to_thread.run_sync(_names_unresolved, connection, executor.functions, text)
+        functions = executor.functions
+        unresolved = await parsing(text, lambda: _names_unresolved(connection, functions, text))
     await executor.refresh_functions(unresolved)
 
 
